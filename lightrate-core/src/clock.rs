@@ -1,0 +1,248 @@
+//! Injected time.
+//!
+//! Everything in lightrate that depends on time (token refill, bucket expiry, the denial cache,
+//! the circuit breaker) reads it from a [`Clock`], so tests drive time with a [`ManualClock`]
+//! instead of sleeping.
+
+use std::fmt;
+use std::ops::{Add, Sub};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+/// A point in time: nanoseconds since the epoch of the [`Clock`] that produced it.
+///
+/// Timestamps of different clocks are not comparable.
+///
+/// ```
+/// use lightrate_core::Timestamp;
+/// use std::time::Duration;
+///
+/// let t = Timestamp::from_nanos(1_000);
+/// assert_eq!((t + Duration::from_nanos(500)).as_nanos(), 1_500);
+/// assert_eq!(t.saturating_duration_since(Timestamp::from_nanos(5_000)), Duration::ZERO);
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Timestamp(u64);
+
+impl Timestamp {
+    /// The clock's epoch.
+    pub const ZERO: Timestamp = Timestamp(0);
+
+    /// A timestamp `nanos` nanoseconds after the clock's epoch.
+    pub const fn from_nanos(nanos: u64) -> Self {
+        Timestamp(nanos)
+    }
+
+    /// Nanoseconds since the clock's epoch.
+    pub const fn as_nanos(self) -> u64 {
+        self.0
+    }
+
+    /// The time from `earlier` to `self`, or zero if `earlier` is later.
+    pub fn saturating_duration_since(self, earlier: Timestamp) -> Duration {
+        Duration::from_nanos(self.0.saturating_sub(earlier.0))
+    }
+}
+
+impl Add<Duration> for Timestamp {
+    type Output = Timestamp;
+
+    /// Saturates instead of overflowing.
+    fn add(self, rhs: Duration) -> Timestamp {
+        Timestamp(self.0.saturating_add(duration_to_nanos(rhs)))
+    }
+}
+
+impl Sub<Duration> for Timestamp {
+    type Output = Timestamp;
+
+    /// Saturates at the epoch.
+    fn sub(self, rhs: Duration) -> Timestamp {
+        Timestamp(self.0.saturating_sub(duration_to_nanos(rhs)))
+    }
+}
+
+impl fmt::Debug for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Timestamp({:?})", Duration::from_nanos(self.0))
+    }
+}
+
+/// A `Duration` as whole nanoseconds, saturating at `u64::MAX` (584 years).
+pub(crate) fn duration_to_nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// A monotonic source of [`Timestamp`]s.
+///
+/// [`now`](Clock::now) is precise. [`coarse_now`](Clock::coarse_now) may lag behind it by a
+/// bounded amount (about a millisecond for [`SystemClock`]) and is what the per-request hot path
+/// reads, because it costs one atomic load instead of a clock call. Test clocks return the same
+/// value from both.
+pub trait Clock: Send + Sync + fmt::Debug + 'static {
+    /// The current time, precisely.
+    fn now(&self) -> Timestamp;
+
+    /// The current time, possibly up to the clock's resolution behind [`now`](Clock::now);
+    /// never ahead of it.
+    fn coarse_now(&self) -> Timestamp {
+        self.now()
+    }
+}
+
+impl<C: Clock + ?Sized> Clock for Arc<C> {
+    fn now(&self) -> Timestamp {
+        (**self).now()
+    }
+
+    fn coarse_now(&self) -> Timestamp {
+        (**self).coarse_now()
+    }
+}
+
+/// The real, monotonic clock (`std::time::Instant`), with a cached coarse reading.
+///
+/// All `SystemClock`s in a process share one epoch (the first use) and one coarse reading,
+/// refreshed every millisecond by a background thread started on first use, and brought
+/// forward by every precise reading.
+///
+/// ```
+/// use lightrate_core::{Clock, SystemClock};
+///
+/// let clock = SystemClock::new();
+/// let a = clock.now();
+/// assert!(clock.coarse_now() <= clock.now());
+/// assert!(clock.now() >= a);
+/// ```
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemClock {
+    _private: (),
+}
+
+/// How often the coarse reading of [`SystemClock`] is refreshed.
+const COARSE_RESOLUTION: Duration = Duration::from_millis(1);
+
+struct SystemClockState {
+    epoch: std::time::Instant,
+    coarse: AtomicU64,
+}
+
+fn system_clock_state() -> &'static SystemClockState {
+    static STATE: OnceLock<SystemClockState> = OnceLock::new();
+    STATE.get_or_init(|| {
+        let state = SystemClockState {
+            epoch: std::time::Instant::now(),
+            coarse: AtomicU64::new(0),
+        };
+        // The ticker lives as long as the process; if the thread cannot be spawned the coarse
+        // reading still advances with every precise reading.
+        let _ = std::thread::Builder::new()
+            .name("lightrate-clock".into())
+            .spawn(|| loop {
+                std::thread::sleep(COARSE_RESOLUTION);
+                let _ = SystemClock::new().now();
+            });
+        state
+    })
+}
+
+impl SystemClock {
+    /// The system clock.
+    pub const fn new() -> Self {
+        SystemClock { _private: () }
+    }
+}
+
+impl Clock for SystemClock {
+    fn now(&self) -> Timestamp {
+        let state = system_clock_state();
+        let nanos = duration_to_nanos(state.epoch.elapsed());
+        state.coarse.fetch_max(nanos, Ordering::Relaxed);
+        Timestamp(nanos)
+    }
+
+    #[inline]
+    fn coarse_now(&self) -> Timestamp {
+        Timestamp(system_clock_state().coarse.load(Ordering::Relaxed))
+    }
+}
+
+/// A clock that only moves when told to: for tests and simulations.
+///
+/// Clones share the same time.
+///
+/// ```
+/// use lightrate_core::{Clock, ManualClock};
+/// use std::time::Duration;
+///
+/// let clock = ManualClock::new();
+/// let shared = clock.clone();
+/// clock.advance(Duration::from_secs(2));
+/// assert_eq!(shared.now().as_nanos(), 2_000_000_000);
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct ManualClock {
+    nanos: Arc<AtomicU64>,
+}
+
+impl ManualClock {
+    /// A clock at its epoch.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Moves the clock forward by `by`.
+    pub fn advance(&self, by: Duration) {
+        self.nanos
+            .fetch_add(duration_to_nanos(by), Ordering::SeqCst);
+    }
+
+    /// Sets the clock to `to`. Setting it backwards is allowed (to test clocks that misbehave);
+    /// lightrate treats time that goes backwards as time that stood still.
+    pub fn set(&self, to: Timestamp) {
+        self.nanos.store(to.as_nanos(), Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Timestamp {
+        Timestamp(self.nanos.load(Ordering::SeqCst))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manual_clock_moves_only_when_told() {
+        let clock = ManualClock::new();
+        assert_eq!(clock.now(), Timestamp::ZERO);
+        clock.advance(Duration::from_millis(1500));
+        assert_eq!(clock.now().as_nanos(), 1_500_000_000);
+        assert_eq!(clock.coarse_now(), clock.now());
+        clock.set(Timestamp::from_nanos(7));
+        assert_eq!(clock.now().as_nanos(), 7);
+    }
+
+    #[test]
+    fn system_clock_coarse_never_ahead_of_precise() {
+        let clock = SystemClock::new();
+        for _ in 0..1000 {
+            let coarse = clock.coarse_now();
+            assert!(coarse <= clock.now());
+        }
+    }
+
+    #[test]
+    fn timestamp_arithmetic_saturates() {
+        let max = Timestamp::from_nanos(u64::MAX);
+        assert_eq!(max + Duration::from_secs(1), max);
+        assert_eq!(Timestamp::ZERO - Duration::from_secs(1), Timestamp::ZERO);
+        assert_eq!(
+            Timestamp::from_nanos(10).saturating_duration_since(Timestamp::from_nanos(4)),
+            Duration::from_nanos(6)
+        );
+    }
+}

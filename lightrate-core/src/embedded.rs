@@ -1,0 +1,459 @@
+//! The embedded token source: LightRate's rules engine and token buckets, in-process.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::hash::BuildHasher;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::clock::{Clock, SystemClock, Timestamp};
+use crate::{ConsumeRequest, ConsumeTokensResponse, Error, ErrorKind, RuleSet, TokenSource};
+
+/// Pico-tokens per token. A refill rate of `r` millitokens per second adds exactly `r`
+/// pico-tokens per nanosecond, so the bucket maths is exact integer arithmetic: no rounding,
+/// no drift, however long a bucket lives.
+const PICO: u128 = 1_000_000_000_000;
+
+/// The longest user identifier the embedded source stores. Longer ones are rejected.
+pub const MAX_USER_IDENTIFIER_BYTES: usize = 1024;
+
+const SHARDS: usize = 16;
+
+/// A token bucket: a level in pico-tokens as of `updated`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Bucket {
+    level: u128,
+    updated: Timestamp,
+}
+
+impl Bucket {
+    /// A full bucket.
+    pub(crate) fn full(capacity_tokens: u64, now: Timestamp) -> Self {
+        Bucket {
+            level: u128::from(capacity_tokens) * PICO,
+            updated: now,
+        }
+    }
+
+    /// Brings the level forward to `now` (time that goes backwards counts as none).
+    pub(crate) fn refill(&mut self, now: Timestamp, rate_millitokens: u64, capacity_tokens: u64) {
+        let elapsed = now.as_nanos().saturating_sub(self.updated.as_nanos());
+        let capacity = u128::from(capacity_tokens) * PICO;
+        let added = u128::from(elapsed).saturating_mul(u128::from(rate_millitokens));
+        self.level = self.level.saturating_add(added).min(capacity);
+        self.updated = self.updated.max(now);
+    }
+
+    /// Whole tokens in the bucket.
+    pub(crate) fn tokens(&self) -> u64 {
+        u64::try_from(self.level / PICO).unwrap_or(u64::MAX)
+    }
+
+    /// Takes up to `wanted` whole tokens (all or nothing unless `partial`); returns how many.
+    pub(crate) fn take(&mut self, wanted: u64, partial: bool) -> u64 {
+        let available = self.tokens();
+        let granted = if wanted <= available {
+            wanted
+        } else if partial {
+            available
+        } else {
+            0
+        };
+        self.level -= u128::from(granted) * PICO;
+        granted
+    }
+
+    /// Whether the bucket is full at its last update (indistinguishable from a new bucket).
+    fn is_full(&self, capacity_tokens: u64) -> bool {
+        self.level >= u128::from(capacity_tokens) * PICO
+    }
+}
+
+/// The rules engine and token buckets of a LightRate application, in-process, no network.
+///
+/// One bucket per (rule, user) holding at most `burstRate` tokens, refilled at `refillRate`
+/// tokens per second, starting full. A request for more tokens than the bucket holds gets what
+/// it holds (a partial grant) unless partial grants are turned off. A request that falls to the
+/// default rule is charged `tokens_requested_for_default_bucket_match` tokens when set.
+///
+/// Memory is bounded by the buckets that are not full: a bucket that has refilled to capacity
+/// is the same as no bucket and is removed by a periodic sweep.
+///
+/// ```
+/// use lightrate_core::{ConsumeRequest, EmbeddedSource, ManualClock, RuleSet, Target};
+/// use std::time::Duration;
+///
+/// let clock = ManualClock::new();
+/// let source = EmbeddedSource::new(RuleSet::demo()).with_clock(clock.clone());
+/// let email = Target::operation("send_email"); // burst 10, 1 token/s
+///
+/// let answer = source.consume_now(ConsumeRequest::new("alice", &email, 8)).unwrap();
+/// assert_eq!((answer.tokens_consumed, answer.tokens_remaining), (8, 2));
+/// let answer = source.consume_now(ConsumeRequest::new("alice", &email, 5)).unwrap();
+/// assert_eq!(answer.tokens_consumed, 2); // partial grant
+/// clock.advance(Duration::from_secs(3));
+/// let answer = source.consume_now(ConsumeRequest::new("alice", &email, 5)).unwrap();
+/// assert_eq!(answer.tokens_consumed, 3);
+/// ```
+#[derive(Debug)]
+pub struct EmbeddedSource {
+    rules: RuleSet,
+    clock: Arc<dyn Clock>,
+    partial_grants: bool,
+    hasher: foldhash::fast::FixedState,
+    shards: Box<[Mutex<Shard>]>,
+}
+
+#[derive(Debug, Default)]
+struct Shard {
+    /// user → (rule index, bucket) for each rule the user has a non-full bucket under.
+    users: HashMap<Box<str>, Vec<(usize, Bucket)>, foldhash::fast::RandomState>,
+    ops_since_sweep: usize,
+}
+
+impl EmbeddedSource {
+    /// A source serving `rules`, on the system clock, with partial grants.
+    pub fn new(rules: RuleSet) -> Self {
+        EmbeddedSource {
+            rules,
+            clock: Arc::new(SystemClock::new()),
+            partial_grants: true,
+            hasher: foldhash::fast::FixedState::with_seed(fastrand::u64(..)),
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+        }
+    }
+
+    /// Uses `clock` for refills (a [`ManualClock`](crate::ManualClock) in tests).
+    pub fn with_clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// With `false`, a request gets all it asked for or nothing, as some servers do (the
+    /// default is `true`: partial grants).
+    pub fn with_partial_grants(mut self, partial: bool) -> Self {
+        self.partial_grants = partial;
+        self
+    }
+
+    /// The rules this source serves.
+    pub fn rules(&self) -> &RuleSet {
+        &self.rules
+    }
+
+    /// Consumes tokens synchronously (the [`TokenSource`] implementation calls this).
+    ///
+    /// Errors (kind [`ErrorKind::InvalidInput`]): a blank or over-long user identifier, zero
+    /// tokens requested, or a zero `tokens_requested_for_default_bucket_match`.
+    pub fn consume_now(&self, request: ConsumeRequest<'_>) -> Result<ConsumeTokensResponse, Error> {
+        validate(&request)?;
+        let index = self.rules.resolve_index(request.target);
+        let rule = self.rules.rule_at(index);
+        let wanted = match request.tokens_requested_for_default_bucket_match {
+            Some(n) if rule.is_default => n,
+            _ => request.tokens_requested,
+        };
+        let rate = rule.refill_rate.millitokens_per_second();
+        let capacity = rule.burst_rate;
+        let now = self.clock.now();
+
+        let mut shard = self.shard(request.user_identifier);
+        shard.ops_since_sweep += 1;
+        if shard.ops_since_sweep >= shard.users.len().max(1024) {
+            shard.sweep(&self.rules, now);
+        }
+        let buckets = match shard.users.get_mut(request.user_identifier) {
+            Some(buckets) => buckets,
+            None => shard
+                .users
+                .entry(request.user_identifier.into())
+                .or_default(),
+        };
+        let bucket = match buckets.iter_mut().position(|(i, _)| *i == index) {
+            Some(at) => &mut buckets[at].1,
+            None => {
+                buckets.push((index, Bucket::full(capacity, now)));
+                let last = buckets.len() - 1;
+                &mut buckets[last].1
+            }
+        };
+        bucket.refill(now, rate, capacity);
+        let granted = bucket.take(wanted, self.partial_grants);
+        Ok(ConsumeTokensResponse {
+            tokens_remaining: bucket.tokens(),
+            tokens_consumed: granted,
+            throttles: u64::from(granted < wanted),
+            rule: rule.clone(),
+        })
+    }
+
+    /// How many (user, rule) buckets are held (full buckets are dropped by periodic sweeps).
+    pub fn bucket_count(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| lock(s).users.values().map(Vec::len).sum::<usize>())
+            .sum()
+    }
+
+    /// Removes every bucket that has refilled to capacity now. Runs on its own from time to
+    /// time; call it to release memory at once.
+    pub fn sweep(&self) {
+        let now = self.clock.now();
+        for shard in self.shards.iter() {
+            lock(shard).sweep(&self.rules, now);
+        }
+    }
+
+    fn shard(&self, user: &str) -> MutexGuard<'_, Shard> {
+        lock(&self.shards[(self.hasher.hash_one(user) as usize) % SHARDS])
+    }
+}
+
+impl Shard {
+    fn sweep(&mut self, rules: &RuleSet, now: Timestamp) {
+        self.ops_since_sweep = 0;
+        self.users.retain(|_, buckets| {
+            buckets.retain_mut(|(index, bucket)| {
+                let rule = rules.rule_at(*index);
+                bucket.refill(
+                    now,
+                    rule.refill_rate.millitokens_per_second(),
+                    rule.burst_rate,
+                );
+                !bucket.is_full(rule.burst_rate)
+            });
+            !buckets.is_empty()
+        });
+    }
+}
+
+/// Locks a mutex, recovering from poisoning: the maps hold plain data that a panicking holder
+/// cannot leave inconsistent.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn validate(request: &ConsumeRequest<'_>) -> Result<(), Error> {
+    let invalid = |msg: &str| Err(Error::new(ErrorKind::InvalidInput, msg));
+    if request.user_identifier.trim().is_empty() {
+        return invalid("userIdentifier must not be blank");
+    }
+    if request.user_identifier.len() > MAX_USER_IDENTIFIER_BYTES {
+        return invalid("userIdentifier is longer than 1024 bytes");
+    }
+    if request.tokens_requested == 0 {
+        return invalid("tokensRequested must be at least 1");
+    }
+    if request.tokens_requested_for_default_bucket_match == Some(0) {
+        return invalid("tokensRequestedForDefaultBucketMatch must be at least 1");
+    }
+    Ok(())
+}
+
+impl TokenSource for EmbeddedSource {
+    fn consume_tokens(
+        &self,
+        request: ConsumeRequest<'_>,
+    ) -> impl Future<Output = Result<ConsumeTokensResponse, Error>> + Send {
+        std::future::ready(self.consume_now(request))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ManualClock, RefillRate, Target};
+    use http::Method;
+    use proptest::prelude::*;
+    use std::time::Duration;
+
+    fn source(clock: &ManualClock) -> EmbeddedSource {
+        EmbeddedSource::new(RuleSet::demo()).with_clock(clock.clone())
+    }
+
+    fn take(s: &EmbeddedSource, user: &str, target: &Target<'_>, n: u64) -> ConsumeTokensResponse {
+        s.consume_now(ConsumeRequest::new(user, target, n)).unwrap()
+    }
+
+    #[test]
+    fn buckets_start_full_and_cap_at_burst() {
+        let clock = ManualClock::new();
+        let s = source(&clock);
+        let hello = Target::path(Method::GET, "/hello");
+        let r = take(&s, "u", &hello, 1);
+        assert_eq!((r.tokens_consumed, r.tokens_remaining), (1, 19));
+        assert_eq!(r.rule.id, "rule_hello");
+        // A long idle time refills only to the burst.
+        clock.advance(Duration::from_secs(3600));
+        let r = take(&s, "u", &hello, 100);
+        assert_eq!((r.tokens_consumed, r.tokens_remaining), (20, 0));
+        assert_eq!(r.throttles, 1);
+    }
+
+    #[test]
+    fn refill_is_exact_for_fractional_rates() {
+        let clock = ManualClock::new();
+        let rules = RuleSet::builder()
+            .default_rule(RefillRate::from_millitokens_per_second(333), 3)
+            .build()
+            .unwrap();
+        let s = EmbeddedSource::new(rules).with_clock(clock.clone());
+        assert_eq!(take(&s, "u", &Target::Default, 3).tokens_consumed, 3);
+        // 1 token needs 1000/333 s = 3.003003... s.
+        clock.advance(Duration::from_nanos(3_003_003_003));
+        assert_eq!(take(&s, "u", &Target::Default, 1).tokens_consumed, 0);
+        clock.advance(Duration::from_nanos(1));
+        assert_eq!(take(&s, "u", &Target::Default, 1).tokens_consumed, 1);
+        // Many small steps add up to exactly the same as one big one.
+        for _ in 0..3_003 {
+            clock.advance(Duration::from_millis(1));
+        }
+        clock.advance(Duration::from_nanos(3_004));
+        assert_eq!(take(&s, "u", &Target::Default, 5).tokens_consumed, 1);
+    }
+
+    #[test]
+    fn users_and_rules_have_separate_buckets() {
+        let clock = ManualClock::new();
+        let s = source(&clock);
+        let email = Target::operation("send_email");
+        assert_eq!(take(&s, "a", &email, 10).tokens_consumed, 10);
+        assert_eq!(take(&s, "a", &email, 1).tokens_consumed, 0);
+        assert_eq!(take(&s, "b", &email, 1).tokens_consumed, 1);
+        assert_eq!(take(&s, "a", &Target::Default, 1).tokens_consumed, 1);
+        assert_eq!(s.bucket_count(), 3);
+    }
+
+    #[test]
+    fn default_rule_is_charged_the_default_bucket_match() {
+        let clock = ManualClock::new();
+        let s = source(&clock);
+        let items = Target::path(Method::GET, "/items/1");
+        let lease = ConsumeRequest::new("u", &items, 5).with_default_bucket_match(1);
+        let r = s.consume_now(lease).unwrap();
+        assert!(r.rule.is_default);
+        assert_eq!((r.tokens_consumed, r.tokens_remaining), (1, 4));
+        // A non-default rule is charged the full request.
+        let email = Target::operation("send_email");
+        let r = s
+            .consume_now(ConsumeRequest::new("u", &email, 5).with_default_bucket_match(1))
+            .unwrap();
+        assert_eq!((r.tokens_consumed, r.tokens_remaining), (5, 5));
+    }
+
+    #[test]
+    fn without_partial_grants_it_is_all_or_nothing() {
+        let clock = ManualClock::new();
+        let s = source(&clock).with_partial_grants(false);
+        let email = Target::operation("send_email");
+        assert_eq!(take(&s, "u", &email, 8).tokens_consumed, 8);
+        let r = take(&s, "u", &email, 5);
+        assert_eq!((r.tokens_consumed, r.tokens_remaining), (0, 2));
+        assert_eq!(take(&s, "u", &email, 2).tokens_consumed, 2);
+    }
+
+    #[test]
+    fn clock_going_backwards_adds_nothing() {
+        let clock = ManualClock::new();
+        clock.advance(Duration::from_secs(100));
+        let s = source(&clock);
+        let email = Target::operation("send_email");
+        assert_eq!(take(&s, "u", &email, 10).tokens_consumed, 10);
+        clock.set(Timestamp::from_nanos(0));
+        assert_eq!(take(&s, "u", &email, 1).tokens_consumed, 0);
+        clock.set(Timestamp::from_nanos(100_000_000_000));
+        assert_eq!(take(&s, "u", &email, 1).tokens_consumed, 0);
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(take(&s, "u", &email, 1).tokens_consumed, 1);
+    }
+
+    #[test]
+    fn invalid_requests_are_rejected() {
+        let s = source(&ManualClock::new());
+        let t = Target::Default;
+        for req in [
+            ConsumeRequest::new("", &t, 1),
+            ConsumeRequest::new("  ", &t, 1),
+            ConsumeRequest::new("u", &t, 0),
+            ConsumeRequest::new("u", &t, 1).with_default_bucket_match(0),
+        ] {
+            assert_eq!(
+                s.consume_now(req).unwrap_err().kind(),
+                ErrorKind::InvalidInput
+            );
+        }
+        let long = "x".repeat(MAX_USER_IDENTIFIER_BYTES + 1);
+        assert!(s.consume_now(ConsumeRequest::new(&long, &t, 1)).is_err());
+        assert_eq!(s.bucket_count(), 0);
+    }
+
+    #[test]
+    fn full_buckets_are_swept_and_memory_stays_bounded() {
+        let clock = ManualClock::new();
+        let s = source(&clock);
+        let t = Target::Default; // refill 1/s, burst 5
+        for round in 0..20 {
+            for u in 0..1000 {
+                take(&s, &format!("user-{round}-{u}"), &t, 1);
+            }
+            // Each bucket is one token short, full again after 1 s.
+            clock.advance(Duration::from_secs(1));
+            assert!(
+                s.bucket_count() <= 2 * 1000 + SHARDS * 1024,
+                "{}",
+                s.bucket_count()
+            );
+        }
+        s.sweep();
+        assert_eq!(s.bucket_count(), 0);
+    }
+
+    #[test]
+    fn huge_requests_do_not_overflow() {
+        let s = source(&ManualClock::new());
+        let r = take(&s, "u", &Target::Default, u64::MAX);
+        assert_eq!((r.tokens_consumed, r.tokens_remaining), (5, 0));
+    }
+
+    proptest! {
+        /// Over any run, one bucket never grants more than burst + refill·t.
+        #[test]
+        fn never_grants_more_than_burst_plus_refill(
+            rate_milli in 1u64..20_000,
+            burst in 1u64..50,
+            steps in proptest::collection::vec((0u64..3_000_000_000, 1u64..10), 1..200),
+            partial in any::<bool>(),
+        ) {
+            let clock = ManualClock::new();
+            let rules = RuleSet::builder()
+                .default_rule(RefillRate::from_millitokens_per_second(rate_milli), burst)
+                .build()
+                .unwrap();
+            let s = EmbeddedSource::new(rules).with_clock(clock.clone()).with_partial_grants(partial);
+            let mut granted: u128 = 0;
+            let mut elapsed: u128 = 0;
+            for (dt, n) in steps {
+                clock.advance(Duration::from_nanos(dt));
+                elapsed += u128::from(dt);
+                let r = s.consume_now(ConsumeRequest::new("u", &Target::Default, n)).unwrap();
+                prop_assert!(r.tokens_consumed <= n);
+                prop_assert!(r.tokens_remaining <= burst);
+                granted += u128::from(r.tokens_consumed);
+                // granted ≤ burst + rate·t, in pico-tokens to stay exact.
+                prop_assert!(granted * PICO <= u128::from(burst) * PICO + elapsed * u128::from(rate_milli));
+            }
+        }
+
+        /// A bucket left alone long enough is full again, and never more than full.
+        #[test]
+        fn refills_to_exactly_burst(rate_milli in 1u64..100_000, burst in 1u64..1000, take_n in 1u64..1000) {
+            let mut b = Bucket::full(burst, Timestamp::ZERO);
+            let got = b.take(take_n, true);
+            prop_assert_eq!(got, take_n.min(burst));
+            let need = RefillRate::from_millitokens_per_second(rate_milli).time_per_token().unwrap();
+            let far = Timestamp::ZERO + need * u32::try_from(burst).unwrap() + Duration::from_secs(1);
+            b.refill(far, rate_milli, burst);
+            prop_assert_eq!(b.tokens(), burst);
+            prop_assert!(b.is_full(burst));
+        }
+    }
+}

@@ -1,0 +1,44 @@
+//! The engine of [lightrate](https://github.com/lightrate/lightrate-rust): rate limiting for
+//! Rust web services, with tokens from the LightRate token API.
+//!
+//! - [`protocol`]: the wire types of `POST /api/v1/tokens/consume` ([`Target`],
+//!   [`ConsumeRequest`], [`ConsumeTokensResponse`], [`Rule`]).
+//! - [`TokenSource`]: where tokens come from. Implemented by [`LightRateClient`] (the hosted
+//!   API or any server speaking its protocol) and [`EmbeddedSource`] (the rules engine
+//!   in-process, no network: the default when no API key is configured).
+//! - [`Clock`]: injected time, with [`SystemClock`] and [`ManualClock`] for tests.
+//!
+//! Web-framework adapters live in `lightrate-tower` (axum, hyper, tonic) and
+//! `lightrate-actix`; this crate depends on no web framework.
+//!
+//! ```
+//! use lightrate_core::{ConsumeRequest, EmbeddedSource, RuleSet, Target};
+//!
+//! let source = EmbeddedSource::new(RuleSet::demo());
+//! let target = Target::operation("send_email");
+//! let answer = source.consume_now(ConsumeRequest::new("user123", &target, 1)).unwrap();
+//! assert!(answer.is_granted());
+//! assert_eq!(answer.rule.burst_rate, 10);
+//! ```
+
+mod client;
+mod clock;
+mod embedded;
+mod error;
+pub mod protocol;
+mod rules;
+mod source;
+
+pub use client::{
+    ClientBuilder, Configuration, LightRateClient, DEFAULT_BASE_URL, DEFAULT_LOCAL_BUCKET_SIZE,
+    DEFAULT_RETRY_ATTEMPTS, DEFAULT_TIMEOUT,
+};
+pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
+pub use embedded::{EmbeddedSource, MAX_USER_IDENTIFIER_BYTES};
+pub use error::{Error, ErrorKind};
+pub use protocol::{ConsumeRequest, ConsumeTokensResponse, RefillRate, Rule, Target};
+pub use rules::{RuleSet, RuleSetBuilder, RuleSpec};
+pub use source::TokenSource;
+
+/// The `http` crate, whose `Method` and `StatusCode` appear in this API.
+pub use http;

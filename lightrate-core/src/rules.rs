@@ -1,0 +1,616 @@
+//! Rules: which rule a [`Target`] falls under, with the SDKs' matcher semantics.
+//!
+//! A rule without an HTTP method is an *operation rule*: its matcher is tested against the
+//! operation name. A rule with a method is a *path rule*: the method must be equal (exactly,
+//! case included) and the matcher is tested against the path. A matcher is an unanchored
+//! regular expression; one that does not compile is compared as a literal string. What no rule
+//! matches falls to the default rule.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use http::Method;
+use serde::Deserialize;
+
+use crate::{Error, ErrorKind, RefillRate, Rule, Target};
+
+/// The largest compiled program a matcher may have. Matchers can come from a server's answers,
+/// so one that would take more memory than this is treated as a literal instead.
+const MATCHER_SIZE_LIMIT: usize = 256 * 1024;
+
+/// A rule's compiled pattern.
+#[derive(Clone, Debug)]
+pub(crate) enum Matcher {
+    Regex(regex::Regex),
+    Literal(Box<str>),
+}
+
+impl Matcher {
+    /// Compiles `pattern` as an unanchored regular expression, or keeps it as a literal when it
+    /// does not compile (or would be too large).
+    pub(crate) fn compile(pattern: &str) -> Matcher {
+        match regex::RegexBuilder::new(pattern)
+            .size_limit(MATCHER_SIZE_LIMIT)
+            .dfa_size_limit(MATCHER_SIZE_LIMIT)
+            .build()
+        {
+            Ok(re) => Matcher::Regex(re),
+            Err(_) => Matcher::Literal(pattern.into()),
+        }
+    }
+
+    pub(crate) fn is_match(&self, text: &str) -> bool {
+        match self {
+            Matcher::Regex(re) => re.is_match(text),
+            Matcher::Literal(lit) => **lit == *text,
+        }
+    }
+}
+
+/// A rule with its matcher compiled once.
+#[derive(Clone, Debug)]
+pub(crate) struct CompiledRule {
+    pub(crate) rule: Rule,
+    matcher: Option<Matcher>,
+}
+
+impl CompiledRule {
+    pub(crate) fn new(rule: Rule) -> Self {
+        let matcher = if rule.is_default {
+            None
+        } else {
+            rule.matcher.as_deref().map(Matcher::compile)
+        };
+        CompiledRule { rule, matcher }
+    }
+
+    /// Whether this (non-default) rule applies to `target`.
+    pub(crate) fn matches(&self, target: &Target<'_>) -> bool {
+        let Some(matcher) = &self.matcher else {
+            return false;
+        };
+        match (target, self.rule.http_method.as_deref()) {
+            (Target::Operation(op), None) => matcher.is_match(op),
+            (Target::Path { method, path }, Some(rule_method)) => {
+                method.as_str() == rule_method && matcher.is_match(path)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// An application's rules: a default rule plus operation and path rules, tried in order.
+///
+/// ```
+/// use lightrate_core::{RefillRate, RuleSet, Target};
+/// use http::Method;
+///
+/// let rules = RuleSet::builder()
+///     .default_rule(RefillRate::per_second(1), 5)
+///     .operation("Send Email", "^send_email$", RefillRate::per_second(1), 10)
+///     .path(Method::GET, "^/hello", RefillRate::per_second(1), 20)
+///     .build()
+///     .unwrap();
+/// assert_eq!(rules.resolve(&Target::operation("send_email")).burst_rate, 10);
+/// assert_eq!(rules.resolve(&Target::path(Method::GET, "/hello/world")).burst_rate, 20);
+/// assert!(rules.resolve(&Target::path(Method::POST, "/hello")).is_default);
+/// ```
+#[derive(Clone, Debug)]
+pub struct RuleSet {
+    default: CompiledRule,
+    rules: Vec<CompiledRule>,
+}
+
+impl RuleSet {
+    /// A builder.
+    pub fn builder() -> RuleSetBuilder {
+        RuleSetBuilder::default()
+    }
+
+    /// The demo rules of the example apps: operation `send_email` refill 1/s burst 10; path
+    /// `^/hello` method `GET` refill 1/s burst 20; default rule refill 1/s burst 5.
+    pub fn demo() -> RuleSet {
+        RuleSet::builder()
+            .default_rule(RefillRate::per_second(1), 5)
+            .rule(RuleSpec {
+                id: Some("rule_send_email".into()),
+                ..RuleSpec::operation("Send Email", "^send_email$", RefillRate::per_second(1), 10)
+            })
+            .rule(RuleSpec {
+                id: Some("rule_hello".into()),
+                name: "Hello".into(),
+                ..RuleSpec::path(Method::GET, "^/hello", RefillRate::per_second(1), 20)
+            })
+            .build()
+            .unwrap_or_else(|_| unreachable!("the demo rules are valid"))
+    }
+
+    /// Parses rules from TOML.
+    ///
+    /// ```
+    /// use lightrate_core::{RuleSet, Target};
+    ///
+    /// let rules = RuleSet::from_toml_str(r#"
+    ///     [default]
+    ///     refill_rate = 1
+    ///     burst_rate = 5
+    ///
+    ///     [[rules]]
+    ///     name = "Send Email"
+    ///     matcher = "^send_email$"
+    ///     refill_rate = 0.5
+    ///     burst_rate = 10
+    ///
+    ///     [[rules]]
+    ///     id = "hello"
+    ///     name = "Hello"
+    ///     matcher = "^/hello"
+    ///     http_method = "GET"
+    ///     refill_rate = 1
+    ///     burst_rate = 20
+    /// "#).unwrap();
+    /// assert_eq!(rules.resolve(&Target::operation("send_email")).id, "rule_send_email");
+    /// assert_eq!(rules.rules().count(), 3);
+    /// ```
+    pub fn from_toml_str(text: &str) -> Result<RuleSet, Error> {
+        let file: TomlRules = toml::from_str(text).map_err(|e| {
+            Error::new(ErrorKind::Configuration, format!("invalid rules file: {e}"))
+        })?;
+        let refill = |rate: f64, what: &str| {
+            RefillRate::from_f64(rate).ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Configuration,
+                    format!("{what}: refill_rate must be a finite, non-negative number"),
+                )
+            })
+        };
+        let mut builder = RuleSet::builder().default_rule_named(
+            file.default.name.unwrap_or_else(|| "Default".into()),
+            file.default.id,
+            refill(file.default.refill_rate, "default rule")?,
+            file.default.burst_rate,
+        );
+        for r in file.rules {
+            let http_method = match r.http_method {
+                Some(m) => Some(Method::from_bytes(m.as_bytes()).map_err(|_| {
+                    Error::new(
+                        ErrorKind::Configuration,
+                        format!("rule {:?}: invalid http_method {m:?}", r.name),
+                    )
+                })?),
+                None => None,
+            };
+            builder = builder.rule(RuleSpec {
+                refill_rate: refill(r.refill_rate, &format!("rule {:?}", r.name))?,
+                id: r.id,
+                name: r.name,
+                matcher: r.matcher,
+                http_method,
+                burst_rate: r.burst_rate,
+            });
+        }
+        builder.build()
+    }
+
+    /// Reads and parses a TOML rules file (see [`from_toml_str`](RuleSet::from_toml_str)).
+    pub fn from_toml_file(path: impl AsRef<Path>) -> Result<RuleSet, Error> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::new(
+                ErrorKind::Configuration,
+                format!("cannot read rules file {}: {e}", path.display()),
+            )
+        })?;
+        RuleSet::from_toml_str(&text)
+    }
+
+    /// The rule `target` falls under: the first rule that matches it, else the default rule.
+    pub fn resolve(&self, target: &Target<'_>) -> &Rule {
+        self.rule_at(self.resolve_index(target))
+    }
+
+    /// Index into `rules`, or `rules.len()` for the default rule.
+    pub(crate) fn resolve_index(&self, target: &Target<'_>) -> usize {
+        self.rules
+            .iter()
+            .position(|r| r.matches(target))
+            .unwrap_or(self.rules.len())
+    }
+
+    /// The rule at `index` as returned by `resolve_index`.
+    pub(crate) fn rule_at(&self, index: usize) -> &Rule {
+        self.rules
+            .get(index)
+            .map_or(&self.default.rule, |r| &r.rule)
+    }
+
+    /// Every rule, the default rule first.
+    pub fn rules(&self) -> impl Iterator<Item = &Rule> {
+        std::iter::once(&self.default.rule).chain(self.rules.iter().map(|r| &r.rule))
+    }
+
+    /// The default rule.
+    pub fn default_rule(&self) -> &Rule {
+        &self.default.rule
+    }
+}
+
+/// One rule to add to a [`RuleSetBuilder`].
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct RuleSpec {
+    /// The rule's id; derived from the name (`rule_<name>`) when `None`.
+    pub id: Option<String>,
+    /// A human-readable name.
+    pub name: String,
+    /// The pattern (an unanchored regular expression, or a literal if it does not compile).
+    pub matcher: String,
+    /// `Some` for a path rule, `None` for an operation rule.
+    pub http_method: Option<Method>,
+    /// Tokens added per second.
+    pub refill_rate: RefillRate,
+    /// Bucket capacity; at least 1.
+    pub burst_rate: u64,
+}
+
+impl RuleSpec {
+    /// An operation rule.
+    pub fn operation(
+        name: impl Into<String>,
+        matcher: impl Into<String>,
+        refill_rate: RefillRate,
+        burst_rate: u64,
+    ) -> Self {
+        RuleSpec {
+            id: None,
+            name: name.into(),
+            matcher: matcher.into(),
+            http_method: None,
+            refill_rate,
+            burst_rate,
+        }
+    }
+
+    /// A path rule, named after its method and matcher.
+    pub fn path(
+        method: Method,
+        matcher: impl Into<String>,
+        refill_rate: RefillRate,
+        burst_rate: u64,
+    ) -> Self {
+        let matcher = matcher.into();
+        RuleSpec {
+            id: None,
+            name: format!("{method} {matcher}"),
+            matcher,
+            http_method: Some(method),
+            refill_rate,
+            burst_rate,
+        }
+    }
+
+    /// Sets the id.
+    pub fn with_id(mut self, id: impl Into<String>) -> Self {
+        self.id = Some(id.into());
+        self
+    }
+}
+
+/// Builds a [`RuleSet`]. See [`RuleSet::builder`].
+#[derive(Clone, Debug, Default)]
+pub struct RuleSetBuilder {
+    default: Option<(String, Option<String>, RefillRate, u64)>,
+    rules: Vec<RuleSpec>,
+}
+
+impl RuleSetBuilder {
+    /// The default rule, for what no other rule matches. Required.
+    pub fn default_rule(self, refill_rate: RefillRate, burst_rate: u64) -> Self {
+        self.default_rule_named("Default".into(), None, refill_rate, burst_rate)
+    }
+
+    fn default_rule_named(
+        mut self,
+        name: String,
+        id: Option<String>,
+        refill_rate: RefillRate,
+        burst_rate: u64,
+    ) -> Self {
+        self.default = Some((name, id, refill_rate, burst_rate));
+        self
+    }
+
+    /// Adds an operation rule named `name`.
+    pub fn operation(
+        self,
+        name: impl Into<String>,
+        matcher: impl Into<String>,
+        refill_rate: RefillRate,
+        burst_rate: u64,
+    ) -> Self {
+        self.rule(RuleSpec::operation(name, matcher, refill_rate, burst_rate))
+    }
+
+    /// Adds a path rule for `method`.
+    pub fn path(
+        self,
+        method: Method,
+        matcher: impl Into<String>,
+        refill_rate: RefillRate,
+        burst_rate: u64,
+    ) -> Self {
+        self.rule(RuleSpec::path(method, matcher, refill_rate, burst_rate))
+    }
+
+    /// Adds a rule.
+    pub fn rule(mut self, spec: RuleSpec) -> Self {
+        self.rules.push(spec);
+        self
+    }
+
+    /// Checks and compiles the rules.
+    ///
+    /// Errors (kind [`ErrorKind::Configuration`]): no default rule, a burst of 0, an empty
+    /// matcher, or two rules with the same id.
+    pub fn build(self) -> Result<RuleSet, Error> {
+        let config = |msg: String| Error::new(ErrorKind::Configuration, msg);
+        let (name, id, refill_rate, burst_rate) = self
+            .default
+            .ok_or_else(|| config("a default rule is required".into()))?;
+        if burst_rate == 0 {
+            return Err(config("default rule: burst_rate must be at least 1".into()));
+        }
+        let mut ids = HashSet::new();
+        let default_id = id.unwrap_or_else(|| "rule_default".into());
+        ids.insert(default_id.clone());
+        let default = CompiledRule::new(Rule {
+            id: default_id,
+            name,
+            refill_rate,
+            burst_rate,
+            is_default: true,
+            matcher: None,
+            http_method: None,
+        });
+        let mut rules = Vec::with_capacity(self.rules.len());
+        for spec in self.rules {
+            if spec.burst_rate == 0 {
+                return Err(config(format!(
+                    "rule {:?}: burst_rate must be at least 1",
+                    spec.name
+                )));
+            }
+            if spec.matcher.is_empty() {
+                return Err(config(format!("rule {:?}: matcher is empty", spec.name)));
+            }
+            let id = match spec.id {
+                Some(id) if !id.trim().is_empty() => id,
+                Some(_) => return Err(config(format!("rule {:?}: id is empty", spec.name))),
+                None => unique_id(&slug(&spec.name), &ids),
+            };
+            if !ids.insert(id.clone()) {
+                return Err(config(format!("two rules have the id {id:?}")));
+            }
+            rules.push(CompiledRule::new(Rule {
+                id,
+                name: spec.name,
+                refill_rate: spec.refill_rate,
+                burst_rate: spec.burst_rate,
+                is_default: false,
+                matcher: Some(spec.matcher),
+                http_method: spec.http_method.map(|m| m.as_str().to_owned()),
+            }));
+        }
+        Ok(RuleSet { default, rules })
+    }
+}
+
+fn slug(name: &str) -> String {
+    let mut out = String::from("rule_");
+    let mut last_sep = true;
+    for c in name.chars() {
+        if c.is_ascii_alphanumeric() {
+            out.push(c.to_ascii_lowercase());
+            last_sep = false;
+        } else if !last_sep {
+            out.push('_');
+            last_sep = true;
+        }
+    }
+    while out.ends_with('_') && out.len() > "rule_".len() {
+        out.pop();
+    }
+    out
+}
+
+fn unique_id(base: &str, taken: &HashSet<String>) -> String {
+    if !taken.contains(base) {
+        return base.to_owned();
+    }
+    (2..)
+        .map(|n| format!("{base}_{n}"))
+        .find(|id| !taken.contains(id))
+        .unwrap_or_else(|| unreachable!("an unbounded range always has a free id"))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TomlRules {
+    default: TomlDefault,
+    #[serde(default)]
+    rules: Vec<TomlRule>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TomlDefault {
+    id: Option<String>,
+    name: Option<String>,
+    refill_rate: f64,
+    burst_rate: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TomlRule {
+    id: Option<String>,
+    name: String,
+    matcher: String,
+    http_method: Option<String>,
+    refill_rate: f64,
+    burst_rate: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn demo() -> RuleSet {
+        RuleSet::demo()
+    }
+
+    #[test]
+    fn demo_rules_resolve_as_documented() {
+        let rules = demo();
+        let email = rules.resolve(&Target::operation("send_email"));
+        assert_eq!(
+            (email.id.as_str(), email.burst_rate),
+            ("rule_send_email", 10)
+        );
+        let hello = rules.resolve(&Target::path(Method::GET, "/hello"));
+        assert_eq!((hello.id.as_str(), hello.burst_rate), ("rule_hello", 20));
+        let items = rules.resolve(&Target::path(Method::GET, "/items/42"));
+        assert!(items.is_default);
+        assert_eq!(items.burst_rate, 5);
+        assert!(rules.resolve(&Target::Default).is_default);
+    }
+
+    #[test]
+    fn matchers_are_unanchored_regexes() {
+        let rules = RuleSet::builder()
+            .default_rule(RefillRate::per_second(1), 1)
+            .operation("emails", "email", RefillRate::per_second(1), 7)
+            .build()
+            .unwrap();
+        assert_eq!(
+            rules
+                .resolve(&Target::operation("send_email_now"))
+                .burst_rate,
+            7
+        );
+        assert!(rules.resolve(&Target::operation("sms")).is_default);
+    }
+
+    #[test]
+    fn matcher_that_does_not_compile_is_a_literal() {
+        let rules = RuleSet::builder()
+            .default_rule(RefillRate::per_second(1), 1)
+            .operation("weird", "send(email", RefillRate::per_second(1), 7)
+            .build()
+            .unwrap();
+        assert_eq!(
+            rules.resolve(&Target::operation("send(email")).burst_rate,
+            7
+        );
+        assert!(rules.resolve(&Target::operation("send(email2")).is_default);
+        assert!(rules.resolve(&Target::operation("sendemail")).is_default);
+    }
+
+    #[test]
+    fn methods_are_compared_exactly_and_kinds_do_not_cross() {
+        let rules = demo();
+        // A path rule never matches an operation, and vice versa.
+        assert!(rules.resolve(&Target::operation("/hello")).is_default);
+        assert!(
+            rules
+                .resolve(&Target::path(Method::POST, "send_email"))
+                .is_default
+        );
+        // Method comparison is exact, case included.
+        let lower = Method::from_bytes(b"get").unwrap();
+        assert!(rules.resolve(&Target::path(lower, "/hello")).is_default);
+        // Unanchored at the end: /hello/there matches ^/hello.
+        assert_eq!(
+            rules
+                .resolve(&Target::path(Method::GET, "/hellothere"))
+                .burst_rate,
+            20
+        );
+        assert!(
+            rules
+                .resolve(&Target::path(Method::GET, "/x/hello"))
+                .is_default
+        );
+    }
+
+    #[test]
+    fn first_matching_rule_wins() {
+        let rules = RuleSet::builder()
+            .default_rule(RefillRate::per_second(1), 1)
+            .operation("a", "mail", RefillRate::per_second(1), 2)
+            .operation("b", "^send_mail$", RefillRate::per_second(1), 3)
+            .build()
+            .unwrap();
+        assert_eq!(rules.resolve(&Target::operation("send_mail")).burst_rate, 2);
+    }
+
+    #[test]
+    fn builder_rejects_bad_rules() {
+        let no_default = RuleSet::builder().build().unwrap_err();
+        assert_eq!(no_default.kind(), ErrorKind::Configuration);
+        let zero = RuleSet::builder()
+            .default_rule(RefillRate::per_second(1), 1)
+            .operation("z", "z", RefillRate::per_second(1), 0)
+            .build();
+        assert!(zero.is_err());
+        let dup = RuleSet::builder()
+            .default_rule(RefillRate::per_second(1), 1)
+            .rule(RuleSpec::operation("a", "a", RefillRate::per_second(1), 1).with_id("x"))
+            .rule(RuleSpec::operation("b", "b", RefillRate::per_second(1), 1).with_id("x"))
+            .build()
+            .unwrap_err();
+        assert!(dup.message().contains("\"x\""));
+        let empty = RuleSet::builder()
+            .default_rule(RefillRate::per_second(1), 1)
+            .operation("e", "", RefillRate::per_second(1), 1)
+            .build();
+        assert!(empty.is_err());
+    }
+
+    #[test]
+    fn generated_ids_are_unique_slugs() {
+        let rules = RuleSet::builder()
+            .default_rule(RefillRate::per_second(1), 1)
+            .operation("Send Email!", "a", RefillRate::per_second(1), 1)
+            .operation("send email", "b", RefillRate::per_second(1), 1)
+            .build()
+            .unwrap();
+        let ids: Vec<_> = rules.rules().map(|r| r.id.as_str()).collect();
+        assert_eq!(
+            ids,
+            ["rule_default", "rule_send_email", "rule_send_email_2"]
+        );
+    }
+
+    #[test]
+    fn toml_errors_are_configuration_errors() {
+        for bad in [
+            "",                                                      // no default
+            "[default]\nrefill_rate = 1\nburst_rate = 5\nbogus = 1", // unknown field
+            "[default]\nrefill_rate = -1\nburst_rate = 5",           // negative
+            "[default]\nrefill_rate = 1\nburst_rate = 5\n[[rules]]\nname='x'\nmatcher='x'\nhttp_method='G T'\nrefill_rate=1\nburst_rate=1",
+        ] {
+            let e = RuleSet::from_toml_str(bad).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Configuration, "{bad}");
+        }
+        let missing = RuleSet::from_toml_file("/nonexistent/rules.toml").unwrap_err();
+        assert!(missing.message().contains("/nonexistent/rules.toml"));
+    }
+
+    #[test]
+    fn oversized_regex_falls_back_to_literal() {
+        let huge = "(a|b|c|d|e|f|g|h|i|j){1,1000}".repeat(20);
+        let m = Matcher::compile(&huge);
+        assert!(matches!(m, Matcher::Literal(_)));
+    }
+}

@@ -1,0 +1,20 @@
+//! lightrate: rate limiting for Rust web services, with tokens from the LightRate token API.
+//!
+//! This facade re-exports the engine ([`lightrate_core`]) at its root, and the other crates of
+//! the workspace behind features:
+//!
+//! | feature  | module     | crate              |
+//! |----------|------------|--------------------|
+//! | `server` | [`server`] | `lightrate-server` |
+//!
+//! See the README for the quick start.
+
+pub use lightrate_core::*;
+
+/// The LightRate-compatible token server (feature `server`).
+#[cfg(feature = "server")]
+pub use lightrate_server as server;
+
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
