@@ -186,6 +186,31 @@ impl EmbeddedSource {
         })
     }
 
+    /// How many whole tokens `user` has now under the rule `target` falls to, without
+    /// consuming any.
+    pub fn available(&self, user: &str, target: &crate::Target<'_>) -> u64 {
+        let index = self.rules.resolve_index(target);
+        let rule = self.rules.rule_at(index);
+        let now = self.clock.now();
+        let shard = self.shard(user);
+        let bucket = shard
+            .users
+            .get(user)
+            .and_then(|buckets| buckets.iter().find(|(i, _)| *i == index))
+            .map(|(_, b)| *b);
+        match bucket {
+            Some(mut b) => {
+                b.refill(
+                    now,
+                    rule.refill_rate.millitokens_per_second(),
+                    rule.burst_rate,
+                );
+                b.tokens()
+            }
+            None => rule.burst_rate,
+        }
+    }
+
     /// How many (user, rule) buckets are held (full buckets are dropped by periodic sweeps).
     pub fn bucket_count(&self) -> usize {
         self.shards
@@ -320,6 +345,11 @@ mod tests {
         assert_eq!(take(&s, "a", &email, 1).tokens_consumed, 0);
         assert_eq!(take(&s, "b", &email, 1).tokens_consumed, 1);
         assert_eq!(take(&s, "a", &Target::Default, 1).tokens_consumed, 1);
+        assert_eq!(s.available("a", &email), 0);
+        assert_eq!(s.available("b", &email), 9);
+        assert_eq!(s.available("nobody", &email), 10);
+        clock.advance(Duration::from_millis(2500));
+        assert_eq!(s.available("a", &email), 2);
         assert_eq!(s.bucket_count(), 3);
     }
 

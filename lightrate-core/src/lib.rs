@@ -25,6 +25,7 @@ mod client;
 mod clock;
 mod embedded;
 mod error;
+mod limiter;
 pub mod protocol;
 mod rules;
 mod source;
@@ -36,6 +37,10 @@ pub use client::{
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use embedded::{EmbeddedSource, MAX_USER_IDENTIFIER_BYTES};
 pub use error::{Error, ErrorKind};
+pub use limiter::{
+    BreakerState, BucketStatus, Decision, DecisionSource, Limiter, LimiterBuilder, OnUnavailable,
+    RuleSummary, Stats, DEFAULT_LEASE_SIZE, MAX_LEASE_SIZE,
+};
 pub use protocol::{ConsumeRequest, ConsumeTokensResponse, RefillRate, Rule, Target};
 pub use rules::{RuleSet, RuleSetBuilder, RuleSpec};
 pub use source::TokenSource;

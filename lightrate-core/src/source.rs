@@ -56,3 +56,19 @@ impl<T: TokenSource> TokenSource for Arc<T> {
         (**self).consume_tokens(request)
     }
 }
+
+/// A boxed future of a source's answer.
+pub(crate) type BoxConsume<'a> =
+    std::pin::Pin<Box<dyn Future<Output = Result<ConsumeTokensResponse, Error>> + Send + 'a>>;
+
+/// The object-safe form of [`TokenSource`], so that a limiter can hold any source behind one
+/// pointer. Implemented for every `TokenSource`; only a call to the source pays for the box.
+pub(crate) trait DynTokenSource: Send + Sync + 'static {
+    fn consume_tokens_boxed<'a>(&'a self, request: ConsumeRequest<'a>) -> BoxConsume<'a>;
+}
+
+impl<T: TokenSource> DynTokenSource for T {
+    fn consume_tokens_boxed<'a>(&'a self, request: ConsumeRequest<'a>) -> BoxConsume<'a> {
+        Box::pin(self.consume_tokens(request))
+    }
+}

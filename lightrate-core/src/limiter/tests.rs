@@ -1,0 +1,741 @@
+//! The limiter's behaviours, each on a manual clock over a counting source.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+use proptest::prelude::*;
+
+use super::*;
+use crate::{ConsumeRequest, EmbeddedSource, ManualClock, RefillRate, RuleSet, RuleSpec};
+
+/// One call the source received.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Call {
+    user: String,
+    target: String,
+    tokens: u64,
+    default_match: Option<u64>,
+}
+
+/// An embedded source that counts, records, and fails or lies on demand.
+#[derive(Debug)]
+struct TestSource {
+    inner: EmbeddedSource,
+    calls: Mutex<Vec<Call>>,
+    granted: AtomicU64,
+    next_errors: Mutex<VecDeque<Error>>,
+    always_error: Mutex<Option<Error>>,
+    delay: Mutex<Option<Duration>>,
+    exaggerate: AtomicU64,
+    /// (user, rule id, granted, when) of every answer.
+    answers: Mutex<Vec<(String, String, u64, Timestamp)>>,
+    clock: ManualClock,
+}
+
+impl TestSource {
+    fn new(inner: EmbeddedSource, clock: ManualClock) -> Arc<Self> {
+        Arc::new(TestSource {
+            answers: Mutex::default(),
+            clock,
+            inner,
+            calls: Mutex::default(),
+            granted: AtomicU64::new(0),
+            next_errors: Mutex::default(),
+            always_error: Mutex::default(),
+            delay: Mutex::default(),
+            exaggerate: AtomicU64::new(0),
+        })
+    }
+
+    fn calls(&self) -> Vec<Call> {
+        self.calls.lock().unwrap().clone()
+    }
+
+    fn call_count(&self) -> usize {
+        self.calls.lock().unwrap().len()
+    }
+
+    fn granted(&self) -> u64 {
+        self.granted.load(Ordering::SeqCst)
+    }
+
+    fn fail_always(&self, error: Option<Error>) {
+        *self.always_error.lock().unwrap() = error;
+    }
+}
+
+impl TokenSource for TestSource {
+    async fn consume_tokens(
+        &self,
+        request: ConsumeRequest<'_>,
+    ) -> Result<ConsumeTokensResponse, Error> {
+        self.calls.lock().unwrap().push(Call {
+            user: request.user_identifier.to_owned(),
+            target: request.target.to_string(),
+            tokens: request.tokens_requested,
+            default_match: request.tokens_requested_for_default_bucket_match,
+        });
+        let delay = *self.delay.lock().unwrap();
+        if let Some(delay) = delay {
+            tokio::time::sleep(delay).await;
+        }
+        let queued = self.next_errors.lock().unwrap().pop_front();
+        if let Some(error) = queued.or_else(|| self.always_error.lock().unwrap().clone()) {
+            return Err(error);
+        }
+        let mut answer = self.inner.consume_now(request)?;
+        self.answers.lock().unwrap().push((
+            request.user_identifier.to_owned(),
+            answer.rule.id.clone(),
+            answer.tokens_consumed,
+            self.clock.now(),
+        ));
+        self.granted
+            .fetch_add(answer.tokens_consumed, Ordering::SeqCst);
+        answer.tokens_consumed += self.exaggerate.load(Ordering::SeqCst);
+        Ok(answer)
+    }
+}
+
+struct Setup {
+    limiter: Limiter,
+    source: Arc<TestSource>,
+    clock: ManualClock,
+}
+
+fn setup_with(
+    rules: RuleSet,
+    partial: bool,
+    configure: impl FnOnce(LimiterBuilder) -> LimiterBuilder,
+) -> Setup {
+    let clock = ManualClock::new();
+    // Start away from the epoch, like a real clock.
+    clock.advance(Duration::from_secs(1000));
+    let source = TestSource::new(
+        EmbeddedSource::new(rules)
+            .with_clock(clock.clone())
+            .with_partial_grants(partial),
+        clock.clone(),
+    );
+    let limiter = configure(
+        Limiter::builder(source.clone())
+            .clock(clock.clone())
+            .refill_ahead(false),
+    )
+    .build();
+    Setup {
+        limiter,
+        source,
+        clock,
+    }
+}
+
+fn setup(configure: impl FnOnce(LimiterBuilder) -> LimiterBuilder) -> Setup {
+    setup_with(RuleSet::demo(), true, configure)
+}
+
+fn email() -> Target<'static> {
+    Target::operation("send_email")
+}
+
+fn get(path: &'static str) -> Target<'static> {
+    Target::path(Method::GET, path)
+}
+
+async fn check(s: &Setup, user: &str, target: &Target<'_>) -> Decision {
+    s.limiter.check(user, target).await.unwrap()
+}
+
+#[tokio::test]
+async fn first_request_leases_then_local_hits() {
+    let s = setup(|b| b);
+    let d = check(&s, "alice", &email()).await;
+    assert!(d.is_allowed());
+    assert_eq!(d.source(), DecisionSource::TokenSource);
+    assert_eq!(d.tokens_left(), 4);
+    assert_eq!(d.rule().unwrap().burst_rate(), 10);
+    for left in (0..4).rev() {
+        let d = check(&s, "alice", &email()).await;
+        assert_eq!(d.source(), DecisionSource::LocalBucket);
+        assert_eq!(d.tokens_left(), left);
+    }
+    assert_eq!(s.source.call_count(), 1);
+    assert_eq!(
+        s.source.calls()[0],
+        Call {
+            user: "alice".into(),
+            target: "operation send_email".into(),
+            tokens: 5,
+            default_match: Some(5),
+        }
+    );
+    let stats = s.limiter.stats();
+    assert_eq!((stats.local_hits, stats.allowed_by_source), (4, 1));
+    assert_eq!(stats.leased_tokens, 5);
+    assert_eq!(stats.live_buckets, 1);
+    assert_eq!(
+        s.limiter.rule_id(&d.rule().unwrap()).as_deref(),
+        Some("rule_send_email")
+    );
+}
+
+#[tokio::test]
+async fn denial_cache_denies_without_calls_until_a_token_can_exist() {
+    let s = setup(|b| b);
+    for _ in 0..10 {
+        assert!(check(&s, "u", &email()).await.is_allowed());
+    }
+    assert_eq!(s.source.call_count(), 2);
+    // The source is empty: it says no once...
+    let d = check(&s, "u", &email()).await;
+    assert!(!d.is_allowed());
+    assert_eq!(d.source(), DecisionSource::TokenSource);
+    assert_eq!(d.retry_after(), Duration::from_secs(1));
+    assert_eq!(d.retry_after_secs(), 1);
+    assert_eq!(s.source.call_count(), 3);
+    // ...and the denial cache answers for the next second.
+    s.clock.advance(Duration::from_millis(999));
+    for _ in 0..50 {
+        let d = check(&s, "u", &email()).await;
+        assert_eq!(d.source(), DecisionSource::DenialCache);
+        assert_eq!(d.retry_after(), Duration::from_millis(1));
+    }
+    assert_eq!(s.source.call_count(), 3);
+    assert_eq!(s.limiter.stats().denied_by_denial_cache, 50);
+    // The moment a token can exist, the source is asked again.
+    s.clock.advance(Duration::from_millis(1));
+    let d = check(&s, "u", &email()).await;
+    assert!(d.is_allowed());
+    assert_eq!(s.source.call_count(), 4);
+    // Another user was never affected.
+    assert!(check(&s, "v", &email()).await.is_allowed());
+}
+
+#[tokio::test]
+async fn refill_ahead_keeps_steady_traffic_local() {
+    let rules = RuleSet::builder()
+        .default_rule(RefillRate::per_second(1000), 1000)
+        .build()
+        .unwrap();
+    let s = setup_with(rules, true, |b| b.refill_ahead(true).lease_size(10));
+    let target = get("/anything");
+    let first = check(&s, "u", &target).await;
+    assert_eq!(first.source(), DecisionSource::TokenSource);
+    for _ in 0..199 {
+        let d = check(&s, "u", &target).await;
+        assert_eq!(d.source(), DecisionSource::LocalBucket, "{d:?}");
+        // Let the background lease run, as a server's other tasks would.
+        for _ in 0..4 {
+            tokio::task::yield_now().await;
+        }
+    }
+    // 200 admitted at 10 per lease, and no request waited but the first.
+    let calls = s.source.call_count();
+    assert!((20..=21).contains(&calls), "{calls}");
+    assert_eq!(s.limiter.stats().allowed_by_source, 1);
+    // Held tokens never pass lease + low-water mark.
+    for status in s.limiter.bucket_statuses() {
+        assert!(status.tokens <= 15);
+    }
+}
+
+#[tokio::test]
+async fn default_rule_targets_are_leased_and_new_paths_probe() {
+    let s = setup(|b| b);
+    // Same concrete path: one call per 5 requests.
+    for _ in 0..5 {
+        assert!(check(&s, "u", &get("/items/1")).await.is_allowed());
+    }
+    assert_eq!(s.source.call_count(), 1);
+    assert_eq!(s.source.calls()[0].default_match, Some(5));
+    // A new concrete path: only the source knows its rule. The user holds no tokens, so the
+    // probe is a full lease...
+    let d = check(&s, "u", &get("/items/2")).await;
+    assert!(!d.is_allowed(), "the default burst of 5 is spent");
+    // ...while a user who holds tokens is charged only what the request costs.
+    assert!(check(&s, "w", &get("/items/1")).await.is_allowed());
+    let d = check(&s, "w", &get("/items/3")).await;
+    assert!(d.is_allowed());
+    let last = s.source.calls().last().unwrap().clone();
+    assert_eq!((last.tokens, last.default_match), (1, Some(1)));
+    // Once known, the new path uses the shared (user, default rule) bucket.
+    let before = s.source.call_count();
+    let d = check(&s, "w", &get("/items/3")).await;
+    assert_eq!(d.source(), DecisionSource::LocalBucket);
+    assert_eq!(s.source.call_count(), before);
+}
+
+#[tokio::test]
+async fn sdk_mode_charges_the_default_rule_per_request() {
+    let s = setup(|b| b.lease_default_rule(false));
+    for _ in 0..3 {
+        let d = check(&s, "u", &get("/items/1")).await;
+        assert!(d.is_allowed());
+        assert_eq!(d.source(), DecisionSource::TokenSource);
+    }
+    let calls = s.source.calls();
+    assert_eq!(calls.len(), 3);
+    // The first did not know the rule: the SDKs' lease shape.
+    assert_eq!((calls[0].tokens, calls[0].default_match), (5, Some(1)));
+    assert_eq!((calls[1].tokens, calls[1].default_match), (1, Some(1)));
+    // Exactly one token per request was charged.
+    assert_eq!(s.source.granted(), 3);
+    // Non-default rules are still leased.
+    check(&s, "u", &email()).await;
+    check(&s, "u", &email()).await;
+    assert_eq!(s.source.call_count(), 4);
+}
+
+#[tokio::test]
+async fn all_or_nothing_servers_are_asked_again_for_what_remains() {
+    let rules = RuleSet::builder()
+        .default_rule(RefillRate::per_second(1), 7)
+        .build()
+        .unwrap();
+    let s = setup_with(rules, false, |b| b);
+    let mut allowed = 0;
+    for _ in 0..9 {
+        if check(&s, "u", &Target::Default).await.is_allowed() {
+            allowed += 1;
+        }
+    }
+    assert_eq!(allowed, 7);
+    let tokens: Vec<u64> = s.source.calls().iter().map(|c| c.tokens).collect();
+    // 5 granted; then 5 refused with 2 remaining, so 2 asked and granted; then empty.
+    assert_eq!(tokens[..3], [5, 5, 2]);
+}
+
+#[tokio::test]
+async fn expired_buckets_never_answer_and_their_tokens_are_counted_lost() {
+    let s = setup(|b| b);
+    check(&s, "u", &email()).await;
+    assert!(s.limiter.check_local("u", &email(), 1).is_some());
+    s.clock.advance(Duration::from_secs(60));
+    assert!(s.limiter.check_local("u", &email(), 1).is_none());
+    let d = check(&s, "u", &email()).await;
+    assert_eq!(d.source(), DecisionSource::TokenSource);
+    let stats = s.limiter.stats();
+    assert_eq!(stats.expired_tokens, 3);
+    assert_eq!(stats.live_buckets, 1);
+    assert_eq!(s.source.call_count(), 2);
+}
+
+#[tokio::test]
+async fn sweeps_remove_idle_buckets() {
+    let s = setup(|b| b.sweep_interval(Duration::from_secs(3600)));
+    for user in 0..50 {
+        check(&s, &format!("user-{user}"), &email()).await;
+    }
+    assert_eq!(s.limiter.stats().live_buckets, 50);
+    s.clock.advance(Duration::from_secs(30));
+    s.limiter.sweep();
+    assert_eq!(s.limiter.stats().live_buckets, 50);
+    s.clock.advance(Duration::from_secs(30));
+    s.limiter.sweep();
+    let stats = s.limiter.stats();
+    assert_eq!(stats.live_buckets, 0);
+    assert_eq!(stats.expired_tokens, 50 * 4);
+    // The target cache expired too.
+    assert_eq!(stats.cached_targets, 0);
+}
+
+#[tokio::test]
+async fn rule_ttl_makes_a_target_ask_the_source_again() {
+    let s = setup(|b| b.rule_ttl(Duration::from_secs(30)));
+    check(&s, "u", &email()).await;
+    s.clock.advance(Duration::from_secs(30));
+    assert!(s.limiter.check_local("u", &email(), 1).is_none());
+    let d = check(&s, "u", &email()).await;
+    assert!(d.is_allowed());
+    // The user still held 4 tokens: the re-resolution charged only this request.
+    let tokens: Vec<u64> = s.source.calls().iter().map(|c| c.tokens).collect();
+    assert_eq!(tokens, [5, 1]);
+    let d = check(&s, "u", &email()).await;
+    assert_eq!(d.source(), DecisionSource::LocalBucket);
+    assert_eq!(d.tokens_left(), 3);
+}
+
+#[tokio::test]
+async fn new_targets_resolve_through_known_matchers() {
+    let s = setup(|b| b);
+    check(&s, "u", &get("/hello")).await;
+    let d = check(&s, "u", &get("/hello/world")).await;
+    assert!(d.is_allowed());
+    assert_eq!(d.source(), DecisionSource::LocalBucket);
+    assert_eq!(s.source.call_count(), 1);
+    // Now in the exact cache: the hot path serves it.
+    assert!(s
+        .limiter
+        .check_local("u", &get("/hello/world"), 1)
+        .is_some());
+}
+
+#[tokio::test]
+async fn ambiguous_matchers_defer_to_the_source() {
+    let rules = RuleSet::builder()
+        .default_rule(RefillRate::per_second(1), 5)
+        .rule(RuleSpec::path(Method::GET, "^/a/b", RefillRate::per_second(1), 7).with_id("b"))
+        .rule(RuleSpec::path(Method::GET, "^/a", RefillRate::per_second(1), 9).with_id("a"))
+        .build()
+        .unwrap();
+    let s = setup_with(rules, true, |b| b);
+    // Learn B first: once "^/a" is known it would claim /a/b/c locally (the SDKs' matcher
+    // semantics), and only the source would know better.
+    check(&s, "u", &get("/a/b/c")).await;
+    check(&s, "u", &get("/a/x")).await;
+    assert_eq!(s.source.call_count(), 2);
+    // Both learned matchers match /a/b/new: only the source knows its rule order.
+    let d = check(&s, "u", &get("/a/b/new")).await;
+    assert_eq!(s.source.call_count(), 3);
+    assert_eq!(s.limiter.rule_id(&d.rule().unwrap()).as_deref(), Some("b"));
+}
+
+#[tokio::test]
+async fn outage_policies() {
+    for policy in [
+        OnUnavailable::Allow,
+        OnUnavailable::Deny,
+        OnUnavailable::Error,
+    ] {
+        let s = setup(|b| b.on_unavailable(policy));
+        s.source
+            .fail_always(Some(Error::new(ErrorKind::Timeout, "slow")));
+        let result = s.limiter.check("u", &email()).await;
+        match policy {
+            OnUnavailable::Allow => {
+                let d = result.unwrap();
+                assert!(d.is_allowed());
+                assert_eq!(d.source(), DecisionSource::Unavailable);
+                assert_eq!(d.unavailable_kind(), Some(ErrorKind::Timeout));
+                assert_eq!(s.limiter.stats().allowed_unavailable, 1);
+            }
+            OnUnavailable::Deny => {
+                let d = result.unwrap();
+                assert!(!d.is_allowed());
+                assert_eq!(d.source(), DecisionSource::Unavailable);
+                assert!(d.retry_after() >= Duration::from_secs(1));
+                assert_eq!(s.limiter.stats().denied_unavailable, 1);
+            }
+            OnUnavailable::Error => {
+                assert_eq!(result.unwrap_err().kind(), ErrorKind::Timeout);
+            }
+        }
+        assert_eq!(s.limiter.stats().outage_errors, 1);
+    }
+}
+
+#[tokio::test]
+async fn circuit_breaker_stops_calls_then_one_probe_closes_it() {
+    let s = setup(|b| {
+        b.circuit_breaker(3, Duration::from_secs(5))
+            .on_unavailable(OnUnavailable::Deny)
+    });
+    s.source.fail_always(Some(Error::from_status(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "down",
+    )));
+    for _ in 0..3 {
+        check(&s, "u", &email()).await;
+    }
+    assert_eq!(s.source.call_count(), 3);
+    assert_eq!(s.limiter.stats().breaker, BreakerState::Open);
+    s.clock.advance(Duration::from_secs(2));
+    for _ in 0..20 {
+        let d = check(&s, "u", &email()).await;
+        assert!(!d.is_allowed());
+        assert_eq!(d.unavailable_kind(), Some(ErrorKind::Unavailable));
+        assert_eq!(d.retry_after(), Duration::from_secs(3));
+    }
+    assert_eq!(
+        s.source.call_count(),
+        3,
+        "no calls while the circuit is open"
+    );
+    s.clock.advance(Duration::from_secs(3));
+    assert_eq!(s.limiter.stats().breaker, BreakerState::HalfOpen);
+    s.source.fail_always(None);
+    let d = check(&s, "u", &email()).await;
+    assert!(d.is_allowed());
+    assert_eq!(s.source.call_count(), 4);
+    assert_eq!(s.limiter.stats().breaker, BreakerState::Closed);
+}
+
+#[tokio::test]
+async fn configuration_errors_follow_the_policy_without_opening_the_circuit() {
+    let s = setup(|b| {
+        b.circuit_breaker(1, Duration::from_secs(5))
+            .configuration_error_backoff(Duration::from_secs(10))
+            .on_unavailable(OnUnavailable::Deny)
+    });
+    s.source.fail_always(Some(Error::from_status(
+        StatusCode::UNAUTHORIZED,
+        "Invalid API key",
+    )));
+    for _ in 0..20 {
+        let d = check(&s, "u", &email()).await;
+        assert!(!d.is_allowed());
+        assert_eq!(d.unavailable_kind(), Some(ErrorKind::Unauthorized));
+    }
+    let stats = s.limiter.stats();
+    assert_eq!(
+        s.source.call_count(),
+        1,
+        "held off after a configuration error"
+    );
+    assert_eq!(stats.configuration_errors, 1);
+    assert_eq!(stats.outage_errors, 0);
+    assert_eq!(stats.breaker, BreakerState::Closed);
+    s.clock.advance(Duration::from_secs(10));
+    check(&s, "u", &email()).await;
+    assert_eq!(s.source.call_count(), 2);
+}
+
+#[tokio::test]
+async fn a_source_that_grants_more_than_asked_is_not_believed() {
+    let s = setup(|b| b.on_unavailable(OnUnavailable::Deny));
+    s.source.exaggerate.store(100, Ordering::SeqCst);
+    for _ in 0..10 {
+        let d = check(&s, "u", &email()).await;
+        assert!(!d.is_allowed());
+        assert_eq!(d.unavailable_kind(), Some(ErrorKind::Decode));
+    }
+    let stats = s.limiter.stats();
+    assert_eq!(stats.leased_tokens, 0);
+    assert!(stats.outage_errors >= 5);
+    assert_eq!(stats.breaker, BreakerState::Open);
+}
+
+#[tokio::test]
+async fn unusable_identifiers_are_rejected_without_a_call() {
+    let s = setup(|b| b);
+    for user in [String::new(), " ".into(), "x".repeat(2000)] {
+        let e = s.limiter.check(&user, &email()).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput);
+    }
+    assert_eq!(s.source.call_count(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_request_does_not_strand_those_waiting_with_it() {
+    let s = setup(|b| b);
+    *s.source.delay.lock().unwrap() = Some(Duration::from_secs(1));
+    let first = tokio::spawn({
+        let limiter = s.limiter.clone();
+        async move { limiter.check("u", &email()).await }
+    });
+    let second = tokio::spawn({
+        let limiter = s.limiter.clone();
+        async move { limiter.check("u", &email()).await }
+    });
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    first.abort();
+    let d = second.await.unwrap().unwrap();
+    assert!(d.is_allowed());
+    assert_eq!(d.source(), DecisionSource::TokenSource);
+    assert_eq!(s.source.call_count(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn two_hundred_cold_misses_make_one_call_and_never_over_admit() {
+    let s = setup(|b| b);
+    *s.source.delay.lock().unwrap() = Some(Duration::from_millis(100));
+    let tasks: Vec<_> = (0..200)
+        .map(|_| {
+            let limiter = s.limiter.clone();
+            tokio::spawn(async move { limiter.check("new-user", &get("/hello")).await })
+        })
+        .collect();
+    let mut allowed = 0;
+    for task in tasks {
+        let d = task.await.unwrap().unwrap();
+        if d.is_allowed() {
+            allowed += 1;
+        } else {
+            assert_eq!(d.source(), DecisionSource::TokenSource);
+            // The source still had tokens: come back soon.
+            assert_eq!(d.retry_after_secs(), 1);
+        }
+    }
+    assert_eq!(s.source.call_count(), 1);
+    assert_eq!(allowed, 5);
+    assert_eq!(s.source.granted(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_threads_over_shared_keys_admit_exactly_what_was_granted() {
+    let rules = RuleSet::builder()
+        .default_rule(RefillRate::per_second(0), 4000)
+        .operation("op", "^op$", RefillRate::per_second(0), 3000)
+        .build()
+        .unwrap();
+    let s = setup_with(rules, true, |b| b.refill_ahead(true).lease_size(7));
+    let admitted = Arc::new(AtomicU64::new(0));
+    let tasks: Vec<_> = (0..8)
+        .map(|t| {
+            let limiter = s.limiter.clone();
+            let admitted = admitted.clone();
+            tokio::spawn(async move {
+                for i in 0..3000u64 {
+                    let user = ["a", "b"][((i + t) % 2) as usize];
+                    let target = if i % 3 == 0 {
+                        Target::operation("op")
+                    } else {
+                        Target::path(Method::GET, "/x")
+                    };
+                    if limiter.check(user, &target).await.unwrap().is_allowed() {
+                        admitted.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    // Background leases may still be landing.
+    for _ in 0..100 {
+        if s.limiter
+            .bucket_statuses()
+            .iter()
+            .all(|b| b.tokens <= 7 + 3)
+        {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    let held: u64 = s.limiter.bucket_statuses().iter().map(|b| b.tokens).sum();
+    let stats = s.limiter.stats();
+    let admitted = admitted.load(Ordering::Relaxed);
+    assert_eq!(stats.leased_tokens, s.source.granted());
+    assert_eq!(admitted + held + stats.expired_tokens, s.source.granted());
+    assert!(admitted <= s.source.granted());
+    // No refill: the source had 2 users × (4000 + 3000).
+    assert_eq!(s.source.granted(), 14_000);
+    assert!(admitted >= 14_000 - 2 * 2 * 10);
+}
+
+/// One step of random traffic.
+#[derive(Clone, Debug)]
+struct Step {
+    advance_ms: u64,
+    user: usize,
+    target: usize,
+    cost: u64,
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    (
+        prop_oneof![Just(0u64), 0u64..500, 0u64..70_000],
+        0usize..3,
+        0usize..4,
+        1u64..=2,
+    )
+        .prop_map(|(advance_ms, user, target, cost)| Step {
+            advance_ms,
+            user,
+            target,
+            cost,
+        })
+}
+
+const TARGETS: [fn() -> Target<'static>; 4] = [
+    email,
+    || get("/hello"),
+    || get("/items/1"),
+    || Target::operation("other"),
+];
+
+fn run_invariants(steps: Vec<Step>, refill_ahead: bool) -> Result<(), TestCaseError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async move {
+        let ttl = Duration::from_secs(60);
+        let s = setup(|b| b.refill_ahead(refill_ahead).bucket_ttl(ttl));
+        let low_water = if refill_ahead { 5 / 2 } else { 0 };
+        let mut admitted_tokens = 0u64;
+        let mut last_touch: HashMap<(usize, String), Timestamp> = HashMap::new();
+        for step in steps {
+            s.clock.advance(Duration::from_millis(step.advance_ms));
+            let user = format!("user-{}", step.user);
+            let target = TARGETS[step.target]();
+            let now = s.clock.now();
+            let d = s
+                .limiter
+                .check_cost(&user, &target, step.cost)
+                .await
+                .unwrap();
+            let rule = s.limiter.rule_id(&d.rule().unwrap()).unwrap().to_string();
+            let key = (step.user, rule);
+            match d.source() {
+                DecisionSource::LocalBucket => {
+                    // An expired bucket never answers.
+                    let last = last_touch[&key];
+                    prop_assert!(now.saturating_duration_since(last) < ttl);
+                }
+                DecisionSource::DenialCache => {
+                    // The denial cache never denies once a token surely could exist again:
+                    // within 1/refillRate (1 s for every demo rule) of an answer of 0.
+                    let answers = s.source.answers.lock().unwrap();
+                    let last_no = answers
+                        .iter()
+                        .rev()
+                        .find(|(u, r, granted, _)| *u == user && *r == key.1 && *granted == 0)
+                        .map(|(.., at)| *at);
+                    prop_assert!(last_no.is_some(), "a denial with no answer of 0 behind it");
+                    let since = now.saturating_duration_since(last_no.unwrap());
+                    prop_assert!(since < Duration::from_secs(1), "{since:?}");
+                }
+                _ => {}
+            }
+            last_touch.insert(key, now);
+            if d.is_allowed() {
+                admitted_tokens += step.cost;
+            }
+            if refill_ahead {
+                for _ in 0..4 {
+                    tokio::task::yield_now().await;
+                }
+            }
+            let statuses = s.limiter.bucket_statuses();
+            let held: u64 = statuses.iter().map(|b| b.tokens).sum();
+            let stats = s.limiter.stats();
+            let granted = s.source.granted();
+            // Never admits more than was granted.
+            prop_assert!(admitted_tokens <= granted);
+            // Every granted token went to a bucket or straight to a request...
+            prop_assert_eq!(stats.leased_tokens + stats.per_request_tokens, granted);
+            // ...and every leased token is admitted, held, or counted lost.
+            let from_buckets = stats.leased_tokens - held - stats.expired_tokens;
+            prop_assert!(admitted_tokens >= from_buckets);
+            prop_assert!(admitted_tokens <= from_buckets + stats.per_request_tokens);
+            // A bucket never holds more than its lease (plus, with refill-ahead, the
+            // low-water mark it held when the next lease landed; plus less than one
+            // request's cost left over).
+            for b in &statuses {
+                prop_assert!(b.tokens <= 5 + low_water + 1, "{:?}", b);
+            }
+        }
+        Ok(())
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn invariants_hold_for_random_traffic(steps in proptest::collection::vec(step(), 1..150)) {
+        run_invariants(steps, false)?;
+    }
+
+    #[test]
+    fn invariants_hold_with_refill_ahead(steps in proptest::collection::vec(step(), 1..150)) {
+        run_invariants(steps, true)?;
+    }
+}
