@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use http::header::{
@@ -12,7 +12,10 @@ use http::header::{
 use http::StatusCode;
 
 use crate::protocol::{ConsumeTokensBody, CONSUME_PATH};
-use crate::{ConsumeRequest, ConsumeTokensResponse, Error, ErrorKind, Target, TokenSource};
+use crate::{
+    BucketStatus, ConsumeRequest, ConsumeTokensResponse, Decision, DecisionSource, Error,
+    ErrorKind, Limiter, OnUnavailable, Target, TokenSource,
+};
 
 /// The hosted API's base URL.
 pub const DEFAULT_BASE_URL: &str = "https://api.lightrate.lightbournetechnologies.ca";
@@ -68,6 +71,23 @@ const BACKOFF_CAP: Duration = Duration::from_secs(2);
 #[derive(Clone)]
 pub struct LightRateClient {
     api: Arc<Api>,
+    /// The local buckets of `consume_local_bucket_token`, made on first use. The limiter holds
+    /// the `Api`, not the client, so there is no reference cycle.
+    local: Arc<OnceLock<Limiter>>,
+}
+
+/// The answer of [`LightRateClient::consume_local_bucket_token`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LocalBucketResponse {
+    /// Whether a token was granted.
+    pub success: bool,
+    /// Whether it came from a local bucket, without an API call.
+    pub used_local_token: bool,
+    /// The (user, rule) bucket after this request, when there is one.
+    pub bucket_status: Option<BucketStatus>,
+    /// The full decision (retry-after, rule, where it came from).
+    pub decision: Decision,
 }
 
 /// The HTTP side of the client, shared by its clones.
@@ -264,6 +284,7 @@ impl ClientBuilder {
             .map_err(|e| config("the HTTP client cannot be built").with_source(e))?;
 
         Ok(LightRateClient {
+            local: Arc::new(OnceLock::new()),
             api: Arc::new(Api {
                 http,
                 endpoint,
@@ -377,6 +398,66 @@ impl LightRateClient {
     }
 }
 
+impl LightRateClient {
+    /// Takes one token of `user_identifier` for `target` from a local bucket, leasing
+    /// `default_local_bucket_size` tokens per API call: the SDKs' method, with single flight, a
+    /// denial cache, refill-ahead, default-rule leasing and bounded memory (see
+    /// [`Limiter`]). Errors when the API cannot answer, as the SDKs do; for an outage policy,
+    /// use a [`Limiter`] over the client instead.
+    ///
+    /// ```
+    /// # use lightrate_core::{LightRateClient, Target};
+    /// # async fn call(client: LightRateClient) -> Result<(), lightrate_core::Error> {
+    /// let answer = client
+    ///     .consume_local_bucket_token("user123", Target::operation("send_email"))
+    ///     .await?;
+    /// if answer.success {
+    ///     // proceed; answer.used_local_token says whether the API was called
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn consume_local_bucket_token(
+        &self,
+        user_identifier: &str,
+        target: Target<'_>,
+    ) -> Result<LocalBucketResponse, Error> {
+        let limiter = self.local_buckets();
+        let decision = limiter.check(user_identifier, &target).await?;
+        Ok(LocalBucketResponse {
+            success: decision.is_allowed(),
+            used_local_token: decision.source() == DecisionSource::LocalBucket,
+            bucket_status: decision
+                .rule()
+                .and_then(|rule| limiter.bucket_status(user_identifier, &rule)),
+            decision,
+        })
+    }
+
+    /// Every live local bucket of [`consume_local_bucket_token`](Self::consume_local_bucket_token).
+    pub fn get_all_bucket_statuses(&self) -> Vec<BucketStatus> {
+        self.local
+            .get()
+            .map(Limiter::bucket_statuses)
+            .unwrap_or_default()
+    }
+
+    /// Empties every local bucket (their tokens are lost).
+    pub fn reset_all_buckets(&self) {
+        if let Some(limiter) = self.local.get() {
+            limiter.reset();
+        }
+    }
+
+    fn local_buckets(&self) -> &Limiter {
+        self.local.get_or_init(|| {
+            Limiter::builder(self.api.clone())
+                .lease_size(self.api.default_local_bucket_size)
+                .on_unavailable(OnUnavailable::Error)
+                .build()
+        })
+    }
+}
+
 impl fmt::Debug for LightRateClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LightRateClient")
@@ -400,6 +481,15 @@ impl TokenSource for LightRateClient {
         request: ConsumeRequest<'_>,
     ) -> impl Future<Output = Result<ConsumeTokensResponse, Error>> + Send {
         self.api.consume(request)
+    }
+}
+
+impl TokenSource for Api {
+    fn consume_tokens(
+        &self,
+        request: ConsumeRequest<'_>,
+    ) -> impl Future<Output = Result<ConsumeTokensResponse, Error>> + Send {
+        self.consume(request)
     }
 }
 

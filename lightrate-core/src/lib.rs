@@ -31,8 +31,8 @@ mod rules;
 mod source;
 
 pub use client::{
-    ClientBuilder, Configuration, LightRateClient, DEFAULT_BASE_URL, DEFAULT_LOCAL_BUCKET_SIZE,
-    DEFAULT_RETRY_ATTEMPTS, DEFAULT_TIMEOUT,
+    ClientBuilder, Configuration, LightRateClient, LocalBucketResponse, DEFAULT_BASE_URL,
+    DEFAULT_LOCAL_BUCKET_SIZE, DEFAULT_RETRY_ATTEMPTS, DEFAULT_TIMEOUT,
 };
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use embedded::{EmbeddedSource, MAX_USER_IDENTIFIER_BYTES};

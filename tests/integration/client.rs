@@ -366,3 +366,76 @@ async fn the_client_is_a_token_source() {
         json!(1)
     );
 }
+
+#[tokio::test]
+async fn local_buckets_lease_once_per_bucket_size_like_the_sdks_but_better() {
+    let t = start_server().await;
+    let client = t.client(QUICK);
+    let email = || Target::operation("send_email");
+
+    let first = client
+        .consume_local_bucket_token("dana", email())
+        .await
+        .unwrap();
+    assert!(first.success && !first.used_local_token);
+    let status = first.bucket_status.clone().unwrap();
+    assert_eq!(
+        (status.rule_id.as_str(), status.tokens),
+        ("rule_send_email", 4)
+    );
+    for _ in 0..4 {
+        let r = client
+            .consume_local_bucket_token("dana", email())
+            .await
+            .unwrap();
+        assert!(r.success && r.used_local_token);
+    }
+    assert_eq!(t.faults.recorded()[0].json()["tokensRequested"], 5);
+
+    // The burst is 10: five more (leased ahead in the background), then denied. Once the
+    // first denial is back every lease has landed, and the denial cache answers alone.
+    for _ in 0..5 {
+        let r = client
+            .consume_local_bucket_token("dana", email())
+            .await
+            .unwrap();
+        assert!(r.success);
+    }
+    let denied = client
+        .consume_local_bucket_token("dana", email())
+        .await
+        .unwrap();
+    assert!(!denied.success);
+    let calls = t.faults.count();
+    assert!(
+        calls <= 3,
+        "10 admitted at 5 per lease, plus the lease that found none: {calls}"
+    );
+    for _ in 0..20 {
+        let r = client
+            .consume_local_bucket_token("dana", email())
+            .await
+            .unwrap();
+        assert!(!r.success);
+    }
+    assert_eq!(t.faults.count(), calls, "denied requests make no API calls");
+
+    let statuses = client.get_all_bucket_statuses();
+    assert_eq!(statuses.len(), 1);
+    assert_eq!(statuses[0].user_identifier, "dana");
+    client.reset_all_buckets();
+    assert!(client.get_all_bucket_statuses().is_empty());
+}
+
+#[tokio::test]
+async fn local_buckets_surface_api_errors_like_the_sdks() {
+    let t = start_server().await;
+    t.faults
+        .set_always(Some(Fault::Status(StatusCode::INTERNAL_SERVER_ERROR)));
+    let e = t
+        .client(QUICK)
+        .consume_local_bucket_token("erin", Target::Default)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Internal);
+}

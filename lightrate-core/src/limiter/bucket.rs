@@ -1,11 +1,6 @@
 //! A local bucket: tokens leased from the source and not yet spent, in one atomic word.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-
-use super::decision::RuleSummary;
-use super::flight::Flight;
-use super::keys::TargetKey;
 
 /// Bits 0..24: tokens held. Bits 24..63: last use, in milliseconds since the clock's epoch
 /// (17 years). Bit 63: the bucket was removed from the map and takes no more deposits.
@@ -40,52 +35,33 @@ pub(crate) enum Take {
     Expired,
 }
 
-/// Tokens of one (user, rule) in this process.
+/// Tokens of one (user, rule) in this process: 24 bytes, inline in its map entry (which keeps
+/// its address until the entry is removed and no reader can see it any more). What only the
+/// slow path needs (the lease in flight, what to send) lives elsewhere, so that the memory a
+/// hit reads stays small.
 #[derive(Debug)]
 pub(crate) struct LocalBucket {
     /// Tokens and last use, packed: a hit is one compare-and-swap of this word.
     state: AtomicU64,
-    /// Requests admitted from this bucket without a call (for stats).
-    hits: AtomicU64,
     /// Denial cache: no token can exist before this timestamp (nanoseconds; 0 = none).
     denied_until: AtomicU64,
     /// What the source said it had left at the last lease.
     source_remaining: AtomicU64,
-    pub(crate) rule: RuleSummary,
-    /// What a lease for this bucket sends as its target.
-    pub(crate) lease_target: Arc<TargetKey>,
-    /// The lease in flight for this bucket, if any (single flight).
-    flight: Mutex<Option<Arc<Flight>>>,
 }
 
 impl LocalBucket {
-    pub(crate) fn new(rule: RuleSummary, lease_target: Arc<TargetKey>, now_ms: u64) -> Self {
+    pub(crate) fn new(now_ms: u64) -> Self {
         LocalBucket {
             state: AtomicU64::new(pack(0, now_ms)),
-            hits: AtomicU64::new(0),
             denied_until: AtomicU64::new(0),
             source_remaining: AtomicU64::new(0),
-            rule,
-            lease_target,
-            flight: Mutex::new(None),
         }
     }
 
     /// Takes `cost` tokens if the bucket is alive and holds them. The hot path: one load and
-    /// one compare-and-swap (retried only under contention), then a counter on the same line.
+    /// one compare-and-swap (retried only under contention).
     #[inline]
     pub(crate) fn try_take(&self, cost: u64, now_ms: u64, ttl_ms: u64) -> Take {
-        self.take(cost, now_ms, ttl_ms, true)
-    }
-
-    /// Like [`try_take`](Self::try_take) but not counted as a local hit (for a request that
-    /// waited for a lease).
-    pub(crate) fn take_after_lease(&self, cost: u64, now_ms: u64, ttl_ms: u64) -> Take {
-        self.take(cost, now_ms, ttl_ms, false)
-    }
-
-    #[inline]
-    fn take(&self, cost: u64, now_ms: u64, ttl_ms: u64, count_hit: bool) -> Take {
         let mut current = self.state.load(Ordering::Acquire);
         loop {
             if current & DEAD != 0 {
@@ -106,12 +82,7 @@ impl LocalBucket {
                 Ordering::AcqRel,
                 Ordering::Acquire,
             ) {
-                Ok(_) => {
-                    if count_hit {
-                        self.hits.fetch_add(1, Ordering::Relaxed);
-                    }
-                    return Take::Taken(tokens - cost);
-                }
+                Ok(_) => return Take::Taken(tokens - cost),
                 Err(actual) => current = actual,
             }
         }
@@ -159,12 +130,10 @@ impl LocalBucket {
         }
     }
 
-    /// Marks the bucket removed if it is still idle past `ttl_ms` at `now_ms` and no lease is
-    /// in flight for it; returns the tokens it held (lost), or `None` if it is alive.
+    /// Marks the bucket removed if it is still idle past `ttl_ms` at `now_ms`; returns the
+    /// tokens it held (lost), or `None` if it is alive. (A lease that lands on a removed
+    /// bucket files its tokens into a new one.)
     pub(crate) fn kill_if_idle(&self, now_ms: u64, ttl_ms: u64) -> Option<u64> {
-        if self.flight().is_some() {
-            return None;
-        }
         let mut current = self.state.load(Ordering::Acquire);
         loop {
             if current & DEAD != 0 {
@@ -207,10 +176,6 @@ impl LocalBucket {
         last_ms_of(self.state.load(Ordering::Acquire))
     }
 
-    pub(crate) fn hits(&self) -> u64 {
-        self.hits.load(Ordering::Relaxed)
-    }
-
     pub(crate) fn source_remaining(&self) -> u64 {
         self.source_remaining.load(Ordering::Relaxed)
     }
@@ -227,32 +192,20 @@ impl LocalBucket {
     pub(crate) fn set_denied_until(&self, until_nanos: u64) {
         self.denied_until.store(until_nanos, Ordering::Release);
     }
-
-    pub(crate) fn flight_slot(&self) -> MutexGuard<'_, Option<Arc<Flight>>> {
-        self.flight.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    pub(crate) fn flight(&self) -> Option<Arc<Flight>> {
-        self.flight_slot().clone()
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::RefillRate;
 
     fn bucket(now_ms: u64) -> LocalBucket {
-        LocalBucket::new(
-            RuleSummary {
-                slot: 0,
-                burst_rate: 10,
-                refill_rate: RefillRate::per_second(1),
-                is_default: false,
-            },
-            Arc::new(TargetKey::Default),
-            now_ms,
-        )
+        LocalBucket::new(now_ms)
+    }
+
+    #[test]
+    fn a_bucket_is_small() {
+        // It lives inline in its map entry: what the hot path reads is one entry.
+        assert_eq!(std::mem::size_of::<LocalBucket>(), 24);
     }
 
     #[test]
@@ -263,7 +216,6 @@ mod tests {
         assert_eq!(b.try_take(2, 1, 60_000), Take::Taken(1));
         assert_eq!(b.try_take(2, 1, 60_000), Take::Empty);
         assert_eq!(b.try_take(1, 1, 60_000), Take::Taken(0));
-        assert_eq!(b.hits(), 2);
     }
 
     #[test]

@@ -85,9 +85,14 @@ pub struct Decision {
     pub(crate) source: DecisionSource,
     pub(crate) tokens_left: u64,
     pub(crate) remaining: u64,
-    pub(crate) retry_after: Duration,
+    /// Nanoseconds (a `Duration` would make the value larger than a hit should copy).
+    pub(crate) retry_after_nanos: u64,
     pub(crate) rule: Option<RuleSummary>,
     pub(crate) unavailable: Option<ErrorKind>,
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 impl Decision {
@@ -97,7 +102,7 @@ impl Decision {
             source: DecisionSource::LocalBucket,
             tokens_left: left,
             remaining: left.saturating_add(source_remaining),
-            retry_after: Duration::ZERO,
+            retry_after_nanos: 0,
             rule: Some(rule),
             unavailable: None,
         }
@@ -114,7 +119,7 @@ impl Decision {
             source,
             tokens_left: 0,
             remaining: source_remaining,
-            retry_after,
+            retry_after_nanos: nanos(retry_after),
             rule: Some(rule),
             unavailable: None,
         }
@@ -126,7 +131,7 @@ impl Decision {
             source: DecisionSource::Unavailable,
             tokens_left: 0,
             remaining: 0,
-            retry_after: if allowed { Duration::ZERO } else { retry_after },
+            retry_after_nanos: if allowed { 0 } else { nanos(retry_after) },
             rule: None,
             unavailable: Some(kind),
         }
@@ -156,12 +161,12 @@ impl Decision {
     /// How long until a request can be allowed again (zero when allowed). For
     /// [`DecisionSource::Unavailable`], how long until the source is tried again.
     pub fn retry_after(&self) -> Duration {
-        self.retry_after
+        Duration::from_nanos(self.retry_after_nanos)
     }
 
     /// `retry_after` in whole seconds for a `Retry-After` header: rounded up, at least 1.
     pub fn retry_after_secs(&self) -> u64 {
-        let d = self.retry_after;
+        let d = self.retry_after();
         let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
         secs.max(1)
     }
@@ -182,11 +187,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_decision_is_cheap_to_copy() {
+        assert!(std::mem::size_of::<Decision>() <= 56);
+    }
+
+    #[test]
     fn retry_after_secs_rounds_up_to_at_least_one() {
-        let d = |retry_after| Decision {
-            retry_after,
-            ..Decision::unavailable(false, ErrorKind::Timeout, Duration::ZERO)
-        };
+        let d = |retry_after| Decision::unavailable(false, ErrorKind::Timeout, retry_after);
         assert_eq!(d(Duration::ZERO).retry_after_secs(), 1);
         assert_eq!(d(Duration::from_millis(1)).retry_after_secs(), 1);
         assert_eq!(d(Duration::from_millis(1000)).retry_after_secs(), 1);

@@ -1,13 +1,57 @@
 //! Single flight: one lease in progress per key, shared by every request that waits for it.
 
+use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::sync::watch;
 
 use super::decision::RuleSummary;
+use super::keys::TargetKey;
 use crate::{Error, ErrorKind};
+
+/// What a lease is for: a (user, rule) bucket, or a (user, target) whose rule is not known yet.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum FlightKey {
+    Bucket { user: Box<str>, slot: u32 },
+    Target { user: Box<str>, target: TargetKey },
+}
+
+const SHARDS: usize = 16;
+
+type Shard = HashMap<FlightKey, Arc<Flight>>;
+
+/// The leases in flight, by key (slow path only).
+#[derive(Debug)]
+pub(crate) struct Flights {
+    hasher: foldhash::fast::RandomState,
+    shards: Box<[Mutex<Shard>]>,
+}
+
+impl Flights {
+    pub(crate) fn new() -> Self {
+        Flights {
+            hasher: foldhash::fast::RandomState::default(),
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+        }
+    }
+
+    /// The shard holding `key`, locked.
+    pub(crate) fn lock(&self, key: &FlightKey) -> MutexGuard<'_, Shard> {
+        let shard = (self.hasher.hash_one(key) as usize) % SHARDS;
+        self.shards[shard].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Unregisters `flight` if it is still the one registered for `key`.
+    pub(crate) fn remove(&self, key: &FlightKey, flight: &Arc<Flight>) {
+        let mut shard = self.lock(key);
+        if shard.get(key).is_some_and(|f| Arc::ptr_eq(f, flight)) {
+            shard.remove(key);
+        }
+    }
+}
 
 /// What a finished lease brought.
 #[derive(Clone, Debug)]

@@ -1,4 +1,5 @@
-//! Map keys, with borrowed forms so that a lookup on the hot path allocates nothing.
+//! Map keys, with borrowed forms so that a lookup on the hot path allocates nothing, and
+//! hashes of two writes each (the hot path hashes two keys per request).
 
 use std::hash::{Hash, Hasher};
 
@@ -36,11 +37,12 @@ impl TargetKey {
         }
     }
 
-    fn matches(&self, target: &Target<'_>) -> bool {
+    #[inline]
+    pub(crate) fn matches(&self, target: &Target<'_>) -> bool {
         match (self, target) {
             (TargetKey::Operation(a), Target::Operation(b)) => **a == **b,
             (TargetKey::Path { method, path }, Target::Path { method: m, path: p }) => {
-                method == m && **path == **p
+                **path == **p && method == m
             }
             (TargetKey::Default, Target::Default) => true,
             _ => false,
@@ -48,19 +50,35 @@ impl TargetKey {
     }
 }
 
-/// One hash for both forms of a target.
+/// A word for a method: names under 8 bytes (every standard method) are their own bytes;
+/// longer extension methods a hash of their name. A collision only costs hash quality: keys
+/// are compared in full.
+#[inline]
+fn method_code(method: &Method) -> u64 {
+    let name = method.as_str().as_bytes();
+    if name.len() < 8 {
+        let mut word = [0u8; 8];
+        word[..name.len()].copy_from_slice(name);
+        u64::from_le_bytes(word)
+    } else {
+        name.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+        }) | (1 << 63)
+    }
+}
+
+/// One hash for both forms of a target: a word for the kind (and method), then the bytes.
 fn hash_target<H: Hasher>(target: &Target<'_>, state: &mut H) {
     match target {
         Target::Operation(op) => {
-            state.write_u8(0);
-            op.hash(state);
+            state.write_u64(0);
+            state.write(op.as_bytes());
         }
         Target::Path { method, path } => {
-            state.write_u8(1);
-            method.as_str().hash(state);
-            path.hash(state);
+            state.write_u64(method_code(method));
+            state.write(path.as_bytes());
         }
-        Target::Default => state.write_u8(2),
+        Target::Default => state.write_u64(u64::MAX),
     }
 }
 
@@ -75,31 +93,82 @@ impl Hash for TargetKey {
 pub(crate) struct TargetRef<'a, 'b>(pub(crate) &'a Target<'b>);
 
 impl Hash for TargetRef<'_, '_> {
+    #[inline]
     fn hash<H: Hasher>(&self, state: &mut H) {
         hash_target(self.0, state);
     }
 }
 
 impl Equivalent<TargetKey> for TargetRef<'_, '_> {
+    #[inline]
     fn equivalent(&self, key: &TargetKey) -> bool {
         key.matches(self.0)
+    }
+}
+
+/// How many bytes of a user identifier are kept in the key itself: most identifiers (ids,
+/// IPv4 and IPv6 addresses, short names) fit, so comparing keys reads no other memory.
+const INLINE: usize = 22;
+
+/// A user identifier, inline when short.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum UserKey {
+    Inline { len: u8, bytes: [u8; INLINE] },
+    Heap(Box<str>),
+}
+
+impl UserKey {
+    pub(crate) fn new(user: &str) -> Self {
+        if user.len() <= INLINE {
+            let mut bytes = [0u8; INLINE];
+            bytes[..user.len()].copy_from_slice(user.as_bytes());
+            UserKey::Inline {
+                len: user.len() as u8,
+                bytes,
+            }
+        } else {
+            UserKey::Heap(user.into())
+        }
+    }
+
+    #[inline]
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        match self {
+            UserKey::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            UserKey::Heap(s) => s.as_bytes(),
+        }
+    }
+
+    /// The identifier (made from a `&str`, so always UTF-8).
+    pub(crate) fn to_str_lossy(&self) -> std::borrow::Cow<'_, str> {
+        String::from_utf8_lossy(self.as_bytes())
     }
 }
 
 /// The key of a local bucket: (user, rule slot).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct BucketKey {
-    pub(crate) user: Box<str>,
+    pub(crate) user: UserKey,
     pub(crate) slot: u32,
+}
+
+impl BucketKey {
+    pub(crate) fn new(user: &str, slot: u32) -> Self {
+        BucketKey {
+            user: UserKey::new(user),
+            slot,
+        }
+    }
+}
+
+fn hash_bucket<H: Hasher>(user: &[u8], slot: u32, state: &mut H) {
+    state.write_u32(slot);
+    state.write(user);
 }
 
 impl Hash for BucketKey {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        BucketRef {
-            user: &self.user,
-            slot: self.slot,
-        }
-        .hash(state);
+        hash_bucket(self.user.as_bytes(), self.slot, state);
     }
 }
 
@@ -111,15 +180,16 @@ pub(crate) struct BucketRef<'a> {
 }
 
 impl Hash for BucketRef<'_> {
+    #[inline]
     fn hash<H: Hasher>(&self, state: &mut H) {
-        state.write_u32(self.slot);
-        self.user.hash(state);
+        hash_bucket(self.user.as_bytes(), self.slot, state);
     }
 }
 
 impl Equivalent<BucketKey> for BucketRef<'_> {
+    #[inline]
     fn equivalent(&self, key: &BucketKey) -> bool {
-        key.slot == self.slot && *key.user == *self.user
+        key.slot == self.slot && key.user.as_bytes() == self.user.as_bytes()
     }
 }
 
@@ -144,17 +214,38 @@ mod tests {
         }
         let op = TargetKey::from_target(&Target::operation("/x"));
         assert!(!TargetRef(&Target::path(Method::GET, "/x")).equivalent(&op));
+        assert_ne!(method_code(&Method::GET), method_code(&Method::POST));
+        assert_ne!(
+            method_code(&Method::from_bytes(b"GET2").unwrap()),
+            method_code(&Method::GET)
+        );
+        assert!(method_code(&Method::from_bytes(b"LONGMETHOD").unwrap()) >= 1 << 63);
 
-        let key = BucketKey {
-            user: "alice".into(),
-            slot: 3,
-        };
-        let r = BucketRef {
-            user: "alice",
-            slot: 3,
-        };
-        assert_eq!(hasher.hash_one(&key), hasher.hash_one(r));
-        assert!(r.equivalent(&key));
-        assert!(!BucketRef { slot: 4, ..r }.equivalent(&key));
+        for user in [
+            "alice",
+            "",
+            "exactly-twenty-two-ch",
+            "a much longer identifier than that",
+        ] {
+            let key = BucketKey::new(user, 3);
+            let r = BucketRef { user, slot: 3 };
+            assert_eq!(hasher.hash_one(&key), hasher.hash_one(r));
+            assert!(r.equivalent(&key));
+            assert!(!BucketRef { slot: 4, ..r }.equivalent(&key));
+            assert_eq!(key.user.to_str_lossy(), user);
+        }
+        assert!(!BucketRef {
+            user: "alicf",
+            slot: 3
+        }
+        .equivalent(&BucketKey::new("alice", 3)));
+        assert!(matches!(
+            UserKey::new("0123456789012345678901"),
+            UserKey::Inline { .. }
+        ));
+        assert!(matches!(
+            UserKey::new("01234567890123456789012"),
+            UserKey::Heap(_)
+        ));
     }
 }

@@ -6,12 +6,13 @@ use super::breaker::BreakerState;
 
 /// A snapshot of a limiter's counters. No key material, no user identifiers.
 ///
-/// Requests decided locally are counted per bucket and summed here, so that a local hit costs
-/// no shared counter.
+/// A local hit touches no counter: `local_hits` is derived from the others (every leased
+/// token is taken locally, taken by a request that waited for its lease, still held, or
+/// lost), so it is exact when the limiter is quiet and approximate while requests run.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
-    /// Requests admitted from a local bucket, without a call.
+    /// Tokens taken from local buckets without a call (requests, when each costs one token).
     pub local_hits: u64,
     /// Calls made to the token source (leases, refill-ahead, per-request default-rule calls).
     pub source_calls: u64,
@@ -55,8 +56,8 @@ pub(crate) struct Counters {
     pub(crate) leased_tokens: AtomicU64,
     pub(crate) expired_tokens: AtomicU64,
     pub(crate) per_request_tokens: AtomicU64,
-    /// Local hits of buckets that were removed.
-    pub(crate) retired_hits: AtomicU64,
+    /// Tokens taken from buckets by requests that waited for a lease.
+    pub(crate) taken_after_lease: AtomicU64,
     pub(crate) allowed_by_source: AtomicU64,
     pub(crate) denied_by_source: AtomicU64,
     pub(crate) denied_by_denial_cache: AtomicU64,

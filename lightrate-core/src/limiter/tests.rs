@@ -9,7 +9,11 @@ use http::{Method, StatusCode};
 use proptest::prelude::*;
 
 use super::*;
-use crate::{ConsumeRequest, EmbeddedSource, ManualClock, RefillRate, RuleSet, RuleSpec};
+use crate::clock::Clock;
+use crate::{
+    ConsumeRequest, ConsumeTokensResponse, EmbeddedSource, ErrorKind, ManualClock, RefillRate,
+    RuleSet, RuleSpec,
+};
 
 /// One call the source received.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -738,4 +742,71 @@ proptest! {
     fn invariants_hold_with_refill_ahead(steps in proptest::collection::vec(step(), 1..150)) {
         run_invariants(steps, true)?;
     }
+}
+
+/// Answers under rule "a" until told to switch to rule "b" (the server's rules changed),
+/// granting whatever is asked.
+#[derive(Debug, Default)]
+struct Switching {
+    to_b: std::sync::atomic::AtomicBool,
+}
+
+impl TokenSource for Switching {
+    async fn consume_tokens(
+        &self,
+        request: ConsumeRequest<'_>,
+    ) -> Result<ConsumeTokensResponse, Error> {
+        let id = if self.to_b.load(Ordering::SeqCst) {
+            "b"
+        } else {
+            "a"
+        };
+        Ok(ConsumeTokensResponse {
+            tokens_remaining: 100,
+            tokens_consumed: request.tokens_requested,
+            throttles: 0,
+            rule: crate::Rule {
+                id: id.into(),
+                name: id.into(),
+                refill_rate: RefillRate::per_second(1),
+                burst_rate: 100,
+                is_default: false,
+                matcher: Some("^x$".into()),
+                http_method: None,
+            },
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_target_whose_rule_changes_is_never_served_from_a_stale_memo() {
+    let source = Arc::new(Switching::default());
+    let limiter = Limiter::builder(source.clone())
+        .clock(ManualClock::new())
+        .refill_ahead(false)
+        .build();
+    let x = Target::operation("x");
+    let rule_of = |d: Decision| limiter.rule_id(&d.rule().unwrap()).unwrap().to_string();
+    for _ in 0..5 {
+        let d = limiter.check("u", &x).await.unwrap();
+        assert_eq!(rule_of(d), "a");
+    }
+    // Served from this thread's memo.
+    assert!(
+        limiter.check_local("u", &x, 1).is_none(),
+        "bucket a is empty"
+    );
+    source.to_b.store(true, Ordering::SeqCst);
+    // The next lease says x now falls under b...
+    let d = limiter.check("u", &x).await.unwrap();
+    assert_eq!(
+        (rule_of(d), d.source()),
+        ("b".into(), DecisionSource::TokenSource)
+    );
+    // ...and the very next local hit goes to b's bucket, not the memoized a.
+    let d = limiter.check_local("u", &x, 1).unwrap();
+    assert_eq!(
+        (rule_of(d), d.source()),
+        ("b".into(), DecisionSource::LocalBucket)
+    );
 }

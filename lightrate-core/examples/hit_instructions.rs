@@ -1,0 +1,53 @@
+//! Runs N local hits (or N governor keyed checks), for counting instructions per decision
+//! with callgrind, which unlike a timer gives the same answer on a busy machine:
+//!
+//! ```text
+//! cargo build --release -p lightrate-core --example hit_instructions
+//! valgrind --tool=callgrind target/release/examples/hit_instructions 100000 [governor]
+//! valgrind --tool=callgrind target/release/examples/hit_instructions 300000 [governor]
+//! # (difference of the two totals) / 200000 = instructions per decision
+//! ```
+#![allow(missing_docs, clippy::unwrap_used, clippy::print_stdout)]
+use lightrate_core::http::Method;
+use lightrate_core::*;
+use std::hint::black_box;
+#[path = "../benches/support/mod.rs"]
+mod support;
+fn main() {
+    let n: u64 = std::env::args()
+        .nth(1)
+        .map(|s| s.parse().unwrap())
+        .unwrap_or(1_000_000);
+    if std::env::args().nth(2).as_deref() == Some("governor") {
+        let g = governor::RateLimiter::<String, _, _>::keyed(governor::Quota::per_second(
+            std::num::NonZeroU32::MAX,
+        ));
+        let key = "user-1".to_owned();
+        let mut ok = 0u64;
+        for _ in 0..n {
+            if g.check_key(black_box(&key)).is_ok() {
+                ok += 1;
+            }
+        }
+        println!("{ok}");
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let limiter = Limiter::builder(support::Unlimited)
+        .lease_size(MAX_LEASE_SIZE)
+        .refill_ahead(false)
+        .build();
+    let target = Target::path(Method::GET, "/bench/items");
+    rt.block_on(limiter.check("user-1", &target)).unwrap();
+    let mut allowed = 0u64;
+    for _ in 0..n {
+        if let Some(d) = limiter.check_local(black_box("user-1"), black_box(&target), 1) {
+            if d.is_allowed() {
+                allowed += 1;
+            }
+        }
+    }
+    println!("{allowed}");
+}

@@ -1,0 +1,271 @@
+//! [`LimiterBuilder`] and the outage policy.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::breaker::Breaker;
+use super::flight::Flights;
+use super::stats::Counters;
+use super::{Hasher, Inner, Limiter};
+use crate::clock::{Clock, SystemClock, Timestamp};
+use crate::source::DynTokenSource;
+use crate::{Error, ErrorKind};
+
+/// What a request gets when the token source cannot answer (timeout, network error, 5xx,
+/// unreadable answer, circuit open) or rejects the configuration (401/403/404).
+///
+/// ```
+/// use lightrate_core::OnUnavailable;
+///
+/// assert_eq!("deny".parse::<OnUnavailable>().unwrap(), OnUnavailable::Deny);
+/// assert_eq!(OnUnavailable::default(), OnUnavailable::Allow);
+/// assert!("maybe".parse::<OnUnavailable>().is_err());
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum OnUnavailable {
+    /// Let the request through (fail open): an outage of the rate limiter does not become an
+    /// outage of the service. The default.
+    #[default]
+    Allow,
+    /// Deny the request (fail closed); web adapters answer 503 with `Retry-After`.
+    Deny,
+    /// Return the source's error from [`Limiter::check`], for callers that decide themselves.
+    Error,
+}
+
+impl std::str::FromStr for OnUnavailable {
+    type Err = Error;
+
+    /// `allow`, `deny` or `error`, in any case.
+    fn from_str(s: &str) -> Result<Self, Error> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "allow" => Ok(OnUnavailable::Allow),
+            "deny" => Ok(OnUnavailable::Deny),
+            "error" => Ok(OnUnavailable::Error),
+            other => Err(Error::new(
+                ErrorKind::Configuration,
+                format!("the outage policy must be allow, deny or error, not {other:?}"),
+            )),
+        }
+    }
+}
+
+/// The default number of tokens leased per call.
+pub const DEFAULT_LEASE_SIZE: u64 = 5;
+/// The largest lease size.
+pub const MAX_LEASE_SIZE: u64 = 1_000_000;
+
+/// The limiter's clock: the system clock's cached reading is read inline on the hot path;
+/// any other clock through a pointer.
+#[derive(Clone, Debug)]
+pub(super) enum ClockHandle {
+    System(SystemClock),
+    Other(Arc<dyn Clock>),
+}
+
+impl ClockHandle {
+    #[inline]
+    pub(super) fn coarse_now(&self) -> Timestamp {
+        match self {
+            ClockHandle::System(clock) => clock.coarse_now(),
+            ClockHandle::Other(clock) => clock.coarse_now(),
+        }
+    }
+
+    pub(super) fn now(&self) -> Timestamp {
+        match self {
+            ClockHandle::System(clock) => clock.now(),
+            ClockHandle::Other(clock) => clock.now(),
+        }
+    }
+}
+
+/// Builds a [`Limiter`]. See [`Limiter::builder`].
+pub struct LimiterBuilder {
+    source: Arc<dyn DynTokenSource>,
+    clock: ClockHandle,
+    lease_size: u64,
+    bucket_ttl: Duration,
+    rule_ttl: Duration,
+    max_cached_targets: usize,
+    refill_ahead: bool,
+    low_water_mark: Option<u64>,
+    lease_default_rule: bool,
+    on_unavailable: OnUnavailable,
+    breaker_threshold: u32,
+    breaker_cooldown: Duration,
+    configuration_error_backoff: Duration,
+    source_timeout: Option<Duration>,
+    sweep_interval: Duration,
+}
+
+impl fmt::Debug for LimiterBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LimiterBuilder")
+            .field("lease_size", &self.lease_size)
+            .field("bucket_ttl", &self.bucket_ttl)
+            .field("rule_ttl", &self.rule_ttl)
+            .field("refill_ahead", &self.refill_ahead)
+            .field("lease_default_rule", &self.lease_default_rule)
+            .field("on_unavailable", &self.on_unavailable)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LimiterBuilder {
+    pub(super) fn new(source: Arc<dyn DynTokenSource>) -> Self {
+        LimiterBuilder {
+            source,
+            clock: ClockHandle::System(SystemClock::new()),
+            lease_size: DEFAULT_LEASE_SIZE,
+            bucket_ttl: Duration::from_secs(60),
+            rule_ttl: Duration::from_secs(60),
+            max_cached_targets: 10_000,
+            refill_ahead: true,
+            low_water_mark: None,
+            lease_default_rule: true,
+            on_unavailable: OnUnavailable::Allow,
+            breaker_threshold: 5,
+            breaker_cooldown: Duration::from_secs(5),
+            configuration_error_backoff: Duration::from_secs(10),
+            source_timeout: None,
+            sweep_interval: Duration::from_secs(10),
+        }
+    }
+
+    /// The clock (a [`ManualClock`](crate::ManualClock) in tests). Default: the system clock.
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = ClockHandle::Other(Arc::new(clock));
+        self
+    }
+
+    /// Tokens leased per call (S). Default 5; at most [`MAX_LEASE_SIZE`]; 0 counts as 1.
+    pub fn lease_size(mut self, tokens: u64) -> Self {
+        self.lease_size = tokens.clamp(1, MAX_LEASE_SIZE);
+        self
+    }
+
+    /// How long an unused bucket lives; its tokens are lost after. Default 60 s.
+    pub fn bucket_ttl(mut self, ttl: Duration) -> Self {
+        self.bucket_ttl = ttl;
+        self
+    }
+
+    /// How long a learned target → rule mapping (and a learned rule's matcher) is trusted
+    /// before the source is asked again. Default 60 s.
+    pub fn rule_ttl(mut self, ttl: Duration) -> Self {
+        self.rule_ttl = ttl;
+        self
+    }
+
+    /// The most targets the target → rule cache holds (concrete paths are unbounded).
+    /// Default 10 000.
+    pub fn max_cached_targets(mut self, max: usize) -> Self {
+        self.max_cached_targets = max.max(1);
+        self
+    }
+
+    /// Whether a bucket in use that falls to its low-water mark leases the next batch in the
+    /// background. Default on (when a tokio runtime is running).
+    pub fn refill_ahead(mut self, on: bool) -> Self {
+        self.refill_ahead = on;
+        self
+    }
+
+    /// The low-water mark of refill-ahead. Default: half the lease size, rounded down.
+    pub fn low_water_mark(mut self, tokens: u64) -> Self {
+        self.low_water_mark = Some(tokens);
+        self
+    }
+
+    /// Whether targets that fall to the application's default rule are leased in batches
+    /// like any other (default), or charged one call per request as the official SDKs do.
+    pub fn lease_default_rule(mut self, on: bool) -> Self {
+        self.lease_default_rule = on;
+        self
+    }
+
+    /// What requests get when the source cannot answer. Default [`OnUnavailable::Allow`].
+    pub fn on_unavailable(mut self, policy: OnUnavailable) -> Self {
+        self.on_unavailable = policy;
+        self
+    }
+
+    /// Opens the circuit after `failures` consecutive outage failures, for `cooldown`.
+    /// Default 5 failures, 5 s.
+    pub fn circuit_breaker(mut self, failures: u32, cooldown: Duration) -> Self {
+        self.breaker_threshold = failures.max(1);
+        self.breaker_cooldown = cooldown;
+        self
+    }
+
+    /// After a configuration error (401/403/404), how long the source is not called (requests
+    /// follow the outage policy), and how often the error is logged. Default 10 s.
+    pub fn configuration_error_backoff(mut self, backoff: Duration) -> Self {
+        self.configuration_error_backoff = backoff;
+        self
+    }
+
+    /// A deadline for one call to the source, enforced by the limiter (needs a tokio runtime
+    /// with time enabled). Default none: [`LightRateClient`](crate::LightRateClient) has its
+    /// own; set it for sources that do not.
+    pub fn source_timeout(mut self, timeout: Duration) -> Self {
+        self.source_timeout = Some(timeout);
+        self
+    }
+
+    /// How often idle buckets and stale cache entries are swept away. Default 10 s.
+    pub fn sweep_interval(mut self, interval: Duration) -> Self {
+        self.sweep_interval = interval;
+        self
+    }
+
+    /// Builds the limiter.
+    pub fn build(self) -> Limiter {
+        // The two maps of the hot path share one epoch collector: one guard serves a hit.
+        let collector = Arc::new(seize::Collector::new());
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1);
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+        Limiter {
+            inner: Arc::new(Inner {
+                id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+                generation: AtomicU64::new(0),
+                source: self.source,
+                clock: self.clock,
+                lease_size: self.lease_size,
+                bucket_ttl_ms: ms(self.bucket_ttl),
+                rule_ttl_ms: ms(self.rule_ttl),
+                max_cached_targets: self.max_cached_targets,
+                refill_ahead: self.refill_ahead,
+                low_water: self.low_water_mark.unwrap_or(self.lease_size / 2),
+                lease_default_rule: self.lease_default_rule,
+                on_unavailable: self.on_unavailable,
+                source_timeout: self.source_timeout,
+                sweep_interval_ms: ms(self.sweep_interval),
+                targets: papaya::HashMap::builder()
+                    .hasher(Hasher::default())
+                    .shared_collector(collector.clone())
+                    .build(),
+                buckets: papaya::HashMap::builder()
+                    .hasher(Hasher::default())
+                    .shared_collector(collector)
+                    .build(),
+                rules: papaya::HashMap::default(),
+                rule_slots: Mutex::new(HashMap::new()),
+                next_slot: AtomicU32::new(0),
+                flights: Flights::new(),
+                breaker: Breaker::new(
+                    self.breaker_threshold,
+                    self.breaker_cooldown,
+                    self.configuration_error_backoff,
+                ),
+                counters: Counters::default(),
+                last_sweep_ms: AtomicU64::new(0),
+                sweeping: AtomicBool::new(false),
+            }),
+        }
+    }
+}
