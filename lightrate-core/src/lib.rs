@@ -29,6 +29,7 @@ mod limiter;
 pub mod protocol;
 mod rules;
 mod source;
+pub mod web;
 
 pub use client::{
     ClientBuilder, Configuration, LightRateClient, LocalBucketResponse, DEFAULT_BASE_URL,

@@ -1,0 +1,89 @@
+//! Serves N in-process requests through an axum route with no layer, a pass-through layer,
+//! LightRateLayer (with and without the Decision extension) or tower_governor's layer, for
+//! counting instructions per request with callgrind (repeatable on a busy machine):
+//!
+//! ```text
+//! cargo build --release -p lightrate-tower --example layer_instructions
+//! valgrind --tool=callgrind target/release/examples/layer_instructions 2000 lightrate
+//! valgrind --tool=callgrind target/release/examples/layer_instructions 12000 lightrate
+//! # (difference of the two totals) / 10000 = instructions per request
+//! # modes: none, identity, lightrate, lean, governor
+//! ```
+#![allow(missing_docs, clippy::unwrap_used, clippy::print_stdout)]
+use axum::{body::Body, extract::ConnectInfo, routing::get, Router};
+use http::Request;
+use lightrate_core::*;
+use lightrate_tower::LightRateLayer;
+use std::net::SocketAddr;
+use tower::ServiceExt;
+struct Unlimited;
+impl TokenSource for Unlimited {
+    async fn consume_tokens(
+        &self,
+        request: ConsumeRequest<'_>,
+    ) -> Result<ConsumeTokensResponse, Error> {
+        Ok(ConsumeTokensResponse {
+            tokens_remaining: 1 << 40,
+            tokens_consumed: request.tokens_requested,
+            throttles: 0,
+            rule: Rule {
+                id: "b".into(),
+                name: "b".into(),
+                refill_rate: RefillRate::per_second(1 << 30),
+                burst_rate: 1 << 40,
+                is_default: false,
+                matcher: Some("^/hello".into()),
+                http_method: Some("GET".into()),
+            },
+        })
+    }
+}
+fn request() -> Request<Body> {
+    let mut r = Request::get("/hello").body(Body::empty()).unwrap();
+    r.extensions_mut()
+        .insert(ConnectInfo(SocketAddr::from(([192, 0, 2, 10], 5))));
+    r
+}
+fn main() {
+    let n: usize = std::env::args().nth(1).unwrap().parse().unwrap();
+    let mode = std::env::args().nth(2).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let app = Router::new().route("/hello", get(|| async { "hello" }));
+    let app = match mode.as_str() {
+        "none" => app,
+        "identity" => app.layer(tower::util::MapRequestLayer::new(|r: Request<Body>| r)),
+        "lightrate" => app.layer(LightRateLayer::new(
+            Limiter::builder(Unlimited)
+                .lease_size(MAX_LEASE_SIZE)
+                .build(),
+        )),
+        "lean" => app.layer(
+            LightRateLayer::new(
+                Limiter::builder(Unlimited)
+                    .lease_size(MAX_LEASE_SIZE)
+                    .build(),
+            )
+            .insert_decision(false),
+        ),
+        "governor" => app.layer(tower_governor::GovernorLayer::new(
+            tower_governor::governor::GovernorConfigBuilder::default()
+                .per_nanosecond(1)
+                .burst_size(u32::MAX)
+                .finish()
+                .unwrap(),
+        )),
+        _ => unreachable!(),
+    };
+    rt.block_on(async {
+        let mut ok = 0;
+        for _ in 0..n {
+            if app.clone().oneshot(request()).await.unwrap().status() == 200 {
+                ok += 1;
+            }
+        }
+        println!("{ok}");
+    });
+}

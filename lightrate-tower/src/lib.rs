@@ -1,0 +1,71 @@
+//! Rate limiting for [axum](https://docs.rs/axum) and every [tower](https://docs.rs/tower)
+//! stack, with tokens from the LightRate API (or a LightRate-compatible source).
+//!
+//! [`LightRateLayer`] identifies the user of each request, picks its target (the route's
+//! operation if it has one, else method + path), asks a [`Limiter`](lightrate_core::Limiter)
+//! (a local-bucket hit most of the time, no allocation), and either calls the inner service
+//! with the [`Decision`](lightrate_core::Decision) in the request's extensions, or answers
+//! without calling it: 429 with `Retry-After` when limited, 503 when the token source cannot
+//! answer and the policy is to deny, 400 for an unusable user identifier.
+//!
+//! ```
+//! use axum::{routing::{get, post}, Router};
+//! use http::HeaderName;
+//! use lightrate_core::{EmbeddedSource, Limiter, RuleSet};
+//! use lightrate_tower::{Identify, LightRateLayer};
+//!
+//! let limiter = Limiter::new(EmbeddedSource::new(RuleSet::demo()));
+//! let rate_limit = LightRateLayer::new(limiter)
+//!     .identify(Identify::header(HeaderName::from_static("x-user-id")))
+//!     .exclude_path("/healthz");
+//!
+//! let app: Router = Router::new()
+//!     .route("/hello", get(|| async { "hello" }))
+//!     // This route is the LightRate operation `send_email`, not `POST /emails`.
+//!     .route(
+//!         "/emails",
+//!         post(|| async { "sent" }).layer(rate_limit.operation("/emails", "send_email")),
+//!     )
+//!     .route("/healthz", get(|| async { "ok" }))
+//!     .layer(rate_limit);
+//! ```
+//!
+//! # Per-route operations
+//!
+//! [`LightRateLayer::operation`] declares a route's operation (by its template, as given to
+//! `Router::route`) in a table shared by every clone of the layer, and returns a layer for
+//! the route. Each request is decided once, by the first LightRate layer it meets, which
+//! puts its `Decision` in the request's extensions; later LightRate layers let a request that
+//! has one through. So whichever way they are combined (the route's layer alone; the
+//! router-wide layer, with `layer` or `route_layer`, alone or with the route's layer) a
+//! request costs exactly one token (or the operation's cost), charged to its operation.
+//!
+//! # The user identifier
+//!
+//! [`Identify`]: a header, an extension set by an authentication layer, the client's IP
+//! address (the default), or a closure. An identifier that is empty, longer than 256 bytes or
+//! not visible text gets 400 before any token is spent. A request with none follows
+//! [`MissingIdentifier`](lightrate_core::web::MissingIdentifier): by default it is limited by
+//! its IP address. `X-Forwarded-For` is read only behind
+//! [`trust_forwarded_for`](LightRateLayer::trust_forwarded_for) proxies.
+//!
+//! # Bodies
+//!
+//! The inner service's response passes through untouched; the limiter's own answers are made
+//! with `ResBody::from(Bytes)`, which axum's `Body`, `http_body_util::Full<Bytes>` and most
+//! response bodies implement. A service whose body does not can map its response body first
+//! (`ServiceBuilder::map_response`).
+
+mod future;
+mod layer;
+mod service;
+
+pub use future::ResponseFuture;
+pub use layer::{Identify, LightRateLayer};
+pub use lightrate_core::web::{
+    MissingIdentifier, Operation, PathTarget, RateLimitHeaders, Rejection,
+};
+pub use service::LightRate;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,448 @@
+//! The layer on real axum routers, called in-process with `oneshot`.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::routing::{get, post};
+use axum::{Extension, Router};
+use http::{HeaderName, Method, Request, StatusCode};
+use http_body_util::BodyExt;
+use lightrate_core::{
+    ConsumeRequest, ConsumeTokensResponse, Decision, DecisionSource, EmbeddedSource, Error,
+    ErrorKind, Limiter, ManualClock, OnUnavailable, RuleSet, TokenSource,
+};
+use tower::ServiceExt;
+
+use super::*;
+
+/// The embedded demo source, recording every call's target and size.
+#[derive(Default)]
+struct Recording {
+    inner: Option<EmbeddedSource>,
+    calls: Mutex<Vec<(String, u64)>>,
+    fail: Mutex<Option<Error>>,
+}
+
+impl TokenSource for Recording {
+    async fn consume_tokens(
+        &self,
+        request: ConsumeRequest<'_>,
+    ) -> Result<ConsumeTokensResponse, Error> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push((request.target.to_string(), request.tokens_requested));
+        if let Some(error) = self.fail.lock().unwrap().clone() {
+            return Err(error);
+        }
+        self.inner.as_ref().unwrap().consume_now(request)
+    }
+}
+
+fn source() -> Arc<Recording> {
+    Arc::new(Recording {
+        inner: Some(EmbeddedSource::new(RuleSet::demo()).with_clock(ManualClock::new())),
+        ..Recording::default()
+    })
+}
+
+/// One token per lease, so that every decision is one recorded call.
+fn limiter(source: &Arc<Recording>, policy: OnUnavailable) -> Limiter {
+    Limiter::builder(source.clone())
+        .clock(ManualClock::new())
+        .lease_size(1)
+        .refill_ahead(false)
+        .on_unavailable(policy)
+        .build()
+}
+
+fn user_header() -> Identify {
+    Identify::header(HeaderName::from_static("x-user-id"))
+}
+
+async fn send(
+    app: &Router,
+    method: Method,
+    path: &str,
+    user: Option<&str>,
+) -> (StatusCode, http::HeaderMap, String) {
+    let mut request = Request::builder().method(method).uri(path);
+    if let Some(user) = user {
+        request = request.header("x-user-id", user);
+    }
+    let response = app
+        .clone()
+        .oneshot(request.body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, headers, String::from_utf8(body.to_vec()).unwrap())
+}
+
+#[tokio::test]
+async fn allows_until_the_burst_then_answers_429_without_calling_the_handler() {
+    let source = source();
+    let handled = Arc::new(AtomicUsize::new(0));
+    let counter = handled.clone();
+    let app = Router::new()
+        .route(
+            "/hello",
+            get(move |Extension(decision): Extension<Decision>| {
+                counter.fetch_add(1, Ordering::SeqCst);
+                async move { format!("{:?}", decision.source()) }
+            }),
+        )
+        .layer(LightRateLayer::new(limiter(&source, OnUnavailable::Allow)).identify(user_header()));
+    for _ in 0..20 {
+        let (status, _, body) = send(&app, Method::GET, "/hello", Some("ann")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, "TokenSource", "the handler reads the decision");
+    }
+    let (status, headers, body) = send(&app, Method::GET, "/hello", Some("ann")).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(headers["retry-after"], "1");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["error"], "rate_limited");
+    assert_eq!(json["retryAfter"], 1);
+    assert_eq!(json["rule"], "rule_hello");
+    assert_eq!(handled.load(Ordering::SeqCst), 20);
+    // Another user is unaffected.
+    assert_eq!(
+        send(&app, Method::GET, "/hello", Some("bob")).await.0,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn unusable_identifiers_get_400_before_any_token_is_spent() {
+    let source = source();
+    let app = Router::new()
+        .route("/hello", get(|| async { "hi" }))
+        .layer(LightRateLayer::new(limiter(&source, OnUnavailable::Allow)).identify(user_header()));
+    let long = "x".repeat(10_000);
+    for bad in ["", "   ", long.as_str()] {
+        let (status, _, body) = send(&app, Method::GET, "/hello", Some(bad)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(json["error"], "invalid_user_identifier");
+    }
+    // What a header can still carry: a tab, and bytes that are not UTF-8.
+    for raw in [&b"a\tb"[..], &b"\xff\xfe"[..]] {
+        let request = Request::get("/hello")
+            .header("x-user-id", http::HeaderValue::from_bytes(raw).unwrap())
+            .body(Body::empty())
+            .unwrap();
+        let response = app.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    }
+    assert!(source.calls.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn missing_identifiers_follow_the_policy() {
+    let peer: SocketAddr = "198.51.100.7:4321".parse().unwrap();
+    let request = || {
+        let mut r = Request::get("/hello").body(Body::empty()).unwrap();
+        r.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+        r
+    };
+    for (policy, expected) in [
+        (MissingIdentifier::PeerIp, StatusCode::OK),
+        (MissingIdentifier::Unlimited, StatusCode::OK),
+        (MissingIdentifier::Reject, StatusCode::BAD_REQUEST),
+    ] {
+        let source = source();
+        let app = Router::new().route("/hello", get(|| async { "hi" })).layer(
+            LightRateLayer::new(limiter(&source, OnUnavailable::Allow))
+                .identify(user_header())
+                .on_missing_identifier(policy),
+        );
+        let response = app.clone().oneshot(request()).await.unwrap();
+        assert_eq!(response.status(), expected, "{policy:?}");
+        let calls = source.calls.lock().unwrap().len();
+        assert_eq!(
+            calls,
+            usize::from(policy == MissingIdentifier::PeerIp),
+            "{policy:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_peer_address_is_an_identifier_and_forwarded_for_needs_trust() {
+    let source = source();
+    let limit = LightRateLayer::new(limiter(&source, OnUnavailable::Allow));
+    let app = Router::new()
+        .route("/hello", get(|| async { "hi" }))
+        .layer(limit.clone());
+    let trusting = Router::new()
+        .route("/hello", get(|| async { "hi" }))
+        .layer(limit.clone().trust_forwarded_for(1));
+    let request = || {
+        let mut r = Request::get("/hello")
+            .header("x-forwarded-for", "203.0.113.9")
+            .body(Body::empty())
+            .unwrap();
+        r.extensions_mut()
+            .insert(axum::extract::ConnectInfo(SocketAddr::from((
+                [10, 0, 0, 1],
+                9,
+            ))));
+        r
+    };
+    app.clone().oneshot(request()).await.unwrap();
+    trusting.clone().oneshot(request()).await.unwrap();
+    let limiter = limit.limiter();
+    let users: Vec<String> = limiter
+        .bucket_statuses()
+        .into_iter()
+        .map(|b| b.user_identifier)
+        .collect();
+    assert!(users.contains(&"10.0.0.1".to_owned()), "{users:?}");
+    assert!(users.contains(&"203.0.113.9".to_owned()), "{users:?}");
+}
+
+#[tokio::test]
+async fn excluded_requests_never_touch_the_limiter() {
+    let source = source();
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(|| async { "m" }))
+        .layer(
+            LightRateLayer::new(limiter(&source, OnUnavailable::Deny))
+                .identify(user_header())
+                .exclude_path("/healthz")
+                .exclude(|parts| parts.uri.path() == "/metrics"),
+        );
+    for _ in 0..50 {
+        assert_eq!(
+            send(&app, Method::GET, "/healthz", Some("u")).await.0,
+            StatusCode::OK
+        );
+        assert_eq!(
+            send(&app, Method::GET, "/metrics", None).await.0,
+            StatusCode::OK
+        );
+    }
+    assert!(source.calls.lock().unwrap().is_empty());
+}
+
+/// Every documented way to combine a per-route operation with a router-wide layer: one token
+/// per request, charged to the operation.
+#[tokio::test]
+async fn operations_cost_exactly_one_token_however_the_layers_are_combined() {
+    type Build = fn(&LightRateLayer) -> Router;
+    let combinations: [(&str, Build); 5] = [
+        ("the route's layer alone", |limit| {
+            Router::new().route(
+                "/emails",
+                post(|| async { "sent" }).layer(limit.operation("/emails", "send_email")),
+            )
+        }),
+        ("the route's layer inside a router-wide layer", |limit| {
+            Router::new()
+                .route(
+                    "/emails",
+                    post(|| async { "sent" }).layer(limit.operation("/emails", "send_email")),
+                )
+                .layer(limit.clone())
+        }),
+        (
+            "the route's layer inside a router-wide route_layer",
+            |limit| {
+                Router::new()
+                    .route(
+                        "/emails",
+                        post(|| async { "sent" }).layer(limit.operation("/emails", "send_email")),
+                    )
+                    .route_layer(limit.clone())
+            },
+        ),
+        ("declared on the router-wide layer only", |limit| {
+            let _ = limit.operation_for(Method::POST, "/emails", "send_email");
+            Router::new()
+                .route("/emails", post(|| async { "sent" }))
+                .layer(limit.clone())
+        }),
+        ("the operation's layer on a nested router", |limit| {
+            let emails = Router::new()
+                .route("/emails", post(|| async { "sent" }))
+                .layer(limit.operation("/emails", "send_email"));
+            Router::new().merge(emails).layer(limit.clone())
+        }),
+    ];
+    for (name, build) in combinations {
+        let source = source();
+        let limit =
+            LightRateLayer::new(limiter(&source, OnUnavailable::Allow)).identify(user_header());
+        let app = build(&limit);
+        for _ in 0..3 {
+            let (status, _, _) = send(&app, Method::POST, "/emails", Some("u")).await;
+            assert_eq!(status, StatusCode::OK, "{name}");
+        }
+        let calls = source.calls.lock().unwrap().clone();
+        assert_eq!(
+            calls,
+            vec![("operation send_email".to_owned(), 1); 3],
+            "{name}: one token per request, as the operation"
+        );
+    }
+}
+
+#[tokio::test]
+async fn operations_can_cost_more_than_one() {
+    let source = source();
+    let limit = LightRateLayer::new(limiter(&source, OnUnavailable::Allow)).identify(user_header());
+    let app = Router::new()
+        .route(
+            "/emails",
+            post(|| async { "sent" })
+                .layer(limit.operation("/emails", Operation::new("send_email").with_cost(4))),
+        )
+        .layer(limit.clone());
+    let mut allowed = 0;
+    for _ in 0..4 {
+        if send(&app, Method::POST, "/emails", Some("u")).await.0 == StatusCode::OK {
+            allowed += 1;
+        }
+    }
+    // Burst 10 at 4 a request: two requests.
+    assert_eq!(allowed, 2);
+    assert!(source
+        .calls
+        .lock()
+        .unwrap()
+        .iter()
+        .all(|(t, n)| t == "operation send_email" && *n == 4));
+}
+
+#[tokio::test]
+async fn paths_are_concrete_by_default_or_the_route_template() {
+    for (mode, expected) in [
+        (PathTarget::Concrete, "GET /items/42"),
+        (PathTarget::Template, "GET /items/{id}"),
+    ] {
+        let source = source();
+        let app = Router::new()
+            .route("/items/{id}", get(|| async { "item" }))
+            .layer(
+                LightRateLayer::new(limiter(&source, OnUnavailable::Allow))
+                    .identify(user_header())
+                    .path_target(mode),
+            );
+        send(&app, Method::GET, "/items/42", Some("u")).await;
+        assert_eq!(source.calls.lock().unwrap()[0].0, expected);
+    }
+}
+
+#[tokio::test]
+async fn ietf_fields_when_asked() {
+    let source = source();
+    let limit = LightRateLayer::new(limiter(&source, OnUnavailable::Allow)).identify(user_header());
+    let always = Router::new()
+        .route("/hello", get(|| async { "hi" }))
+        .layer(limit.clone().rate_limit_headers(RateLimitHeaders::Always));
+    let (_, headers, _) = send(&always, Method::GET, "/hello", Some("u")).await;
+    assert_eq!(headers["ratelimit-policy"], "\"rule_hello\";q=20;w=20");
+    assert_eq!(headers["ratelimit"], "\"rule_hello\";r=19;t=1");
+
+    let denied_only = Router::new()
+        .route("/hello", get(|| async { "hi" }))
+        .layer(limit.rate_limit_headers(RateLimitHeaders::OnDenied));
+    let (_, headers, _) = send(&denied_only, Method::GET, "/hello", Some("v")).await;
+    assert!(headers.get("ratelimit").is_none());
+    for _ in 0..19 {
+        send(&denied_only, Method::GET, "/hello", Some("v")).await;
+    }
+    let (status, headers, _) = send(&denied_only, Method::GET, "/hello", Some("v")).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(headers["ratelimit"], "\"rule_hello\";r=0;t=1");
+}
+
+#[tokio::test]
+async fn answers_are_replaceable() {
+    let source = source();
+    let app = Router::new().route("/hello", get(|| async { "hi" })).layer(
+        LightRateLayer::new(limiter(&source, OnUnavailable::Allow))
+            .identify(user_header())
+            .respond_with(|rejection| {
+                let mut response = http::Response::new(bytes::Bytes::from_static(b"slow down"));
+                *response.status_mut() = rejection.status();
+                response
+            }),
+    );
+    let (status, _, body) = send(&app, Method::GET, "/hello", Some("")).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::BAD_REQUEST, "slow down")
+    );
+}
+
+#[tokio::test]
+async fn an_unavailable_source_follows_the_outage_policy() {
+    for (policy, expected) in [
+        (OnUnavailable::Allow, StatusCode::OK),
+        (OnUnavailable::Deny, StatusCode::SERVICE_UNAVAILABLE),
+        (OnUnavailable::Error, StatusCode::SERVICE_UNAVAILABLE),
+    ] {
+        let source = source();
+        *source.fail.lock().unwrap() = Some(Error::new(ErrorKind::Timeout, "slow"));
+        let app = Router::new()
+            .route("/hello", get(|| async { "hi" }))
+            .layer(LightRateLayer::new(limiter(&source, policy)).identify(user_header()));
+        let (status, headers, body) = send(&app, Method::GET, "/hello", Some("u")).await;
+        assert_eq!(status, expected, "{policy:?}");
+        if expected == StatusCode::SERVICE_UNAVAILABLE {
+            assert!(headers.contains_key("retry-after"));
+            let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(json["error"], "rate_limiter_unavailable");
+        }
+    }
+}
+
+#[tokio::test]
+async fn local_hits_do_not_wait_for_the_source() {
+    let source = source();
+    let limiter = Limiter::builder(source.clone())
+        .clock(ManualClock::new())
+        .lease_size(5)
+        .refill_ahead(false)
+        .build();
+    let app = Router::new()
+        .route(
+            "/hello",
+            get(|Extension(decision): Extension<Decision>| async move {
+                format!("{:?}", decision.source())
+            }),
+        )
+        .layer(LightRateLayer::new(limiter).identify(user_header()));
+    let sources: Vec<String> = futures_like_join(&app, 5).await;
+    assert_eq!(sources[0], "TokenSource");
+    assert!(sources[1..]
+        .iter()
+        .all(|s| s == &format!("{:?}", DecisionSource::LocalBucket)));
+    assert_eq!(source.calls.lock().unwrap().len(), 1);
+}
+
+async fn futures_like_join(app: &Router, n: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(send(app, Method::GET, "/hello", Some("u")).await.2);
+    }
+    out
+}
+
+#[test]
+fn layer_service_and_future_are_send_and_the_layer_is_sync() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    send_sync::<LightRateLayer>();
+    send_sync::<LightRate<axum::routing::Route>>();
+    send::<ResponseFuture<axum::routing::Route, Body>>();
+    let _ = Duration::ZERO;
+}
