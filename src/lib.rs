@@ -3,13 +3,23 @@
 //! This facade re-exports the engine ([`lightrate_core`]) at its root, and the other crates of
 //! the workspace behind features:
 //!
-//! | feature  | module     | crate              |
-//! |----------|------------|--------------------|
-//! | `server` | [`server`] | `lightrate-server` |
+//! | feature            | module     | crate              |
+//! |--------------------|------------|--------------------|
+//! | `tower` (`axum`)   | `tower`    | `lightrate-tower`  |
+//! | `actix`            | `actix`    | `lightrate-actix`  |
+//! | `server`           | `server`   | `lightrate-server` |
 //!
 //! See the README for the quick start.
 
 pub use lightrate_core::*;
+
+/// `LightRateLayer` for axum and every tower stack (feature `tower` or `axum`).
+#[cfg(feature = "tower")]
+pub use lightrate_tower as tower;
+
+/// The actix-web middleware (feature `actix`).
+#[cfg(feature = "actix")]
+pub use lightrate_actix as actix;
 
 /// The LightRate-compatible token server (feature `server`).
 #[cfg(feature = "server")]

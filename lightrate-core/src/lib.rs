@@ -39,8 +39,8 @@ pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use embedded::{EmbeddedSource, MAX_USER_IDENTIFIER_BYTES};
 pub use error::{Error, ErrorKind};
 pub use limiter::{
-    BreakerState, BucketStatus, Decision, DecisionSource, Limiter, LimiterBuilder, OnUnavailable,
-    RuleSummary, Stats, DEFAULT_LEASE_SIZE, MAX_LEASE_SIZE,
+    BreakerState, BucketStatus, Decision, DecisionSource, EnvSource, Limiter, LimiterBuilder,
+    OnUnavailable, RuleSummary, Stats, DEFAULT_LEASE_SIZE, MAX_LEASE_SIZE,
 };
 pub use protocol::{ConsumeRequest, ConsumeTokensResponse, RefillRate, Rule, Target};
 pub use rules::{RuleSet, RuleSetBuilder, RuleSpec};

@@ -37,6 +37,7 @@ mod breaker;
 mod bucket;
 mod builder;
 mod decision;
+mod env;
 mod flight;
 mod keys;
 mod lease;
@@ -56,6 +57,7 @@ use papaya::{Compute, Operation};
 pub use self::breaker::BreakerState;
 pub use self::builder::{LimiterBuilder, OnUnavailable, DEFAULT_LEASE_SIZE, MAX_LEASE_SIZE};
 pub use self::decision::{Decision, DecisionSource, RuleSummary};
+pub use self::env::EnvSource;
 pub use self::stats::Stats;
 
 use self::breaker::Breaker;

@@ -1,0 +1,2 @@
+//! Rate limiting middleware for actix-web, with tokens from the LightRate API (work in
+//! progress: see the lightrate-actix issue).
