@@ -44,7 +44,7 @@ pub(crate) fn builder_from_lookup(
     let var = |name: &str| var(name).filter(|v| !v.trim().is_empty());
     let (mut builder, source) = match (var("LIGHTRATE_API_KEY"), var("LIGHTRATE_APPLICATION_ID")) {
         (Some(_), Some(_)) => {
-            let client = ClientBuilder::from_lookup(&var)?.build()?;
+            let client = ClientBuilder::from_lookup(var)?.build()?;
             let config = client.get_configuration();
             let builder = Limiter::builder(client).lease_size(config.default_local_bucket_size);
             (
