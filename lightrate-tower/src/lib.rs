@@ -45,7 +45,7 @@
 //! [`Identify`]: a header, an extension set by an authentication layer, the client's IP
 //! address (the default), or a closure. An identifier that is empty, longer than 256 bytes or
 //! not visible text gets 400 before any token is spent. A request with none follows
-//! [`MissingIdentifier`](lightrate_core::web::MissingIdentifier): by default it is limited by
+//! [`MissingIdentifier`]: by default it is limited by
 //! its IP address. `X-Forwarded-For` is read only behind
 //! [`trust_forwarded_for`](LightRateLayer::trust_forwarded_for) proxies.
 //!
