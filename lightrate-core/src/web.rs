@@ -6,6 +6,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
+use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -126,6 +127,82 @@ pub fn client_ip(
     hops[at].parse().ok().or(peer)
 }
 
+/// An IP address written out on the stack, so that identifying a user by address allocates
+/// nothing (and IPv4 skips `fmt`, which costs more than a whole local decision).
+///
+/// ```
+/// use lightrate_core::web::IpText;
+///
+/// assert_eq!(IpText::new("192.0.2.7".parse().unwrap()).as_str(), "192.0.2.7");
+/// assert_eq!(IpText::new("2001:db8::1".parse().unwrap()).as_str(), "2001:db8::1");
+/// ```
+#[derive(Clone, Copy)]
+pub struct IpText {
+    buf: [u8; 46],
+    len: usize,
+}
+
+impl IpText {
+    /// The address as text.
+    #[inline]
+    pub fn new(ip: IpAddr) -> Self {
+        let mut text = IpText {
+            buf: [0; 46],
+            len: 0,
+        };
+        match ip {
+            IpAddr::V4(v4) => {
+                for (i, octet) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        text.push(b'.');
+                    }
+                    if octet >= 100 {
+                        text.push(b'0' + octet / 100);
+                    }
+                    if octet >= 10 {
+                        text.push(b'0' + octet / 10 % 10);
+                    }
+                    text.push(b'0' + octet % 10);
+                }
+            }
+            IpAddr::V6(_) => {
+                let _ = write!(text, "{ip}");
+            }
+        }
+        text
+    }
+
+    #[inline]
+    fn push(&mut self, byte: u8) {
+        if let Some(slot) = self.buf.get_mut(self.len) {
+            *slot = byte;
+            self.len += 1;
+        }
+    }
+
+    /// The text.
+    #[inline]
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(self.buf.get(..self.len).unwrap_or_default()).unwrap_or("")
+    }
+}
+
+impl fmt::Write for IpText {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let end = self.len + s.len();
+        let slot = self.buf.get_mut(self.len..end).ok_or(fmt::Error)?;
+        slot.copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
+impl fmt::Debug for IpText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("IpText").field(&self.as_str()).finish()
+    }
+}
+
 /// A per-route operation: the route is limited as this LightRate operation, at this cost,
 /// instead of by its method and path.
 ///
@@ -195,10 +272,13 @@ pub struct RouteOperations {
     inner: Arc<RouteTable>,
 }
 
+/// Template → (method, operation) declarations: looked up by `&str`, without allocating.
+type Table = HashMap<String, Vec<(Option<Method>, Operation)>>;
+
 #[derive(Debug, Default)]
 struct RouteTable {
-    building: Mutex<HashMap<(Option<Method>, String), Operation>>,
-    frozen: OnceLock<HashMap<(Option<Method>, String), Operation>>,
+    building: Mutex<Table>,
+    frozen: OnceLock<Table>,
 }
 
 impl RouteOperations {
@@ -221,15 +301,18 @@ impl RouteOperations {
             );
             return;
         }
-        self.inner
+        let mut table = self
+            .inner
             .building
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert((method, template), op);
+            .unwrap_or_else(|p| p.into_inner());
+        let declared = table.entry(template).or_default();
+        declared.retain(|(m, _)| *m != method);
+        declared.push((method, op));
     }
 
     /// The table as served: frozen at the first request.
-    fn frozen(&self) -> &HashMap<(Option<Method>, String), Operation> {
+    fn frozen(&self) -> &Table {
         self.inner.frozen.get_or_init(|| {
             self.inner
                 .building
@@ -242,13 +325,12 @@ impl RouteOperations {
     /// The operation of `template` for `method`: a method-specific declaration first, then
     /// one for any method.
     pub fn get(&self, method: &Method, template: &str) -> Option<&Operation> {
-        let table = self.frozen();
-        if table.is_empty() {
-            return None;
-        }
-        table
-            .get(&(Some(method.clone()), template.to_owned()))
-            .or_else(|| table.get(&(None, template.to_owned())))
+        let declared = self.frozen().get(template)?;
+        declared
+            .iter()
+            .find(|(m, _)| m.as_ref() == Some(method))
+            .or_else(|| declared.iter().find(|(m, _)| m.is_none()))
+            .map(|(_, op)| op)
     }
 
     /// Whether any operation is declared (freezes the table, as a request does).
@@ -494,6 +576,23 @@ mod tests {
             validate_identifier("\u{85}x".as_bytes()),
             Err(InvalidIdentifier::NotVisible)
         );
+    }
+
+    #[test]
+    fn ip_addresses_are_written_as_std_writes_them() {
+        for ip in [
+            "0.0.0.0",
+            "9.10.99.100",
+            "255.255.255.255",
+            "192.0.2.10",
+            "::1",
+            "2001:db8::8a2e:370:7334",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+            "::ffff:192.0.2.1",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(IpText::new(ip).as_str(), ip.to_string());
+        }
     }
 
     #[test]

@@ -157,7 +157,7 @@ where
                         Plan::Allowed(decision, headers) => {
                             match (service.take(), request.take()) {
                                 (Some(mut service), Some(mut request)) => {
-                                    request.extensions_mut().insert(decision);
+                                    config.mark(request.extensions_mut(), decision);
                                     State::Inner {
                                         future: service.call(request),
                                         headers,

@@ -1,7 +1,6 @@
 //! [`LightRate`]: the service.
 
 use std::fmt;
-use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -9,8 +8,8 @@ use std::task::{Context, Poll};
 use http::request::Parts;
 use http::{HeaderMap, Request, Response};
 use lightrate_core::web::{
-    client_ip, target_for, validate_identifier, write_rate_limit_headers, MissingIdentifier,
-    PathTarget, RateLimitHeaders, Rejection,
+    client_ip, target_for, validate_identifier, write_rate_limit_headers, IpText,
+    MissingIdentifier, PathTarget, RateLimitHeaders, Rejection,
 };
 use lightrate_core::{Decision, Target};
 use tower::Service;
@@ -62,62 +61,10 @@ impl<S> LightRate<S> {
     }
 }
 
-/// An IP address written out on the stack: identifying a user by address allocates nothing.
-struct IpText {
-    buf: [u8; 46],
-    len: usize,
-}
-
-impl IpText {
-    fn new(ip: IpAddr) -> Self {
-        let mut text = IpText {
-            buf: [0; 46],
-            len: 0,
-        };
-        match ip {
-            // Dotted decimal by hand: `fmt` costs more than the limiter's whole decision.
-            IpAddr::V4(v4) => {
-                for (i, octet) in v4.octets().into_iter().enumerate() {
-                    if i > 0 {
-                        text.push(b'.');
-                    }
-                    if octet >= 100 {
-                        text.push(b'0' + octet / 100);
-                    }
-                    if octet >= 10 {
-                        text.push(b'0' + octet / 10 % 10);
-                    }
-                    text.push(b'0' + octet % 10);
-                }
-            }
-            IpAddr::V6(_) => {
-                let _ = write!(text, "{ip}");
-            }
-        }
-        text
-    }
-
-    fn push(&mut self, byte: u8) {
-        if let Some(slot) = self.buf.get_mut(self.len) {
-            *slot = byte;
-            self.len += 1;
-        }
-    }
-
-    fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.buf[..self.len]).unwrap_or("")
-    }
-}
-
-impl fmt::Write for IpText {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        let end = self.len + s.len();
-        let slot = self.buf.get_mut(self.len..end).ok_or(fmt::Error)?;
-        slot.copy_from_slice(s.as_bytes());
-        self.len = end;
-        Ok(())
-    }
-}
+/// Marks a request decided when its `Decision` is not kept (`insert_decision(false)`), so that
+/// a later LightRate layer does not charge it again. Zero-sized: boxing it allocates nothing.
+#[derive(Clone, Copy, Debug)]
+struct Decided;
 
 fn peer_ip(parts: &Parts) -> Option<IpAddr> {
     #[cfg(feature = "axum")]
@@ -159,7 +106,7 @@ impl Config {
     /// Everything up to asking the limiter for a local decision. Allocates only when the
     /// source must be asked (or the IETF fields are sent on allowed responses).
     pub(crate) fn plan(&self, parts: &Parts) -> Plan {
-        if parts.extensions.get::<Decision>().is_some() || self.is_excluded(parts) {
+        if Self::is_decided(&parts.extensions) || self.is_excluded(parts) {
             return Plan::Pass;
         }
         // Reading the route template is a lookup in the extensions: only when it is used.
@@ -224,6 +171,21 @@ impl Config {
         }
     }
 
+    /// Whether another LightRate layer has decided this request already.
+    fn is_decided(extensions: &http::Extensions) -> bool {
+        extensions.get::<Decision>().is_some() || extensions.get::<Decided>().is_some()
+    }
+
+    /// Records the decision in the request: for the handler, and so that no later LightRate
+    /// layer decides again.
+    pub(crate) fn mark(&self, extensions: &mut http::Extensions, decision: Decision) {
+        if self.insert_decision {
+            extensions.insert(decision);
+        } else {
+            extensions.insert(Decided);
+        }
+    }
+
     /// What a decision means for the request.
     pub(crate) fn settle(&self, decision: Decision) -> Plan {
         if decision.is_allowed() {
@@ -274,9 +236,7 @@ where
                 ResponseFuture::inner(self.inner.call(Request::from_parts(parts, body)), None)
             }
             Plan::Allowed(decision, headers) => {
-                if self.config.insert_decision {
-                    parts.extensions.insert(decision);
-                }
+                self.config.mark(&mut parts.extensions, decision);
                 ResponseFuture::inner(self.inner.call(Request::from_parts(parts, body)), headers)
             }
             Plan::Answer(rejection) => ResponseFuture::answer(self.config.respond(&rejection)),

@@ -295,6 +295,32 @@ async fn operations_cost_exactly_one_token_however_the_layers_are_combined() {
 }
 
 #[tokio::test]
+async fn without_the_decision_extension_a_request_is_still_decided_once() {
+    let source = source();
+    let limit = LightRateLayer::new(limiter(&source, OnUnavailable::Allow))
+        .identify(user_header())
+        .insert_decision(false);
+    let app = Router::new()
+        .route(
+            "/emails",
+            post(|decision: Option<Extension<Decision>>| async move {
+                assert!(decision.is_none(), "not kept when insert_decision(false)");
+                "sent"
+            })
+            .layer(limit.operation("/emails", "send_email")),
+        )
+        .layer(limit.clone());
+    for _ in 0..3 {
+        assert_eq!(
+            send(&app, Method::POST, "/emails", Some("u")).await.0,
+            StatusCode::OK
+        );
+    }
+    let calls = source.calls.lock().unwrap().clone();
+    assert_eq!(calls, vec![("operation send_email".to_owned(), 1); 3]);
+}
+
+#[tokio::test]
 async fn operations_can_cost_more_than_one() {
     let source = source();
     let limit = LightRateLayer::new(limiter(&source, OnUnavailable::Allow)).identify(user_header());

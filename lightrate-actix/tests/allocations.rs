@@ -1,0 +1,174 @@
+//! What the allocator says about the middleware: an allowed local hit allocates nothing beyond
+//! what actix allocates for the same request without it, except the `Decision` the handler
+//! can read (one box, which `insert_decision(false)` saves); declared operations cost nothing
+//! to requests that cannot be at their routes.
+//!
+//! One test binary with a counting global allocator, counting the allocations of the current
+//! thread (the actix test runtime runs the app on it).
+#![allow(unsafe_code, clippy::unwrap_used, missing_docs)]
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{Service, ServiceFactory, ServiceRequest, ServiceResponse};
+use actix_web::http::Method;
+use actix_web::test::{init_service, TestRequest};
+use actix_web::{web, App};
+use lightrate_actix::LightRate;
+use lightrate_core::{
+    ConsumeRequest, ConsumeTokensResponse, Error, Limiter, RefillRate, Rule, TokenSource,
+    MAX_LEASE_SIZE,
+};
+
+/// The system allocator, counting this thread's allocations.
+struct Counting;
+
+thread_local! {
+    static THREAD_ALLOCATIONS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+fn count_allocation() {
+    let _ = THREAD_ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
+}
+
+fn allocations() -> usize {
+    THREAD_ALLOCATIONS.with(|n| n.get())
+}
+
+// SAFETY: every call is forwarded unchanged to the system allocator; the counter is a
+// thread-local cell.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        count_allocation();
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        count_allocation();
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// Grants everything: after the first request, every request is a local hit.
+struct Unlimited;
+
+impl TokenSource for Unlimited {
+    async fn consume_tokens(
+        &self,
+        request: ConsumeRequest<'_>,
+    ) -> Result<ConsumeTokensResponse, Error> {
+        Ok(ConsumeTokensResponse {
+            tokens_remaining: 1 << 40,
+            tokens_consumed: request.tokens_requested,
+            throttles: 0,
+            rule: Rule {
+                id: "all".into(),
+                name: "all".into(),
+                refill_rate: RefillRate::per_second(1 << 30),
+                burst_rate: 1 << 40,
+                is_default: false,
+                matcher: Some("^/".into()),
+                http_method: Some("GET".into()),
+            },
+        })
+    }
+}
+
+fn limiter() -> Limiter {
+    Limiter::builder(Unlimited)
+        .lease_size(MAX_LEASE_SIZE)
+        .refill_ahead(false)
+        .bucket_ttl(Duration::from_secs(3600))
+        .rule_ttl(Duration::from_secs(3600))
+        .build()
+}
+
+const REQUESTS: usize = 20;
+
+/// Allocations made by `REQUESTS` calls of `GET /hello` on `app` (building the request not
+/// counted, dropping the response counted), after a few calls to warm everything up.
+async fn allocations_of<T, B>(app: App<T>) -> usize
+where
+    T: ServiceFactory<
+            ServiceRequest,
+            Config = (),
+            Response = ServiceResponse<B>,
+            Error = actix_web::Error,
+            InitError = (),
+        > + 'static,
+    B: MessageBody + 'static,
+{
+    let app = init_service(app).await;
+    let peer = SocketAddr::from(([192, 0, 2, 10], 50_000));
+    let request = || {
+        TestRequest::get()
+            .uri("/hello")
+            .peer_addr(peer)
+            .to_request()
+    };
+    for _ in 0..3 {
+        let response = app.call(request()).await.unwrap();
+        assert!(response.status().is_success());
+    }
+    let mut total = 0;
+    for _ in 0..REQUESTS {
+        let request = request();
+        let before = allocations();
+        let response = app.call(request).await.unwrap();
+        assert!(response.status().is_success());
+        drop(response);
+        total += allocations() - before;
+    }
+    total
+}
+
+fn hello() -> App<
+    impl ServiceFactory<
+        ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<impl MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    App::new()
+        .route("/hello", web::get().to(|| async { "hello" }))
+        .service(web::resource("/emails").route(web::post().to(|| async { "sent" })))
+}
+
+#[actix_rt::test]
+async fn a_local_hit_allocates_nothing_but_the_decision_it_hands_the_handler() {
+    let baseline = allocations_of(hello()).await;
+    let limiter = limiter();
+
+    let lean =
+        allocations_of(hello().wrap(LightRate::new(limiter.clone()).insert_decision(false))).await;
+    assert_eq!(
+        lean, baseline,
+        "insert_decision(false): no allocation of its own"
+    );
+
+    let with_decision = allocations_of(hello().wrap(LightRate::new(limiter.clone()))).await;
+    assert_eq!(
+        with_decision,
+        baseline + REQUESTS,
+        "the Decision in the request's extensions: one box a request"
+    );
+
+    // An operation declared on another resource: `/hello` cannot be at it, so its pattern is
+    // never looked up.
+    let rate_limit = LightRate::new(limiter).insert_decision(false);
+    let _ = rate_limit.operation_for(Method::POST, "/emails", "send_email");
+    let declared = allocations_of(hello().wrap(rate_limit)).await;
+    assert_eq!(
+        declared, baseline,
+        "operations declared elsewhere cost nothing"
+    );
+}

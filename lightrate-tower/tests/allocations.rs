@@ -1,0 +1,107 @@
+//! The layer's own work on a local hit allocates nothing (the `Decision` it hands the handler
+//! is one allocation, and can be turned off). Counted per thread with a counting allocator,
+//! around a plain inner service, on requests built beforehand.
+#![allow(unsafe_code, clippy::unwrap_used, missing_docs)]
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::convert::Infallible;
+
+use bytes::Bytes;
+use http::{HeaderName, Request, Response};
+use http_body_util::Full;
+use lightrate_core::{EmbeddedSource, Limiter, RefillRate, RuleSet};
+use lightrate_tower::{Identify, LightRateLayer};
+use tower::{Layer, Service, ServiceExt};
+
+struct Counting;
+
+thread_local! {
+    static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
+}
+
+// SAFETY: every call is forwarded unchanged to the system allocator.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+fn allocations() -> usize {
+    ALLOCATIONS.with(Cell::get)
+}
+
+/// Routers put their own values in a request's extensions before route layers run (axum:
+/// `MatchedPath`, the URL parameters, `ConnectInfo`), so the extensions map already exists.
+#[derive(Clone)]
+struct RoutedBy;
+
+fn request() -> Request<Full<Bytes>> {
+    let mut request = Request::get("/hello")
+        .header("x-user-id", "alice")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    request.extensions_mut().insert(RoutedBy);
+    request
+}
+
+/// Allocations per request made by the layer around a service that allocates nothing.
+fn per_request(layer: LightRateLayer) -> usize {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let inner = tower::service_fn(|_request: Request<Full<Bytes>>| async {
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+    });
+    let mut service = layer.layer(inner);
+    let mut serve = |requests: Vec<Request<Full<Bytes>>>| {
+        for request in requests {
+            let response = runtime.block_on(async {
+                let ready = service.ready().await.unwrap();
+                ready.call(request).await.unwrap()
+            });
+            assert_eq!(response.status(), 200);
+        }
+    };
+    // Warm up: the first request leases; the thread registers with the maps.
+    serve((0..3).map(|_| request()).collect());
+    let requests: Vec<_> = (0..1000).map(|_| request()).collect();
+    let before = allocations();
+    serve(requests);
+    (allocations() - before) / 1000
+}
+
+fn layer() -> LightRateLayer {
+    // A rule that never runs out: every request after the first few is a local hit.
+    let rules = RuleSet::builder()
+        .default_rule(RefillRate::per_second(1_000_000), 10_000_000)
+        .build()
+        .unwrap();
+    let limiter = Limiter::builder(EmbeddedSource::new(rules))
+        .lease_size(1_000)
+        .refill_ahead(false)
+        .build();
+    LightRateLayer::new(limiter).identify(Identify::header(HeaderName::from_static("x-user-id")))
+}
+
+#[test]
+fn a_local_hit_allocates_nothing_but_the_decision_it_hands_the_handler() {
+    assert_eq!(per_request(layer().insert_decision(false)), 0);
+    // The Decision is boxed into the request's extensions.
+    assert_eq!(per_request(layer()), 1);
+    // Operations declared on other routes do not make requests allocate.
+    let with_operations = layer().insert_decision(false);
+    let _ = with_operations.operation("/emails", "send_email");
+    assert_eq!(per_request(with_operations), 0);
+}
