@@ -54,7 +54,10 @@ pub fn app(limiter: Limiter) -> Router {
 
 async fn hello(headers: HeaderMap, peer: Option<Extension<ConnectInfo<SocketAddr>>>) -> String {
     // The layer has already checked the header; without one, the user is the peer address.
-    let user = match headers.get(USER_HEADER).and_then(|v| v.to_str().ok()) {
+    let user = match headers
+        .get(USER_HEADER)
+        .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
+    {
         Some(user) => user.to_owned(),
         None => peer.map_or_else(|| "anonymous".into(), |p| p.0 .0.ip().to_string()),
     };

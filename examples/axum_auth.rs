@@ -5,7 +5,12 @@
 //! cargo run --example axum_auth
 //! curl -H 'authorization: Bearer token-of-alice' localhost:3000/me
 //! ```
-#![allow(clippy::print_stdout, clippy::print_stderr, unreachable_pub, missing_docs)]
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    unreachable_pub,
+    missing_docs
+)]
 
 use std::io::Write as _;
 
@@ -44,7 +49,9 @@ async fn authenticate(mut request: Request, next: Next) -> Response {
 /// The routes, limited per authenticated user.
 pub fn app(limiter: Limiter) -> Router {
     let rate_limit = LightRateLayer::new(limiter)
-        .identify(Identify::extension(|claims: &Claims| claims.subject.as_str()))
+        .identify(Identify::extension(|claims: &Claims| {
+            claims.subject.as_str()
+        }))
         // Authentication runs first, so there is always a subject; be strict if not.
         .on_missing_identifier(MissingIdentifier::Reject);
     Router::new()

@@ -1,0 +1,167 @@
+//! The demo service on actix-web: what `cargo run --example actix_app` starts (see the
+//! project's `demo-app.md` for the contract it follows, the same as `axum_app`'s).
+//!
+//! ```text
+//! cargo run --example actix_app            # the embedded token source with the demo rules
+//! PORT=8000 LIGHTRATE_API_KEY=... LIGHTRATE_APPLICATION_ID=... cargo run --example actix_app
+//! curl -H 'x-user-id: alice' localhost:3000/hello
+//! ```
+//!
+//! | route | limited by | answer |
+//! |---|---|---|
+//! | `GET /hello` | path `/hello`, method `GET` | `hello <user>` |
+//! | `GET /items/{id}` | the concrete path (`/items/42`) | `{"id": "<id>"}` |
+//! | `POST /emails` | operation `send_email` | `{"sent": true}` |
+//! | `GET /healthz` | not limited | `ok` |
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    unreachable_pub,
+    missing_docs
+)]
+
+use std::io::Write as _;
+use std::net::TcpListener;
+use std::num::NonZeroUsize;
+use std::process::ExitCode;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{Server, ServiceFactory, ServiceRequest, ServiceResponse};
+use actix_web::http::header::HeaderName;
+use actix_web::http::Method;
+use actix_web::{web, App, HttpRequest, HttpServer};
+use lightrate_actix::{Identify, LightRate, MissingIdentifier};
+use lightrate_core::{EnvSource, Limiter, RuleSet};
+use serde_json::{json, Value};
+
+/// The header that names the user.
+const USER_HEADER: HeaderName = HeaderName::from_static("x-user-id");
+
+/// The demo routes behind the rate limiter: one `App` (actix builds one per worker; every
+/// worker's app shares `limiter`, a clone of one `Arc`).
+pub fn app(
+    limiter: Limiter,
+) -> App<
+    impl ServiceFactory<
+        ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<impl MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    let rate_limit = LightRate::new(limiter)
+        .identify(Identify::header(USER_HEADER))
+        .on_missing_identifier(MissingIdentifier::PeerIp)
+        .exclude_path("/healthz");
+    App::new()
+        .route("/hello", web::get().to(hello))
+        .route("/items/{id}", web::get().to(item))
+        .service(
+            web::resource("/emails")
+                .wrap(rate_limit.operation_for(Method::POST, "/emails", "send_email"))
+                .route(web::post().to(send_email)),
+        )
+        .route("/healthz", web::get().to(|| async { "ok" }))
+        .wrap(rate_limit)
+}
+
+async fn hello(req: HttpRequest) -> String {
+    // The middleware has already checked the header; without one, the user is the peer address.
+    let header = req.headers().get(&USER_HEADER);
+    let user = match header.and_then(|v| std::str::from_utf8(v.as_bytes()).ok()) {
+        Some(user) => user.to_owned(),
+        None => req
+            .peer_addr()
+            .map_or_else(|| "anonymous".into(), |peer| peer.ip().to_string()),
+    };
+    format!("hello {user}")
+}
+
+async fn item(id: web::Path<String>) -> web::Json<Value> {
+    web::Json(json!({ "id": id.into_inner() }))
+}
+
+async fn send_email() -> web::Json<Value> {
+    web::Json(json!({ "sent": true }))
+}
+
+/// Serves the demo app on `listener` with `workers` workers (at least one), all sharing
+/// `limiter`. The server runs once awaited (or spawned) on an actix `System`.
+pub fn server(listener: TcpListener, limiter: Limiter, workers: usize) -> std::io::Result<Server> {
+    Ok(HttpServer::new(move || app(limiter.clone()))
+        .workers(workers.max(1))
+        .listen(listener)?
+        .run())
+}
+
+/// Describes where tokens come from, on stderr.
+pub fn describe(source: &EnvSource, rules: &RuleSet) {
+    match source {
+        EnvSource::Api {
+            base_url,
+            application_id,
+            timeout,
+        } => eprintln!(
+            "tokens from the LightRate API at {base_url} (application {application_id}, timeout {} ms)",
+            timeout.as_millis()
+        ),
+        EnvSource::Embedded => {
+            eprintln!("no LIGHTRATE_API_KEY: the embedded token source with the demo rules:");
+            for rule in rules.rules() {
+                let applies_to = match (&rule.matcher, &rule.http_method) {
+                    (None, _) => "everything else".to_owned(),
+                    (Some(m), None) => format!("operation ~ {m}"),
+                    (Some(m), Some(method)) => format!("{method} path ~ {m}"),
+                };
+                eprintln!(
+                    "  {:<16} {:<24} refill {}/s, burst {}",
+                    rule.id, applies_to, rule.refill_rate, rule.burst_rate
+                );
+            }
+        }
+        _ => {}
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("actix_app: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<(), String> {
+    let port: u16 = match std::env::var("PORT") {
+        Ok(port) => port
+            .trim()
+            .parse()
+            .map_err(|_| format!("PORT must be a port number, not {port:?}"))?,
+        Err(_) => 3000,
+    };
+    let rules = RuleSet::demo();
+    let (builder, source) = Limiter::builder_from_env(rules.clone()).map_err(|e| e.to_string())?;
+    describe(&source, &rules);
+    let listener = TcpListener::bind(("127.0.0.1", port))
+        .map_err(|e| format!("cannot listen on 127.0.0.1:{port}: {e}"))?;
+    let address = listener.local_addr().map_err(|e| e.to_string())?;
+    let workers = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
+    actix_web::rt::System::new().block_on(async move {
+        // One limiter for the process: every worker's app gets a clone of it.
+        let server = server(listener, builder.build(), workers).map_err(|e| e.to_string())?;
+        println!("listening on http://{address}");
+        let _ = std::io::stdout().flush();
+        server.await.map_err(|e| e.to_string())
+    })
+}
