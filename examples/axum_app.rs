@@ -81,32 +81,13 @@ pub async fn serve(listener: tokio::net::TcpListener, app: Router) -> std::io::R
     .await
 }
 
-/// Describes where tokens come from, on stderr.
+/// Says where tokens come from, on stderr.
 pub fn describe(source: &EnvSource, rules: &RuleSet) {
     match source {
-        EnvSource::Api {
-            base_url,
-            application_id,
-            timeout,
-        } => eprintln!(
-            "tokens from the LightRate API at {base_url} (application {application_id}, timeout {} ms)",
-            timeout.as_millis()
-        ),
         EnvSource::Embedded => {
-            eprintln!("no LIGHTRATE_API_KEY: the embedded token source with the demo rules:");
-            for rule in rules.rules() {
-                let applies_to = match (&rule.matcher, &rule.http_method) {
-                    (None, _) => "everything else".to_owned(),
-                    (Some(m), None) => format!("operation ~ {m}"),
-                    (Some(m), Some(method)) => format!("{method} path ~ {m}"),
-                };
-                eprintln!(
-                    "  {:<16} {:<24} refill {}/s, burst {}",
-                    rule.id, applies_to, rule.refill_rate, rule.burst_rate
-                );
-            }
+            eprintln!("no LIGHTRATE_API_KEY: {source}, with the demo rules:\n{rules}")
         }
-        _ => {}
+        _ => eprintln!("tokens from {source}"),
     }
 }
 

@@ -11,8 +11,8 @@ use actix_web::dev::{forward_ready, Extensions, Service, ServiceRequest, Service
 use actix_web::HttpMessage;
 use http::HeaderMap;
 use lightrate_core::web::{
-    client_ip, target_for, validate_identifier, write_rate_limit_headers, IpText,
-    MissingIdentifier, PathTarget, RateLimitHeaders, Rejection,
+    client_ip, settle, target_for, validate_identifier, IpText, MissingIdentifier, PathTarget,
+    Rejection,
 };
 use lightrate_core::{Decision, Target};
 
@@ -196,29 +196,8 @@ impl Config {
         &self,
         decision: Decision,
     ) -> Result<(Decision, Option<Box<HeaderMap>>), Rejection> {
-        if decision.is_allowed() {
-            let headers = (self.headers == RateLimitHeaders::Always && decision.rule().is_some())
-                .then(|| {
-                    let mut headers = HeaderMap::new();
-                    let policy = decision.rule().and_then(|r| self.limiter.rule_id(&r));
-                    write_rate_limit_headers(
-                        &mut headers,
-                        &decision,
-                        policy.as_deref().unwrap_or("default"),
-                    );
-                    Box::new(headers)
-                });
-            Ok((decision, headers))
-        } else {
-            let policy = decision.rule().and_then(|r| self.limiter.rule_id(&r));
-            tracing::debug!(
-                target: "lightrate::actix",
-                retry_after = decision.retry_after_secs(),
-                source = ?decision.source(),
-                "request limited"
-            );
-            Err(Rejection::from_decision(decision, policy))
-        }
+        settle(&self.limiter, decision, self.headers)
+            .map(|allowed| (allowed.decision, allowed.headers))
     }
 }
 

@@ -7,6 +7,7 @@
 //! matches falls to the default rule.
 
 use std::collections::HashSet;
+use std::fmt;
 use std::path::Path;
 
 use http::Method;
@@ -232,6 +233,35 @@ impl RuleSet {
     /// The default rule.
     pub fn default_rule(&self) -> &Rule {
         &self.default.rule
+    }
+}
+
+/// One line per rule: its id, what it applies to, its refill rate and burst.
+///
+/// ```
+/// use lightrate_core::RuleSet;
+///
+/// let text = RuleSet::demo().to_string();
+/// assert!(text.contains("rule_hello") && text.contains("GET path ~ ^/hello"));
+/// ```
+impl fmt::Display for RuleSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, rule) in self.rules().enumerate() {
+            let applies_to = match (&rule.matcher, &rule.http_method) {
+                (None, _) => "everything else".to_owned(),
+                (Some(m), None) => format!("operation ~ {m}"),
+                (Some(m), Some(method)) => format!("{method} path ~ {m}"),
+            };
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(
+                f,
+                "  {:<16} {:<24} refill {}/s, burst {}",
+                rule.id, applies_to, rule.refill_rate, rule.burst_rate
+            )?;
+        }
+        Ok(())
     }
 }
 

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderMap, Method, Response, StatusCode};
 
-use crate::{Decision, DecisionSource, ErrorKind, Target};
+use crate::{Decision, DecisionSource, ErrorKind, Limiter, Target};
 
 /// The longest user identifier accepted from a request.
 pub const MAX_IDENTIFIER_BYTES: usize = 256;
@@ -429,6 +429,48 @@ pub fn write_rate_limit_headers(headers: &mut HeaderMap, decision: &Decision, po
     }
     if let Ok(value) = HeaderValue::try_from(limit_value) {
         headers.insert(HeaderName::from_static("ratelimit"), value);
+    }
+}
+
+/// A request the limiter allowed: its decision, and the IETF fields to add to its response
+/// (only with [`RateLimitHeaders::Always`]).
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Allowed {
+    /// The decision, for the request's extensions.
+    pub decision: Decision,
+    /// Fields to add to the response.
+    pub headers: Option<Box<HeaderMap>>,
+}
+
+/// What a decision means for a request: [`Allowed`], or the [`Rejection`] to answer with.
+/// The adapters' one place for it.
+pub fn settle(
+    limiter: &Limiter,
+    decision: Decision,
+    headers: RateLimitHeaders,
+) -> Result<Allowed, Rejection> {
+    let policy = || decision.rule().and_then(|rule| limiter.rule_id(&rule));
+    if decision.is_allowed() {
+        let headers =
+            (headers == RateLimitHeaders::Always && decision.rule().is_some()).then(|| {
+                let mut fields = HeaderMap::new();
+                write_rate_limit_headers(
+                    &mut fields,
+                    &decision,
+                    policy().as_deref().unwrap_or("default"),
+                );
+                Box::new(fields)
+            });
+        Ok(Allowed { decision, headers })
+    } else {
+        tracing::debug!(
+            target: "lightrate::web",
+            retry_after = decision.retry_after_secs(),
+            source = ?decision.source(),
+            "request limited"
+        );
+        Err(Rejection::from_decision(decision, policy()))
     }
 }
 

@@ -94,22 +94,11 @@ async fn run() -> Result<(), String> {
         None => RuleSet::demo(),
     };
     eprintln!(
-        "rules ({}):",
+        "rules ({}):\n{rules}",
         args.config
             .as_deref()
             .unwrap_or("demo rules, no --config given")
     );
-    for rule in rules.rules() {
-        let applies_to = match (&rule.matcher, &rule.http_method) {
-            (None, _) => "everything else".to_owned(),
-            (Some(m), None) => format!("operation ~ {m}"),
-            (Some(m), Some(method)) => format!("{method} path ~ {m}"),
-        };
-        eprintln!(
-            "  {:<20} {:<28} refill {}/s, burst {}",
-            rule.id, applies_to, rule.refill_rate, rule.burst_rate
-        );
-    }
     let config = ServerConfig::new(
         env("LIGHTRATE_API_KEY")?,
         env("LIGHTRATE_APPLICATION_ID")?,

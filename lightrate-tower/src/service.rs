@@ -8,8 +8,8 @@ use std::task::{Context, Poll};
 use http::request::Parts;
 use http::{HeaderMap, Request, Response};
 use lightrate_core::web::{
-    client_ip, target_for, validate_identifier, write_rate_limit_headers, IpText,
-    MissingIdentifier, PathTarget, RateLimitHeaders, Rejection,
+    client_ip, settle, target_for, validate_identifier, IpText, MissingIdentifier, PathTarget,
+    Rejection,
 };
 use lightrate_core::{Decision, Target};
 use tower::Service;
@@ -188,28 +188,9 @@ impl Config {
 
     /// What a decision means for the request.
     pub(crate) fn settle(&self, decision: Decision) -> Plan {
-        if decision.is_allowed() {
-            let headers = (self.headers == RateLimitHeaders::Always && decision.rule().is_some())
-                .then(|| {
-                    let mut headers = HeaderMap::new();
-                    let policy = decision.rule().and_then(|r| self.limiter.rule_id(&r));
-                    write_rate_limit_headers(
-                        &mut headers,
-                        &decision,
-                        policy.as_deref().unwrap_or("default"),
-                    );
-                    Box::new(headers)
-                });
-            Plan::Allowed(decision, headers)
-        } else {
-            let policy = decision.rule().and_then(|r| self.limiter.rule_id(&r));
-            tracing::debug!(
-                target: "lightrate::tower",
-                retry_after = decision.retry_after_secs(),
-                source = ?decision.source(),
-                "request limited"
-            );
-            Plan::Answer(Rejection::from_decision(decision, policy))
+        match settle(&self.limiter, decision, self.headers) {
+            Ok(allowed) => Plan::Allowed(allowed.decision, allowed.headers),
+            Err(rejection) => Plan::Answer(rejection),
         }
     }
 }

@@ -23,6 +23,23 @@ pub enum EnvSource {
     Embedded,
 }
 
+impl std::fmt::Display for EnvSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EnvSource::Api {
+                base_url,
+                application_id,
+                timeout,
+            } => write!(
+                f,
+                "the LightRate API at {base_url} (application {application_id}, timeout {} ms)",
+                timeout.as_millis()
+            ),
+            EnvSource::Embedded => f.write_str("the embedded token source"),
+        }
+    }
+}
+
 impl Limiter {
     /// A limiter builder configured from the environment:
     ///
