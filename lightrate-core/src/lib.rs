@@ -27,6 +27,7 @@ mod embedded;
 mod error;
 mod limiter;
 pub mod protocol;
+mod rate;
 mod rules;
 mod source;
 pub mod web;
