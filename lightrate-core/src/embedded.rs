@@ -84,6 +84,17 @@ impl Bucket {
         granted
     }
 
+    /// Milliseconds until the bucket holds one more whole token, rounded up; `None` if it
+    /// never refills.
+    pub(crate) fn next_token_ms(&self, scale: Scale) -> Option<u64> {
+        if scale.per_ns == 0 {
+            return None;
+        }
+        let next = (self.level / scale.unit + 1) * scale.unit;
+        let nanos = (next - self.level).div_ceil(scale.per_ns);
+        Some(u64::try_from(nanos.div_ceil(1_000_000)).unwrap_or(u64::MAX))
+    }
+
     /// Whether the bucket is full at its last update (indistinguishable from a new bucket).
     fn is_full(&self, scale: Scale) -> bool {
         self.level >= scale.capacity
@@ -204,6 +215,9 @@ impl EmbeddedSource {
             tokens_consumed: granted,
             throttles: u64::from(granted < wanted),
             rule: rule.clone(),
+            retry_after_ms: (granted < wanted || bucket.tokens(scale) == 0)
+                .then(|| bucket.next_token_ms(scale))
+                .flatten(),
         })
     }
 

@@ -3,11 +3,11 @@
 //! The JSON shapes here are pinned by golden tests; see the project's `lightrate-protocol.md`
 //! for where the official SDKs disagree and what lightrate chose.
 
-use std::borrow::Cow;
-use std::fmt;
 use http::Method;
 use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize, Serializer};
+use std::borrow::Cow;
+use std::fmt;
 
 pub use crate::rate::RefillRate;
 
@@ -217,6 +217,12 @@ pub struct ConsumeTokensResponse {
     pub throttles: u64,
     /// The rule the request was charged to.
     pub rule: Rule,
+    /// When fewer tokens were granted than requested, or none is left: milliseconds until the
+    /// bucket holds one more whole token (rounded up). An extension of lightrate's own sources
+    /// (`retryAfterMs` on the wire, absent when not sent): the hosted API does not send it, and
+    /// clients then assume a whole token's time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
 }
 
 impl ConsumeTokensResponse {
@@ -404,6 +410,7 @@ mod tests {
                 matcher: None,
                 http_method: None,
             },
+            retry_after_ms: None,
         };
         let v = serde_json::to_value(&r).unwrap();
         assert_eq!(v["rule"]["matcher"], serde_json::Value::Null);

@@ -170,7 +170,15 @@ impl RefillRate {
         }
         let nanos = (u128::from(tokens) * u128::from(self.period_ms) * NANOS_PER_MS)
             .div_ceil(u128::from(self.tokens));
-        Some(Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX)))
+        Some(Duration::from_nanos(
+            u64::try_from(nanos).unwrap_or(u64::MAX),
+        ))
+    }
+
+    /// Whole tokens that accrue in `time` (rounded down).
+    pub fn tokens_in(self, time: Duration) -> u64 {
+        let (per_ns, unit) = self.units();
+        u64::try_from(time.as_nanos().saturating_mul(per_ns) / unit).unwrap_or(u64::MAX)
     }
 
     /// Tokens added per nanosecond and the size of a token, in the same units: a bucket's
@@ -247,7 +255,10 @@ fn parse_decimal(text: &str, unit_ms: u64, fit: Fit) -> Option<RefillRate> {
     };
     let whole = whole.strip_prefix('+').unwrap_or(whole);
     if whole.is_empty() && fraction.is_empty()
-        || !whole.bytes().chain(fraction.bytes()).all(|b| b.is_ascii_digit())
+        || !whole
+            .bytes()
+            .chain(fraction.bytes())
+            .all(|b| b.is_ascii_digit())
     {
         return None;
     }
@@ -428,9 +439,7 @@ impl FromStr for RefillRate {
             return Err(invalid("a rate cannot be negative"));
         }
         parse_decimal(amount, unit_ms, Fit::Exact).ok_or_else(|| {
-            invalid(
-                "not a number, or positive but slower than one token per 31 years, or too fast",
-            )
+            invalid("not a number, or positive but slower than one token per 31 years, or too fast")
         })
     }
 }
@@ -451,7 +460,9 @@ impl<'de> Deserialize<'de> for RefillRate {
         impl serde::de::Visitor<'_> for Visitor {
             type Value = RefillRate;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a non-negative number of tokens per second, or a rate like \"10/hour\"")
+                f.write_str(
+                    "a non-negative number of tokens per second, or a rate like \"10/hour\"",
+                )
             }
             fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<RefillRate, E> {
                 Ok(RefillRate::per_second(v))
@@ -505,7 +516,17 @@ mod tests {
 
     #[test]
     fn bad_forms_say_what_is_wrong() {
-        for bad in ["", "ten", "-1", "1/fortnight", "1/0days", "1/", "1.2.3", "/s", "1e400"] {
+        for bad in [
+            "",
+            "ten",
+            "-1",
+            "1/fortnight",
+            "1/0days",
+            "1/",
+            "1.2.3",
+            "/s",
+            "1e400",
+        ] {
             let e = bad.parse::<RefillRate>().unwrap_err();
             assert_eq!(e.kind(), ErrorKind::Configuration, "{bad}");
             assert!(e.message().contains("refill rate"), "{bad}: {e}");
@@ -548,7 +569,19 @@ mod tests {
         let approx = rate("0.000277778");
         let secs = approx.time_per_token().unwrap().as_secs_f64();
         assert!((secs - 3600.0).abs() / 3600.0 < 1e-3, "{secs}");
-        assert_eq!(RefillRate::per_second(10).time_for(3), Some(Duration::from_millis(300)));
+        assert_eq!(
+            RefillRate::per_second(10).time_for(3),
+            Some(Duration::from_millis(300))
+        );
+        assert_eq!(
+            RefillRate::per_hour(10).tokens_in(Duration::from_secs(719)),
+            1
+        );
+        assert_eq!(
+            RefillRate::per_hour(10).tokens_in(Duration::from_secs(720)),
+            2
+        );
+        assert_eq!(RefillRate::ZERO.tokens_in(Duration::from_secs(720)), 0);
     }
 
     #[test]
@@ -567,7 +600,10 @@ mod tests {
             let back: RefillRate = serde_json::from_str(&json).unwrap();
             assert_eq!(back, r, "{r} as {json}");
         }
-        assert_eq!(serde_json::to_string(&RefillRate::per_second(10)).unwrap(), "10");
+        assert_eq!(
+            serde_json::to_string(&RefillRate::per_second(10)).unwrap(),
+            "10"
+        );
         assert_eq!(serde_json::to_string(&rate("0.5")).unwrap(), "0.5");
         let hourly: RefillRate = serde_json::from_str("0.000277777777777778").unwrap();
         assert_eq!(hourly, RefillRate::per_hour(1));
@@ -579,10 +615,7 @@ mod tests {
     fn millitokens_round_to_nearest() {
         assert_eq!(RefillRate::per_second(3).millitokens_per_second(), 3000);
         assert_eq!(RefillRate::per_hour(10).millitokens_per_second(), 3);
-        assert_eq!(
-            RefillRate::from_millitokens_per_second(1250),
-            rate("1.25")
-        );
+        assert_eq!(RefillRate::from_millitokens_per_second(1250), rate("1.25"));
     }
 
     #[test]

@@ -681,7 +681,10 @@ mod tests {
             rules.default_rule().refill_rate.time_per_token(),
             Some(std::time::Duration::from_secs(864))
         );
-        assert!(rules.to_string().contains("refill 10/hour, burst 10"), "{rules}");
+        assert!(
+            rules.to_string().contains("refill 10/hour, burst 10"),
+            "{rules}"
+        );
     }
 
     #[test]

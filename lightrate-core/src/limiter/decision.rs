@@ -64,16 +64,27 @@ impl RuleSummary {
 /// and the policy is [`OnUnavailable::Error`](crate::OnUnavailable::Error).
 ///
 /// ```
-/// # use lightrate_core::{DecisionSource, EmbeddedSource, Limiter, RuleSet, Target};
+/// # use lightrate_core::{DecisionSource, EmbeddedSource, Limiter, RefillRate, RuleSet, Target};
 /// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() {
-/// let limiter = Limiter::new(EmbeddedSource::new(RuleSet::demo()));
-/// let decision = limiter.check("alice", &Target::operation("send_email")).await.unwrap();
+/// # async fn main() -> Result<(), lightrate_core::Error> {
+/// let rules = RuleSet::builder()
+///     .default_rule(RefillRate::per_second(1000), 10_000)
+///     .build()?;
+/// let limiter = Limiter::builder(EmbeddedSource::new(rules))
+///     .min_lease_size(10)
+///     .build();
+/// let search = Target::operation("search");
+/// // The first request learns the rule (a lease of one request's cost).
+/// let decision = limiter.check("alice", &search).await?;
 /// assert!(decision.is_allowed());
-/// assert_eq!(decision.source(), DecisionSource::TokenSource); // the first request leases
-/// let decision = limiter.check("alice", &Target::operation("send_email")).await.unwrap();
-/// assert_eq!(decision.source(), DecisionSource::LocalBucket); // the next ones do not
-/// # }
+/// assert_eq!(decision.source(), DecisionSource::TokenSource);
+/// // The second leases ten: one for itself, nine for the local bucket...
+/// assert_eq!(limiter.check("alice", &search).await?.source(), DecisionSource::TokenSource);
+/// // ...which the next ones take without a call.
+/// let decision = limiter.check("alice", &search).await?;
+/// assert_eq!(decision.source(), DecisionSource::LocalBucket);
+/// assert_eq!(decision.tokens_left(), 8);
+/// # Ok(()) }
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Decision {
