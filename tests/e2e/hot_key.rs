@@ -2,6 +2,7 @@
 //! clients of one user hammer `GET /hello` on a rule with tokens for all of them. Nobody may
 //! be told 429: requests that arrive while a lease travels ride the next one, and leases grow
 //! with demand so that the next one starts before the bucket runs dry.
+#![allow(clippy::print_stdout)]
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
