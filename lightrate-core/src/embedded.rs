@@ -3,7 +3,9 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use crate::clock::{Clock, SystemClock, Timestamp};
 use crate::{
@@ -13,7 +15,17 @@ use crate::{
 /// The longest user identifier the embedded source stores. Longer ones are rejected.
 pub const MAX_USER_IDENTIFIER_BYTES: usize = 1024;
 
+/// The default cap on the (user, rule) buckets an embedded source holds: about 150 MB.
+pub const DEFAULT_MAX_BUCKETS: usize = 1_000_000;
+
 const SHARDS: usize = 16;
+
+/// How often each shard drops the buckets that have refilled (they are the same as none).
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// At the cap, how often a shard may sweep early to make room (a flood of new users must not
+/// turn every request into a sweep).
+const SWEEP_AT_CAP_EVERY: Duration = Duration::from_millis(10);
 
 /// A token bucket: a level as of `updated`, in units of the rule's rate
 /// ([`RefillRate::units`]): one token is `unit` units and the level grows by `per_ns` units
@@ -109,7 +121,12 @@ impl Bucket {
 /// default rule is charged `tokens_requested_for_default_bucket_match` tokens when set.
 ///
 /// Memory is bounded by the buckets that are not full: a bucket that has refilled to capacity
-/// is the same as no bucket and is removed by a periodic sweep.
+/// is the same as no bucket, and each shard drops those every second. There is also a hard cap
+/// ([`with_max_buckets`](Self::with_max_buckets), default [`DEFAULT_MAX_BUCKETS`]): at the
+/// cap a full bucket is the only one that can be forgotten (forgetting any other would grant
+/// past its limit), so when none is, a request that needs a new bucket gets an
+/// [`ErrorKind::Unavailable`] error (the server answers 503; a limiter applies its outage
+/// policy), counted in [`stats`](Self::stats).
 ///
 /// ```
 /// use lightrate_core::{ConsumeRequest, EmbeddedSource, ManualClock, RuleSet, Target};
@@ -134,13 +151,33 @@ pub struct EmbeddedSource {
     partial_grants: bool,
     hasher: foldhash::fast::FixedState,
     shards: Box<[Mutex<Shard>]>,
+    /// The cap per shard.
+    max_per_shard: usize,
+    swept: AtomicU64,
+    refused: AtomicU64,
+}
+
+/// What an [`EmbeddedSource`] holds and has done about memory.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EmbeddedStats {
+    /// (user, rule) buckets held: those not full.
+    pub buckets: u64,
+    /// Buckets dropped because they had refilled.
+    pub swept: u64,
+    /// Requests refused because they needed a new bucket while the source was at its cap and
+    /// no bucket was full.
+    pub refused_at_capacity: u64,
 }
 
 #[derive(Debug, Default)]
 struct Shard {
     /// user → (rule index, bucket) for each rule the user has a non-full bucket under.
     users: HashMap<Box<str>, Vec<(usize, Bucket)>, foldhash::fast::RandomState>,
-    ops_since_sweep: usize,
+    /// Buckets held in `users`.
+    buckets: usize,
+    /// When this shard was last swept.
+    last_sweep: Timestamp,
 }
 
 impl EmbeddedSource {
@@ -152,7 +189,18 @@ impl EmbeddedSource {
             partial_grants: true,
             hasher: foldhash::fast::FixedState::with_seed(fastrand::u64(..)),
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            max_per_shard: DEFAULT_MAX_BUCKETS.div_ceil(SHARDS),
+            swept: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
         }
+    }
+
+    /// The most (user, rule) buckets this source holds (default [`DEFAULT_MAX_BUCKETS`];
+    /// rounded up to a multiple of 16, at least 16). See the type's notes on what happens at
+    /// the cap.
+    pub fn with_max_buckets(mut self, max: usize) -> Self {
+        self.max_per_shard = max.div_ceil(SHARDS).max(1);
+        self
     }
 
     /// Uses `clock` for refills (a [`ManualClock`](crate::ManualClock) in tests).
@@ -189,10 +237,30 @@ impl EmbeddedSource {
         let now = self.clock.now();
 
         let mut shard = self.shard(request.user_identifier);
-        shard.ops_since_sweep += 1;
-        if shard.ops_since_sweep >= shard.users.len().max(1024) {
-            shard.sweep(&self.rules, now);
+        if now.saturating_duration_since(shard.last_sweep) >= SWEEP_EVERY {
+            self.sweep_shard(&mut shard, now);
         }
+        let held = shard
+            .users
+            .get(request.user_identifier)
+            .and_then(|buckets| buckets.iter().position(|(i, _)| *i == index));
+        if held.is_none() && shard.buckets >= self.max_per_shard {
+            // At the cap: only full buckets may go (forgetting another would grant past its
+            // limit), and a flood of new users must not make every request a sweep.
+            if now.saturating_duration_since(shard.last_sweep) >= SWEEP_AT_CAP_EVERY {
+                self.sweep_shard(&mut shard, now);
+            }
+            if shard.buckets >= self.max_per_shard {
+                self.refused.fetch_add(1, Ordering::Relaxed);
+                return Err(Error::new(
+                    ErrorKind::Unavailable,
+                    "the token source holds as many buckets as it may and none of them is \
+                     full; try again shortly",
+                )
+                .with_retry_after(Duration::from_secs(1)));
+            }
+        }
+        let shard = &mut *shard;
         let buckets = match shard.users.get_mut(request.user_identifier) {
             Some(buckets) => buckets,
             None => shard
@@ -200,9 +268,10 @@ impl EmbeddedSource {
                 .entry(request.user_identifier.into())
                 .or_default(),
         };
-        let bucket = match buckets.iter_mut().position(|(i, _)| *i == index) {
+        let bucket = match held {
             Some(at) => &mut buckets[at].1,
             None => {
+                shard.buckets += 1;
                 buckets.push((index, Bucket::full(scale, now)));
                 let last = buckets.len() - 1;
                 &mut buckets[last].1
@@ -245,19 +314,30 @@ impl EmbeddedSource {
 
     /// How many (user, rule) buckets are held (full buckets are dropped by periodic sweeps).
     pub fn bucket_count(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| lock(s).users.values().map(Vec::len).sum::<usize>())
-            .sum()
+        self.shards.iter().map(|s| lock(s).buckets).sum()
     }
 
-    /// Removes every bucket that has refilled to capacity now. Runs on its own from time to
-    /// time; call it to release memory at once.
+    /// What this source holds and has done about memory.
+    pub fn stats(&self) -> EmbeddedStats {
+        EmbeddedStats {
+            buckets: self.bucket_count() as u64,
+            swept: self.swept.load(Ordering::Relaxed),
+            refused_at_capacity: self.refused.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Removes every bucket that has refilled to capacity now. Runs on its own every second;
+    /// call it to release memory at once.
     pub fn sweep(&self) {
         let now = self.clock.now();
         for shard in self.shards.iter() {
-            lock(shard).sweep(&self.rules, now);
+            self.sweep_shard(&mut lock(shard), now);
         }
+    }
+
+    fn sweep_shard(&self, shard: &mut Shard, now: Timestamp) {
+        let swept = shard.sweep(&self.rules, now);
+        self.swept.fetch_add(swept as u64, Ordering::Relaxed);
     }
 
     fn shard(&self, user: &str) -> MutexGuard<'_, Shard> {
@@ -266,8 +346,10 @@ impl EmbeddedSource {
 }
 
 impl Shard {
-    fn sweep(&mut self, rules: &RuleSet, now: Timestamp) {
-        self.ops_since_sweep = 0;
+    /// Drops the buckets that have refilled; returns how many.
+    fn sweep(&mut self, rules: &RuleSet, now: Timestamp) -> usize {
+        self.last_sweep = now;
+        let before = self.buckets;
         self.users.retain(|_, buckets| {
             buckets.retain_mut(|(index, bucket)| {
                 let scale = Scale::of(rules.rule_at(*index));
@@ -276,6 +358,8 @@ impl Shard {
             });
             !buckets.is_empty()
         });
+        self.buckets = self.users.values().map(Vec::len).sum();
+        before - self.buckets
     }
 }
 
@@ -445,7 +529,7 @@ mod tests {
     }
 
     #[test]
-    fn full_buckets_are_swept_and_memory_stays_bounded() {
+    fn refilled_buckets_are_swept_every_second() {
         let clock = ManualClock::new();
         let s = source(&clock);
         let t = Target::Default; // refill 1/s, burst 5
@@ -453,16 +537,53 @@ mod tests {
             for u in 0..1000 {
                 take(&s, &format!("user-{round}-{u}"), &t, 1);
             }
-            // Each bucket is one token short, full again after 1 s.
+            // Each bucket is one token short, full again after 1 s: a shard sweeps when it is
+            // next used a second after its last sweep.
             clock.advance(Duration::from_secs(1));
-            assert!(
-                s.bucket_count() <= 2 * 1000 + SHARDS * 1024,
-                "{}",
-                s.bucket_count()
-            );
+            assert!(s.bucket_count() <= 2 * 1000, "{}", s.bucket_count());
         }
         s.sweep();
         assert_eq!(s.bucket_count(), 0);
+        assert_eq!(s.stats().swept, 20 * 1000);
+    }
+
+    #[test]
+    fn at_the_cap_only_full_buckets_make_room() {
+        let clock = ManualClock::new();
+        let s = source(&clock).with_max_buckets(16 * 4);
+        let t = Target::Default; // refill 1/s, burst 5
+        let mut held = 0;
+        let mut refused = 0;
+        for u in 0..200 {
+            match s.consume_now(ConsumeRequest::new(&format!("u{u}"), &t, 5)) {
+                Ok(r) => {
+                    assert_eq!(r.tokens_consumed, 5);
+                    held += 1;
+                }
+                Err(e) => {
+                    assert_eq!(e.kind(), ErrorKind::Unavailable);
+                    assert_eq!(e.retry_after(), Some(Duration::from_secs(1)));
+                    refused += 1;
+                }
+            }
+        }
+        assert!(s.bucket_count() <= 64);
+        assert_eq!(held + refused, 200);
+        assert_eq!(s.stats().refused_at_capacity, refused);
+        // Users who hold a bucket keep it, empty: the cap never grants past a limit.
+        for u in 0..200 {
+            if let Ok(r) = s.consume_now(ConsumeRequest::new(&format!("u{u}"), &t, 1)) {
+                assert_eq!(r.tokens_consumed, 0, "u{u} was granted past its limit");
+            }
+        }
+        // Five seconds on every bucket is full again: swept, and new users get room (four of
+        // them fit whatever shards they fall in).
+        clock.advance(Duration::from_secs(5));
+        for u in 200..204 {
+            assert!(s
+                .consume_now(ConsumeRequest::new(&format!("u{u}"), &t, 1))
+                .is_ok());
+        }
     }
 
     #[test]

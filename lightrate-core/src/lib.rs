@@ -37,11 +37,12 @@ pub use client::{
     DEFAULT_LOCAL_BUCKET_SIZE, DEFAULT_RETRY_ATTEMPTS, DEFAULT_TIMEOUT,
 };
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
-pub use embedded::{EmbeddedSource, MAX_USER_IDENTIFIER_BYTES};
+pub use embedded::{EmbeddedSource, EmbeddedStats, DEFAULT_MAX_BUCKETS, MAX_USER_IDENTIFIER_BYTES};
 pub use error::{Error, ErrorKind};
 pub use limiter::{
     BreakerState, BucketStatus, Decision, DecisionSource, EnvSource, Limiter, LimiterBuilder,
-    OnUnavailable, RuleSummary, Stats, DEFAULT_LEASE_SIZE, DEFAULT_TOKEN_HORIZON, MAX_LEASE_SIZE,
+    OnUnavailable, RuleSummary, Stats, DEFAULT_LEASE_SIZE, DEFAULT_MAX_LOCAL_BUCKETS,
+    DEFAULT_TOKEN_HORIZON, MAX_LEASE_SIZE,
 };
 pub use protocol::{ConsumeRequest, ConsumeTokensResponse, RefillRate, Rule, Target};
 pub use rules::{RuleSet, RuleSetBuilder, RuleSpec};

@@ -203,3 +203,108 @@ fn memory_stays_flat_under_a_stream_of_new_users() {
     // Every new user leased what its one request cost: nothing was left to expire.
     assert_eq!(limiter.stats().expired_tokens, 0);
 }
+
+/// A flood of a million new users, a thousand a simulated second for 1000 s, against an
+/// embedded source capped at 20 000 buckets: the cap holds, full buckets make room, nothing
+/// is granted past a limit, and the memory of the first half is reused by the second.
+#[test]
+fn a_flood_of_new_users_stays_under_the_embedded_sources_cap() {
+    let _turn = turn();
+    let clock = ManualClock::new();
+    let rules = lightrate_core::RuleSet::builder()
+        // 1 per 10 s, burst 5: a bucket is full again 10 s after its one request.
+        .default_rule(RefillRate::new(1, 10_000).unwrap(), 5)
+        .build()
+        .unwrap();
+    let source = lightrate_core::EmbeddedSource::new(rules)
+        .with_clock(clock.clone())
+        .with_max_buckets(20_000);
+    let target = Target::path(Method::GET, "/anything");
+    let mut bytes = Vec::new();
+    let mut most = 0;
+    let mut refused = 0u64;
+    for second in 0..1000u64 {
+        for i in 0..1000u64 {
+            let user = format!("s{second}-u{i}");
+            match source.consume_now(ConsumeRequest::new(&user, &target, 1)) {
+                Ok(answer) => assert_eq!(answer.tokens_consumed, 1),
+                Err(e) => {
+                    assert_eq!(e.kind(), lightrate_core::ErrorKind::Unavailable);
+                    refused += 1;
+                }
+            }
+            most = most.max(source.bucket_count());
+        }
+        clock.advance(Duration::from_secs(1));
+        if second % 50 == 49 {
+            bytes.push(LIVE_BYTES.load(Ordering::SeqCst));
+        }
+    }
+    let stats = source.stats();
+    println!("embedded source: at most {most} buckets, {stats:?}, bytes every 50 s: {bytes:?}");
+    assert!(most <= 20_000, "{most} buckets held");
+    // Ten seconds of users (10 000) fit: nobody is refused.
+    assert_eq!(refused, 0);
+    assert_eq!(stats.refused_at_capacity, 0);
+    let early = *bytes[2..10].iter().max().unwrap();
+    let late = *bytes[10..].iter().max().unwrap();
+    assert!(
+        late <= early + early / 4,
+        "early {early} bytes, late {late} bytes"
+    );
+}
+
+/// A flood of a million new users, a thousand every ten simulated seconds (nearly three hours),
+/// against a limiter capped at 5 000 buckets: the cap holds, idle buckets go first, the memory
+/// of the first rounds is reused by the last, and the limiter never admits more than the
+/// source granted.
+#[test]
+fn a_flood_of_new_users_stays_under_the_limiters_cap() {
+    let _turn = turn();
+    let runtime = runtime();
+    let clock = ManualClock::new();
+    let limiter = Limiter::builder(Unlimited)
+        .clock(clock.clone())
+        .refill_ahead(false)
+        .max_buckets(5_000)
+        .build();
+    let target = Target::path(Method::GET, "/m/items");
+    let mut most = 0;
+    let mut bytes = Vec::new();
+    let mut admitted = 0u64;
+    for round in 0..1000u64 {
+        for i in 0..1000u64 {
+            let user = format!("r{round}-u{i}");
+            if runtime
+                .block_on(limiter.check(&user, &target))
+                .unwrap()
+                .is_allowed()
+            {
+                admitted += 1;
+            }
+            if i % 100 == 99 {
+                most = most.max(limiter.stats().live_buckets);
+            }
+        }
+        clock.advance(Duration::from_secs(10));
+        if round % 100 == 99 {
+            bytes.push(LIVE_BYTES.load(Ordering::SeqCst));
+        }
+    }
+    let stats = limiter.stats();
+    println!(
+        "limiter: at most {most} live buckets, {} evicted, bytes every 100 rounds: {bytes:?}",
+        stats.evicted_buckets
+    );
+    // The cap, plus what requests in flight created while one of them made room.
+    assert!(most <= 5_000, "{most} live buckets");
+    assert!(stats.evicted_buckets > 0);
+    assert_eq!(admitted, 1_000_000);
+    assert!(admitted <= stats.leased_tokens + stats.per_request_tokens);
+    let early = *bytes[1..4].iter().max().unwrap();
+    let late = *bytes[4..].iter().max().unwrap();
+    assert!(
+        late <= early + early / 4,
+        "early {early} bytes, late {late} bytes"
+    );
+}

@@ -59,6 +59,9 @@ impl std::str::FromStr for OnUnavailable {
 pub const DEFAULT_LEASE_SIZE: u64 = 10_000;
 /// The largest lease cap.
 pub const MAX_LEASE_SIZE: u64 = 1_000_000;
+/// The default cap on live (user, rule) buckets: about 150 MB.
+pub const DEFAULT_MAX_LOCAL_BUCKETS: usize = 1_000_000;
+
 /// The default token horizon: how long a leased token can be spent after its lease started.
 pub const DEFAULT_TOKEN_HORIZON: Duration = Duration::from_secs(5);
 
@@ -105,6 +108,7 @@ pub struct LimiterBuilder {
     configuration_error_backoff: Duration,
     source_timeout: Option<Duration>,
     sweep_interval: Duration,
+    max_buckets: usize,
 }
 
 impl fmt::Debug for LimiterBuilder {
@@ -141,6 +145,7 @@ impl LimiterBuilder {
             configuration_error_backoff: Duration::from_secs(10),
             source_timeout: None,
             sweep_interval: Duration::from_secs(10),
+            max_buckets: DEFAULT_MAX_LOCAL_BUCKETS,
         }
     }
 
@@ -248,6 +253,16 @@ impl LimiterBuilder {
         self
     }
 
+    /// The most live (user, rule) buckets (default [`DEFAULT_MAX_LOCAL_BUCKETS`]). At the cap the
+    /// limiter forgets buckets until 90% of it is used: idle ones first, then those holding no
+    /// live token, and only then others, whose tokens are lost. Forgetting never admits
+    /// anything: a forgotten user's next request asks the source again. Counted in
+    /// [`Stats::evicted_buckets`](crate::Stats::evicted_buckets).
+    pub fn max_buckets(mut self, max: usize) -> Self {
+        self.max_buckets = max.max(10);
+        self
+    }
+
     /// How often idle buckets and stale cache entries are swept away. Default 10 s.
     pub fn sweep_interval(mut self, interval: Duration) -> Self {
         self.sweep_interval = interval;
@@ -298,6 +313,8 @@ impl LimiterBuilder {
                 counters: Counters::default(),
                 last_sweep_ms: AtomicU64::new(0),
                 sweeping: AtomicBool::new(false),
+                max_buckets: self.max_buckets,
+                evicting: AtomicBool::new(false),
             }),
         }
     }

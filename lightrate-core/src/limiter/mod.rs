@@ -65,7 +65,8 @@ use papaya::{Compute, Operation};
 
 pub use self::breaker::BreakerState;
 pub use self::builder::{
-    LimiterBuilder, OnUnavailable, DEFAULT_LEASE_SIZE, DEFAULT_TOKEN_HORIZON, MAX_LEASE_SIZE,
+    LimiterBuilder, OnUnavailable, DEFAULT_LEASE_SIZE, DEFAULT_MAX_LOCAL_BUCKETS,
+    DEFAULT_TOKEN_HORIZON, MAX_LEASE_SIZE,
 };
 pub use self::decision::{Decision, DecisionSource, RuleSummary};
 pub use self::env::EnvSource;
@@ -153,6 +154,9 @@ struct Inner {
     counters: Counters,
     last_sweep_ms: AtomicU64,
     sweeping: AtomicBool,
+    /// The most live buckets.
+    max_buckets: usize,
+    evicting: AtomicBool,
 }
 
 #[inline]
@@ -338,6 +342,7 @@ impl Limiter {
             configuration_errors: read(&c.configuration_errors),
             other_errors: read(&c.other_errors),
             live_buckets: live,
+            evicted_buckets: read(&c.evicted_buckets),
             cached_targets: inner.targets.len() as u64,
             known_rules: inner.rules.len() as u64,
             breaker: inner.breaker.state(inner.clock.now()),
@@ -480,6 +485,9 @@ impl Inner {
             }
             self.remove_dead(user, rule.slot, bucket, guard);
         }
+        if self.buckets.len() >= self.max_buckets {
+            self.make_room(now_ms);
+        }
         let computed = self.buckets.compute(
             BucketKey::new(user, rule.slot),
             |existing| match existing {
@@ -548,6 +556,63 @@ impl Inner {
                 self.sweeping.store(false, Ordering::Release);
             }
         }
+    }
+
+    /// At the cap of live buckets: forgets buckets until 90% of the cap is used, those safe to
+    /// forget first. Forgetting a bucket never admits anything: what it loses is a demand
+    /// estimate, a denial (the source is asked again, and says no again), or leased tokens
+    /// (counted lost).
+    #[cold]
+    fn make_room(&self, now_ms: u64) {
+        if self.evicting.swap(true, Ordering::AcqRel) {
+            // Another request is making room; this one may go a little past the cap.
+            return;
+        }
+        let target = self.max_buckets - self.max_buckets / 10;
+        let before = self.buckets.len();
+        // Idle buckets first: what a sweep removes.
+        self.sweep();
+        let now_nanos = self.clock.now().as_nanos();
+        let guard = self.buckets.guard();
+        // Then, at random, buckets holding no live token and no denial, then those holding no
+        // live token, then any. At random: removing a run of neighbouring entries leaves a run
+        // of tombstones that papaya (0.2.5) can fail to copy past, spinning forever.
+        let passes: [&dyn Fn(&LocalBucket) -> bool; 3] = [
+            &|b| b.live_tokens(now_ms) == 0 && b.denied_until() <= now_nanos,
+            &|b| b.live_tokens(now_ms) == 0,
+            &|_| true,
+        ];
+        let mut rng = fastrand::Rng::new();
+        for forget in passes {
+            for _ in 0..4 {
+                let len = self.buckets.len();
+                if len <= target {
+                    break;
+                }
+                let mut excess = len - target;
+                let odds = (1.5 * excess as f64 / len as f64).min(1.0);
+                self.buckets.retain(
+                    |_, bucket| {
+                        if excess == 0 || rng.f64() >= odds || !forget(bucket) {
+                            return true;
+                        }
+                        excess -= 1;
+                        bump(&self.counters.expired_tokens, bucket.kill());
+                        false
+                    },
+                    &guard,
+                );
+            }
+        }
+        let evicted = before.saturating_sub(self.buckets.len());
+        bump(&self.counters.evicted_buckets, evicted as u64);
+        tracing::debug!(
+            target: "lightrate::limiter",
+            evicted,
+            max_buckets = self.max_buckets,
+            "at the cap of live buckets: forgot some to make room"
+        );
+        self.evicting.store(false, Ordering::Release);
     }
 
     fn sweep(&self) {

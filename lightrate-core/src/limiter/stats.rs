@@ -42,6 +42,9 @@ pub struct Stats {
     pub other_errors: u64,
     /// Live (user, rule) buckets.
     pub live_buckets: u64,
+    /// Buckets forgotten to stay under the cap of live buckets
+    /// ([`LimiterBuilder::max_buckets`](crate::LimiterBuilder::max_buckets)).
+    pub evicted_buckets: u64,
     /// Targets in the target → rule cache.
     pub cached_targets: u64,
     /// Rules learned from the source.
@@ -66,6 +69,7 @@ pub(crate) struct Counters {
     pub(crate) outage_errors: AtomicU64,
     pub(crate) configuration_errors: AtomicU64,
     pub(crate) other_errors: AtomicU64,
+    pub(crate) evicted_buckets: AtomicU64,
 }
 
 pub(crate) fn bump(counter: &AtomicU64, by: u64) {

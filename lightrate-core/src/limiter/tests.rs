@@ -912,3 +912,49 @@ async fn a_target_whose_rule_changes_is_never_served_from_a_stale_memo() {
     }
     assert!(local > 0);
 }
+
+#[tokio::test]
+async fn at_the_cap_idle_buckets_go_first_and_nothing_is_admitted_past_a_grant() {
+    let s = setup_with(ample(), true, |b| {
+        b.max_buckets(100).bucket_ttl(Duration::from_secs(1))
+    });
+    let target = get("/x");
+    let mut admitted = 0u64;
+    // A user who holds tokens: leases grow with its demand.
+    for _ in 0..300 {
+        admitted += u64::from(check(&s, "regular", &target).await.is_allowed());
+        s.clock.advance(Duration::from_millis(1));
+    }
+    let mut local = |s: &Setup| {
+        let hit = s.limiter.check_local("regular", &target, 1);
+        hit.is_some_and(|d| d.is_allowed())
+    };
+    assert!(local(&s));
+    admitted += 1;
+    // 99 users once each, then a second and a half of quiet: idle.
+    for u in 0..99 {
+        admitted += u64::from(check(&s, &format!("idle-{u}"), &target).await.is_allowed());
+    }
+    s.clock.advance(Duration::from_millis(1500));
+    // A flood: the idle users make room first; the regular user's tokens are still there.
+    for u in 0..50 {
+        admitted += u64::from(check(&s, &format!("new-{u}"), &target).await.is_allowed());
+    }
+    let stats = s.limiter.stats();
+    assert!(stats.live_buckets <= 100, "{stats:?}");
+    assert!(stats.evicted_buckets >= 49, "{stats:?}");
+    assert!(local(&s));
+    admitted += 1;
+    // A bigger flood: the cap holds, and what was lost is counted, never admitted.
+    for u in 0..1000 {
+        admitted += u64::from(check(&s, &format!("flood-{u}"), &target).await.is_allowed());
+    }
+    let stats = s.limiter.stats();
+    assert!(stats.live_buckets <= 100, "{stats:?}");
+    assert_eq!(admitted, 300 + 1 + 99 + 50 + 1 + 1000);
+    assert_eq!(
+        stats.leased_tokens,
+        admitted + s.limiter.held_tokens() + stats.expired_tokens,
+        "{stats:?}"
+    );
+}
