@@ -925,7 +925,7 @@ async fn at_the_cap_idle_buckets_go_first_and_nothing_is_admitted_past_a_grant()
         admitted += u64::from(check(&s, "regular", &target).await.is_allowed());
         s.clock.advance(Duration::from_millis(1));
     }
-    let mut local = |s: &Setup| {
+    let local = |s: &Setup| {
         let hit = s.limiter.check_local("regular", &target, 1);
         hit.is_some_and(|d| d.is_allowed())
     };
