@@ -8,6 +8,8 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::{ConnectionAddr, IntoConnectionInfo};
+use std::sync::{PoisonError, RwLock};
+
 use tokio::sync::OnceCell;
 
 /// Where the connection goes, and the connection once made.
@@ -16,7 +18,10 @@ pub(crate) struct Connection {
     timeout: Duration,
     /// Secrets to scrub from error messages (the URLs' passwords).
     secrets: Vec<String>,
-    single: OnceCell<ConnectionManager>,
+    /// The single node's connection manager: reconnects by itself after I/O errors; replaced
+    /// after an error it would not recover from (refused credentials, say).
+    single: RwLock<Option<ConnectionManager>>,
+    /// The cluster connection, once made (a failed attempt is not kept: the next call tries).
     cluster: OnceCell<ClusterConnection>,
 }
 
@@ -43,7 +48,7 @@ impl Connection {
                 client: Client::Single(client),
                 timeout,
                 secrets: secret.into_iter().collect(),
-                single: OnceCell::new(),
+                single: RwLock::new(None),
                 cluster: OnceCell::new(),
             },
             address,
@@ -88,7 +93,7 @@ impl Connection {
                 client: Client::Cluster(client),
                 timeout,
                 secrets,
-                single: OnceCell::new(),
+                single: RwLock::new(None),
                 cluster: OnceCell::new(),
             },
             addresses,
@@ -104,22 +109,16 @@ impl Connection {
     pub(crate) async fn handle(&self) -> Result<Handle, Error> {
         match &self.client {
             Client::Single(client) => {
-                let manager = self
+                let current = self
                     .single
-                    .get_or_try_init(|| async {
-                        // Lazy: connects on the first command, and reconnects (with backoff,
-                        // at most a second apart) whenever the connection is lost.
-                        let config = ConnectionManagerConfig::new()
-                            .set_connection_timeout(Some(self.timeout))
-                            .set_response_timeout(Some(self.timeout))
-                            .set_min_delay(Duration::from_millis(50))
-                            .set_max_delay(Duration::from_secs(1))
-                            .set_number_of_retries(4);
-                        ConnectionManager::new_lazy_with_config(client.clone(), config)
-                    })
-                    .await
-                    .map_err(|e| self.error(&e))?;
-                Ok(Handle::Single(manager.clone()))
+                    .read()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone();
+                let manager = match current {
+                    Some(manager) => manager,
+                    None => self.new_manager(client)?,
+                };
+                Ok(Handle::Single(manager))
             }
             Client::Cluster(client) => {
                 let connection = self
@@ -132,15 +131,52 @@ impl Connection {
         }
     }
 
+    /// A manager that connects on first use. No retries of its own: a failed attempt fails
+    /// the calls waiting on it at once (an outage error, not a wait for the timeout), and the
+    /// next call tries again.
+    fn new_manager(&self, client: &redis::Client) -> Result<ConnectionManager, Error> {
+        let mut slot = self.single.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(manager) = &*slot {
+            return Ok(manager.clone());
+        }
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(self.timeout))
+            .set_number_of_retries(0);
+        let manager = ConnectionManager::new_lazy_with_config(client.clone(), config)
+            .map_err(|e| self.error(&e))?;
+        *slot = Some(manager.clone());
+        Ok(manager)
+    }
+
+    /// [`error`](Self::error), and forgets the single node's connection manager when the
+    /// error is one it keeps returning instead of reconnecting (anything but I/O failures,
+    /// which it handles itself, and answers to the script).
+    pub(crate) fn failed(&self, e: &redis::RedisError) -> Error {
+        use redis::ErrorKind as K;
+        let sticky = !e.is_io_error()
+            && !matches!(
+                e.kind(),
+                K::Server(redis::ServerErrorKind::ResponseError)
+                    | K::Parse
+                    | K::UnexpectedReturnType
+            );
+        if sticky {
+            *self.single.write().unwrap_or_else(PoisonError::into_inner) = None;
+        }
+        self.error(e)
+    }
+
     /// A lightrate error for a redis-rs error: an outage kind for what a working Redis would
     /// not say (I/O, timeouts, a cluster that is down, a server that is loading), a
     /// configuration error for refused credentials. The message never holds a password.
     pub(crate) fn error(&self, e: &redis::RedisError) -> Error {
         use redis::ErrorKind as K;
         use redis::ServerErrorKind as S;
-        let kind = if e.is_timeout() {
-            ErrorKind::Timeout
-        } else {
+        if e.is_timeout() {
+            return self.timed_out();
+        }
+        let kind = {
             match e.kind() {
                 K::Io | K::ClusterConnectionNotFound => ErrorKind::Network,
                 K::AuthenticationFailed | K::InvalidClientConfig => ErrorKind::Configuration,

@@ -167,7 +167,7 @@ impl RedisSource {
                 Handle::Single(c) => command.query_async(c).await,
                 Handle::Cluster(c) => command.query_async(c).await,
             };
-            answer.map(drop).map_err(|e| connection.error(&e))
+            answer.map(drop).map_err(|e| connection.failed(&e))
         };
         match tokio::time::timeout(connection.timeout(), ping).await {
             Ok(result) => result,
@@ -234,7 +234,7 @@ impl RedisSource {
                 Handle::Single(c) => invocation.invoke_async(c).await,
                 Handle::Cluster(c) => invocation.invoke_async(c).await,
             };
-            answer.map_err(|e| connection.error(&e))
+            answer.map_err(|e| connection.failed(&e))
         };
         match tokio::time::timeout(connection.timeout(), call).await {
             Ok(answer) => answer,

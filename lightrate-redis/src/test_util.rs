@@ -49,16 +49,22 @@ pub struct RedisServer {
     port: u16,
     dir: PathBuf,
     cluster: bool,
+    args: Vec<String>,
 }
 
 impl RedisServer {
     /// Starts a server on a free port, and waits until it answers `PING`. `None` (after the
     /// skip line) when `redis-server` is missing and `CI` is unset.
     pub fn start() -> Option<RedisServer> {
-        redis_available().then(|| RedisServer::start_node(false))
+        RedisServer::start_with_args(&[])
     }
 
-    fn start_node(cluster: bool) -> RedisServer {
+    /// [`start`](Self::start), with more `redis-server` arguments (`["--requirepass", "pw"]`).
+    pub fn start_with_args(args: &[&str]) -> Option<RedisServer> {
+        redis_available().then(|| RedisServer::start_node(false, args))
+    }
+
+    fn start_node(cluster: bool, args: &[&str]) -> RedisServer {
         let mut last_error = None;
         for _ in 0..10 {
             let port = free_port(cluster);
@@ -67,6 +73,7 @@ impl RedisServer {
                 port,
                 dir: scratch_dir(port),
                 cluster,
+                args: args.iter().map(|a| (*a).to_owned()).collect(),
             };
             match server.spawn() {
                 Ok(()) => return server,
@@ -127,6 +134,7 @@ impl RedisServer {
             .args(["--daemonize", "no", "--loglevel", "warning"])
             .arg("--dir")
             .arg(&self.dir)
+            .args(&self.args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
@@ -145,7 +153,8 @@ impl RedisServer {
         let deadline = Instant::now() + START_DEADLINE;
         loop {
             if let Ok(reply) = command(self.port, &["PING"]) {
-                if reply.starts_with("+PONG") {
+                // NOAUTH: up, with a password.
+                if reply.starts_with("+PONG") || reply.starts_with("-NOAUTH") {
                     self.child = Some(child);
                     return Ok(());
                 }
@@ -189,7 +198,7 @@ impl RedisCluster {
             return None;
         }
         let nodes: Vec<RedisServer> = (0..n.max(3))
-            .map(|_| RedisServer::start_node(true))
+            .map(|_| RedisServer::start_node(true, &[]))
             .collect();
         let mut create = Command::new("redis-cli");
         create.args(["--cluster", "create"]);
