@@ -53,6 +53,7 @@ impl TokenSource for Unlimited {
                 matcher: Some("^/hello".into()),
                 http_method: Some("GET".into()),
             },
+            retry_after_ms: None,
         })
     }
 }
@@ -109,6 +110,7 @@ fn bench(c: &mut Criterion) {
 
     let limiter = Limiter::builder(Unlimited)
         .lease_size(MAX_LEASE_SIZE)
+        .min_lease_size(MAX_LEASE_SIZE)
         .bucket_ttl(Duration::from_secs(3600))
         .rule_ttl(Duration::from_secs(3600))
         .build();

@@ -768,10 +768,19 @@ async fn an_unavailable_source_follows_the_outage_policy() {
 
 #[actix_rt::test]
 async fn local_hits_do_not_wait_for_the_source() {
-    let source = source();
+    // A rule with room, and leases of at least five: after the lease that learns the rule,
+    // one call per five requests.
+    let rules = RuleSet::builder()
+        .default_rule(lightrate_core::RefillRate::per_second(1000), 10_000)
+        .build()
+        .unwrap();
+    let source = Arc::new(Recording {
+        inner: Some(EmbeddedSource::new(rules).with_clock(ManualClock::new())),
+        ..Recording::default()
+    });
     let limiter = Limiter::builder(source.clone())
         .clock(ManualClock::new())
-        .lease_size(5)
+        .min_lease_size(5)
         .refill_ahead(false)
         .build();
     let app = init_service(
@@ -786,14 +795,15 @@ async fn local_hits_do_not_wait_for_the_source() {
     )
     .await;
     let mut sources = Vec::new();
-    for _ in 0..5 {
+    for _ in 0..6 {
         sources.push(send!(app, Method::GET, "/hello", Some("u")).2);
     }
-    assert_eq!(sources[0], "TokenSource");
-    assert!(sources[1..]
+    assert_eq!(sources[..2], ["TokenSource", "TokenSource"]);
+    assert!(sources[2..]
         .iter()
         .all(|s| s == &format!("{:?}", DecisionSource::LocalBucket)));
-    assert_eq!(source.calls().len(), 1);
+    let sizes: Vec<u64> = source.calls().iter().map(|(_, n)| *n).collect();
+    assert_eq!(sizes, [1, 5]);
 }
 
 #[test]

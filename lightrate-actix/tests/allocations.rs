@@ -77,13 +77,16 @@ impl TokenSource for Unlimited {
                 matcher: Some("^/".into()),
                 http_method: Some("GET".into()),
             },
+            retry_after_ms: None,
         })
     }
 }
 
 fn limiter() -> Limiter {
+    // Leases as large as the cap: after the first two requests, every one is a local hit.
     Limiter::builder(Unlimited)
         .lease_size(MAX_LEASE_SIZE)
+        .min_lease_size(MAX_LEASE_SIZE)
         .refill_ahead(false)
         .bucket_ttl(Duration::from_secs(3600))
         .rule_ttl(Duration::from_secs(3600))

@@ -18,6 +18,7 @@ mod support;
 fn limiter() -> Limiter {
     Limiter::builder(support::Unlimited)
         .lease_size(MAX_LEASE_SIZE)
+        .min_lease_size(MAX_LEASE_SIZE)
         .refill_ahead(false)
         .bucket_ttl(Duration::from_secs(3600))
         .rule_ttl(Duration::from_secs(3600))

@@ -37,9 +37,12 @@ fn main() {
         .unwrap();
     let limiter = Limiter::builder(support::Unlimited)
         .lease_size(MAX_LEASE_SIZE)
+        .min_lease_size(MAX_LEASE_SIZE)
         .refill_ahead(false)
         .build();
     let target = Target::path(Method::GET, "/bench/items");
+    // The first request learns the rule; the second leases the bucket full.
+    rt.block_on(limiter.check("user-1", &target)).unwrap();
     rt.block_on(limiter.check("user-1", &target)).unwrap();
     let mut allowed = 0u64;
     for _ in 0..n {

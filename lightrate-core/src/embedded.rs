@@ -6,51 +6,73 @@ use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::clock::{Clock, SystemClock, Timestamp};
-use crate::{ConsumeRequest, ConsumeTokensResponse, Error, ErrorKind, RuleSet, TokenSource};
-
-/// Pico-tokens per token. A refill rate of `r` millitokens per second adds exactly `r`
-/// pico-tokens per nanosecond, so the bucket maths is exact integer arithmetic: no rounding,
-/// no drift, however long a bucket lives.
-const PICO: u128 = 1_000_000_000_000;
+use crate::{
+    ConsumeRequest, ConsumeTokensResponse, Error, ErrorKind, RefillRate, RuleSet, TokenSource,
+};
 
 /// The longest user identifier the embedded source stores. Longer ones are rejected.
 pub const MAX_USER_IDENTIFIER_BYTES: usize = 1024;
 
 const SHARDS: usize = 16;
 
-/// A token bucket: a level in pico-tokens as of `updated`.
+/// A token bucket: a level as of `updated`, in units of the rule's rate
+/// ([`RefillRate::units`]): one token is `unit` units and the level grows by `per_ns` units
+/// every nanosecond, so the maths is exact integer arithmetic, with no rounding and no drift
+/// however slow the rate or however long the bucket lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Bucket {
     level: u128,
     updated: Timestamp,
 }
 
+/// A rule's rate and capacity in bucket units.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Scale {
+    per_ns: u128,
+    unit: u128,
+    capacity: u128,
+}
+
+impl Scale {
+    pub(crate) fn new(rate: RefillRate, capacity_tokens: u64) -> Self {
+        let (per_ns, unit) = rate.units();
+        Scale {
+            per_ns,
+            unit,
+            capacity: u128::from(capacity_tokens).saturating_mul(unit),
+        }
+    }
+
+    pub(crate) fn of(rule: &crate::Rule) -> Self {
+        Scale::new(rule.refill_rate, rule.burst_rate)
+    }
+}
+
 impl Bucket {
     /// A full bucket.
-    pub(crate) fn full(capacity_tokens: u64, now: Timestamp) -> Self {
+    pub(crate) fn full(scale: Scale, now: Timestamp) -> Self {
         Bucket {
-            level: u128::from(capacity_tokens) * PICO,
+            level: scale.capacity,
             updated: now,
         }
     }
 
     /// Brings the level forward to `now` (time that goes backwards counts as none).
-    pub(crate) fn refill(&mut self, now: Timestamp, rate_millitokens: u64, capacity_tokens: u64) {
+    pub(crate) fn refill(&mut self, now: Timestamp, scale: Scale) {
         let elapsed = now.as_nanos().saturating_sub(self.updated.as_nanos());
-        let capacity = u128::from(capacity_tokens) * PICO;
-        let added = u128::from(elapsed).saturating_mul(u128::from(rate_millitokens));
-        self.level = self.level.saturating_add(added).min(capacity);
+        let added = u128::from(elapsed).saturating_mul(scale.per_ns);
+        self.level = self.level.saturating_add(added).min(scale.capacity);
         self.updated = self.updated.max(now);
     }
 
     /// Whole tokens in the bucket.
-    pub(crate) fn tokens(&self) -> u64 {
-        u64::try_from(self.level / PICO).unwrap_or(u64::MAX)
+    pub(crate) fn tokens(&self, scale: Scale) -> u64 {
+        u64::try_from(self.level / scale.unit).unwrap_or(u64::MAX)
     }
 
     /// Takes up to `wanted` whole tokens (all or nothing unless `partial`); returns how many.
-    pub(crate) fn take(&mut self, wanted: u64, partial: bool) -> u64 {
-        let available = self.tokens();
+    pub(crate) fn take(&mut self, wanted: u64, partial: bool, scale: Scale) -> u64 {
+        let available = self.tokens(scale);
         let granted = if wanted <= available {
             wanted
         } else if partial {
@@ -58,13 +80,24 @@ impl Bucket {
         } else {
             0
         };
-        self.level -= u128::from(granted) * PICO;
+        self.level -= u128::from(granted) * scale.unit;
         granted
     }
 
+    /// Milliseconds until the bucket holds one more whole token, rounded up; `None` if it
+    /// never refills.
+    pub(crate) fn next_token_ms(&self, scale: Scale) -> Option<u64> {
+        if scale.per_ns == 0 {
+            return None;
+        }
+        let next = (self.level / scale.unit + 1) * scale.unit;
+        let nanos = (next - self.level).div_ceil(scale.per_ns);
+        Some(u64::try_from(nanos.div_ceil(1_000_000)).unwrap_or(u64::MAX))
+    }
+
     /// Whether the bucket is full at its last update (indistinguishable from a new bucket).
-    fn is_full(&self, capacity_tokens: u64) -> bool {
-        self.level >= u128::from(capacity_tokens) * PICO
+    fn is_full(&self, scale: Scale) -> bool {
+        self.level >= scale.capacity
     }
 }
 
@@ -152,8 +185,7 @@ impl EmbeddedSource {
             Some(n) if rule.is_default => n,
             _ => request.tokens_requested,
         };
-        let rate = rule.refill_rate.millitokens_per_second();
-        let capacity = rule.burst_rate;
+        let scale = Scale::of(rule);
         let now = self.clock.now();
 
         let mut shard = self.shard(request.user_identifier);
@@ -171,18 +203,21 @@ impl EmbeddedSource {
         let bucket = match buckets.iter_mut().position(|(i, _)| *i == index) {
             Some(at) => &mut buckets[at].1,
             None => {
-                buckets.push((index, Bucket::full(capacity, now)));
+                buckets.push((index, Bucket::full(scale, now)));
                 let last = buckets.len() - 1;
                 &mut buckets[last].1
             }
         };
-        bucket.refill(now, rate, capacity);
-        let granted = bucket.take(wanted, self.partial_grants);
+        bucket.refill(now, scale);
+        let granted = bucket.take(wanted, self.partial_grants, scale);
         Ok(ConsumeTokensResponse {
-            tokens_remaining: bucket.tokens(),
+            tokens_remaining: bucket.tokens(scale),
             tokens_consumed: granted,
             throttles: u64::from(granted < wanted),
             rule: rule.clone(),
+            retry_after_ms: (granted < wanted || bucket.tokens(scale) == 0)
+                .then(|| bucket.next_token_ms(scale))
+                .flatten(),
         })
     }
 
@@ -200,12 +235,9 @@ impl EmbeddedSource {
             .map(|(_, b)| *b);
         match bucket {
             Some(mut b) => {
-                b.refill(
-                    now,
-                    rule.refill_rate.millitokens_per_second(),
-                    rule.burst_rate,
-                );
-                b.tokens()
+                let scale = Scale::of(rule);
+                b.refill(now, scale);
+                b.tokens(scale)
             }
             None => rule.burst_rate,
         }
@@ -238,13 +270,9 @@ impl Shard {
         self.ops_since_sweep = 0;
         self.users.retain(|_, buckets| {
             buckets.retain_mut(|(index, bucket)| {
-                let rule = rules.rule_at(*index);
-                bucket.refill(
-                    now,
-                    rule.refill_rate.millitokens_per_second(),
-                    rule.burst_rate,
-                );
-                !bucket.is_full(rule.burst_rate)
+                let scale = Scale::of(rules.rule_at(*index));
+                bucket.refill(now, scale);
+                !bucket.is_full(scale)
             });
             !buckets.is_empty()
         });
@@ -448,17 +476,20 @@ mod tests {
         /// Over any run, one bucket never grants more than burst + refill·t.
         #[test]
         fn never_grants_more_than_burst_plus_refill(
-            rate_milli in 1u64..20_000,
+            tokens in 1u64..20,
+            period_ms in 1u64..100_000_000,
             burst in 1u64..50,
             steps in proptest::collection::vec((0u64..3_000_000_000, 1u64..10), 1..200),
             partial in any::<bool>(),
         ) {
             let clock = ManualClock::new();
+            let rate = RefillRate::new(tokens, period_ms).unwrap();
             let rules = RuleSet::builder()
-                .default_rule(RefillRate::from_millitokens_per_second(rate_milli), burst)
+                .default_rule(rate, burst)
                 .build()
                 .unwrap();
             let s = EmbeddedSource::new(rules).with_clock(clock.clone()).with_partial_grants(partial);
+            let (per_ns, unit) = rate.units();
             let mut granted: u128 = 0;
             let mut elapsed: u128 = 0;
             for (dt, n) in steps {
@@ -468,22 +499,35 @@ mod tests {
                 prop_assert!(r.tokens_consumed <= n);
                 prop_assert!(r.tokens_remaining <= burst);
                 granted += u128::from(r.tokens_consumed);
-                // granted ≤ burst + rate·t, in pico-tokens to stay exact.
-                prop_assert!(granted * PICO <= u128::from(burst) * PICO + elapsed * u128::from(rate_milli));
+                // granted ≤ burst + rate·t, in bucket units to stay exact.
+                prop_assert!(granted * unit <= u128::from(burst) * unit + elapsed * per_ns);
             }
         }
 
         /// A bucket left alone long enough is full again, and never more than full.
         #[test]
-        fn refills_to_exactly_burst(rate_milli in 1u64..100_000, burst in 1u64..1000, take_n in 1u64..1000) {
-            let mut b = Bucket::full(burst, Timestamp::ZERO);
-            let got = b.take(take_n, true);
+        fn refills_to_exactly_burst(
+            tokens in 1u64..1000,
+            period_ms in 1u64..2_592_000_000,
+            burst in 1u64..1000,
+            take_n in 1u64..1000,
+        ) {
+            let rate = RefillRate::new(tokens, period_ms).unwrap();
+            let scale = Scale::new(rate, burst);
+            let mut b = Bucket::full(scale, Timestamp::ZERO);
+            let got = b.take(take_n, true, scale);
             prop_assert_eq!(got, take_n.min(burst));
-            let need = RefillRate::from_millitokens_per_second(rate_milli).time_per_token().unwrap();
-            let far = Timestamp::ZERO + need * u32::try_from(burst).unwrap() + Duration::from_secs(1);
-            b.refill(far, rate_milli, burst);
-            prop_assert_eq!(b.tokens(), burst);
-            prop_assert!(b.is_full(burst));
+            let need = rate.time_for(burst).unwrap();
+            // One nanosecond short of the time the missing tokens need: not yet full.
+            let missing = take_n.min(burst);
+            let almost = Timestamp::ZERO + rate.time_for(missing).unwrap() - Duration::from_nanos(1);
+            let mut early = b;
+            early.refill(almost, scale);
+            prop_assert!(!early.is_full(scale));
+            let far = Timestamp::ZERO + need + Duration::from_secs(1);
+            b.refill(far, scale);
+            prop_assert_eq!(b.tokens(scale), burst);
+            prop_assert!(b.is_full(scale));
         }
     }
 }

@@ -27,6 +27,7 @@ mod embedded;
 mod error;
 mod limiter;
 pub mod protocol;
+mod rate;
 mod rules;
 mod source;
 pub mod web;
@@ -40,7 +41,7 @@ pub use embedded::{EmbeddedSource, MAX_USER_IDENTIFIER_BYTES};
 pub use error::{Error, ErrorKind};
 pub use limiter::{
     BreakerState, BucketStatus, Decision, DecisionSource, EnvSource, Limiter, LimiterBuilder,
-    OnUnavailable, RuleSummary, Stats, DEFAULT_LEASE_SIZE, MAX_LEASE_SIZE,
+    OnUnavailable, RuleSummary, Stats, DEFAULT_LEASE_SIZE, DEFAULT_TOKEN_HORIZON, MAX_LEASE_SIZE,
 };
 pub use protocol::{ConsumeRequest, ConsumeTokensResponse, RefillRate, Rule, Target};
 pub use rules::{RuleSet, RuleSetBuilder, RuleSpec};

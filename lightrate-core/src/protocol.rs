@@ -3,13 +3,13 @@
 //! The JSON shapes here are pinned by golden tests; see the project's `lightrate-protocol.md`
 //! for where the official SDKs disagree and what lightrate chose.
 
-use std::borrow::Cow;
-use std::fmt;
-use std::time::Duration;
-
 use http::Method;
 use serde::ser::SerializeMap;
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize, Serializer};
+use std::borrow::Cow;
+use std::fmt;
+
+pub use crate::rate::RefillRate;
 
 /// The path of the consume endpoint, appended to the API base URL.
 pub const CONSUME_PATH: &str = "/api/v1/tokens/consume";
@@ -217,6 +217,12 @@ pub struct ConsumeTokensResponse {
     pub throttles: u64,
     /// The rule the request was charged to.
     pub rule: Rule,
+    /// When fewer tokens were granted than requested, or none is left: milliseconds until the
+    /// bucket holds one more whole token (rounded up). An extension of lightrate's own sources
+    /// (`retryAfterMs` on the wire, absent when not sent): the hosted API does not send it, and
+    /// clients then assume a whole token's time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
 }
 
 impl ConsumeTokensResponse {
@@ -249,124 +255,6 @@ pub struct Rule {
     /// For path rules, the HTTP method they apply to; `None` for operation rules.
     #[serde(default)]
     pub http_method: Option<String>,
-}
-
-/// A refill rate in tokens per second, held exactly in thousandths of a token.
-///
-/// On the wire it is a JSON number; whole rates are written as integers (`10`), others as
-/// decimals (`0.5`).
-///
-/// ```
-/// use lightrate_core::RefillRate;
-/// use std::time::Duration;
-///
-/// assert_eq!(RefillRate::per_second(10).time_per_token(), Some(Duration::from_millis(100)));
-/// assert_eq!(RefillRate::from_millitokens_per_second(500).time_per_token(), Some(Duration::from_secs(2)));
-/// assert_eq!(RefillRate::per_second(0).time_per_token(), None);
-/// ```
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub struct RefillRate(u64);
-
-impl RefillRate {
-    /// `tokens` whole tokens per second.
-    pub const fn per_second(tokens: u64) -> Self {
-        RefillRate(tokens.saturating_mul(1000))
-    }
-
-    /// `millitokens` thousandths of a token per second.
-    pub const fn from_millitokens_per_second(millitokens: u64) -> Self {
-        RefillRate(millitokens)
-    }
-
-    /// The rate in thousandths of a token per second.
-    pub const fn millitokens_per_second(self) -> u64 {
-        self.0
-    }
-
-    /// The rate as a float, for display.
-    pub fn as_f64(self) -> f64 {
-        self.0 as f64 / 1000.0
-    }
-
-    /// Whether tokens are never added.
-    pub const fn is_zero(self) -> bool {
-        self.0 == 0
-    }
-
-    /// How long one token takes to accrue, rounded up to the nanosecond; `None` if never.
-    pub fn time_per_token(self) -> Option<Duration> {
-        if self.0 == 0 {
-            return None;
-        }
-        // 1 token = 1000 millitokens; 1 s = 1e9 ns.
-        let nanos = 1_000_000_000_000u128.div_ceil(u128::from(self.0));
-        Some(Duration::from_nanos(
-            u64::try_from(nanos).unwrap_or(u64::MAX),
-        ))
-    }
-
-    /// Converts a rate in tokens per second; `None` if negative, not finite, or too large.
-    pub fn from_f64(per_second: f64) -> Option<Self> {
-        if !per_second.is_finite() || per_second < 0.0 {
-            return None;
-        }
-        let millis = (per_second * 1000.0).round();
-        if millis > u64::MAX as f64 {
-            return None;
-        }
-        Some(RefillRate(millis as u64))
-    }
-}
-
-impl fmt::Debug for RefillRate {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{self}/s")
-    }
-}
-
-impl fmt::Display for RefillRate {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.0 % 1000 == 0 {
-            write!(f, "{}", self.0 / 1000)
-        } else {
-            write!(f, "{}", self.as_f64())
-        }
-    }
-}
-
-impl Serialize for RefillRate {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        if self.0 % 1000 == 0 {
-            serializer.serialize_u64(self.0 / 1000)
-        } else {
-            serializer.serialize_f64(self.as_f64())
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for RefillRate {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Visitor;
-        impl serde::de::Visitor<'_> for Visitor {
-            type Value = RefillRate;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a non-negative number of tokens per second")
-            }
-            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<RefillRate, E> {
-                Ok(RefillRate::per_second(v))
-            }
-            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<RefillRate, E> {
-                u64::try_from(v)
-                    .map(RefillRate::per_second)
-                    .map_err(|_| E::custom("refillRate must not be negative"))
-            }
-            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<RefillRate, E> {
-                RefillRate::from_f64(v)
-                    .ok_or_else(|| E::custom("refillRate must be a finite, non-negative number"))
-            }
-        }
-        deserializer.deserialize_any(Visitor)
-    }
 }
 
 #[cfg(test)]
@@ -522,6 +410,7 @@ mod tests {
                 matcher: None,
                 http_method: None,
             },
+            retry_after_ms: None,
         };
         let v = serde_json::to_value(&r).unwrap();
         assert_eq!(v["rule"]["matcher"], serde_json::Value::Null);
@@ -530,18 +419,5 @@ mod tests {
             serde_json::from_value::<ConsumeTokensResponse>(v).unwrap(),
             r
         );
-    }
-
-    #[test]
-    fn refill_rate_conversions() {
-        assert_eq!(RefillRate::from_f64(2.5), Some(RefillRate(2500)));
-        assert_eq!(RefillRate::from_f64(-1.0), None);
-        assert_eq!(RefillRate::from_f64(f64::NAN), None);
-        assert_eq!(
-            RefillRate::from_millitokens_per_second(3).time_per_token(),
-            Some(Duration::from_nanos(333_333_333_334))
-        );
-        assert_eq!(RefillRate::per_second(3).to_string(), "3");
-        assert_eq!(RefillRate(1250).to_string(), "1.25");
     }
 }

@@ -139,7 +139,7 @@ impl RuleSet {
     ///     [[rules]]
     ///     name = "Send Email"
     ///     matcher = "^send_email$"
-    ///     refill_rate = 0.5
+    ///     refill = "10/hour"     # or refill_rate = 0.5 (tokens per second)
     ///     burst_rate = 10
     ///
     ///     [[rules]]
@@ -157,18 +157,10 @@ impl RuleSet {
         let file: TomlRules = toml::from_str(text).map_err(|e| {
             Error::new(ErrorKind::Configuration, format!("invalid rules file: {e}"))
         })?;
-        let refill = |rate: f64, what: &str| {
-            RefillRate::from_f64(rate).ok_or_else(|| {
-                Error::new(
-                    ErrorKind::Configuration,
-                    format!("{what}: refill_rate must be a finite, non-negative number"),
-                )
-            })
-        };
         let mut builder = RuleSet::builder().default_rule_named(
             file.default.name.unwrap_or_else(|| "Default".into()),
             file.default.id,
-            refill(file.default.refill_rate, "default rule")?,
+            file.default.refill_rate,
             file.default.burst_rate,
         );
         for r in file.rules {
@@ -182,7 +174,7 @@ impl RuleSet {
                 None => None,
             };
             builder = builder.rule(RuleSpec {
-                refill_rate: refill(r.refill_rate, &format!("rule {:?}", r.name))?,
+                refill_rate: r.refill_rate,
                 id: r.id,
                 name: r.name,
                 matcher: r.matcher,
@@ -257,7 +249,7 @@ impl fmt::Display for RuleSet {
             }
             write!(
                 f,
-                "  {:<16} {:<24} refill {}/s, burst {}",
+                "  {:<16} {:<24} refill {}, burst {}",
                 rule.id, applies_to, rule.refill_rate, rule.burst_rate
             )?;
         }
@@ -476,7 +468,8 @@ struct TomlRules {
 struct TomlDefault {
     id: Option<String>,
     name: Option<String>,
-    refill_rate: f64,
+    #[serde(alias = "refill")]
+    refill_rate: RefillRate,
     burst_rate: u64,
 }
 
@@ -487,7 +480,8 @@ struct TomlRule {
     name: String,
     matcher: String,
     http_method: Option<String>,
-    refill_rate: f64,
+    #[serde(alias = "refill")]
+    refill_rate: RefillRate,
     burst_rate: u64,
 }
 
@@ -635,6 +629,62 @@ mod tests {
         }
         let missing = RuleSet::from_toml_file("/nonexistent/rules.toml").unwrap_err();
         assert!(missing.message().contains("/nonexistent/rules.toml"));
+        // A bad rate names the line and says how to write one.
+        let e = RuleSet::from_toml_str("[default]\nrefill = \"3/fortnight\"\nburst_rate = 5")
+            .unwrap_err();
+        assert!(e.message().contains("line 2"), "{e}");
+        assert!(e.message().contains("10/hour"), "{e}");
+    }
+
+    #[test]
+    fn toml_rates_are_exact_in_every_form() {
+        let rules = RuleSet::from_toml_str(
+            r#"
+            [default]
+            refill = "100/day"
+            burst_rate = 5
+
+            [[rules]]
+            name = "hourly"
+            matcher = "^hourly$"
+            refill = "10/hour"
+            burst_rate = 10
+
+            [[rules]]
+            name = "decimal"
+            matcher = "^decimal$"
+            refill_rate = 0.000277778
+            burst_rate = 1
+
+            [[rules]]
+            name = "daily"
+            matcher = "^daily$"
+            refill_rate = "1/day"
+            burst_rate = 1
+
+            [[rules]]
+            name = "whole"
+            matcher = "^whole$"
+            refill_rate = 2
+            burst_rate = 1
+            "#,
+        )
+        .unwrap();
+        let rate = |op: &str| rules.resolve(&Target::operation(op)).refill_rate;
+        assert_eq!(rules.default_rule().refill_rate, RefillRate::per_day(100));
+        assert_eq!(rate("hourly"), RefillRate::per_hour(10));
+        assert_eq!(rate("daily"), RefillRate::per_day(1));
+        assert_eq!(rate("whole"), RefillRate::per_second(2));
+        let decimal = rate("decimal").time_per_token().unwrap().as_secs_f64();
+        assert!((decimal - 3600.0).abs() < 3.6, "{decimal}");
+        assert_eq!(
+            rules.default_rule().refill_rate.time_per_token(),
+            Some(std::time::Duration::from_secs(864))
+        );
+        assert!(
+            rules.to_string().contains("refill 10/hour, burst 10"),
+            "{rules}"
+        );
     }
 
     #[test]

@@ -36,6 +36,7 @@ use crate::{ConsumeRequest, ConsumeTokensResponse, Error};
 ///                 matcher: None,
 ///                 http_method: None,
 ///             },
+///             retry_after_ms: None,
 ///         })
 ///     }
 /// }

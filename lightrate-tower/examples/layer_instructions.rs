@@ -35,6 +35,7 @@ impl TokenSource for Unlimited {
                 matcher: Some("^/hello".into()),
                 http_method: Some("GET".into()),
             },
+            retry_after_ms: None,
         })
     }
 }
@@ -58,12 +59,14 @@ fn main() {
         "lightrate" => app.layer(LightRateLayer::new(
             Limiter::builder(Unlimited)
                 .lease_size(MAX_LEASE_SIZE)
+                .min_lease_size(MAX_LEASE_SIZE)
                 .build(),
         )),
         "lean" => app.layer(
             LightRateLayer::new(
                 Limiter::builder(Unlimited)
                     .lease_size(MAX_LEASE_SIZE)
+                    .min_lease_size(MAX_LEASE_SIZE)
                     .build(),
             )
             .insert_decision(false),

@@ -100,7 +100,7 @@ pub struct LimiterOptions {
 impl Default for LimiterOptions {
     fn default() -> Self {
         LimiterOptions {
-            lease_size: 5,
+            lease_size: lightrate_core::DEFAULT_LEASE_SIZE,
             refill_ahead: false,
             on_unavailable: OnUnavailable::Allow,
             timeout: Duration::from_secs(5),

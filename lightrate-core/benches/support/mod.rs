@@ -25,6 +25,7 @@ impl TokenSource for Unlimited {
                 matcher: Some("^/bench".into()),
                 http_method: Some("GET".into()),
             },
+            retry_after_ms: None,
         })
     }
 }

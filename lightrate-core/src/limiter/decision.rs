@@ -51,14 +51,10 @@ impl RuleSummary {
     /// The window of the IETF `RateLimit-Policy` field: seconds for an empty bucket to fill,
     /// `burst / refill`, rounded up, at least 1.
     pub fn window_secs(&self) -> u64 {
-        let millis = self.refill_rate.millitokens_per_second();
-        if millis == 0 {
-            return u64::from(u32::MAX);
+        match self.refill_rate.time_for(self.burst_rate) {
+            Some(fill) => (fill.as_secs() + u64::from(fill.subsec_nanos() > 0)).max(1),
+            None => u64::from(u32::MAX),
         }
-        let secs = u128::from(self.burst_rate) * 1000;
-        u64::try_from(secs.div_ceil(u128::from(millis)))
-            .unwrap_or(u64::MAX)
-            .max(1)
     }
 }
 
@@ -68,16 +64,27 @@ impl RuleSummary {
 /// and the policy is [`OnUnavailable::Error`](crate::OnUnavailable::Error).
 ///
 /// ```
-/// # use lightrate_core::{DecisionSource, EmbeddedSource, Limiter, RuleSet, Target};
+/// # use lightrate_core::{DecisionSource, EmbeddedSource, Limiter, RefillRate, RuleSet, Target};
 /// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() {
-/// let limiter = Limiter::new(EmbeddedSource::new(RuleSet::demo()));
-/// let decision = limiter.check("alice", &Target::operation("send_email")).await.unwrap();
+/// # async fn main() -> Result<(), lightrate_core::Error> {
+/// let rules = RuleSet::builder()
+///     .default_rule(RefillRate::per_second(1000), 10_000)
+///     .build()?;
+/// let limiter = Limiter::builder(EmbeddedSource::new(rules))
+///     .min_lease_size(10)
+///     .build();
+/// let search = Target::operation("search");
+/// // The first request learns the rule (a lease of one request's cost).
+/// let decision = limiter.check("alice", &search).await?;
 /// assert!(decision.is_allowed());
-/// assert_eq!(decision.source(), DecisionSource::TokenSource); // the first request leases
-/// let decision = limiter.check("alice", &Target::operation("send_email")).await.unwrap();
-/// assert_eq!(decision.source(), DecisionSource::LocalBucket); // the next ones do not
-/// # }
+/// assert_eq!(decision.source(), DecisionSource::TokenSource);
+/// // The second leases ten: one for itself, nine for the local bucket...
+/// assert_eq!(limiter.check("alice", &search).await?.source(), DecisionSource::TokenSource);
+/// // ...which the next ones take without a call.
+/// let decision = limiter.check("alice", &search).await?;
+/// assert_eq!(decision.source(), DecisionSource::LocalBucket);
+/// assert_eq!(decision.tokens_left(), 8);
+/// # Ok(()) }
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Decision {
@@ -188,7 +195,8 @@ mod tests {
 
     #[test]
     fn a_decision_is_cheap_to_copy() {
-        assert!(std::mem::size_of::<Decision>() <= 56);
+        // One cache line.
+        assert!(std::mem::size_of::<Decision>() <= 64);
     }
 
     #[test]
@@ -213,5 +221,10 @@ mod tests {
         assert_eq!(r(10, 3000).window_secs(), 4);
         assert_eq!(r(1, 1_000_000).window_secs(), 1);
         assert_eq!(r(5, 500).window_secs(), 10);
+        let hourly = RuleSummary {
+            refill_rate: RefillRate::per_hour(10),
+            ..r(10, 0)
+        };
+        assert_eq!(hourly.window_secs(), 3600);
     }
 }

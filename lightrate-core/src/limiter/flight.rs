@@ -1,16 +1,23 @@
-//! Single flight: one lease in progress per key, shared by every request that waits for it.
+//! Single flight: one lease in progress per key, serving every request that waits for it.
+//!
+//! A request that finds no token registers itself on the lease in flight for its bucket (or
+//! starts one) with what it needs, and waits for its own [`Answer`]. When the lease ends, its
+//! task unregisters the flight (under the shard's lock, so every waiter is either on it or
+//! finds no flight and starts the next one) and answers the waiters in the order they came:
+//! each is handed its tokens straight from the grant (requests arriving meanwhile cannot take
+//! them first), only the rest goes to the bucket, and those the grant could not serve either
+//! move to a successor lease (the source still had tokens) or are denied (it had not).
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::oneshot;
 
 use super::decision::RuleSummary;
 use super::keys::TargetKey;
-use crate::{Error, ErrorKind};
+use crate::Error;
 
 /// What a lease is for: a (user, rule) bucket, or a (user, target) whose rule is not known yet.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -19,15 +26,63 @@ pub(crate) enum FlightKey {
     Target { user: Box<str>, target: TargetKey },
 }
 
-const SHARDS: usize = 16;
+impl FlightKey {
+    pub(crate) fn user(&self) -> &str {
+        match self {
+            FlightKey::Bucket { user, .. } | FlightKey::Target { user, .. } => user,
+        }
+    }
+}
 
-type Shard = HashMap<FlightKey, Arc<Flight>>;
+/// A waiting request's answer.
+#[derive(Debug)]
+pub(crate) enum Answer {
+    /// Its tokens, handed over from a grant of the source.
+    Granted {
+        rule: RuleSummary,
+        /// What the source said it had left.
+        source_remaining: u64,
+        /// What the bucket holds after the lease.
+        tokens_left: u64,
+    },
+    /// The source had less than it needs.
+    Denied {
+        rule: RuleSummary,
+        source_remaining: u64,
+        retry_after: Duration,
+    },
+    /// The source could not answer.
+    Failed(Error),
+    /// Go round again (the SDKs' per-request mode, where a grant serves one request).
+    Again,
+}
+
+/// A request waiting for a lease.
+#[derive(Debug)]
+pub(crate) struct Waiter {
+    pub(crate) cost: u64,
+    pub(crate) reply: oneshot::Sender<Answer>,
+}
 
 /// The leases in flight, by key (slow path only).
 #[derive(Debug)]
 pub(crate) struct Flights {
     hasher: foldhash::fast::RandomState,
     shards: Box<[Mutex<Shard>]>,
+}
+
+type Shard = HashMap<FlightKey, Arc<Flight>>;
+
+const SHARDS: usize = 16;
+
+/// What [`Flights::join`] did.
+pub(crate) enum Joined {
+    /// Registered on the lease already in flight.
+    Waiting,
+    /// Registered on a new flight, which the caller starts.
+    Started(Arc<Flight>),
+    /// There was no flight and the caller may not start one.
+    Refused,
 }
 
 impl Flights {
@@ -39,104 +94,89 @@ impl Flights {
     }
 
     /// The shard holding `key`, locked.
-    pub(crate) fn lock(&self, key: &FlightKey) -> MutexGuard<'_, Shard> {
+    fn lock(&self, key: &FlightKey) -> MutexGuard<'_, Shard> {
         let shard = (self.hasher.hash_one(key) as usize) % SHARDS;
-        self.shards[shard].lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.shards[shard])
     }
 
-    /// Unregisters `flight` if it is still the one registered for `key`.
-    pub(crate) fn remove(&self, key: &FlightKey, flight: &Arc<Flight>) {
+    /// Registers `waiters` on the lease in flight for `key`, or, if there is none and
+    /// `may_start` allows it, on a new flight that the caller starts.
+    pub(crate) fn join(
+        &self,
+        key: &FlightKey,
+        waiters: Vec<Waiter>,
+        may_start: impl FnOnce() -> bool,
+    ) -> Joined {
+        let mut shard = self.lock(key);
+        if let Some(flight) = shard.get(key) {
+            lock(&flight.waiters).extend(waiters);
+            return Joined::Waiting;
+        }
+        if !may_start() {
+            return Joined::Refused;
+        }
+        let flight = Arc::new(Flight {
+            waiters: Mutex::new(waiters),
+        });
+        shard.insert(key.clone(), flight.clone());
+        Joined::Started(flight)
+    }
+
+    /// Unregisters `flight` from `key` and takes its waiters: from now on nobody joins it.
+    pub(crate) fn close(&self, key: &FlightKey, flight: &Arc<Flight>) -> Vec<Waiter> {
         let mut shard = self.lock(key);
         if shard.get(key).is_some_and(|f| Arc::ptr_eq(f, flight)) {
             shard.remove(key);
         }
+        std::mem::take(&mut *lock(&flight.waiters))
+    }
+
+    /// Whether a lease is in flight for `key`.
+    #[cfg(test)]
+    pub(crate) fn in_flight(&self, key: &FlightKey) -> bool {
+        self.lock(key).contains_key(key)
     }
 }
 
-/// What a finished lease brought.
-#[derive(Clone, Debug)]
-pub(crate) enum Outcome {
-    /// `granted` tokens were filed into the bucket of (user, `rule`) (possibly none).
-    Leased {
-        rule: RuleSummary,
-        granted: u64,
-        /// What the source said it had left.
-        source_remaining: u64,
-        /// When none was granted: how long until one can exist.
-        retry_after: Duration,
-    },
-    /// The default rule, charged per request (the SDKs' behaviour): the grant is for one
-    /// request, the first to claim it; the others ask again themselves.
-    PerRequest {
-        rule: RuleSummary,
-        granted: u64,
-        source_remaining: u64,
-        retry_after: Duration,
-    },
-    /// The source could not answer.
-    Failed(Error),
-}
-
-/// A lease in progress.
+/// A lease in progress: the requests waiting for it.
 #[derive(Debug)]
 pub(crate) struct Flight {
-    outcome: watch::Sender<Option<Outcome>>,
-    claimed: AtomicBool,
+    waiters: Mutex<Vec<Waiter>>,
 }
 
 impl Flight {
-    pub(crate) fn new() -> Arc<Self> {
-        Arc::new(Flight {
-            outcome: watch::Sender::new(None),
-            claimed: AtomicBool::new(false),
-        })
+    /// The tokens the requests registered so far need.
+    pub(crate) fn demand(&self) -> u64 {
+        lock(&self.waiters).iter().map(|w| w.cost).sum()
     }
 
-    /// Waits for the lease to finish.
-    pub(crate) async fn wait(&self) -> Outcome {
-        let mut receiver = self.outcome.subscribe();
-        let outcome = match receiver.wait_for(Option::is_some).await {
-            Ok(outcome) => outcome.clone().unwrap_or_else(abandoned),
-            Err(_) => abandoned(),
-        };
-        outcome
-    }
-
-    pub(crate) fn is_done(&self) -> bool {
-        self.outcome.borrow().is_some()
-    }
-
-    fn finish(&self, outcome: Outcome) {
-        self.outcome.send_replace(Some(outcome));
-    }
-
-    /// Claims a per-request grant; true for the first caller only.
-    pub(crate) fn claim(&self) -> bool {
-        !self.claimed.swap(true, Ordering::AcqRel)
+    /// The cost of the first request registered, if any.
+    pub(crate) fn first_cost(&self) -> Option<u64> {
+        lock(&self.waiters).first().map(|w| w.cost)
     }
 }
 
-fn abandoned() -> Outcome {
-    Outcome::Failed(Error::new(
-        ErrorKind::Network,
-        "the lease was abandoned before the source answered",
-    ))
+/// Locks a mutex, recovering from poisoning: what it guards is plain data.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Finishes a flight exactly once: with the lease's outcome, or, if the lease is dropped
-/// before it ends (a cancelled task, a runtime shutting down), as failed, so that no waiter
-/// waits forever.
+/// Unregisters a flight exactly once: when the lease dispatches its waiters, or, if the lease
+/// is dropped before it ends (a cancelled task, a runtime shutting down), by dropping them, so
+/// that no waiter waits forever (each sees its answer's sender dropped).
 #[derive(Debug)]
 pub(crate) struct FlightGuard {
     flight: Arc<Flight>,
-    finished: bool,
+    key: FlightKey,
+    flights: Arc<Flights>,
 }
 
 impl FlightGuard {
-    pub(crate) fn new(flight: Arc<Flight>) -> Self {
+    pub(crate) fn new(flight: Arc<Flight>, key: FlightKey, flights: Arc<Flights>) -> Self {
         FlightGuard {
             flight,
-            finished: false,
+            key,
+            flights,
         }
     }
 
@@ -144,54 +184,95 @@ impl FlightGuard {
         &self.flight
     }
 
-    pub(crate) fn finish(mut self, outcome: Outcome) {
-        self.flight.finish(outcome);
-        self.finished = true;
+    pub(crate) fn key(&self) -> &FlightKey {
+        &self.key
+    }
+
+    /// Unregisters the flight and takes its waiters.
+    pub(crate) fn close(&self) -> Vec<Waiter> {
+        self.flights.close(&self.key, &self.flight)
     }
 }
 
 impl Drop for FlightGuard {
     fn drop(&mut self) {
-        if !self.finished {
-            self.flight.finish(abandoned());
-        }
+        // Idempotent: after a dispatch there is nothing left to close.
+        drop(self.close());
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ErrorKind;
 
-    #[tokio::test]
-    async fn waiters_see_the_outcome_even_if_they_arrive_late() {
-        let flight = Flight::new();
-        let early = tokio::spawn({
-            let flight = flight.clone();
-            async move { flight.wait().await }
-        });
-        FlightGuard::new(flight.clone())
-            .finish(Outcome::Failed(Error::new(ErrorKind::Timeout, "t")));
-        assert!(
-            matches!(early.await.unwrap(), Outcome::Failed(e) if e.kind() == ErrorKind::Timeout)
-        );
-        assert!(matches!(flight.wait().await, Outcome::Failed(_)));
-        assert!(flight.is_done());
-    }
-
-    #[tokio::test]
-    async fn a_dropped_lease_fails_its_waiters() {
-        let flight = Flight::new();
-        drop(FlightGuard::new(flight.clone()));
-        match flight.wait().await {
-            Outcome::Failed(e) => assert!(e.is_outage()),
-            other => panic!("{other:?}"),
+    fn key(user: &str) -> FlightKey {
+        FlightKey::Bucket {
+            user: user.into(),
+            slot: 0,
         }
     }
 
+    fn waiter(cost: u64) -> (Waiter, oneshot::Receiver<Answer>) {
+        let (reply, answer) = oneshot::channel();
+        (Waiter { cost, reply }, answer)
+    }
+
+    #[tokio::test]
+    async fn waiters_get_their_own_answers() {
+        let flights = Arc::new(Flights::new());
+        let (first, first_answer) = waiter(1);
+        let Joined::Started(flight) = flights.join(&key("u"), vec![first], || true) else {
+            panic!("nothing in flight yet");
+        };
+        let (second, second_answer) = waiter(2);
+        assert!(matches!(
+            flights.join(&key("u"), vec![second], || unreachable!()),
+            Joined::Waiting
+        ));
+        assert_eq!(flight.demand(), 3);
+        assert_eq!(flight.first_cost(), Some(1));
+        let guard = FlightGuard::new(flight, key("u"), flights.clone());
+        let waiters = guard.close();
+        assert!(!flights.in_flight(&key("u")));
+        for w in waiters {
+            let error = crate::Error::new(ErrorKind::Timeout, format!("cost {}", w.cost));
+            w.reply.send(Answer::Failed(error)).unwrap();
+        }
+        for (answer, cost) in [(first_answer, 1), (second_answer, 2)] {
+            match answer.await.unwrap() {
+                Answer::Failed(e) => assert_eq!(e.message(), format!("cost {cost}")),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_dropped_lease_drops_its_waiters_and_is_unregistered() {
+        let flights = Arc::new(Flights::new());
+        let (first, answer) = waiter(1);
+        let Joined::Started(flight) = flights.join(&key("u"), vec![first], || true) else {
+            panic!("nothing in flight yet");
+        };
+        drop(FlightGuard::new(flight, key("u"), flights.clone()));
+        assert!(answer.await.is_err());
+        assert!(!flights.in_flight(&key("u")));
+    }
+
     #[test]
-    fn only_one_claim() {
-        let flight = Flight::new();
-        assert!(flight.claim());
-        assert!(!flight.claim());
+    fn a_closed_flight_takes_no_one() {
+        let flights = Arc::new(Flights::new());
+        let Joined::Started(flight) = flights.join(&key("u"), Vec::new(), || true) else {
+            panic!("nothing in flight yet");
+        };
+        FlightGuard::new(flight, key("u"), flights.clone()).close();
+        assert!(matches!(
+            flights.join(&key("u"), vec![waiter(1).0], || false),
+            Joined::Refused
+        ));
+        assert!(matches!(
+            flights.join(&key("v"), Vec::new(), || true),
+            Joined::Started(_)
+        ));
     }
 }

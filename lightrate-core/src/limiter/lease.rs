@@ -1,71 +1,67 @@
-//! The slow path: asking the token source, single flight, filing what it grants.
+//! The slow path: asking the token source, single flight, lease sizing, filing what it grants.
 //!
 //! A bucket lives inline in the map and is borrowed under an epoch guard, which cannot be held
 //! across an `.await`: every block that borrows a bucket ends before the next await, and a
 //! request that waited finds its bucket again by key.
+//!
+//! A request that finds no token registers on the lease in flight for its bucket (or starts
+//! one) and waits for its own answer. A lease asks for what the waiting requests need plus,
+//! when the source has plenty, what this process is expected to use while the next lease
+//! travels ([`Inner::lease_size`]). Its grant serves the waiters first, in the order they came;
+//! the rest goes to the bucket. Waiters it could not serve while the source still had tokens
+//! move to a successor lease; a request is denied only when the source granted less than was
+//! asked, or by the denial cache.
 
 use std::future::Future;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::breaker::Gate;
-use super::bucket::{LocalBucket, Take};
+use tokio::sync::oneshot;
+
+use super::bucket::Take;
 use super::decision::{Decision, DecisionSource, RuleSummary};
-use super::flight::{Flight, FlightGuard, FlightKey, Outcome};
-use super::keys::{BucketRef, TargetKey};
+use super::flight::{Answer, Flight, FlightGuard, FlightKey, Joined, Waiter};
+use super::keys::TargetKey;
 use super::stats::bump;
 use super::{millis, Inner, OnUnavailable};
 use crate::clock::{duration_to_nanos, Timestamp};
 use crate::MAX_USER_IDENTIFIER_BYTES;
 use crate::{ConsumeRequest, ConsumeTokensResponse, Error, ErrorKind, Target};
 
-/// How much a lease asks for.
-#[derive(Clone, Copy, Debug)]
-pub(super) enum Lease {
-    /// A batch of `tokens` for the local bucket, started by a request costing `cost`.
-    Batch { tokens: u64, cost: u64 },
-    /// Just what one request costs, for that request (learns the target's rule).
-    Probe(u64),
-}
+/// How many times a request may find its tokens taken by others before it gives up (each
+/// round is a lease that was granted in full; under normal contention one or two suffice).
+const ROUNDS: usize = 16;
 
-impl Lease {
-    fn tokens(self) -> u64 {
-        match self {
-            Lease::Batch { tokens, .. } => tokens,
-            Lease::Probe(cost) => cost,
-        }
-    }
-
-    /// What the default rule is charged (`tokensRequestedForDefaultBucketMatch`): the batch
-    /// when the default rule is leased, else one request's cost, as the SDKs do.
-    fn default_match(self, lease_default_rule: bool) -> u64 {
-        match self {
-            Lease::Batch { tokens, .. } if lease_default_rule => tokens,
-            Lease::Batch { cost, .. } | Lease::Probe(cost) => cost,
-        }
-    }
-}
+/// The shortest time a speculative lease is sized to last.
+const MIN_LEASE_SPAN: Duration = Duration::from_millis(100);
 
 /// A lease that no runtime could take: driven by the request that started it.
 type InlineLease = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
 
 impl Inner {
-    /// Starts a background lease for a bucket that fell to its low-water mark.
+    /// Starts a background lease for a bucket that crossed its low-water mark.
     #[cold]
     pub(super) fn refill_ahead(self: &Arc<Self>, user: &str, slot: u32, target: &Arc<TargetKey>) {
         if tokio::runtime::Handle::try_current().is_err() {
             return;
         }
+        let Some(rule) = self.summary(slot) else {
+            return;
+        };
         let key = FlightKey::Bucket {
             user: user.into(),
             slot,
         };
-        let size = Lease::Batch {
-            tokens: self.lease_size,
-            cost: 1,
-        };
+        let now = self.clock.now();
         // Already in flight, or the breaker says no: nothing to do.
-        let _ = self.join_or_start(key, || size, target, self.clock.now());
+        let joined = self.flights.join(&key, Vec::new(), || {
+            matches!(self.breaker.gate(now), super::breaker::Gate::Call)
+        });
+        if let Joined::Started(flight) = joined {
+            let inline = self.start(key, target.clone(), Some(rule), flight);
+            debug_assert!(inline.is_none(), "a runtime is running");
+        }
     }
 
     pub(super) async fn check_slow(
@@ -77,219 +73,154 @@ impl Inner {
         if user.trim().is_empty() || user.len() > MAX_USER_IDENTIFIER_BYTES {
             return Err(Error::new(
                 ErrorKind::InvalidInput,
-                "the user identifier must be non-blank and at most 1024 bytes",
+                format!(
+                    "the user identifier must be non-blank and at most \
+                     {MAX_USER_IDENTIFIER_BYTES} bytes"
+                ),
             ));
         }
         self.maybe_sweep();
-        let mut waited = false;
-        // Rules can change under us (a lease answers with another rule than the cache said);
-        // a few rounds settle it, and waiting for a lease never leads to a second lease.
-        for _ in 0..4 {
+        let mut last_rule = None;
+        for _ in 0..ROUNDS {
             let now = self.clock.now();
             let now_ms = millis(now);
-            let Some((rule, target_key)) = self.resolve(&target, now_ms) else {
-                let key = FlightKey::Target {
-                    user: user.clone(),
-                    target: TargetKey::from_target(&target),
-                };
-                let lease_target = Arc::new(TargetKey::from_target(&target));
-                // A user who already holds tokens gets a probe that charges only this
-                // request: leasing a batch on top would charge the user for tokens that may
-                // never be used (a stream of new concrete paths under one rule).
-                let size = || {
-                    if self.holds_tokens(&user, cost, now_ms) {
-                        Lease::Probe(cost)
-                    } else {
-                        Lease::Batch {
-                            tokens: self.lease_size.max(cost),
-                            cost,
-                        }
+            let (key, lease_target, rule) = match self.resolve(&target, now_ms) {
+                None => (
+                    FlightKey::Target {
+                        user: user.clone(),
+                        target: TargetKey::from_target(&target),
+                    },
+                    Arc::new(TargetKey::from_target(&target)),
+                    None,
+                ),
+                Some((rule, target_key)) => {
+                    last_rule = Some(rule);
+                    if rule.is_default && !self.lease_default_rule {
+                        return self.per_request(&user, &target, cost, now).await;
                     }
-                };
-                let (flight, inline) = match self.join_or_start(key, size, &lease_target, now) {
-                    Ok(joined) => joined,
-                    Err((error, retry_after)) => return self.unavailable(error, retry_after),
-                };
-                if let Some(lease) = inline {
-                    lease.await;
-                }
-                match self.after_flight(&user, &flight, cost).await {
-                    Some(result) => return result,
-                    None => {
-                        waited = true;
-                        continue;
+                    if let Some(decision) = self.take_or_deny(&user, rule, cost, now) {
+                        return Ok(decision);
                     }
+                    let key = FlightKey::Bucket {
+                        user: user.clone(),
+                        slot: rule.slot,
+                    };
+                    (key, target_key, Some(rule))
                 }
             };
-            if rule.is_default && !self.lease_default_rule {
-                return self.per_request(&user, &target, cost, now).await;
-            }
-            {
-                let guard = self.buckets.guard();
-                let bucket = self.bucket(&user, rule, now_ms, &guard);
-                match bucket.try_take(cost, now_ms, self.bucket_ttl_ms) {
-                    Take::Taken(left) => {
-                        return Ok(Decision::local(left, bucket.source_remaining(), rule));
-                    }
-                    Take::Expired => {
-                        self.retire(&user, rule.slot, bucket, &guard);
-                        continue;
-                    }
-                    Take::Empty => {}
-                }
-                if let Some(decision) = self.denied_locally(bucket, rule) {
-                    return Ok(decision);
-                }
-                if waited {
-                    // Our lease was shared out before we got a token: never lease twice.
-                    return Ok(self.shared_out(bucket, rule));
-                }
-            }
-            let key = FlightKey::Bucket {
-                user: user.clone(),
-                slot: rule.slot,
-            };
-            let size = || Lease::Batch {
-                tokens: self.lease_size.max(cost),
-                cost,
-            };
-            let (flight, inline) = match self.join_or_start(key, size, &target_key, now) {
-                Ok(joined) => joined,
+            let (reply, answer) = oneshot::channel();
+            let waiter = Waiter { cost, reply };
+            match self.join_or_start(key, &lease_target, rule, waiter, now) {
+                Ok(Some(lease)) => lease.await,
+                Ok(None) => {}
                 Err((error, retry_after)) => return self.unavailable(error, retry_after),
-            };
-            if let Some(lease) = inline {
-                lease.await;
             }
-            match self.after_flight(&user, &flight, cost).await {
-                Some(result) => return result,
-                None => waited = true,
+            match answer.await {
+                Ok(Answer::Granted {
+                    rule,
+                    source_remaining,
+                    tokens_left,
+                }) => {
+                    return Ok(Decision {
+                        source: DecisionSource::TokenSource,
+                        ..Decision::local(tokens_left, source_remaining, rule)
+                    })
+                }
+                Ok(Answer::Denied {
+                    rule,
+                    source_remaining,
+                    retry_after,
+                }) => {
+                    return Ok(Decision::denied(
+                        DecisionSource::TokenSource,
+                        retry_after,
+                        source_remaining,
+                        rule,
+                    ))
+                }
+                Ok(Answer::Failed(error)) => {
+                    let retry_after = error.retry_after().unwrap_or(Duration::from_secs(1));
+                    return self.unavailable(error, retry_after);
+                }
+                Ok(Answer::Again) => {}
+                Err(_) => {
+                    let error = Error::new(
+                        ErrorKind::Network,
+                        "the lease was abandoned before the source answered",
+                    );
+                    return self.unavailable(error, Duration::from_secs(1));
+                }
             }
         }
-        self.unavailable(
-            Error::new(
-                ErrorKind::Unavailable,
-                "the source's rules kept changing during this request",
-            ),
-            Duration::from_secs(1),
-        )
+        // The rule kept changing under this request: denied, never admitted without a token.
+        bump(&self.counters.denied_by_source, 1);
+        Ok(match last_rule {
+            Some(rule) => Decision::denied(DecisionSource::TokenSource, Duration::ZERO, 0, rule),
+            None => Decision::unavailable(false, ErrorKind::Unavailable, Duration::from_secs(1)),
+        })
     }
 
-    /// Joins the lease in flight for `key`, or starts one of `size()` sending `target`.
-    /// `Err` when the breaker forbids calling.
-    #[allow(clippy::type_complexity)]
+    /// Takes from the bucket of (user, rule), or denies from the denial cache; `None` when the
+    /// source must be asked.
+    fn take_or_deny(
+        &self,
+        user: &str,
+        rule: RuleSummary,
+        cost: u64,
+        now: Timestamp,
+    ) -> Option<Decision> {
+        let now_ms = millis(now);
+        let guard = self.buckets.guard();
+        let bucket = self.bucket(user, rule, now_ms, &guard);
+        loop {
+            match bucket.try_take(cost, now_ms) {
+                Take::Taken(left) => {
+                    return Some(Decision::local(left, bucket.source_remaining(), rule))
+                }
+                Take::Stale => bump(&self.counters.expired_tokens, bucket.drop_stale(now_ms)),
+                Take::Expired => {
+                    if bucket.is_dead() {
+                        return None;
+                    }
+                    bump(&self.counters.expired_tokens, bucket.expire(now_ms));
+                }
+                Take::Empty => return self.denied_locally(bucket, rule),
+            }
+        }
+    }
+
+    /// Registers `waiter` on the lease in flight for `key`, or starts one (returned for the
+    /// caller to drive when there is no runtime). `Err` when the breaker forbids calling.
     fn join_or_start(
         self: &Arc<Self>,
         key: FlightKey,
-        size: impl FnOnce() -> Lease,
         target: &Arc<TargetKey>,
+        rule: Option<RuleSummary>,
+        waiter: Waiter,
         now: Timestamp,
-    ) -> Result<(Arc<Flight>, Option<InlineLease>), (Error, Duration)> {
-        let mut flights = self.flights.lock(&key);
-        if let Some(flight) = flights.get(&key).filter(|f| !f.is_done()) {
-            return Ok((flight.clone(), None));
-        }
-        if let Gate::Blocked { error, retry_after } = self.breaker.gate(now) {
-            return Err((error, retry_after));
-        }
-        let flight = Flight::new();
-        flights.insert(key.clone(), flight.clone());
-        drop(flights);
-        let user = match &key {
-            FlightKey::Bucket { user, .. } | FlightKey::Target { user, .. } => user.clone(),
-        };
-        let inline = self.start(user, target.clone(), size(), &flight, key);
-        Ok((flight, inline))
-    }
-
-    /// What a request that waited for `flight` gets; `None` to go round again (a per-request
-    /// grant someone else claimed).
-    async fn after_flight(
-        &self,
-        user: &str,
-        flight: &Flight,
-        cost: u64,
-    ) -> Option<Result<Decision, Error>> {
-        let outcome = flight.wait().await;
-        let (rule, granted, source_remaining, retry_after, per_request) = match outcome {
-            Outcome::Failed(error) => {
-                let retry_after = error.retry_after().unwrap_or(Duration::from_secs(1));
-                return Some(self.unavailable(error, retry_after));
-            }
-            Outcome::Leased {
-                rule,
-                granted,
-                source_remaining,
-                retry_after,
-            } => (rule, granted, source_remaining, retry_after, false),
-            Outcome::PerRequest {
-                rule,
-                granted,
-                source_remaining,
-                retry_after,
-            } => (rule, granted, source_remaining, retry_after, true),
-        };
-        if per_request && granted >= cost && flight.claim() {
-            return Some(Ok(self.per_request_decision(
-                rule,
-                granted,
-                cost,
-                source_remaining,
-                retry_after,
-            )));
-        }
-        // Take from the bucket of the rule the source named (tokens the lease filed, or, after
-        // a probe, tokens already held for that rule).
-        if let Some(decision) = self.take_after_lease(user, rule, cost) {
-            return Some(Ok(decision));
-        }
-        if per_request {
-            if granted >= cost {
-                // Someone else claimed the grant: go round and ask for ourselves.
-                return None;
-            }
-            return Some(Ok(self.per_request_decision(
-                rule,
-                granted,
-                cost,
-                source_remaining,
-                retry_after,
-            )));
-        }
-        bump(&self.counters.denied_by_source, 1);
-        let retry_after = if granted == 0 {
-            retry_after
-        } else if source_remaining >= cost {
-            Duration::ZERO
-        } else {
-            time_for(rule, cost, self.bucket_ttl_ms)
-        };
-        Some(Ok(Decision::denied(
-            DecisionSource::TokenSource,
-            retry_after,
-            source_remaining,
-            rule,
-        )))
-    }
-
-    /// A request that waited for a lease takes its tokens from the bucket.
-    fn take_after_lease(&self, user: &str, rule: RuleSummary, cost: u64) -> Option<Decision> {
-        let now_ms = millis(self.clock.coarse_now());
-        let guard = self.buckets.guard();
-        let key = BucketRef {
-            user,
-            slot: rule.slot,
-        };
-        let bucket = self.buckets.get(&key, &guard)?;
-        match bucket.try_take(cost, now_ms, self.bucket_ttl_ms) {
-            Take::Taken(left) => {
-                bump(&self.counters.allowed_by_source, 1);
-                bump(&self.counters.taken_after_lease, cost);
-                Some(Decision {
-                    source: DecisionSource::TokenSource,
-                    ..Decision::local(left, bucket.source_remaining(), rule)
-                })
-            }
-            _ => None,
+    ) -> Result<Option<InlineLease>, (Error, Duration)> {
+        let mut blocked = None;
+        let joined = self
+            .flights
+            .join(&key, vec![waiter], || match self.breaker.gate(now) {
+                super::breaker::Gate::Call => true,
+                super::breaker::Gate::Blocked { error, retry_after } => {
+                    blocked = Some((error, retry_after));
+                    false
+                }
+            });
+        match joined {
+            Joined::Waiting => Ok(None),
+            Joined::Started(flight) => Ok(self.start(key, target.clone(), rule, flight)),
+            Joined::Refused => Err(blocked.unwrap_or_else(|| {
+                (
+                    Error::new(
+                        ErrorKind::Unavailable,
+                        "the token source is not being called",
+                    ),
+                    Duration::from_secs(1),
+                )
+            })),
         }
     }
 
@@ -318,18 +249,6 @@ impl Inner {
         }
     }
 
-    /// A request that waited for a lease that others used up.
-    fn shared_out(&self, bucket: &LocalBucket, rule: RuleSummary) -> Decision {
-        bump(&self.counters.denied_by_source, 1);
-        let remaining = bucket.source_remaining();
-        let retry_after = if remaining > 0 {
-            Duration::ZERO
-        } else {
-            time_for(rule, 1, self.bucket_ttl_ms)
-        };
-        Decision::denied(DecisionSource::TokenSource, retry_after, remaining, rule)
-    }
-
     /// The SDKs' behaviour for the default rule: one call per request, no local bucket.
     async fn per_request(
         &self,
@@ -338,7 +257,7 @@ impl Inner {
         cost: u64,
         now: Timestamp,
     ) -> Result<Decision, Error> {
-        if let Gate::Blocked { error, retry_after } = self.breaker.gate(now) {
+        if let super::breaker::Gate::Blocked { error, retry_after } = self.breaker.gate(now) {
             return self.unavailable(error, retry_after);
         }
         match self.call(user, target, cost, Some(cost)).await {
@@ -348,7 +267,11 @@ impl Inner {
                 self.remember(Arc::new(TargetKey::from_target(target)), rule, now_ms);
                 let granted = answer.tokens_consumed.min(cost);
                 bump(&self.counters.per_request_tokens, granted);
-                let retry_after = time_for(rule, cost, self.bucket_ttl_ms);
+                let retry_after = next_token(&answer, rule)
+                    + rule
+                        .refill_rate
+                        .time_for(cost.saturating_sub(answer.tokens_remaining + 1))
+                        .unwrap_or(Duration::ZERO);
                 Ok(self.per_request_decision(
                     rule,
                     granted,
@@ -364,21 +287,19 @@ impl Inner {
         }
     }
 
-    /// Starts a lease: spawned on the current tokio runtime when there is one (so that a
-    /// cancelled request does not cancel what other requests wait for); without a runtime, the
-    /// lease is returned for the caller to drive.
+    /// Starts the lease of a registered flight: spawned on the current tokio runtime when
+    /// there is one (so that a cancelled request does not cancel what others wait for);
+    /// without a runtime, returned for the caller to drive.
     #[must_use]
     fn start(
         self: &Arc<Self>,
-        user: Box<str>,
-        target: Arc<TargetKey>,
-        size: Lease,
-        flight: &Arc<Flight>,
         key: FlightKey,
+        target: Arc<TargetKey>,
+        rule: Option<RuleSummary>,
+        flight: Arc<Flight>,
     ) -> Option<InlineLease> {
-        let lease = self
-            .clone()
-            .lease(user, target, size, FlightGuard::new(flight.clone()), key);
+        let guard = FlightGuard::new(flight, key, self.flights.clone());
+        let lease = self.clone().lease(target, rule, guard);
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
                 runtime.spawn(lease);
@@ -388,109 +309,291 @@ impl Inner {
         }
     }
 
-    /// One lease: ask the source for tokens, learn the rule, file the grant, wake waiters.
-    async fn lease(
-        self: Arc<Self>,
-        user: Box<str>,
-        target: Arc<TargetKey>,
-        size: Lease,
-        guard: FlightGuard,
-        key: FlightKey,
-    ) {
-        let tokens = size.tokens();
-        let default_match = size.default_match(self.lease_default_rule);
-        let target_ref = target.as_target();
-        let outcome = match self
-            .call(&user, &target_ref, tokens, Some(default_match))
-            .await
-        {
-            Err(error) => Outcome::Failed(error),
-            Ok(mut answer) => {
-                // A server that does not grant partially answers 0 while it still has some:
-                // ask again for what remains.
-                let retry = matches!(size, Lease::Batch { .. })
-                    && answer.tokens_consumed == 0
-                    && answer.tokens_remaining > 0
-                    && answer.tokens_remaining < tokens
-                    && (!answer.rule.is_default || self.lease_default_rule);
-                if retry {
-                    let again = answer.tokens_remaining;
-                    if let Ok(second) = self.call(&user, &target_ref, again, Some(again)).await {
-                        answer = second;
-                    }
-                }
-                self.file(&user, &target, size, answer)
-            }
+    /// How many tokens a lease for (user, `rule`) asks for, with `waiting` tokens needed by the
+    /// requests waiting for it:
+    ///
+    /// - what they need, plus, speculatively, what this process is expected to use while the
+    ///   next lease travels: demand × max(4 × source latency, 100 ms), less what it holds;
+    /// - the speculation at most half of what the source is thought to have left, and at most
+    ///   what the rule refills in that time, so that near the limit every process asks only
+    ///   for what it needs and none holds tokens another needs;
+    /// - at least `min_lease_size` when those limits allow it;
+    /// - at most `lease_size` (but never less than one request's cost).
+    ///
+    /// Also sets the bucket's refill-ahead mark: two source latencies of demand.
+    fn lease_size(&self, user: &str, rule: RuleSummary, waiting: u64, first_cost: u64) -> u64 {
+        let now = self.clock.now();
+        let now_ms = millis(now);
+        let guard = self.buckets.guard();
+        let bucket = self.bucket(user, rule, now_ms, &guard);
+        // What the source has left, as last heard plus what it has refilled since.
+        let estimated_remaining = if bucket.has_leased() {
+            let since = Duration::from_millis(now_ms.saturating_sub(bucket.touched_ms()));
+            bucket
+                .source_remaining()
+                .saturating_add(rule.refill_rate.tokens_in(since))
+                .min(rule.burst_rate)
+        } else {
+            rule.burst_rate
         };
-        self.flights.remove(&key, guard.flight());
-        guard.finish(outcome);
+        let demand = bucket.observe_demand(now_ms, waiting);
+        let latency = self.latency();
+        let span = (latency * 4)
+            .max(MIN_LEASE_SPAN)
+            .min(self.token_horizon / 2);
+        let projected = (demand * span.as_secs_f64()).floor();
+        let projected = if projected.is_finite() && projected > 0.0 {
+            projected.min(u64::MAX as f64) as u64
+        } else {
+            0
+        };
+        let held = bucket.live_tokens(now_ms);
+        let speculative = projected
+            .saturating_sub(held)
+            .max(self.min_lease_size.saturating_sub(waiting))
+            .min(estimated_remaining / 2)
+            .min(rule.refill_rate.tokens_in(span));
+        let size = waiting
+            .saturating_add(speculative)
+            .min(self.lease_size)
+            .max(first_cost.min(waiting.max(1)));
+        let mark = if speculative > 0 {
+            let travel = (demand * (latency * 2).as_secs_f64()).ceil();
+            let travel = if travel.is_finite() { travel as u64 } else { 0 };
+            (travel + 1).min(size / 2)
+        } else {
+            0
+        };
+        bucket.set_refill_below(mark);
+        size
     }
 
-    /// Files a lease's answer: learns the rule and the target, deposits the tokens, sets the
-    /// denial cache.
+    /// One lease: ask the source for tokens, learn the rule, serve the waiters, file the rest,
+    /// move the waiters it cannot serve to a successor.
+    async fn lease(
+        self: Arc<Self>,
+        target: Arc<TargetKey>,
+        rule: Option<RuleSummary>,
+        guard: FlightGuard,
+    ) {
+        let user: Box<str> = guard.key().user().into();
+        let started = self.clock.now();
+        let waiting = guard.flight().demand();
+        let first_cost = guard.flight().first_cost().unwrap_or(1);
+        let asked = match rule {
+            Some(rule) => self.lease_size(&user, rule, waiting, first_cost),
+            // Nothing known yet: just what the waiting requests need.
+            None => waiting.max(1),
+        };
+        if asked == 0 {
+            // A refill-ahead lease that found nothing worth asking for; anyone who came
+            // meanwhile gets a lease of their own.
+            let waiters = guard.close();
+            if !waiters.is_empty() {
+                if let Joined::Started(flight) = self.flights.join(guard.key(), waiters, || true) {
+                    if let Some(lease) = self.start(guard.key().clone(), target, rule, flight) {
+                        lease.await;
+                    }
+                }
+            }
+            return;
+        }
+        // What the default rule is charged (`tokensRequestedForDefaultBucketMatch`): the lease
+        // when the default rule is leased, else one request's cost, as the SDKs do.
+        let default_match = if self.lease_default_rule {
+            asked
+        } else {
+            first_cost
+        };
+        let target_ref = target.as_target();
+        let mut answer = match self
+            .call(&user, &target_ref, asked, Some(default_match))
+            .await
+        {
+            Ok(answer) => answer,
+            Err(error) => {
+                for waiter in guard.close() {
+                    let _ = waiter.reply.send(Answer::Failed(error.clone()));
+                }
+                return;
+            }
+        };
+        // A server that does not grant partially answers 0 while it still has some: ask again
+        // for what remains.
+        let mut asked = asked;
+        if answer.tokens_consumed == 0
+            && answer.tokens_remaining > 0
+            && answer.tokens_remaining < asked
+            && (!answer.rule.is_default || self.lease_default_rule)
+        {
+            let again = answer.tokens_remaining;
+            if let Ok(second) = self.call(&user, &target_ref, again, Some(again)).await {
+                answer = second;
+                asked = again;
+            }
+        }
+        if let Some(successor) = self.file(&user, &target, asked, answer, started, &guard) {
+            // No runtime: the request driving this lease drives its successor too.
+            successor.await;
+        }
+    }
+
+    /// Files a lease's answer: learns the rule and the target, hands the waiters their tokens,
+    /// deposits the rest with its deadline, sets the denial cache, and moves the waiters left
+    /// over to a successor (returned to drive when there is no runtime) or denies them.
     fn file(
-        &self,
+        self: &Arc<Self>,
         user: &str,
         target: &Arc<TargetKey>,
-        size: Lease,
+        asked: u64,
         answer: ConsumeTokensResponse,
-    ) -> Outcome {
+        started: Timestamp,
+        guard: &FlightGuard,
+    ) -> Option<InlineLease> {
         let now = self.clock.now();
         let now_ms = millis(now);
         let rule = self.learn(&answer.rule, now_ms);
         self.remember(target.clone(), rule, now_ms);
         // `call` refuses answers granting more than asked; a second ask asks for less.
-        let granted = answer.tokens_consumed.min(size.tokens());
-        let retry_after = time_for(rule, 1, self.bucket_ttl_ms);
-        // The SDKs' way for the default rule: no local bucket at all.
-        let sdk_default = rule.is_default && !self.lease_default_rule;
-        let guard = self.buckets.guard();
-        if sdk_default || matches!(size, Lease::Probe(_)) {
+        let granted = answer.tokens_consumed.min(asked);
+        let remaining = answer.tokens_remaining;
+        let next = next_token(&answer, rule);
+        let waiters = guard.close();
+        if rule.is_default && !self.lease_default_rule {
+            // The SDKs' way for the default rule: no local bucket; the grant is for the first
+            // request, the others ask for themselves.
             bump(&self.counters.per_request_tokens, granted);
-            if granted == 0 && !sdk_default {
-                let bucket = self.bucket(user, rule, now_ms, &guard);
-                bucket.set_source_remaining(answer.tokens_remaining);
-                bucket.set_denied_until((now + retry_after).as_nanos().max(1));
+            let mut waiters = waiters.into_iter();
+            if let Some(first) = waiters.next() {
+                let answer = if granted >= first.cost {
+                    bump(&self.counters.allowed_by_source, 1);
+                    Answer::Granted {
+                        rule,
+                        source_remaining: remaining,
+                        tokens_left: 0,
+                    }
+                } else {
+                    bump(&self.counters.denied_by_source, 1);
+                    Answer::Denied {
+                        rule,
+                        source_remaining: remaining,
+                        retry_after: wait_for(rule, first.cost, remaining, next),
+                    }
+                };
+                let _ = first.reply.send(answer);
             }
-            return Outcome::PerRequest {
-                rule,
-                granted,
-                source_remaining: answer.tokens_remaining,
-                retry_after,
-            };
-        }
-        let mut bucket = self.bucket(user, rule, now_ms, &guard);
-        let mut deposit = granted;
-        loop {
-            match bucket.deposit(deposit, now_ms) {
-                Ok(dropped) => {
-                    bump(&self.counters.expired_tokens, dropped);
-                    break;
-                }
-                Err(back) => {
-                    // Swept between lookup and deposit: file into a fresh bucket.
-                    deposit = back;
-                    self.retire(user, rule.slot, bucket, &guard);
-                    bucket = self.bucket(user, rule, now_ms, &guard);
-                }
+            for waiter in waiters {
+                let _ = waiter.reply.send(Answer::Again);
             }
+            return None;
         }
         bump(&self.counters.leased_tokens, granted);
-        bucket.set_source_remaining(answer.tokens_remaining);
-        if granted == 0 {
-            bucket.set_denied_until((now + retry_after).as_nanos().max(1));
+        // The waiters first, in the order they came.
+        let mut pool = granted;
+        let mut served = Vec::new();
+        let mut unserved = Vec::new();
+        for waiter in waiters {
+            if pool >= waiter.cost {
+                pool -= waiter.cost;
+                served.push(waiter);
+            } else {
+                unserved.push(waiter);
+            }
+        }
+        // The rest is spendable for the horizon from the moment the call started (the source
+        // granted it after that), less a margin for the coarse clock of the hot path.
+        let deadline_ms = millis(started + self.token_horizon).saturating_sub(2);
+        let buckets = self.buckets.guard();
+        let bucket = self.file_tokens(user, rule, pool, deadline_ms, now_ms, &buckets);
+        bucket.set_source_remaining(remaining);
+        bucket.touch(now_ms);
+        if remaining == 0 {
+            // No token can exist at the source before the next one accrues (a little before
+            // it, to be safe: the source computed `next` at some time after `started`).
+            let until = (started + next)
+                .saturating_duration_since(Timestamp::ZERO)
+                .saturating_sub(Duration::from_millis(1));
+            bucket.set_denied_until(duration_to_nanos(until).max(1));
         } else {
             bucket.set_denied_until(0);
         }
-        Outcome::Leased {
-            rule,
-            granted,
-            source_remaining: answer.tokens_remaining,
-            retry_after,
+        let tokens_left = bucket.live_tokens(now_ms);
+        let mut returned = 0;
+        for waiter in served {
+            let answer = Answer::Granted {
+                rule,
+                source_remaining: remaining,
+                tokens_left,
+            };
+            match waiter.reply.send(answer) {
+                Ok(()) => {
+                    bump(&self.counters.allowed_by_source, 1);
+                    bump(&self.counters.taken_after_lease, waiter.cost);
+                }
+                // It stopped waiting: its tokens go to the bucket.
+                Err(_) => returned += waiter.cost,
+            }
+        }
+        if returned > 0 {
+            self.file_tokens(user, rule, returned, deadline_ms, now_ms, &buckets);
+        }
+        drop(buckets);
+        if unserved.is_empty() {
+            return None;
+        }
+        if granted < asked {
+            // The source had less than was asked: nothing for these.
+            for waiter in unserved {
+                bump(&self.counters.denied_by_source, 1);
+                let retry_after = wait_for(rule, waiter.cost, remaining, next);
+                let _ = waiter.reply.send(Answer::Denied {
+                    rule,
+                    source_remaining: remaining,
+                    retry_after,
+                });
+            }
+            return None;
+        }
+        // The source had all that was asked, but more came: a successor lease for them.
+        let key = FlightKey::Bucket {
+            user: user.into(),
+            slot: rule.slot,
+        };
+        match self.flights.join(&key, unserved, || true) {
+            Joined::Started(flight) => self.start(key, target.clone(), Some(rule), flight),
+            Joined::Waiting | Joined::Refused => None,
         }
     }
 
-    /// One call to the source, counted, with the breaker told how it went.
+    /// Deposits `tokens` into the bucket of (user, rule) (a fresh one if it was swept
+    /// meanwhile) and returns the bucket.
+    fn file_tokens<'g>(
+        &self,
+        user: &str,
+        rule: RuleSummary,
+        tokens: u64,
+        deadline_ms: u64,
+        now_ms: u64,
+        guard: &'g papaya::LocalGuard<'_>,
+    ) -> &'g super::bucket::LocalBucket {
+        let mut bucket = self.bucket(user, rule, now_ms, guard);
+        let mut deposit = tokens;
+        loop {
+            match bucket.deposit(deposit, deadline_ms, now_ms) {
+                Ok(dropped) => {
+                    bump(&self.counters.expired_tokens, dropped);
+                    return bucket;
+                }
+                Err(back) => {
+                    deposit = back;
+                    self.retire(user, rule.slot, bucket, guard);
+                    bucket = self.bucket(user, rule, now_ms, guard);
+                }
+            }
+        }
+    }
+
+    /// One call to the source, counted and timed, with the breaker told how it went.
     async fn call(
         &self,
         user: &str,
@@ -501,6 +604,7 @@ impl Inner {
         bump(&self.counters.source_calls, 1);
         let mut request = ConsumeRequest::new(user, target, tokens);
         request.tokens_requested_for_default_bucket_match = default_match;
+        let started = self.clock.now();
         let call = self.source.consume_tokens_boxed(request);
         let result = match self.source_timeout {
             Some(limit) => match tokio::time::timeout(limit, call).await {
@@ -531,6 +635,7 @@ impl Inner {
             }
             Ok(answer) => {
                 self.breaker.success();
+                self.observe_latency(now.saturating_duration_since(started));
                 Ok(answer)
             }
             Err(error) => {
@@ -538,6 +643,25 @@ impl Inner {
                 Err(error)
             }
         }
+    }
+
+    /// Updates the source's latency estimate (an exponential average over ~8 calls).
+    fn observe_latency(&self, latency: Duration) {
+        let sample = duration_to_nanos(latency);
+        let _ = self
+            .latency_nanos
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+                Some(if old == 0 {
+                    sample.max(1)
+                } else {
+                    (old * 7 + sample) / 8
+                })
+            });
+    }
+
+    /// The source's latency, as estimated.
+    pub(super) fn latency(&self) -> Duration {
+        Duration::from_nanos(self.latency_nanos.load(Ordering::Relaxed))
     }
 
     /// Counts and reports a failed call.
@@ -575,14 +699,24 @@ impl Inner {
     }
 }
 
-/// How long `cost` tokens of `rule` take to accrue; the bucket TTL when the rule never
-/// refills.
-pub(super) fn time_for(rule: RuleSummary, cost: u64, ttl_ms: u64) -> Duration {
-    match rule.refill_rate.time_per_token() {
-        Some(per_token) => {
-            let nanos = duration_to_nanos(per_token).saturating_mul(cost.max(1));
-            Duration::from_nanos(nanos)
-        }
-        None => Duration::from_millis(ttl_ms),
+/// How long a request costing `cost` waits for its tokens at a source that has `remaining` and
+/// gets its next one in `next`.
+fn wait_for(rule: RuleSummary, cost: u64, remaining: u64, next: Duration) -> Duration {
+    if remaining >= cost {
+        return Duration::ZERO;
+    }
+    let more = cost - remaining - 1;
+    next + rule.refill_rate.time_for(more).unwrap_or(Duration::ZERO)
+}
+
+/// How long until the source has one more token than it said: what it told us (lightrate's own
+/// sources say), else a whole token's time (the hosted API does not say).
+fn next_token(answer: &ConsumeTokensResponse, rule: RuleSummary) -> Duration {
+    match answer.retry_after_ms {
+        Some(ms) => Duration::from_millis(ms),
+        None => rule
+            .refill_rate
+            .time_per_token()
+            .unwrap_or(Duration::from_secs(u64::from(u32::MAX))),
     }
 }

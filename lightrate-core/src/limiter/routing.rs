@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::decision::RuleSummary;
-use super::keys::{BucketRef, TargetKey, TargetRef};
+use super::keys::{TargetKey, TargetRef};
 use super::{lock, Inner};
 use crate::rules::CompiledRule;
 use crate::{Rule, Target};
@@ -150,18 +150,9 @@ impl Inner {
         summary
     }
 
-    /// Whether `user` holds at least `cost` tokens in any live bucket.
-    pub(super) fn holds_tokens(&self, user: &str, cost: u64, now_ms: u64) -> bool {
-        let rules = self.rules.guard();
-        let guard = self.buckets.guard();
-        self.rules.iter(&rules).any(|(slot, _)| {
-            self.buckets
-                .get(&BucketRef { user, slot: *slot }, &guard)
-                .is_some_and(|b| {
-                    !b.is_dead()
-                        && b.tokens() >= cost
-                        && now_ms.saturating_sub(b.last_used_ms()) < self.bucket_ttl_ms
-                })
-        })
+    /// The summary of the rule in `slot`, if learned.
+    pub(super) fn summary(&self, slot: u32) -> Option<RuleSummary> {
+        let guard = self.rules.guard();
+        self.rules.get(&slot, &guard).map(|entry| entry.summary)
     }
 }

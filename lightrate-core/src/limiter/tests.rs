@@ -1,6 +1,6 @@
 //! The limiter's behaviours, each on a manual clock over a counting source.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -153,32 +153,37 @@ async fn check(s: &Setup, user: &str, target: &Target<'_>) -> Decision {
     s.limiter.check(user, target).await.unwrap()
 }
 
+/// The sizes of the leases the source was asked for, in order.
+fn asks(s: &Setup) -> Vec<u64> {
+    s.source.calls().iter().map(|c| c.tokens).collect()
+}
+
+/// A rule with tokens to spare: 10 000 per second, burst 1 000 000.
+fn ample() -> RuleSet {
+    RuleSet::builder()
+        .default_rule(RefillRate::per_second(10_000), 1_000_000)
+        .build()
+        .unwrap()
+}
+
 #[tokio::test]
-async fn first_request_leases_then_local_hits() {
+async fn with_nothing_known_a_lease_asks_for_one_request() {
     let s = setup(|b| b);
     let d = check(&s, "alice", &email()).await;
     assert!(d.is_allowed());
     assert_eq!(d.source(), DecisionSource::TokenSource);
-    assert_eq!(d.tokens_left(), 4);
     assert_eq!(d.rule().unwrap().burst_rate(), 10);
-    for left in (0..4).rev() {
-        let d = check(&s, "alice", &email()).await;
-        assert_eq!(d.source(), DecisionSource::LocalBucket);
-        assert_eq!(d.tokens_left(), left);
-    }
-    assert_eq!(s.source.call_count(), 1);
     assert_eq!(
         s.source.calls()[0],
         Call {
             user: "alice".into(),
             target: "operation send_email".into(),
-            tokens: 5,
-            default_match: Some(5),
+            tokens: 1,
+            default_match: Some(1),
         }
     );
     let stats = s.limiter.stats();
-    assert_eq!((stats.local_hits, stats.allowed_by_source), (4, 1));
-    assert_eq!(stats.leased_tokens, 5);
+    assert_eq!((stats.leased_tokens, stats.allowed_by_source), (1, 1));
     assert_eq!(stats.live_buckets, 1);
     assert_eq!(
         s.limiter.rule_id(&d.rule().unwrap()).as_deref(),
@@ -187,89 +192,166 @@ async fn first_request_leases_then_local_hits() {
 }
 
 #[tokio::test]
+async fn leases_grow_with_demand_and_shrink_when_it_falls() {
+    let s = setup_with(ample(), true, |b| b);
+    let target = get("/busy");
+    // 1000 requests per second: leases grow towards 100 ms of demand.
+    for _ in 0..2000 {
+        assert!(check(&s, "u", &target).await.is_allowed());
+        s.clock.advance(Duration::from_millis(1));
+    }
+    let busy = asks(&s);
+    assert_eq!(busy[0], 1);
+    let largest = *busy.iter().max().unwrap();
+    assert!((90..=110).contains(&largest), "{busy:?}");
+    assert!(busy.len() < 2000 / 50, "{} calls", busy.len());
+    let stats = s.limiter.stats();
+    assert!(stats.local_hits > 1900, "{stats:?}");
+    // One request per second: what is held expires, and leases fall back to one request.
+    let before = busy.len();
+    for _ in 0..20 {
+        s.clock.advance(Duration::from_secs(1));
+        assert!(check(&s, "u", &target).await.is_allowed());
+    }
+    let quiet = &asks(&s)[before..];
+    assert!(quiet.len() >= 10, "{quiet:?}");
+    assert!(
+        quiet[quiet.len() - 5..].iter().all(|&n| n == 1),
+        "{quiet:?}"
+    );
+}
+
+#[tokio::test]
+async fn near_the_limit_leases_shrink_to_the_request_and_strand_nothing() {
+    // Four processes share one source; 10 per hour, burst 10: every process asks for exactly
+    // what each request costs, so exactly the first 10 of 16 are admitted.
+    let clock = ManualClock::new();
+    clock.advance(Duration::from_secs(1000));
+    let rules = RuleSet::builder()
+        .default_rule(RefillRate::per_second(1), 5)
+        .operation("Send Email", "^send_email$", RefillRate::per_hour(10), 10)
+        .build()
+        .unwrap();
+    let source = TestSource::new(
+        EmbeddedSource::new(rules).with_clock(clock.clone()),
+        clock.clone(),
+    );
+    let fleet: Vec<Limiter> = (0..4)
+        .map(|_| {
+            Limiter::builder(source.clone())
+                .clock(clock.clone())
+                .build()
+        })
+        .collect();
+    let mut allowed = Vec::new();
+    for i in 0..16 {
+        let d = fleet[i % 4].check("u", &email()).await.unwrap();
+        allowed.push(d.is_allowed());
+        if !d.is_allowed() {
+            // The true wait for a token of a 10-per-hour rule (6 minutes from the last answer).
+            assert!((355..=360).contains(&d.retry_after_secs()), "{d:?}");
+        }
+        clock.advance(Duration::from_millis(250));
+    }
+    assert_eq!(allowed, [vec![true; 10], vec![false; 6]].concat());
+    assert!(source.calls().iter().all(|c| c.tokens == 1));
+}
+
+#[tokio::test]
 async fn denial_cache_denies_without_calls_until_a_token_can_exist() {
     let s = setup(|b| b);
     for _ in 0..10 {
         assert!(check(&s, "u", &email()).await.is_allowed());
     }
-    assert_eq!(s.source.call_count(), 2);
-    // The source is empty: it says no once...
+    // The last lease emptied the source, which said when its next token comes: the denial
+    // cache answers until just before then, without calls.
+    let calls = s.source.call_count();
     let d = check(&s, "u", &email()).await;
     assert!(!d.is_allowed());
-    assert_eq!(d.source(), DecisionSource::TokenSource);
-    assert_eq!(d.retry_after(), Duration::from_secs(1));
+    assert_eq!(d.source(), DecisionSource::DenialCache);
+    assert_eq!(d.retry_after(), Duration::from_millis(999));
     assert_eq!(d.retry_after_secs(), 1);
-    assert_eq!(s.source.call_count(), 3);
-    // ...and the denial cache answers for the next second.
-    s.clock.advance(Duration::from_millis(999));
+    s.clock.advance(Duration::from_millis(998));
     for _ in 0..50 {
         let d = check(&s, "u", &email()).await;
         assert_eq!(d.source(), DecisionSource::DenialCache);
         assert_eq!(d.retry_after(), Duration::from_millis(1));
+        assert_eq!(s.source.inner.available("u", &email()), 0);
     }
-    assert_eq!(s.source.call_count(), 3);
-    assert_eq!(s.limiter.stats().denied_by_denial_cache, 50);
+    assert_eq!(s.source.call_count(), calls);
+    assert_eq!(s.limiter.stats().denied_by_denial_cache, 51);
     // The moment a token can exist, the source is asked again.
-    s.clock.advance(Duration::from_millis(1));
+    s.clock.advance(Duration::from_millis(2));
     let d = check(&s, "u", &email()).await;
     assert!(d.is_allowed());
-    assert_eq!(s.source.call_count(), 4);
+    assert_eq!(s.source.call_count(), calls + 1);
     // Another user was never affected.
     assert!(check(&s, "v", &email()).await.is_allowed());
 }
 
 #[tokio::test]
+async fn a_leased_token_expires_at_the_horizon() {
+    let s = setup_with(ample(), true, |b| b.token_horizon(Duration::from_secs(2)));
+    let target = get("/busy");
+    for _ in 0..300 {
+        check(&s, "u", &target).await;
+        s.clock.advance(Duration::from_millis(1));
+    }
+    let held = s.limiter.bucket_statuses()[0].tokens;
+    assert!(held > 0, "demand made the last lease ask for more than one");
+    assert!(s.limiter.check_local("u", &target, 1).is_some());
+    // The last lease started within the last millisecond or so; 2 s later its tokens are gone.
+    s.clock.advance(Duration::from_secs(2));
+    assert!(s.limiter.check_local("u", &target, 1).is_none());
+    let d = check(&s, "u", &target).await;
+    assert_eq!(d.source(), DecisionSource::TokenSource);
+    let stats = s.limiter.stats();
+    assert_eq!(stats.expired_tokens, held - 1);
+    let statuses = s.limiter.bucket_statuses();
+    assert_eq!(statuses.len(), 1);
+    assert!(!statuses[0].expired);
+}
+
+#[tokio::test]
 async fn refill_ahead_keeps_steady_traffic_local() {
-    let rules = RuleSet::builder()
-        .default_rule(RefillRate::per_second(1000), 1000)
-        .build()
-        .unwrap();
-    let s = setup_with(rules, true, |b| b.refill_ahead(true).lease_size(10));
+    let s = setup_with(ample(), true, |b| b.refill_ahead(true));
     let target = get("/anything");
-    let first = check(&s, "u", &target).await;
-    assert_eq!(first.source(), DecisionSource::TokenSource);
-    for _ in 0..199 {
+    let mut waited = 0;
+    for _ in 0..3000 {
         let d = check(&s, "u", &target).await;
-        assert_eq!(d.source(), DecisionSource::LocalBucket, "{d:?}");
+        assert!(d.is_allowed());
+        if d.source() != DecisionSource::LocalBucket {
+            waited += 1;
+        }
+        s.clock.advance(Duration::from_millis(1));
         // Let the background lease run, as a server's other tasks would.
         for _ in 0..4 {
             tokio::task::yield_now().await;
         }
     }
-    // 200 admitted at 10 per lease, and no request waited but the first.
+    // Once demand is known, the next lease lands before the bucket runs dry.
+    assert!(waited < 20, "{waited} requests waited for the source");
     let calls = s.source.call_count();
-    assert!((20..=21).contains(&calls), "{calls}");
-    assert_eq!(s.limiter.stats().allowed_by_source, 1);
-    // Held tokens never pass lease + low-water mark.
-    for status in s.limiter.bucket_statuses() {
-        assert!(status.tokens <= 15);
-    }
+    assert!(calls < 3000 / 20, "{calls} calls");
 }
 
 #[tokio::test]
-async fn default_rule_targets_are_leased_and_new_paths_probe() {
+async fn default_rule_targets_are_leased() {
     let s = setup(|b| b);
-    // Same concrete path: one call per 5 requests.
-    for _ in 0..5 {
+    assert!(check(&s, "u", &get("/items/1")).await.is_allowed());
+    // The default rule is charged the lease (tokensRequestedForDefaultBucketMatch).
+    let first = s.source.calls()[0].clone();
+    assert_eq!((first.tokens, first.default_match), (1, Some(1)));
+    // A new concrete path: only the source knows its rule; one request's cost again.
+    assert!(check(&s, "u", &get("/items/2")).await.is_allowed());
+    let second = s.source.calls()[1].clone();
+    assert_eq!((second.target.as_str(), second.tokens), ("GET /items/2", 1));
+    for _ in 0..3 {
         assert!(check(&s, "u", &get("/items/1")).await.is_allowed());
     }
-    assert_eq!(s.source.call_count(), 1);
-    assert_eq!(s.source.calls()[0].default_match, Some(5));
-    // A new concrete path: only the source knows its rule. The user holds no tokens, so the
-    // probe is a full lease...
-    let d = check(&s, "u", &get("/items/2")).await;
+    let d = check(&s, "u", &get("/items/3")).await;
     assert!(!d.is_allowed(), "the default burst of 5 is spent");
-    // ...while a user who holds tokens is charged only what the request costs.
-    assert!(check(&s, "w", &get("/items/1")).await.is_allowed());
-    let d = check(&s, "w", &get("/items/3")).await;
-    assert!(d.is_allowed());
-    let last = s.source.calls().last().unwrap().clone();
-    assert_eq!((last.tokens, last.default_match), (1, Some(1)));
-    // Once known, the new path uses the shared (user, default rule) bucket.
-    let before = s.source.call_count();
-    let d = check(&s, "w", &get("/items/3")).await;
-    assert_eq!(d.source(), DecisionSource::LocalBucket);
-    assert_eq!(s.source.call_count(), before);
+    assert_eq!(s.source.granted(), 5);
 }
 
 #[tokio::test]
@@ -282,53 +364,41 @@ async fn sdk_mode_charges_the_default_rule_per_request() {
     }
     let calls = s.source.calls();
     assert_eq!(calls.len(), 3);
-    // The first did not know the rule: the SDKs' lease shape.
-    assert_eq!((calls[0].tokens, calls[0].default_match), (5, Some(1)));
-    assert_eq!((calls[1].tokens, calls[1].default_match), (1, Some(1)));
+    assert!(calls
+        .iter()
+        .all(|c| (c.tokens, c.default_match) == (1, Some(1))));
     // Exactly one token per request was charged.
     assert_eq!(s.source.granted(), 3);
-    // Non-default rules are still leased.
-    check(&s, "u", &email()).await;
-    check(&s, "u", &email()).await;
-    assert_eq!(s.source.call_count(), 4);
+    assert_eq!(s.limiter.stats().live_buckets, 0);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn all_or_nothing_servers_are_asked_again_for_what_remains() {
     let rules = RuleSet::builder()
         .default_rule(RefillRate::per_second(1), 7)
         .build()
         .unwrap();
     let s = setup_with(rules, false, |b| b);
+    *s.source.delay.lock().unwrap() = Some(Duration::from_millis(10));
+    let tasks: Vec<_> = (0..9)
+        .map(|_| {
+            let limiter = s.limiter.clone();
+            tokio::spawn(async move { limiter.check("u", &Target::Default).await })
+        })
+        .collect();
     let mut allowed = 0;
-    for _ in 0..9 {
-        if check(&s, "u", &Target::Default).await.is_allowed() {
+    for task in tasks {
+        if task.await.unwrap().unwrap().is_allowed() {
             allowed += 1;
         }
     }
     assert_eq!(allowed, 7);
-    let tokens: Vec<u64> = s.source.calls().iter().map(|c| c.tokens).collect();
-    // 5 granted; then 5 refused with 2 remaining, so 2 asked and granted; then empty.
-    assert_eq!(tokens[..3], [5, 5, 2]);
+    // 9 refused with 7 remaining; then the 7 asked for and granted.
+    assert_eq!(asks(&s)[..2], [9, 7]);
 }
 
 #[tokio::test]
-async fn expired_buckets_never_answer_and_their_tokens_are_counted_lost() {
-    let s = setup(|b| b);
-    check(&s, "u", &email()).await;
-    assert!(s.limiter.check_local("u", &email(), 1).is_some());
-    s.clock.advance(Duration::from_secs(60));
-    assert!(s.limiter.check_local("u", &email(), 1).is_none());
-    let d = check(&s, "u", &email()).await;
-    assert_eq!(d.source(), DecisionSource::TokenSource);
-    let stats = s.limiter.stats();
-    assert_eq!(stats.expired_tokens, 3);
-    assert_eq!(stats.live_buckets, 1);
-    assert_eq!(s.source.call_count(), 2);
-}
-
-#[tokio::test]
-async fn sweeps_remove_idle_buckets() {
+async fn sweeps_remove_buckets_nothing_needs() {
     let s = setup(|b| b.sweep_interval(Duration::from_secs(3600)));
     for user in 0..50 {
         check(&s, &format!("user-{user}"), &email()).await;
@@ -341,7 +411,6 @@ async fn sweeps_remove_idle_buckets() {
     s.limiter.sweep();
     let stats = s.limiter.stats();
     assert_eq!(stats.live_buckets, 0);
-    assert_eq!(stats.expired_tokens, 50 * 4);
     // The target cache expired too.
     assert_eq!(stats.cached_targets, 0);
 }
@@ -350,16 +419,12 @@ async fn sweeps_remove_idle_buckets() {
 async fn rule_ttl_makes_a_target_ask_the_source_again() {
     let s = setup(|b| b.rule_ttl(Duration::from_secs(30)));
     check(&s, "u", &email()).await;
+    assert_eq!(s.source.call_count(), 1);
     s.clock.advance(Duration::from_secs(30));
     assert!(s.limiter.check_local("u", &email(), 1).is_none());
     let d = check(&s, "u", &email()).await;
     assert!(d.is_allowed());
-    // The user still held 4 tokens: the re-resolution charged only this request.
-    let tokens: Vec<u64> = s.source.calls().iter().map(|c| c.tokens).collect();
-    assert_eq!(tokens, [5, 1]);
-    let d = check(&s, "u", &email()).await;
-    assert_eq!(d.source(), DecisionSource::LocalBucket);
-    assert_eq!(d.tokens_left(), 3);
+    assert_eq!(asks(&s), [1, 1]);
 }
 
 #[tokio::test]
@@ -368,13 +433,14 @@ async fn new_targets_resolve_through_known_matchers() {
     check(&s, "u", &get("/hello")).await;
     let d = check(&s, "u", &get("/hello/world")).await;
     assert!(d.is_allowed());
-    assert_eq!(d.source(), DecisionSource::LocalBucket);
-    assert_eq!(s.source.call_count(), 1);
-    // Now in the exact cache: the hot path serves it.
-    assert!(s
-        .limiter
-        .check_local("u", &get("/hello/world"), 1)
-        .is_some());
+    // The source was asked for the (user, rule) bucket, not to resolve the new path.
+    assert_eq!(
+        s.limiter.rule_id(&d.rule().unwrap()).as_deref(),
+        Some("rule_hello")
+    );
+    assert_eq!(s.source.calls()[1].target, "GET /hello/world");
+    // Now in the exact cache: the hot path resolves it (and finds the bucket empty).
+    assert!(s.limiter.stats().cached_targets >= 2);
 }
 
 #[tokio::test]
@@ -545,7 +611,7 @@ async fn a_cancelled_request_does_not_strand_those_waiting_with_it() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn two_hundred_cold_misses_make_one_call_and_never_over_admit() {
+async fn two_hundred_cold_misses_share_the_burst_and_never_over_admit() {
     let s = setup(|b| b);
     *s.source.delay.lock().unwrap() = Some(Duration::from_millis(100));
     let tasks: Vec<_> = (0..200)
@@ -561,20 +627,54 @@ async fn two_hundred_cold_misses_make_one_call_and_never_over_admit() {
             allowed += 1;
         } else {
             assert_eq!(d.source(), DecisionSource::TokenSource);
-            // The source still had tokens: come back soon.
+            // The source is empty: the next token is a second away.
             assert_eq!(d.retry_after_secs(), 1);
         }
     }
-    assert_eq!(s.source.call_count(), 1);
-    assert_eq!(allowed, 5);
-    assert_eq!(s.source.granted(), 5);
+    // The burst of 20, all of it, and nothing more; in one or two calls.
+    assert_eq!(allowed, 20);
+    assert_eq!(s.source.granted(), 20);
+    assert!(s.source.call_count() <= 2, "{:?}", asks(&s));
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_request_is_denied_while_the_source_has_tokens() {
+    // 32 clients of one user, each sending 50 requests one after the other, on a source 20 ms
+    // away with tokens for all of them.
+    let s = setup_with(ample(), true, |b| b.refill_ahead(true));
+    *s.source.delay.lock().unwrap() = Some(Duration::from_millis(20));
+    let tasks: Vec<_> = (0..32)
+        .map(|_| {
+            let limiter = s.limiter.clone();
+            tokio::spawn(async move {
+                let mut denied = 0;
+                for _ in 0..50 {
+                    let d = limiter.check("hot", &get("/hello")).await.unwrap();
+                    if !d.is_allowed() {
+                        denied += 1;
+                    }
+                }
+                denied
+            })
+        })
+        .collect();
+    let mut denied = 0;
+    for task in tasks {
+        denied += task.await.unwrap();
+    }
+    assert_eq!(denied, 0);
+    let calls = s.source.call_count();
+    // Waiters ride one lease each round trip: far fewer calls than requests.
+    assert!(calls <= 1600 / 16, "{calls} calls: {:?}", asks(&s));
+    assert!(s.limiter.stats().leased_tokens >= 1600);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_threads_over_shared_keys_admit_exactly_what_was_granted() {
+    // The clock never moves: the source has 4000 + 3000 per user, and nothing more.
     let rules = RuleSet::builder()
-        .default_rule(RefillRate::per_second(0), 4000)
-        .operation("op", "^op$", RefillRate::per_second(0), 3000)
+        .default_rule(RefillRate::per_second(1_000_000), 4000)
+        .operation("op", "^op$", RefillRate::per_second(1_000_000), 3000)
         .build()
         .unwrap();
     let s = setup_with(rules, true, |b| b.refill_ahead(true).lease_size(7));
@@ -602,12 +702,8 @@ async fn two_threads_over_shared_keys_admit_exactly_what_was_granted() {
         task.await.unwrap();
     }
     // Background leases may still be landing.
-    for _ in 0..100 {
-        if s.limiter
-            .bucket_statuses()
-            .iter()
-            .all(|b| b.tokens <= 7 + 3)
-        {
+    for _ in 0..1000 {
+        if s.limiter.stats().leased_tokens == s.source.granted() {
             break;
         }
         tokio::task::yield_now().await;
@@ -618,9 +714,10 @@ async fn two_threads_over_shared_keys_admit_exactly_what_was_granted() {
     assert_eq!(stats.leased_tokens, s.source.granted());
     assert_eq!(admitted + held + stats.expired_tokens, s.source.granted());
     assert!(admitted <= s.source.granted());
-    // No refill: the source had 2 users × (4000 + 3000).
     assert_eq!(s.source.granted(), 14_000);
-    assert!(admitted >= 14_000 - 2 * 2 * 10);
+    // No lease asked for more than the cap.
+    assert!(s.source.calls().iter().all(|c| c.tokens <= 7));
+    assert!(admitted >= 14_000 - 2 * 2 * 7);
 }
 
 /// One step of random traffic.
@@ -660,11 +757,9 @@ fn run_invariants(steps: Vec<Step>, refill_ahead: bool) -> Result<(), TestCaseEr
         .build()
         .unwrap();
     runtime.block_on(async move {
-        let ttl = Duration::from_secs(60);
-        let s = setup(|b| b.refill_ahead(refill_ahead).bucket_ttl(ttl));
-        let low_water = if refill_ahead { 5 / 2 } else { 0 };
+        let horizon = Duration::from_secs(5);
+        let s = setup(|b| b.refill_ahead(refill_ahead).token_horizon(horizon));
         let mut admitted_tokens = 0u64;
-        let mut last_touch: HashMap<(usize, String), Timestamp> = HashMap::new();
         for step in steps {
             s.clock.advance(Duration::from_millis(step.advance_ms));
             let user = format!("user-{}", step.user);
@@ -676,29 +771,33 @@ fn run_invariants(steps: Vec<Step>, refill_ahead: bool) -> Result<(), TestCaseEr
                 .await
                 .unwrap();
             let rule = s.limiter.rule_id(&d.rule().unwrap()).unwrap().to_string();
-            let key = (step.user, rule);
-            match d.source() {
-                DecisionSource::LocalBucket => {
-                    // An expired bucket never answers.
-                    let last = last_touch[&key];
-                    prop_assert!(now.saturating_duration_since(last) < ttl);
-                }
-                DecisionSource::DenialCache => {
-                    // The denial cache never denies once a token surely could exist again:
-                    // within 1/refillRate (1 s for every demo rule) of an answer of 0.
+            let available = s.source.inner.available(&user, &target);
+            match (d.source(), d.is_allowed()) {
+                (DecisionSource::LocalBucket, _) => {
+                    // A leased token is spent within the horizon of the grant that brought it.
                     let answers = s.source.answers.lock().unwrap();
-                    let last_no = answers
+                    let last_grant = answers
                         .iter()
                         .rev()
-                        .find(|(u, r, granted, _)| *u == user && *r == key.1 && *granted == 0)
+                        .find(|(u, r, granted, _)| *u == user && *r == rule && *granted > 0)
                         .map(|(.., at)| *at);
-                    prop_assert!(last_no.is_some(), "a denial with no answer of 0 behind it");
-                    let since = now.saturating_duration_since(last_no.unwrap());
-                    prop_assert!(since < Duration::from_secs(1), "{since:?}");
+                    prop_assert!(
+                        last_grant.is_some(),
+                        "a local token with no grant behind it"
+                    );
+                    let age = now.saturating_duration_since(last_grant.unwrap());
+                    prop_assert!(age < horizon, "{age:?}");
+                }
+                (DecisionSource::DenialCache, _) => {
+                    // Never while the source could grant a token.
+                    prop_assert_eq!(available, 0);
+                }
+                (DecisionSource::TokenSource, false) => {
+                    // Denied by the source only when it had less than the request needed.
+                    prop_assert!(available < step.cost, "{available} left, {d:?}");
                 }
                 _ => {}
             }
-            last_touch.insert(key, now);
             if d.is_allowed() {
                 admitted_tokens += step.cost;
             }
@@ -708,8 +807,8 @@ fn run_invariants(steps: Vec<Step>, refill_ahead: bool) -> Result<(), TestCaseEr
                 }
             }
             let statuses = s.limiter.bucket_statuses();
-            let held: u64 = statuses.iter().map(|b| b.tokens).sum();
             let stats = s.limiter.stats();
+            let held: u64 = s.limiter.held_tokens();
             let granted = s.source.granted();
             // Never admits more than was granted.
             prop_assert!(admitted_tokens <= granted);
@@ -719,11 +818,9 @@ fn run_invariants(steps: Vec<Step>, refill_ahead: bool) -> Result<(), TestCaseEr
             let from_buckets = stats.leased_tokens - held - stats.expired_tokens;
             prop_assert!(admitted_tokens >= from_buckets);
             prop_assert!(admitted_tokens <= from_buckets + stats.per_request_tokens);
-            // A bucket never holds more than its lease (plus, with refill-ahead, the
-            // low-water mark it held when the next lease landed; plus less than one
-            // request's cost left over).
+            // No bucket holds more than the source's burst.
             for b in &statuses {
-                prop_assert!(b.tokens <= 5 + low_water + 1, "{:?}", b);
+                prop_assert!(b.tokens <= 20, "{:?}", b);
             }
         }
         Ok(())
@@ -762,18 +859,19 @@ impl TokenSource for Switching {
             "a"
         };
         Ok(ConsumeTokensResponse {
-            tokens_remaining: 100,
+            tokens_remaining: 1_000_000,
             tokens_consumed: request.tokens_requested,
             throttles: 0,
             rule: crate::Rule {
                 id: id.into(),
                 name: id.into(),
-                refill_rate: RefillRate::per_second(1),
-                burst_rate: 100,
+                refill_rate: RefillRate::per_second(1_000_000),
+                burst_rate: 1_000_000,
                 is_default: false,
                 matcher: Some("^x$".into()),
                 http_method: None,
             },
+            retry_after_ms: None,
         })
     }
 }
@@ -781,32 +879,36 @@ impl TokenSource for Switching {
 #[tokio::test]
 async fn a_target_whose_rule_changes_is_never_served_from_a_stale_memo() {
     let source = Arc::new(Switching::default());
+    let clock = ManualClock::new();
+    clock.advance(Duration::from_secs(1));
     let limiter = Limiter::builder(source.clone())
-        .clock(ManualClock::new())
+        .clock(clock.clone())
         .refill_ahead(false)
         .build();
     let x = Target::operation("x");
     let rule_of = |d: Decision| limiter.rule_id(&d.rule().unwrap()).unwrap().to_string();
-    for _ in 0..5 {
+    // Enough demand that bucket a holds tokens.
+    for _ in 0..50 {
         let d = limiter.check("u", &x).await.unwrap();
         assert_eq!(rule_of(d), "a");
+        clock.advance(Duration::from_millis(1));
     }
-    // Served from this thread's memo.
-    assert!(
-        limiter.check_local("u", &x, 1).is_none(),
-        "bucket a is empty"
-    );
+    assert!(limiter.check_local("u", &x, 1).is_some(), "served from a");
+    // Drain a, then the source says x now falls under b.
+    while limiter.check_local("u", &x, 1).is_some() {}
     source.to_b.store(true, Ordering::SeqCst);
-    // The next lease says x now falls under b...
     let d = limiter.check("u", &x).await.unwrap();
     assert_eq!(
         (rule_of(d), d.source()),
         ("b".into(), DecisionSource::TokenSource)
     );
-    // ...and the very next local hit goes to b's bucket, not the memoized a.
-    let d = limiter.check_local("u", &x, 1).unwrap();
-    assert_eq!(
-        (rule_of(d), d.source()),
-        ("b".into(), DecisionSource::LocalBucket)
-    );
+    // Every later decision, local hits of this thread's memo included, goes to b.
+    let mut local = 0;
+    for _ in 0..50 {
+        clock.advance(Duration::from_millis(1));
+        let d = limiter.check("u", &x).await.unwrap();
+        assert_eq!(rule_of(d), "b");
+        local += usize::from(d.source() == DecisionSource::LocalBucket);
+    }
+    assert!(local > 0);
 }
