@@ -1,33 +1,10 @@
 //! The consume script: refill and take in one atomic step, in the embedded source's exact units.
 
-use lightrate_core::{Error, ErrorKind, RefillRate, Rule};
+use lightrate_core::{Error, ErrorKind, Rule};
 
 /// Lua in Redis computes in doubles, exact for integers below 2⁵³: a bucket's capacity in units
 /// (`burst_rate × period_ms`) must stay below this.
 pub const MAX_BUCKET_UNITS: u64 = 1 << 53;
-
-/// The rate as `(tokens, period_ms)`: `tokens` tokens every `period_ms` milliseconds, a reduced
-/// fraction with `period_ms >= 1` (a zero rate is `(0, 1)`).
-///
-/// The one place that reads a [`RefillRate`]'s value.
-// TODO(lead's exact RefillRate): `rate.tokens_per_period()` once main has it.
-fn tokens_per_period(rate: RefillRate) -> (u64, u64) {
-    let millitokens = rate.millitokens_per_second();
-    if millitokens == 0 {
-        return (0, 1);
-    }
-    // m thousandths of a token per second = m tokens per 1 000 000 ms.
-    let period = 1_000_000;
-    let divisor = gcd(millitokens, period);
-    (millitokens / divisor, period / divisor)
-}
-
-fn gcd(mut a: u64, mut b: u64) -> u64 {
-    while b != 0 {
-        (a, b) = (b, a % b);
-    }
-    a
-}
 
 /// A rule's bucket in the script's integer units: one token is `units_per_token` units (the
 /// rate's period in ms) and `units_per_ms` units (the rate's tokens per period) accrue every
@@ -43,7 +20,7 @@ impl BucketShape {
     /// The shape of `rule`'s buckets; a configuration error when its capacity in units is not
     /// below [`MAX_BUCKET_UNITS`].
     pub(crate) fn of(rule: &Rule) -> Result<BucketShape, Error> {
-        let (tokens, period_ms) = tokens_per_period(rule.refill_rate);
+        let (tokens, period_ms) = rule.refill_rate.tokens_per_period();
         BucketShape::new(tokens, period_ms, rule.burst_rate).ok_or_else(|| {
             Error::new(
                 ErrorKind::Configuration,
@@ -72,6 +49,7 @@ impl BucketShape {
 
 /// KEYS[1]: the bucket. ARGV: units per token, units per ms, capacity in units, tokens wanted,
 /// partial grants (`1`/`0`), and optionally the time in ms (tests; Redis `TIME` otherwise).
+/// Returns `{granted, tokens remaining, ms until one more whole token (-1: never)}`.
 ///
 /// The stored value is `"<level>:<time ms>:<units per token>"`. A missing key is a full bucket.
 /// A bucket that is full after the take is deleted; any other is written with an expiry at
@@ -137,24 +115,45 @@ else
     redis.call('SET', KEYS[1], value)
   end
 end
-return {granted, math.floor(level / unit)}
+
+-- Milliseconds until one more whole token, rounded up (-1: never).
+local retry = -1
+if per_ms > 0 then
+  local short = (math.floor(level / unit) + 1) * unit - level
+  retry = math.floor(short / per_ms)
+  if retry * per_ms < short then retry = retry + 1 end
+end
+return {granted, math.floor(level / unit), retry}
 "#;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lightrate_core::{RefillRate, RuleSet};
 
     #[test]
-    fn rates_become_reduced_fractions_of_a_millisecond() {
-        assert_eq!(tokens_per_period(RefillRate::per_second(1)), (1, 1000));
-        assert_eq!(tokens_per_period(RefillRate::per_second(10)), (1, 100));
-        assert_eq!(tokens_per_period(RefillRate::per_second(3)), (3, 1000));
-        assert_eq!(tokens_per_period(RefillRate::per_second(5000)), (5, 1));
+    fn a_rule_has_the_units_of_its_exact_rate() {
+        let shape = |rate: RefillRate, burst| {
+            let rules = RuleSet::builder()
+                .default_rule(rate, burst)
+                .build()
+                .unwrap();
+            BucketShape::of(rules.default_rule()).unwrap()
+        };
+        let per = |tokens, period_ms, capacity| BucketShape {
+            units_per_token: period_ms,
+            units_per_ms: tokens,
+            capacity,
+        };
+        assert_eq!(shape(RefillRate::per_second(1), 20), per(1, 1000, 20_000));
+        assert_eq!(shape(RefillRate::per_second(10), 5), per(1, 100, 500));
+        assert_eq!(shape(RefillRate::per_second(5000), 5), per(5, 1, 5));
+        assert_eq!(shape(RefillRate::per_hour(10), 2), per(1, 360_000, 720_000));
         assert_eq!(
-            tokens_per_period(RefillRate::from_millitokens_per_second(1)),
-            (1, 1_000_000)
+            shape(RefillRate::per_day(1), 3),
+            per(1, 86_400_000, 259_200_000)
         );
-        assert_eq!(tokens_per_period(RefillRate::per_second(0)), (0, 1));
+        assert_eq!(shape(RefillRate::per_second(0), 5), per(0, 1, 5));
     }
 
     #[test]

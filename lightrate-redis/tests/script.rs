@@ -167,8 +167,10 @@ async fn a_bucket_written_under_another_rate_keeps_its_whole_tokens() {
     assert_eq!(grant(&s, "u", &Target::Default, 9).await, (4, 0));
 }
 
+const DAY_MS: u64 = 86_400_000;
+
 #[tokio::test]
-async fn one_per_second_and_one_per_thousand_seconds() {
+async fn one_per_second_and_one_per_day_are_exact_to_the_millisecond() {
     let Some(redis) = RedisServer::start() else {
         return;
     };
@@ -176,30 +178,28 @@ async fn one_per_second_and_one_per_thousand_seconds() {
     let clock = ManualClock::new();
     let rules = RuleSet::builder()
         .default_rule(RefillRate::per_second(1), 2)
-        // The slowest rate RefillRate holds today: 1 token per 1000 s.
-        // TODO(lead's exact RefillRate): RefillRate::per_day(1) here.
-        .operation(
-            "slow",
-            "^slow$",
-            RefillRate::from_millitokens_per_second(1),
-            2,
-        )
+        .operation("daily", "^daily$", RefillRate::per_day(1), 3)
         .build()
         .unwrap();
     let s = source(&url, rules, &clock);
-    let slow = Target::operation("slow");
+    let daily = Target::operation("daily");
     assert_eq!(grant(&s, "u", &Target::Default, 2).await, (2, 0));
-    assert_eq!(grant(&s, "u", &slow, 2).await, (2, 0));
-    let slow_key = s.bucket_key("u", &slow);
-    let ttl = pttl(&url, &slow_key).await;
-    assert!((1_999_000..=2_000_000).contains(&ttl), "{ttl}");
-    clock.advance(Duration::from_secs(1));
-    assert_eq!(grant(&s, "u", &Target::Default, 1).await, (1, 0));
-    assert_eq!(grant(&s, "u", &slow, 1).await, (0, 0));
-    clock.advance(Duration::from_millis(998_999));
-    assert_eq!(grant(&s, "u", &slow, 1).await, (0, 0));
+    assert_eq!(grant(&s, "u", &daily, 3).await, (3, 0));
+    clock.advance(Duration::from_millis(999));
+    assert_eq!(grant(&s, "u", &Target::Default, 1).await, (0, 0));
     clock.advance(Duration::from_millis(1));
-    assert_eq!(grant(&s, "u", &slow, 1).await, (1, 0));
+    assert_eq!(grant(&s, "u", &Target::Default, 1).await, (1, 0));
+    assert_eq!(grant(&s, "u", &daily, 1).await, (0, 0));
+    clock.advance(Duration::from_millis(DAY_MS - 1_001));
+    assert_eq!(grant(&s, "u", &daily, 1).await, (0, 0));
+    clock.advance(Duration::from_millis(1));
+    assert_eq!(grant(&s, "u", &daily, 1).await, (1, 0));
+    // Two days and 5 ms later: two tokens, and the key expires when the third is back.
+    clock.advance(Duration::from_millis(2 * DAY_MS + 5));
+    assert_eq!(grant(&s, "u", &daily, 5).await, (2, 0));
+    let ttl = pttl(&url, &s.bucket_key("u", &daily)).await;
+    let expected = (3 * DAY_MS - 5) as i64;
+    assert!(ttl <= expected && ttl > expected - 5_000, "{ttl}");
 }
 
 #[tokio::test]
@@ -352,23 +352,23 @@ fn step() -> impl Strategy<Value = Step> {
         })
 }
 
-fn rules(rates: [u64; 3], bursts: [u64; 3]) -> RuleSet {
+fn rules(rates: [RefillRate; 3], bursts: [u64; 3]) -> RuleSet {
     RuleSet::builder()
-        .default_rule(RefillRate::from_millitokens_per_second(rates[0]), bursts[0])
-        .operation(
-            "Op",
-            "^op$",
-            RefillRate::from_millitokens_per_second(rates[1]),
-            bursts[1],
-        )
-        .path(
-            Method::GET,
-            "^/p",
-            RefillRate::from_millitokens_per_second(rates[2]),
-            bursts[2],
-        )
+        .default_rule(rates[0], bursts[0])
+        .operation("Op", "^op$", rates[1], bursts[1])
+        .path(Method::GET, "^/p", rates[2], bursts[2])
         .build()
         .unwrap()
+}
+
+/// Rates of every shape: none, fast, per second, per day, and odd fractions.
+fn rate() -> impl Strategy<Value = RefillRate> {
+    prop_oneof![
+        Just(RefillRate::ZERO),
+        (1u64..5_000).prop_map(RefillRate::per_second),
+        (1u64..5).prop_map(RefillRate::per_day),
+        (1u64..5_000, 1u64..100_000_000).prop_map(|(t, p)| RefillRate::new(t, p).unwrap()),
+    ]
 }
 
 /// Same rules, same whole-millisecond times, same requests: the Redis source answers exactly
@@ -383,9 +383,8 @@ fn the_script_agrees_with_the_embedded_source() {
         .enable_all()
         .build()
         .unwrap();
-    let rate = prop_oneof![Just(0u64), 1u64..5_000, 1u64..3_000_000];
     let strategy = (
-        [rate.clone(), rate.clone(), rate],
+        [rate(), rate(), rate()],
         [1u64..40, 1u64..40, 1u64..1000],
         any::<bool>(),
         proptest::collection::vec(step(), 1..120),
