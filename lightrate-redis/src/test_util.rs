@@ -11,7 +11,6 @@
 //! let Some(redis) = RedisServer::start() else { return };
 //! let url = redis.url(); // redis://127.0.0.1:<port>
 //! ```
-#![allow(clippy::print_stderr)]
 
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -37,7 +36,12 @@ pub fn redis_available() -> bool {
         if std::env::var_os("CI").is_some() {
             panic!("{message} (CI is set, so a missing Redis is a failure)");
         }
-        eprintln!("skipped: {message}");
+        // Straight to stderr, past the test harness's capture, so the skip is seen.
+        let test = std::thread::current()
+            .name()
+            .unwrap_or("a Redis test")
+            .to_owned();
+        let _ = writeln!(io::stderr(), "skipped {test}: {message}");
     }
     found
 }
@@ -154,7 +158,9 @@ impl RedisServer {
         loop {
             if let Ok(reply) = command(self.port, &["PING"]) {
                 // NOAUTH: up, with a password.
-                if reply.starts_with("+PONG") || reply.starts_with("-NOAUTH") {
+                if (reply.starts_with("+PONG") || reply.starts_with("-NOAUTH"))
+                    && is_ours(self.port, &mut child)?
+                {
                     self.child = Some(child);
                     return Ok(());
                 }
@@ -237,6 +243,17 @@ impl RedisCluster {
     /// The nodes.
     pub fn nodes(&self) -> &[RedisServer] {
         &self.nodes
+    }
+}
+
+/// Whether the server answering on `port` is `child` (and not another test's server that
+/// took the port first, in which case `child` has exited or will).
+fn is_ours(port: u16, child: &mut Child) -> io::Result<bool> {
+    let pid = format!("process_id:{}\r\n", child.id());
+    match command(port, &["INFO", "server"]) {
+        Ok(info) if info.starts_with('$') => Ok(info.contains(&pid)),
+        // Behind a password: it is ours if it is still running.
+        _ => Ok(child.try_wait()?.is_none()),
     }
 }
 
