@@ -42,8 +42,9 @@
 //! `Network`; a cluster that is down is `Unavailable`. These are outage kinds: the limiter's
 //! [`OnUnavailable`](lightrate_core::OnUnavailable) policy decides the request and its circuit
 //! breaker stops waiting on a dead Redis. Refused credentials are a `Configuration` error.
-//! The connection is made on first use and remade in the background after a failure (at most a
-//! second apart), so a Redis that comes back is used again without restarting anything.
+//! The connection is made on first use and remade after a failure (a lost connection starts
+//! a new attempt at once; a failed attempt is retried by the next call, never cached), so a
+//! Redis that comes back is used again without restarting anything.
 //! Neither errors, logs nor `Debug` output hold a URL's password; errors from the `redis`
 //! crate never appear in this crate's types.
 //!

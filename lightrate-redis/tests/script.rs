@@ -431,3 +431,20 @@ fn the_script_agrees_with_the_embedded_source() {
         })
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_flushed_script_is_loaded_again() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let clock = ManualClock::new();
+    let s = source(&redis.url(), RuleSet::demo(), &clock);
+    let email = Target::operation("send_email");
+    assert_eq!(grant(&s, "u", &email, 1).await, (1, 9));
+    // EVALSHA now answers NOSCRIPT: the source loads the script and runs it again.
+    assert!(redis
+        .command(&["SCRIPT", "FLUSH"])
+        .unwrap()
+        .starts_with("+OK"));
+    assert_eq!(grant(&s, "u", &email, 1).await, (1, 8));
+}
