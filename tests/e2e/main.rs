@@ -6,5 +6,6 @@ mod actix;
 mod auth;
 mod axum;
 mod examples;
+mod hot_key;
 mod suite;
 mod support;

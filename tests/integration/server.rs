@@ -1,9 +1,12 @@
 //! `lightrate-server` speaks the protocol as the hosted API does, to any HTTP client.
 
+use std::time::Duration;
+
+use lightrate_core::{EmbeddedSource, RefillRate, RuleSet, Target};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::support::{start_server, TestServer, API_KEY, APP_ID};
+use crate::support::{start_server, start_server_with, TestServer, API_KEY, APP_ID};
 
 async fn post(t: &TestServer, headers: &[(&str, &str)], body: &str) -> (StatusCode, Value) {
     let mut request = reqwest::Client::new()
@@ -174,4 +177,76 @@ async fn shutdown_closes_the_port() {
         .await
         .unwrap_err();
     assert_eq!(e.kind(), lightrate_core::ErrorKind::Network, "{e} ({base})");
+}
+
+/// Slow and fractional rates survive the trip from a rules file, through the server's JSON,
+/// into the client: exactly for readable rates, within 0.1% for any decimal.
+#[tokio::test]
+async fn slow_rates_round_trip_through_toml_the_server_and_the_client() {
+    let rules = RuleSet::from_toml_str(
+        r#"
+        [default]
+        refill = "1/day"
+        burst_rate = 3
+
+        [[rules]]
+        name = "hourly"
+        matcher = "^hourly$"
+        refill = "10/hour"
+        burst_rate = 10
+
+        [[rules]]
+        name = "decimal"
+        matcher = "^decimal$"
+        refill_rate = 0.000277778
+        burst_rate = 1
+        "#,
+    )
+    .unwrap();
+    let expected = |op: &str| rules.resolve(&Target::operation(op)).refill_rate;
+    let (hourly, decimal, daily) = (expected("hourly"), expected("decimal"), expected("x"));
+    assert_eq!(hourly, RefillRate::per_hour(10));
+    assert_eq!(daily, RefillRate::per_day(1));
+    let t = start_server_with(EmbeddedSource::new(rules)).await;
+    let client = t.client(Duration::from_secs(5));
+    for (op, rate) in [("hourly", hourly), ("decimal", decimal), ("x", daily)] {
+        let answer = client
+            .consume_tokens("u", 1, Target::operation(op))
+            .await
+            .unwrap();
+        assert_eq!(answer.rule.refill_rate, rate, "{op}");
+    }
+    // On the wire: tokens per second as the decimal that reads back as the same rate.
+    let (status, body) = post(
+        &t,
+        &[("authorization", &bearer())],
+        r#"{"applicationId":"app_test","userIdentifier":"v","tokensRequested":1,"operation":"hourly"}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let per_second = body["rule"]["refillRate"].as_f64().unwrap();
+    assert!((per_second - 10.0 / 3600.0).abs() < 1e-15, "{per_second}");
+    let per_second = {
+        let (_, body) = post(
+            &t,
+            &[("authorization", &bearer())],
+            r#"{"applicationId":"app_test","userIdentifier":"v","tokensRequested":1,"operation":"decimal"}"#,
+        )
+        .await;
+        body["rule"]["refillRate"].as_f64().unwrap()
+    };
+    assert_eq!(per_second, 0.000277778);
+    // A denial on the hourly rule says the true wait: six minutes a token.
+    let mut last = None;
+    for _ in 0..11 {
+        last = Some(
+            client
+                .consume_tokens("w", 1, Target::operation("hourly"))
+                .await
+                .unwrap(),
+        );
+    }
+    let last = last.unwrap();
+    assert_eq!(last.tokens_consumed, 0);
+    assert_eq!(last.retry_after_ms, Some(360_000));
 }

@@ -58,7 +58,7 @@ impl Limiter {
     /// |---|---|
     /// | `LIGHTRATE_API_KEY`, `LIGHTRATE_APPLICATION_ID` | both set: tokens from the LightRate API; neither: the embedded source with `rules`; one alone is an error |
     /// | `LIGHTRATE_BASE_URL`, `LIGHTRATE_TIMEOUT_MS` | the API client's base URL and deadline |
-    /// | `LIGHTRATE_LOCAL_BUCKET_SIZE` | tokens leased per call (default 5) |
+    /// | `LIGHTRATE_LOCAL_BUCKET_SIZE` | the most tokens one call may lease (default [`DEFAULT_LEASE_SIZE`](crate::DEFAULT_LEASE_SIZE); leases are sized by demand and scarcity up to it) |
     /// | `LIGHTRATE_ON_UNAVAILABLE` | `allow`, `deny` or `error` (default `allow`) |
     pub fn builder_from_env(rules: RuleSet) -> Result<(LimiterBuilder, EnvSource), Error> {
         builder_from_lookup(rules, |name| std::env::var(name).ok())
@@ -74,7 +74,9 @@ pub(crate) fn builder_from_lookup(
         (Some(_), Some(_)) => {
             let client = ClientBuilder::from_lookup(var)?.build()?;
             let config = client.get_configuration();
-            let builder = Limiter::builder(client).lease_size(config.default_local_bucket_size);
+            // LIGHTRATE_LOCAL_BUCKET_SIZE, when set, caps leases (below); unset, the limiter's
+            // own default cap applies, not the SDKs' 5.
+            let builder = Limiter::builder(client);
             (
                 builder,
                 EnvSource::Api {
@@ -156,6 +158,23 @@ mod tests {
         let limiter = builder.build();
         assert_eq!(limiter.on_unavailable(), OnUnavailable::Deny);
         assert!(format!("{limiter:?}").contains("lease_size: 7"));
+    }
+
+    #[test]
+    fn without_a_bucket_size_the_cap_is_the_limiters_default() {
+        let (builder, _) = builder_from_lookup(
+            RuleSet::demo(),
+            lookup(&[
+                ("LIGHTRATE_API_KEY", "k"),
+                ("LIGHTRATE_APPLICATION_ID", "app"),
+            ]),
+        )
+        .unwrap();
+        let debug = format!("{:?}", builder.build());
+        assert!(
+            debug.contains(&format!("lease_size: {}", crate::DEFAULT_LEASE_SIZE)),
+            "{debug}"
+        );
     }
 
     #[test]
