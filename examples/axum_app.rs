@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! cargo run --example axum_app            # the embedded token source with the demo rules
+//! LIGHTRATE_REDIS_URL=redis://127.0.0.1:6379 cargo run --example axum_app   # buckets in Redis
 //! PORT=8000 LIGHTRATE_API_KEY=... LIGHTRATE_APPLICATION_ID=... cargo run --example axum_app
 //! curl -H 'x-user-id: alice' localhost:3000/hello
 //! ```
@@ -87,6 +88,9 @@ pub fn describe(source: &EnvSource, rules: &RuleSet) {
         EnvSource::Embedded => {
             eprintln!("no LIGHTRATE_API_KEY: {source}, with the demo rules:\n{rules}")
         }
+        EnvSource::Redis { .. } => {
+            eprintln!("no LIGHTRATE_API_KEY: buckets in {source}, with the demo rules:\n{rules}")
+        }
         _ => eprintln!("tokens from {source}"),
     }
 }
@@ -119,7 +123,9 @@ async fn run() -> Result<(), String> {
         Err(_) => 3000,
     };
     let rules = RuleSet::demo();
-    let (builder, source) = Limiter::builder_from_env(rules.clone()).map_err(|e| e.to_string())?;
+    // The API, Redis (LIGHTRATE_REDIS_URL) or the embedded source, from the environment.
+    let (builder, source) =
+        lightrate_redis::builder_from_env(rules.clone()).map_err(|e| e.to_string())?;
     describe(&source, &rules);
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await

@@ -8,6 +8,7 @@
 //! | `tower` (`axum`)   | `tower`    | `lightrate-tower`  |
 //! | `actix`            | `actix`    | `lightrate-actix`  |
 //! | `server`           | `server`   | `lightrate-server` |
+//! | `redis`            | `redis`    | `lightrate-redis`  |
 //!
 //! See the README for the quick start.
 
@@ -24,6 +25,10 @@ pub use lightrate_actix as actix;
 /// The LightRate-compatible token server (feature `server`).
 #[cfg(feature = "server")]
 pub use lightrate_server as server;
+
+/// `RedisSource`: buckets shared in Redis or Redis Cluster (feature `redis`).
+#[cfg(feature = "redis")]
+pub use lightrate_redis as redis;
 
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

@@ -1,4 +1,5 @@
-//! The consume endpoint: authentication, body validation, the embedded source, JSON answers.
+//! The consume endpoint: authentication, body validation, the store, JSON answers; and the
+//! health check.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -11,27 +12,28 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
 use lightrate_core::protocol::CONSUME_PATH;
-use lightrate_core::{
-    ConsumeRequest, EmbeddedSource, ErrorKind, Target, MAX_USER_IDENTIFIER_BYTES,
-};
+use lightrate_core::{ConsumeRequest, ErrorKind, Target, MAX_USER_IDENTIFIER_BYTES};
 use serde_json::{json, Map, Value};
 use subtle::ConstantTimeEq;
 
-use crate::ServerConfig;
+use crate::{ServerConfig, TokenStore};
 
 /// What the handler shares across requests.
 #[derive(Debug)]
-pub(crate) struct AppState {
+pub(crate) struct AppState<S> {
     pub(crate) api_key: String,
     pub(crate) application_id: String,
-    pub(crate) source: Arc<EmbeddedSource>,
+    pub(crate) source: Arc<S>,
     pub(crate) consume_calls: AtomicU64,
 }
 
-pub(crate) fn router(config: &ServerConfig, state: Arc<AppState>) -> Router {
+pub(crate) fn router<S: TokenStore>(config: &ServerConfig<S>, state: Arc<AppState<S>>) -> Router {
     Router::new()
-        .route(CONSUME_PATH, post(consume).fallback(method_not_allowed))
-        .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
+        .route(
+            CONSUME_PATH,
+            post(consume::<S>).fallback(method_not_allowed),
+        )
+        .route("/health", get(health::<S>))
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(config.body_limit))
         .with_state(state)
@@ -45,6 +47,28 @@ pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response 
         Json(json!({"error": reason, "message": message.into()})),
     )
         .into_response()
+}
+
+/// 503 with `Retry-After: 1`: the store could not answer (and so granted nothing).
+fn unavailable(message: &str) -> Response {
+    let mut response = error(StatusCode::SERVICE_UNAVAILABLE, message);
+    response.headers_mut().insert(
+        http::header::RETRY_AFTER,
+        http::HeaderValue::from_static("1"),
+    );
+    response
+}
+
+/// `GET /health`: whether the store answers (for load balancers).
+async fn health<S: TokenStore>(State(state): State<Arc<AppState<S>>>) -> Response {
+    match state.source.health().await {
+        Ok(()) => Json(json!({"status": "ok"})).into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "unavailable", "message": e.message()})),
+        )
+            .into_response(),
+    }
 }
 
 async fn not_found(method: Method, uri: Uri) -> Response {
@@ -79,8 +103,8 @@ fn presented_key(headers: &HeaderMap) -> Option<&[u8]> {
     bearer.or_else(|| headers.get("x-api-key").map(|v| v.as_bytes().trim_ascii()))
 }
 
-async fn consume(
-    State(state): State<Arc<AppState>>,
+async fn consume<S: TokenStore>(
+    State(state): State<Arc<AppState<S>>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
@@ -113,12 +137,19 @@ async fn consume(
     }
     let mut request = ConsumeRequest::new(parsed.user, &parsed.target, parsed.tokens);
     request.tokens_requested_for_default_bucket_match = parsed.default_match;
-    match state.source.consume_now(request) {
+    match state.source.consume_tokens(request).await {
         Ok(answer) => Json(answer).into_response(),
         Err(e) if e.kind() == ErrorKind::InvalidInput => {
             error(StatusCode::BAD_REQUEST, e.message())
         }
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.message()),
+        Err(e) if e.is_outage() => {
+            tracing::warn!(target: "lightrate::server", error = %e, "the token store cannot answer");
+            unavailable(e.message())
+        }
+        Err(e) => {
+            tracing::error!(target: "lightrate::server", error = %e, "the token store failed");
+            error(StatusCode::INTERNAL_SERVER_ERROR, e.message())
+        }
     }
 }
 

@@ -1,5 +1,7 @@
-//! A LightRate-compatible token server: lightrate's [`EmbeddedSource`] served over HTTP with
-//! exactly the LightRate protocol (`POST /api/v1/tokens/consume`).
+//! A LightRate-compatible token server: lightrate's rules engine served over HTTP with exactly
+//! the LightRate protocol (`POST /api/v1/tokens/consume`), with its buckets in memory (an
+//! [`EmbeddedSource`]) or in Redis (a [`RedisSource`], so that any number of replicas share
+//! them).
 //!
 //! Use it as the API stand-in in tests (bind `127.0.0.1:0`, point a
 //! [`LightRateClient`](lightrate_core::LightRateClient) at [`RunningServer::base_url`]), or to
@@ -27,13 +29,17 @@
 //!
 //! Answers: 200 with the consume response (also when rate limited); 400 for a malformed body,
 //! 401 for a missing or wrong key (compared in constant time), 404 for another application,
-//! 405, 413 past the body limit; errors are JSON `{"error": "<reason>", "message": "<detail>"}`.
+//! 405, 413 past the body limit; 503 with `Retry-After` when the store cannot answer (Redis
+//! unreachable: within its timeout, never a hang and never a grant); errors are JSON
+//! `{"error": "<reason>", "message": "<detail>"}`. `GET /health` is 200 `{"status": "ok"}`
+//! when the store answers, 503 `{"status": "unavailable", ...}` when it does not.
 
 pub mod faults;
 mod handler;
 
 use std::convert::Infallible;
 use std::fmt;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -43,7 +49,8 @@ use std::time::Duration;
 use axum::body::Body;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use lightrate_core::{EmbeddedSource, Error, ErrorKind};
+use lightrate_core::{EmbeddedSource, Error, ErrorKind, TokenSource};
+use lightrate_redis::RedisSource;
 use tokio::net::{TcpListener, ToSocketAddrs};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -56,15 +63,44 @@ use crate::handler::AppState;
 /// The default limit on a request body: 64 KiB.
 pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
 
-/// What a server serves: one application, its API key, and its rules.
-pub struct ServerConfig {
+/// Where a server keeps its buckets: a [`TokenSource`] that can also say whether it can answer
+/// (`GET /health`). Implemented by [`EmbeddedSource`] (in memory, always healthy) and
+/// [`RedisSource`] (healthy while Redis answers `PING`).
+///
+/// ```
+/// use lightrate_core::{EmbeddedSource, RuleSet};
+/// use lightrate_server::TokenStore;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// assert!(EmbeddedSource::new(RuleSet::demo()).health().await.is_ok());
+/// # }
+/// ```
+pub trait TokenStore: TokenSource + fmt::Debug {
+    /// `Ok` when the store can answer consumes now, else the error that says why not.
+    fn health(&self) -> impl Future<Output = Result<(), Error>> + Send {
+        std::future::ready(Ok(()))
+    }
+}
+
+impl TokenStore for EmbeddedSource {}
+
+impl TokenStore for RedisSource {
+    fn health(&self) -> impl Future<Output = Result<(), Error>> + Send {
+        self.ping()
+    }
+}
+
+/// What a server serves: one application, its API key, and the store of its buckets (the
+/// embedded source unless said otherwise).
+pub struct ServerConfig<S = EmbeddedSource> {
     api_key: String,
     application_id: String,
-    source: Arc<EmbeddedSource>,
+    source: Arc<S>,
     body_limit: usize,
 }
 
-impl fmt::Debug for ServerConfig {
+impl<S: fmt::Debug> fmt::Debug for ServerConfig<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ServerConfig")
             .field("api_key", &"****")
@@ -75,14 +111,40 @@ impl fmt::Debug for ServerConfig {
     }
 }
 
-impl ServerConfig {
-    /// Serves `source` to clients presenting `api_key` for `application_id`.
+impl ServerConfig<EmbeddedSource> {
+    /// Serves the embedded `source` (buckets in memory) to clients presenting `api_key` for
+    /// `application_id`.
     ///
     /// Errors (kind [`ErrorKind::Configuration`]) when the key or application id is empty.
     pub fn new(
         api_key: impl Into<String>,
         application_id: impl Into<String>,
         source: impl Into<Arc<EmbeddedSource>>,
+    ) -> Result<Self, Error> {
+        ServerConfig::with_store(api_key, application_id, source.into())
+    }
+}
+
+impl<S: TokenStore> ServerConfig<S> {
+    /// Serves `store` (a [`RedisSource`], say: replicas on one Redis share every bucket) to
+    /// clients presenting `api_key` for `application_id`. Errors as [`ServerConfig::new`].
+    ///
+    /// ```
+    /// use lightrate_core::RuleSet;
+    /// use lightrate_redis::RedisSource;
+    /// use lightrate_server::ServerConfig;
+    /// use std::sync::Arc;
+    ///
+    /// let store = RedisSource::builder(RuleSet::demo())
+    ///     .application_id("app_1")
+    ///     .connect("redis://127.0.0.1:6379")?;
+    /// let config = ServerConfig::with_store("test-key", "app_1", Arc::new(store))?;
+    /// # Ok::<(), lightrate_core::Error>(())
+    /// ```
+    pub fn with_store(
+        api_key: impl Into<String>,
+        application_id: impl Into<String>,
+        store: Arc<S>,
     ) -> Result<Self, Error> {
         let api_key = api_key.into();
         let application_id = application_id.into();
@@ -98,7 +160,7 @@ impl ServerConfig {
         Ok(ServerConfig {
             api_key,
             application_id,
-            source: source.into(),
+            source: store,
             body_limit: DEFAULT_BODY_LIMIT,
         })
     }
@@ -109,24 +171,24 @@ impl ServerConfig {
         self
     }
 
-    /// The source this configuration serves.
-    pub fn source(&self) -> &Arc<EmbeddedSource> {
+    /// The store this configuration serves.
+    pub fn source(&self) -> &Arc<S> {
         &self.source
     }
 }
 
 /// A server, before it listens.
 #[derive(Debug)]
-pub struct LightRateServer {
-    config: ServerConfig,
+pub struct LightRateServer<S = EmbeddedSource> {
+    config: ServerConfig<S>,
     faults: Option<Faults>,
 }
 
 type HttpService = BoxCloneService<http::Request<Body>, http::Response<Body>, faults::Dropped>;
 
-impl LightRateServer {
+impl<S: TokenStore> LightRateServer<S> {
     /// A server for `config`.
-    pub fn new(config: ServerConfig) -> Self {
+    pub fn new(config: ServerConfig<S>) -> Self {
         LightRateServer {
             config,
             faults: None,
@@ -146,7 +208,7 @@ impl LightRateServer {
         handler::router(&self.config, Arc::new(self.state()))
     }
 
-    fn state(&self) -> AppState {
+    fn state(&self) -> AppState<S> {
         AppState {
             api_key: self.config.api_key.clone(),
             application_id: self.config.application_id.clone(),
@@ -156,13 +218,13 @@ impl LightRateServer {
     }
 
     /// Binds `addr` and serves in the background.
-    pub async fn bind(self, addr: impl ToSocketAddrs) -> io::Result<RunningServer> {
+    pub async fn bind(self, addr: impl ToSocketAddrs) -> io::Result<RunningServer<S>> {
         let listener = TcpListener::bind(addr).await?;
         self.serve(listener)
     }
 
     /// Serves on `listener` in the background.
-    pub fn serve(self, listener: TcpListener) -> io::Result<RunningServer> {
+    pub fn serve(self, listener: TcpListener) -> io::Result<RunningServer<S>> {
         let local_addr = listener.local_addr()?;
         let state = Arc::new(self.state());
         let router = handler::router(&self.config, state.clone());
@@ -239,15 +301,15 @@ async fn accept_loop(
 }
 
 /// A server that is serving. Dropping it stops it.
-pub struct RunningServer {
+pub struct RunningServer<S = EmbeddedSource> {
     local_addr: SocketAddr,
-    state: Arc<AppState>,
-    source: Arc<EmbeddedSource>,
+    state: Arc<AppState<S>>,
+    source: Arc<S>,
     stop: watch::Sender<bool>,
     task: Option<JoinHandle<()>>,
 }
 
-impl fmt::Debug for RunningServer {
+impl<S> fmt::Debug for RunningServer<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RunningServer")
             .field("local_addr", &self.local_addr)
@@ -255,7 +317,7 @@ impl fmt::Debug for RunningServer {
     }
 }
 
-impl RunningServer {
+impl<S> RunningServer<S> {
     /// The address it listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
@@ -266,8 +328,8 @@ impl RunningServer {
         format!("http://{}", self.local_addr)
     }
 
-    /// The source it serves (to inspect buckets).
-    pub fn source(&self) -> &Arc<EmbeddedSource> {
+    /// The store it serves (to inspect buckets).
+    pub fn source(&self) -> &Arc<S> {
         &self.source
     }
 
@@ -286,7 +348,7 @@ impl RunningServer {
     }
 }
 
-impl Drop for RunningServer {
+impl<S> Drop for RunningServer<S> {
     fn drop(&mut self) {
         let _ = self.stop.send(true);
     }

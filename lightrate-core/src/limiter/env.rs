@@ -21,6 +21,15 @@ pub enum EnvSource {
     },
     /// The embedded source with the given rules (no API key configured).
     Embedded,
+    /// The given rules with buckets in Redis (`LIGHTRATE_REDIS_URL` and no API key; chosen by
+    /// `lightrate_redis::builder_from_env`). Host and port only, never credentials; port 0 for
+    /// a Unix socket, whose path is the host.
+    Redis {
+        /// The Redis host.
+        host: String,
+        /// The Redis port.
+        port: u16,
+    },
 }
 
 impl std::fmt::Display for EnvSource {
@@ -36,6 +45,8 @@ impl std::fmt::Display for EnvSource {
                 timeout.as_millis()
             ),
             EnvSource::Embedded => f.write_str("the embedded token source"),
+            EnvSource::Redis { host, port: 0 } => write!(f, "Redis at {host}"),
+            EnvSource::Redis { host, port } => write!(f, "Redis at {host}:{port}"),
         }
     }
 }

@@ -1,0 +1,143 @@
+//! The demo apps' choice of token source from the environment, with Redis among the choices.
+
+use lightrate_core::{
+    EnvSource, Error, ErrorKind, Limiter, LimiterBuilder, OnUnavailable, RuleSet,
+};
+
+use crate::RedisSource;
+
+/// A limiter builder configured from the environment: what
+/// [`Limiter::builder_from_env`] does, and buckets in Redis when `LIGHTRATE_REDIS_URL` is set
+/// and no API key is.
+///
+/// | variables set | tokens from |
+/// |---|---|
+/// | `LIGHTRATE_API_KEY` and `LIGHTRATE_APPLICATION_ID` | the LightRate API (`LIGHTRATE_REDIS_URL` is ignored) |
+/// | `LIGHTRATE_REDIS_URL` alone | a [`RedisSource`] with `rules` on that Redis ([`EnvSource::Redis`]) |
+/// | none | the embedded source with `rules` |
+///
+/// `LIGHTRATE_LOCAL_BUCKET_SIZE` and `LIGHTRATE_ON_UNAVAILABLE` apply to every choice. Redis is
+/// not contacted here: a Redis that is down at start is an outage of the first requests (the
+/// `LIGHTRATE_ON_UNAVAILABLE` policy), not a failure to start, and it is served as soon as it
+/// is back.
+///
+/// ```
+/// let (builder, source) = lightrate_redis::builder_from_env(lightrate_core::RuleSet::demo())?;
+/// eprintln!("tokens from {source}"); // "Redis at 127.0.0.1:6379", say
+/// # Ok::<(), lightrate_core::Error>(())
+/// ```
+pub fn builder_from_env(rules: RuleSet) -> Result<(LimiterBuilder, EnvSource), Error> {
+    match redis_from_lookup(&rules, |name| std::env::var(name).ok())? {
+        Some(chosen) => Ok(chosen),
+        None => Limiter::builder_from_env(rules),
+    }
+}
+
+/// The Redis choice, or `None` when the environment does not ask for Redis (then the core's
+/// choice stands: the API, or the embedded source).
+fn redis_from_lookup(
+    rules: &RuleSet,
+    var: impl Fn(&str) -> Option<String>,
+) -> Result<Option<(LimiterBuilder, EnvSource)>, Error> {
+    let var = |name: &str| var(name).filter(|v| !v.trim().is_empty());
+    let api = var("LIGHTRATE_API_KEY").is_some() || var("LIGHTRATE_APPLICATION_ID").is_some();
+    let Some(url) = var("LIGHTRATE_REDIS_URL").filter(|_| !api) else {
+        return Ok(None);
+    };
+    let source = RedisSource::connect(&url, rules.clone())?;
+    let address = source.addresses().first().cloned().unwrap_or_default();
+    let (host, port) = match address.rsplit_once(':') {
+        Some((host, port)) if !address.starts_with("unix:/") => {
+            (host.to_owned(), port.parse().unwrap_or(0))
+        }
+        _ => (address, 0),
+    };
+    let mut builder = Limiter::builder(source);
+    // TODO(one reader per variable): core's `builder_from_lookup` reads these two as well; a
+    // core function taking the local source would let both share one reader.
+    if let Some(size) = var("LIGHTRATE_LOCAL_BUCKET_SIZE") {
+        let size: u64 = size.trim().parse().map_err(|_| {
+            Error::new(
+                ErrorKind::Configuration,
+                format!("LIGHTRATE_LOCAL_BUCKET_SIZE must be a positive integer, not {size:?}"),
+            )
+        })?;
+        builder = builder.lease_size(size);
+    }
+    if let Some(policy) = var("LIGHTRATE_ON_UNAVAILABLE") {
+        builder = builder.on_unavailable(policy.parse::<OnUnavailable>()?);
+    }
+    Ok(Some((builder, EnvSource::Redis { host, port })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn lookup(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |name| map.get(name).cloned()
+    }
+
+    #[test]
+    fn a_redis_url_without_a_key_means_redis() {
+        let (builder, source) = redis_from_lookup(
+            &RuleSet::demo(),
+            lookup(&[
+                ("LIGHTRATE_REDIS_URL", "redis://:hunter2@10.1.2.3:6380/1"),
+                ("LIGHTRATE_ON_UNAVAILABLE", "deny"),
+                ("LIGHTRATE_LOCAL_BUCKET_SIZE", "3"),
+            ]),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            source,
+            EnvSource::Redis {
+                host: "10.1.2.3".into(),
+                port: 6380
+            }
+        );
+        assert_eq!(source.to_string(), "Redis at 10.1.2.3:6380");
+        let limiter = builder.build();
+        assert_eq!(limiter.on_unavailable(), OnUnavailable::Deny);
+        let debug = format!("{limiter:?}{source:?}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+    }
+
+    #[test]
+    fn an_api_key_wins_and_no_url_means_the_core_choice() {
+        let api = lookup(&[
+            ("LIGHTRATE_REDIS_URL", "redis://127.0.0.1"),
+            ("LIGHTRATE_API_KEY", "k"),
+            ("LIGHTRATE_APPLICATION_ID", "a"),
+        ]);
+        assert!(redis_from_lookup(&RuleSet::demo(), api).unwrap().is_none());
+        assert!(redis_from_lookup(&RuleSet::demo(), lookup(&[]))
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
+    fn bad_values_are_configuration_errors_without_the_password() {
+        for vars in [
+            vec![("LIGHTRATE_REDIS_URL", "http://:hunter2@host")],
+            vec![
+                ("LIGHTRATE_REDIS_URL", "redis://127.0.0.1"),
+                ("LIGHTRATE_ON_UNAVAILABLE", "maybe"),
+            ],
+            vec![
+                ("LIGHTRATE_REDIS_URL", "redis://127.0.0.1"),
+                ("LIGHTRATE_LOCAL_BUCKET_SIZE", "five"),
+            ],
+        ] {
+            let e = redis_from_lookup(&RuleSet::demo(), lookup(&vars)).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Configuration, "{vars:?}");
+            assert!(!format!("{e}{e:?}").contains("hunter2"));
+        }
+    }
+}

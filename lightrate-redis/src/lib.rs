@@ -1,0 +1,72 @@
+//! [`RedisSource`]: lightrate's token buckets in Redis or Redis Cluster, shared by every process
+//! of a fleet.
+//!
+//! The rules are a [`RuleSet`](lightrate_core::RuleSet) (the same TOML and builder as the
+//! embedded source), matched in each process; only the buckets live in Redis. A consume is one
+//! Lua script on one key (loaded once, called by SHA with `EVALSHA`, reloaded on `NOSCRIPT`):
+//! it refills the bucket from the time Redis gives (`TIME`, whole milliseconds: one clock for
+//! the whole fleet), takes what it can, and writes the bucket back with an expiry at the moment
+//! it would be full again. So Redis holds only the buckets in use, and a [`Limiter`] over a
+//! `RedisSource` in each process admits, across all of them, what one bucket allows.
+//!
+//! ```no_run
+//! use lightrate_core::{Limiter, RuleSet};
+//! use lightrate_redis::RedisSource;
+//!
+//! let rules = RuleSet::from_toml_file("rules.toml")?;
+//! let limiter = Limiter::new(RedisSource::connect("redis://127.0.0.1:6379", rules)?);
+//! // Redis Cluster: RedisSource::connect_cluster(["redis://10.0.0.1:7000", ...], rules)
+//! # Ok::<(), lightrate_core::Error>(())
+//! ```
+//!
+//! # Keys
+//!
+//! `<prefix>:<application>:<rule id>:<user>`, for example `lightrate:shop:rule_hello:alice`.
+//! The prefix (default `lightrate`) is taken as given (visible ASCII, no braces); the other
+//! parts are percent-encoded: every byte but ASCII letters, digits and `-._~@/+=` becomes `%XX`,
+//! so any identifier (spaces, colons, braces, non-ASCII) has a key of its own and the parts
+//! never run into each other. Keys hold no braces, so Redis Cluster hashes the whole key (no
+//! hash tags): buckets spread over the slots, and no identifier can gather keys on one node.
+//! Each script touches exactly one key, so nothing crosses slots.
+//!
+//! The value is the string `<level>:<time ms>:<units per token>`. One token is `period_ms`
+//! units of a rate of `tokens` tokens per `period_ms` milliseconds, and `tokens` units accrue
+//! per millisecond: integers throughout, the embedded source's arithmetic. Lua numbers are
+//! doubles, exact below 2⁵³, so a rule whose `burst_rate × period_ms` reaches 2⁵³ is refused
+//! when the source is built. A bucket written under another rate keeps its whole tokens.
+//!
+//! # When Redis is down
+//!
+//! A consume that gets no answer within the timeout (default 500 ms) fails with an
+//! [`Error`](lightrate_core::Error) of kind `Timeout`; a connection refused or lost is
+//! `Network`; a cluster that is down is `Unavailable`. These are outage kinds: the limiter's
+//! [`OnUnavailable`](lightrate_core::OnUnavailable) policy decides the request and its circuit
+//! breaker stops waiting on a dead Redis. Refused credentials are a `Configuration` error.
+//! The connection is made on first use and remade after a failure (a lost connection starts
+//! a new attempt at once; a failed attempt is retried by the next call, never cached), so a
+//! Redis that comes back is used again without restarting anything.
+//! Neither errors, logs nor `Debug` output hold a URL's password; errors from the `redis`
+//! crate never appear in this crate's types.
+//!
+//! # Bounds
+//!
+//! Redis grants what one bucket per (application, rule, user) allows: at most
+//! `burst + refill·T` in any window T, however many processes ask. The limiters in front of it
+//! never admit more than it granted; tokens they hold locally are the only slack (see
+//! [`Limiter`]'s bounds).
+//!
+//! [`Limiter`]: lightrate_core::Limiter
+
+mod connection;
+mod env;
+mod keys;
+mod script;
+mod source;
+#[cfg(feature = "test-util")]
+pub mod test_util;
+
+pub use env::builder_from_env;
+pub use script::MAX_BUCKET_UNITS;
+pub use source::{
+    RedisSource, RedisSourceBuilder, DEFAULT_APPLICATION_ID, DEFAULT_PREFIX, DEFAULT_TIMEOUT,
+};

@@ -1,0 +1,321 @@
+//! Real Redis servers and clusters for tests (feature `test-util`): started on free ports of
+//! 127.0.0.1, in a scratch directory, stopped and cleaned up when dropped.
+//!
+//! When `redis-server` is not on `PATH`, [`RedisServer::start`] and [`RedisCluster::start`]
+//! print one line saying which package to install and return `None`, so the test can return
+//! early; when the `CI` variable is set, they panic instead: CI must run every Redis test.
+//!
+//! ```no_run
+//! use lightrate_redis::test_util::RedisServer;
+//!
+//! let Some(redis) = RedisServer::start() else { return };
+//! let url = redis.url(); // redis://127.0.0.1:<port>
+//! ```
+
+use std::io::{self, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// How long a server may take to start answering.
+const START_DEADLINE: Duration = Duration::from_secs(20);
+
+/// Whether `redis-server` can run here. Prints the skip line (or panics under `CI`) when not.
+pub fn redis_available() -> bool {
+    let found = Command::new("redis-server")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        let message = "redis-server is not on PATH: install the `redis-server` package \
+                       (apt-get install redis-server) to run the Redis tests";
+        if std::env::var_os("CI").is_some() {
+            panic!("{message} (CI is set, so a missing Redis is a failure)");
+        }
+        // Straight to stderr, past the test harness's capture, so the skip is seen.
+        let test = std::thread::current()
+            .name()
+            .unwrap_or("a Redis test")
+            .to_owned();
+        let _ = writeln!(io::stderr(), "skipped {test}: {message}");
+    }
+    found
+}
+
+/// A `redis-server` process of this test; killed when dropped.
+#[derive(Debug)]
+pub struct RedisServer {
+    child: Option<Child>,
+    port: u16,
+    dir: PathBuf,
+    cluster: bool,
+    args: Vec<String>,
+}
+
+impl RedisServer {
+    /// Starts a server on a free port, and waits until it answers `PING`. `None` (after the
+    /// skip line) when `redis-server` is missing and `CI` is unset.
+    pub fn start() -> Option<RedisServer> {
+        RedisServer::start_with_args(&[])
+    }
+
+    /// [`start`](Self::start), with more `redis-server` arguments (`["--requirepass", "pw"]`).
+    pub fn start_with_args(args: &[&str]) -> Option<RedisServer> {
+        redis_available().then(|| RedisServer::start_node(false, args))
+    }
+
+    fn start_node(cluster: bool, args: &[&str]) -> RedisServer {
+        let mut last_error = None;
+        for _ in 0..10 {
+            let port = free_port(cluster);
+            let mut server = RedisServer {
+                child: None,
+                port,
+                dir: scratch_dir(port),
+                cluster,
+                args: args.iter().map(|a| (*a).to_owned()).collect(),
+            };
+            match server.spawn() {
+                Ok(()) => return server,
+                Err(e) => last_error = Some(e),
+            }
+        }
+        panic!("cannot start redis-server: {last_error:?}");
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (`SIGKILL`: no goodbye to its clients) and waits for it to exit.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port (empty: it keeps nothing on disk) and waits
+    /// until it answers.
+    pub fn restart(&mut self) {
+        self.kill();
+        let deadline = Instant::now() + START_DEADLINE;
+        loop {
+            match self.spawn() {
+                Ok(()) => return,
+                // The port may take a moment to be free again.
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => panic!("cannot restart redis-server on port {}: {e}", self.port),
+            }
+        }
+    }
+
+    /// Sends one command and returns the raw reply (RESP text), for checks a test makes
+    /// without a client library.
+    pub fn command(&self, args: &[&str]) -> io::Result<String> {
+        command(self.port, args)
+    }
+
+    fn spawn(&mut self) -> io::Result<()> {
+        std::fs::create_dir_all(&self.dir)?;
+        let mut server = Command::new("redis-server");
+        server
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .args(["--daemonize", "no", "--loglevel", "warning"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if self.cluster {
+            let _ = std::fs::remove_file(self.dir.join("nodes.conf"));
+            server.args([
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "2000",
+            ]);
+        }
+        let mut child = server.spawn()?;
+        let deadline = Instant::now() + START_DEADLINE;
+        loop {
+            if let Ok(reply) = command(self.port, &["PING"]) {
+                // NOAUTH: up, with a password.
+                if (reply.starts_with("+PONG") || reply.starts_with("-NOAUTH"))
+                    && is_ours(self.port, &mut child)?
+                {
+                    self.child = Some(child);
+                    return Ok(());
+                }
+            }
+            if let Some(status) = child.try_wait()? {
+                return Err(io::Error::other(format!(
+                    "redis-server on port {} exited: {status}",
+                    self.port
+                )));
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(io::Error::other("redis-server did not answer PING in time"));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A Redis Cluster of this test: `n` masters (`redis-server --cluster-enabled yes`, joined by
+/// `redis-cli --cluster create`), no replicas; stopped when dropped.
+#[derive(Debug)]
+pub struct RedisCluster {
+    nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts `n` (at least 3) nodes, creates the cluster, and waits until every node says
+    /// `cluster_state:ok`. `None` (after the skip line) when `redis-server` is missing and `CI`
+    /// is unset.
+    pub fn start(n: usize) -> Option<RedisCluster> {
+        if !redis_available() {
+            return None;
+        }
+        let nodes: Vec<RedisServer> = (0..n.max(3))
+            .map(|_| RedisServer::start_node(true, &[]))
+            .collect();
+        let mut create = Command::new("redis-cli");
+        create.args(["--cluster", "create"]);
+        for node in &nodes {
+            create.arg(format!("127.0.0.1:{}", node.port));
+        }
+        let output = create
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run redis-cli (package redis-tools): {e}"));
+        assert!(
+            output.status.success(),
+            "redis-cli --cluster create failed: {}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+        let deadline = Instant::now() + START_DEADLINE;
+        while !nodes.iter().all(|node| {
+            node.command(&["CLUSTER", "INFO"])
+                .is_ok_and(|info| info.contains("cluster_state:ok"))
+        }) {
+            assert!(
+                Instant::now() < deadline,
+                "the cluster did not become ok in time"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(RedisCluster { nodes })
+    }
+
+    /// The URL of every node.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisServer::url).collect()
+    }
+
+    /// The nodes.
+    pub fn nodes(&self) -> &[RedisServer] {
+        &self.nodes
+    }
+}
+
+/// Whether the server answering on `port` is `child` (and not another test's server that
+/// took the port first, in which case `child` has exited or will).
+fn is_ours(port: u16, child: &mut Child) -> io::Result<bool> {
+    let pid = format!("process_id:{}\r\n", child.id());
+    match command(port, &["INFO", "server"]) {
+        Ok(info) if info.starts_with('$') => Ok(info.contains(&pid)),
+        // Behind a password: it is ours if it is still running.
+        _ => Ok(child.try_wait()?.is_none()),
+    }
+}
+
+/// A port of 127.0.0.1 that was free a moment ago (and, for a cluster node, whose bus port,
+/// 10000 higher, was free too).
+fn free_port(cluster: bool) -> u16 {
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap_or_else(|e| panic!("no free port on 127.0.0.1: {e}"));
+        if !cluster {
+            return port;
+        }
+        if port < 55_000 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+}
+
+fn scratch_dir(port: u16) -> PathBuf {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    std::env::temp_dir().join(format!(
+        "lightrate-redis-test-{}-{port}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ))
+}
+
+/// Sends `args` as one RESP command to 127.0.0.1:`port`; returns the reply's text.
+fn command(port: u16, args: &[&str]) -> io::Result<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut request = format!("*{}\r\n", args.len());
+    for arg in args {
+        request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+    }
+    stream.write_all(request.as_bytes())?;
+    let mut reply = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while !is_complete(&reply) {
+        let n = stream.read(&mut buffer)?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        reply.extend_from_slice(&buffer[..n]);
+    }
+    Ok(String::from_utf8_lossy(&reply).into_owned())
+}
+
+/// Whether `reply` holds one whole RESP reply (simple, error, integer or bulk string; arrays
+/// are read as far as their first line).
+fn is_complete(reply: &[u8]) -> bool {
+    let Some(line_end) = reply.windows(2).position(|w| w == b"\r\n") else {
+        return false;
+    };
+    if reply.first() != Some(&b'$') {
+        return true;
+    }
+    let length: i64 = std::str::from_utf8(&reply[1..line_end])
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(-1);
+    length < 0 || reply.len() >= line_end + 2 + length as usize + 2
+}

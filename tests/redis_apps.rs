@@ -1,0 +1,127 @@
+//! The demo apps on Redis: `LIGHTRATE_REDIS_URL` and no API key make both example binaries
+//! keep their buckets in Redis, say so on stderr, and two instances share one bucket per user.
+#![allow(clippy::unwrap_used, clippy::print_stdout, missing_docs)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use lightrate_redis::test_util::RedisServer;
+use reqwest::StatusCode;
+
+/// An example binary on Redis; killed when dropped.
+struct App {
+    child: Child,
+    base_url: String,
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl App {
+    /// Kills the app and returns what it wrote on stderr.
+    fn stop(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let mut stderr = String::new();
+        if let Some(mut pipe) = self.child.stderr.take() {
+            let _ = pipe.read_to_string(&mut stderr);
+        }
+        stderr
+    }
+}
+
+/// `cargo test` builds the examples next to the test binaries: target/<profile>/examples.
+fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
+    let path = profile_dir.join("examples").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo test`",
+        path.display()
+    );
+    path
+}
+
+fn start(name: &str, redis_url: &str) -> App {
+    let mut command = Command::new(binary(name));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("LIGHTRATE_") {
+            command.env_remove(key);
+        }
+    }
+    let mut child = command
+        .env("PORT", "0")
+        .env("RUST_LOG", "warn")
+        .env("LIGHTRATE_REDIS_URL", redis_url)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let base_url = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("{name} printed {line:?} instead of its address"))
+        .to_owned();
+    App { child, base_url }
+}
+
+/// Alternates `GET /hello` for one user between two instances: together they admit what one
+/// bucket holds (burst 20, 1/s; the test takes well under 2 s), not 20 each.
+async fn share_one_bucket(a: &App, b: &App, user: &str) {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let mut allowed = 0;
+    let start = std::time::Instant::now();
+    for i in 0..40 {
+        let app = if i % 2 == 0 { a } else { b };
+        let response = client
+            .get(format!("{}/hello", app.base_url))
+            .header("x-user-id", user)
+            .send()
+            .await
+            .unwrap();
+        match response.status() {
+            StatusCode::OK => allowed += 1,
+            StatusCode::TOO_MANY_REQUESTS => {}
+            other => panic!("{other}: {}", response.text().await.unwrap()),
+        }
+    }
+    println!("{user}: {allowed} of 40 allowed in {:?}", start.elapsed());
+    // One bucket: at most its burst plus what refilled meanwhile; far below 2 × 20.
+    let refilled = start.elapsed().as_secs() + 1;
+    assert!(
+        allowed <= 20 + refilled && allowed >= 10,
+        "{allowed} allowed in {:?}",
+        start.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn two_demo_apps_on_one_redis_share_one_bucket_per_user() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let url = redis.url();
+    let (axum, actix) = (start("axum_app", &url), start("actix_app", &url));
+    share_one_bucket(&axum, &actix, "ivan").await;
+    let second_axum = start("axum_app", &url);
+    share_one_bucket(&axum, &second_axum, "olga").await;
+    let expected = format!("Redis at 127.0.0.1:{}", redis.port());
+    for app in [axum, actix, second_axum] {
+        let stderr = app.stop();
+        assert!(stderr.contains(&expected), "{stderr}");
+    }
+}
