@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
 use crate::clock::{Clock, SystemClock, Timestamp};
@@ -107,6 +107,17 @@ impl Bucket {
         Some(u64::try_from(nanos.div_ceil(1_000_000)).unwrap_or(u64::MAX))
     }
 
+    /// The same level under another rule's scale: its tokens (and part token) kept, capped at
+    /// the new capacity.
+    fn rescale(&mut self, from: Scale, to: Scale) {
+        let whole = self.level / from.unit;
+        let part = self.level % from.unit;
+        let level = whole
+            .saturating_mul(to.unit)
+            .saturating_add(part.saturating_mul(to.unit) / from.unit);
+        self.level = level.min(to.capacity);
+    }
+
     /// Whether the bucket is full at its last update (indistinguishable from a new bucket).
     fn is_full(&self, scale: Scale) -> bool {
         self.level >= scale.capacity
@@ -146,7 +157,8 @@ impl Bucket {
 /// ```
 #[derive(Debug)]
 pub struct EmbeddedSource {
-    rules: RuleSet,
+    /// Read under a shard's lock, replaced with every shard locked.
+    rules: RwLock<Arc<RuleSet>>,
     clock: Arc<dyn Clock>,
     partial_grants: bool,
     hasher: foldhash::fast::FixedState,
@@ -184,7 +196,7 @@ impl EmbeddedSource {
     /// A source serving `rules`, on the system clock, with partial grants.
     pub fn new(rules: RuleSet) -> Self {
         EmbeddedSource {
-            rules,
+            rules: RwLock::new(Arc::new(rules)),
             clock: Arc::new(SystemClock::new()),
             partial_grants: true,
             hasher: foldhash::fast::FixedState::with_seed(fastrand::u64(..)),
@@ -217,8 +229,40 @@ impl EmbeddedSource {
     }
 
     /// The rules this source serves.
-    pub fn rules(&self) -> &RuleSet {
-        &self.rules
+    pub fn rules(&self) -> Arc<RuleSet> {
+        read(&self.rules).clone()
+    }
+
+    /// Serves `rules` from now on, keeping every bucket whose rule (by id) is still there: its
+    /// tokens carry over (capped at the rule's new burst) and refill at the new rate. Buckets
+    /// of rules that are gone are dropped. Requests see either the old rules or the new ones,
+    /// never a mix.
+    pub fn replace_rules(&self, rules: RuleSet) {
+        let now = self.clock.now();
+        // Every shard locked, in order: no request runs while buckets change scale.
+        let mut shards: Vec<MutexGuard<'_, Shard>> = self.shards.iter().map(lock).collect();
+        let old = self.rules();
+        let by_id: HashMap<&str, usize> = (0..=rules.len())
+            .map(|i| (rules.rule_at(i).id.as_str(), i))
+            .collect();
+        for shard in &mut shards {
+            shard.users.retain(|_, buckets| {
+                buckets.retain_mut(|(index, bucket)| {
+                    let before = old.rule_at(*index);
+                    let Some(&now_at) = by_id.get(before.id.as_str()) else {
+                        return false;
+                    };
+                    let from = Scale::of(before);
+                    bucket.refill(now, from);
+                    bucket.rescale(from, Scale::of(rules.rule_at(now_at)));
+                    *index = now_at;
+                    true
+                });
+                !buckets.is_empty()
+            });
+            shard.buckets = shard.users.values().map(Vec::len).sum();
+        }
+        *self.rules.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(rules);
     }
 
     /// Consumes tokens synchronously (the [`TokenSource`] implementation calls this).
@@ -227,18 +271,19 @@ impl EmbeddedSource {
     /// tokens requested, or a zero `tokens_requested_for_default_bucket_match`.
     pub fn consume_now(&self, request: ConsumeRequest<'_>) -> Result<ConsumeTokensResponse, Error> {
         validate(&request)?;
-        let index = self.rules.resolve_index(request.target);
-        let rule = self.rules.rule_at(index);
+        let now = self.clock.now();
+        let mut shard = self.shard(request.user_identifier);
+        // Under the shard's lock: a replacement of the rules waits for it.
+        let rules = self.rules();
+        let index = rules.resolve_index(request.target);
+        let rule = rules.rule_at(index);
         let wanted = match request.tokens_requested_for_default_bucket_match {
             Some(n) if rule.is_default => n,
             _ => request.tokens_requested,
         };
         let scale = Scale::of(rule);
-        let now = self.clock.now();
-
-        let mut shard = self.shard(request.user_identifier);
         if now.saturating_duration_since(shard.last_sweep) >= SWEEP_EVERY {
-            self.sweep_shard(&mut shard, now);
+            shard.sweep(&rules, now, &self.swept);
         }
         let held = shard
             .users
@@ -248,7 +293,7 @@ impl EmbeddedSource {
             // At the cap: only full buckets may go (forgetting another would grant past its
             // limit), and a flood of new users must not make every request a sweep.
             if now.saturating_duration_since(shard.last_sweep) >= SWEEP_AT_CAP_EVERY {
-                self.sweep_shard(&mut shard, now);
+                shard.sweep(&rules, now, &self.swept);
             }
             if shard.buckets >= self.max_per_shard {
                 self.refused.fetch_add(1, Ordering::Relaxed);
@@ -293,10 +338,11 @@ impl EmbeddedSource {
     /// How many whole tokens `user` has now under the rule `target` falls to, without
     /// consuming any.
     pub fn available(&self, user: &str, target: &crate::Target<'_>) -> u64 {
-        let index = self.rules.resolve_index(target);
-        let rule = self.rules.rule_at(index);
         let now = self.clock.now();
         let shard = self.shard(user);
+        let rules = self.rules();
+        let index = rules.resolve_index(target);
+        let rule = rules.rule_at(index);
         let bucket = shard
             .users
             .get(user)
@@ -331,13 +377,9 @@ impl EmbeddedSource {
     pub fn sweep(&self) {
         let now = self.clock.now();
         for shard in self.shards.iter() {
-            self.sweep_shard(&mut lock(shard), now);
+            let mut shard = lock(shard);
+            shard.sweep(&self.rules(), now, &self.swept);
         }
-    }
-
-    fn sweep_shard(&self, shard: &mut Shard, now: Timestamp) {
-        let swept = shard.sweep(&self.rules, now);
-        self.swept.fetch_add(swept as u64, Ordering::Relaxed);
     }
 
     fn shard(&self, user: &str) -> MutexGuard<'_, Shard> {
@@ -346,8 +388,8 @@ impl EmbeddedSource {
 }
 
 impl Shard {
-    /// Drops the buckets that have refilled; returns how many.
-    fn sweep(&mut self, rules: &RuleSet, now: Timestamp) -> usize {
+    /// Drops the buckets that have refilled, counting them in `swept`.
+    fn sweep(&mut self, rules: &RuleSet, now: Timestamp, swept: &AtomicU64) {
         self.last_sweep = now;
         let before = self.buckets;
         self.users.retain(|_, buckets| {
@@ -359,8 +401,13 @@ impl Shard {
             !buckets.is_empty()
         });
         self.buckets = self.users.values().map(Vec::len).sum();
-        before - self.buckets
+        swept.fetch_add((before - self.buckets) as u64, Ordering::Relaxed);
     }
+}
+
+/// Reads a lock, recovering from poisoning (it guards a pointer swapped in one store).
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Locks a mutex, recovering from poisoning: the maps hold plain data that a panicking holder
@@ -584,6 +631,46 @@ mod tests {
                 .consume_now(ConsumeRequest::new(&format!("u{u}"), &t, 1))
                 .is_ok());
         }
+    }
+
+    #[test]
+    fn replacing_the_rules_keeps_the_buckets_of_rules_still_there() {
+        let clock = ManualClock::new();
+        let s = source(&clock);
+        let email = Target::operation("send_email"); // 1/s, burst 10
+        let hello = Target::path(Method::GET, "/hello"); // 1/s, burst 20
+        assert_eq!(take(&s, "u", &email, 7).tokens_remaining, 3);
+        assert_eq!(take(&s, "u", &hello, 5).tokens_remaining, 15);
+        clock.advance(Duration::from_millis(500));
+        // send_email now refills 10/hour with a burst of 8; hello is gone (to the default).
+        let rules = RuleSet::from_toml_str(
+            r#"
+            [default]
+            refill_rate = 1
+            burst_rate = 5
+
+            [[rules]]
+            id = "rule_send_email"
+            name = "Send Email"
+            matcher = "^send_email$"
+            refill = "10/hour"
+            burst_rate = 8
+            "#,
+        )
+        .unwrap();
+        s.replace_rules(rules);
+        assert_eq!(s.rules().rules().count(), 2);
+        // 3.5 tokens carried over, at the new rate from now on.
+        assert_eq!(s.available("u", &email), 3);
+        clock.advance(Duration::from_secs(179));
+        assert_eq!(s.available("u", &email), 3);
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(s.available("u", &email), 4);
+        let r = take(&s, "u", &email, 10);
+        assert_eq!((r.tokens_consumed, r.rule.burst_rate), (4, 8));
+        // The hello bucket went with its rule: /hello is the default rule's now, full.
+        assert!(take(&s, "u", &hello, 1).rule.is_default);
+        assert_eq!(s.available("u", &hello), 4);
     }
 
     #[test]

@@ -210,6 +210,11 @@ impl RuleSet {
             .unwrap_or(self.rules.len())
     }
 
+    /// How many rules besides the default one (`rule_at(len())` is the default rule).
+    pub(crate) fn len(&self) -> usize {
+        self.rules.len()
+    }
+
     /// The rule at `index` as returned by `resolve_index`.
     pub(crate) fn rule_at(&self, index: usize) -> &Rule {
         self.rules
