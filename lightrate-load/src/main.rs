@@ -1,0 +1,337 @@
+//! `lightrate-load`: drives a demo app (and, through it, its token source) the way a soak or
+//! an attack would, and reports what a user sees.
+//!
+//! ```text
+//! lightrate-load soak --app URL [--server URL] [--app-pid PID] [--server-pid PID]
+//!                     [--minutes N] [--new-users-per-second N] [--hot-users N]
+//!                     [--hot-requests-per-second N] [--concurrency N] [--path /hello]
+//! ```
+//!
+//! Every minute it prints one line: requests, 200s, 429s, errors (anything else, and failed
+//! connections), p50 and p99 latency, the resident memory of the app and the server (from
+//! `/proc`, when their pids are given), and the source calls per request (from the server's
+//! `lightrate_server_consume_requests_total` on `GET /metrics`, when it has one).
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const USAGE: &str = "\
+usage: lightrate-load soak --app URL [options]
+
+Sends a steady stream of requests from new users (each seen once) plus a hot set of users
+(seen again and again) to an app, and prints one line a minute.
+
+options:
+  --app URL                     the app's base URL (required), e.g. http://127.0.0.1:3000
+  --path PATH                   the route to request (default /hello)
+  --server URL                  the token server's base URL, for calls per request (/metrics)
+  --app-pid PID                 the app's pid, for its resident memory
+  --server-pid PID              the token server's pid, for its resident memory
+  --minutes N                   how long (default 10)
+  --new-users-per-second N      requests from users never seen before (default 200)
+  --hot-users N                 how many users make up the hot set (default 50)
+  --hot-requests-per-second N   requests from the hot set (default 800)
+  --concurrency N               requests in flight at most (default 64)
+  -h, --help                    this text";
+
+#[derive(Debug)]
+struct Options {
+    app: String,
+    path: String,
+    server: Option<String>,
+    app_pid: Option<u32>,
+    server_pid: Option<u32>,
+    minutes: u64,
+    new_per_second: u64,
+    hot_users: u64,
+    hot_per_second: u64,
+    concurrency: usize,
+}
+
+fn parse(mut args: impl Iterator<Item = String>) -> Result<Option<Options>, String> {
+    match args.next().as_deref() {
+        Some("soak") => {}
+        Some("-h" | "--help") | None => return Ok(None),
+        Some(other) => return Err(format!("unknown command {other:?}")),
+    }
+    let mut o = Options {
+        app: String::new(),
+        path: "/hello".into(),
+        server: None,
+        app_pid: None,
+        server_pid: None,
+        minutes: 10,
+        new_per_second: 200,
+        hot_users: 50,
+        hot_per_second: 800,
+        concurrency: 64,
+    };
+    while let Some(arg) = args.next() {
+        let mut value = || args.next().ok_or_else(|| format!("{arg} needs a value"));
+        let number = |v: String| {
+            v.parse::<u64>()
+                .map_err(|_| format!("{v:?} is not a number"))
+        };
+        match arg.as_str() {
+            "--app" => o.app = value()?,
+            "--path" => o.path = value()?,
+            "--server" => o.server = Some(value()?),
+            "--app-pid" => o.app_pid = Some(number(value()?)? as u32),
+            "--server-pid" => o.server_pid = Some(number(value()?)? as u32),
+            "--minutes" => o.minutes = number(value()?)?,
+            "--new-users-per-second" => o.new_per_second = number(value()?)?,
+            "--hot-users" => o.hot_users = number(value()?)?.max(1),
+            "--hot-requests-per-second" => o.hot_per_second = number(value()?)?,
+            "--concurrency" => o.concurrency = number(value()?)?.max(1) as usize,
+            "-h" | "--help" => return Ok(None),
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    if o.app.is_empty() {
+        return Err("--app is required".into());
+    }
+    Ok(Some(o))
+}
+
+/// What one minute saw.
+#[derive(Default)]
+struct Minute {
+    ok: AtomicU64,
+    limited: AtomicU64,
+    errors: AtomicU64,
+    latencies_us: Mutex<Vec<u32>>,
+}
+
+impl Minute {
+    fn record(&self, status: Option<u16>, latency: Duration) {
+        let counter = match status {
+            Some(200) => &self.ok,
+            Some(429) => &self.limited,
+            _ => &self.errors,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        let us = u32::try_from(latency.as_micros()).unwrap_or(u32::MAX);
+        self.latencies_us
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(us);
+    }
+}
+
+/// Resident memory of `pid` in MiB, from `/proc/<pid>/status`.
+fn rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+/// The server's consume requests so far, summed over labels, from its Prometheus text.
+async fn consume_calls(client: &reqwest::Client, server: &str) -> Option<f64> {
+    let text = client
+        .get(format!("{server}/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    sum_of(&text, "lightrate_server_consume_requests_total")
+}
+
+/// The sum of every sample of the counter `name` (over all its labels) in Prometheus text.
+fn sum_of(text: &str, name: &str) -> Option<f64> {
+    let mut total = None;
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        if !(rest.starts_with('{') || rest.starts_with(' ')) {
+            continue;
+        }
+        let value: f64 = line.rsplit(' ').next()?.parse().ok()?;
+        *total.get_or_insert(0.0) += value;
+    }
+    total
+}
+
+fn percentile(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let at = ((sorted.len() - 1) as f64 * p).round() as usize;
+    f64::from(sorted[at]) / 1000.0
+}
+
+async fn soak(o: Options) -> Result<(), String> {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(o.concurrency)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .map_err(|e| format!("cannot build an HTTP client: {e}"))?;
+    let url = format!("{}{}", o.app.trim_end_matches('/'), o.path);
+    let slots = Arc::new(tokio::sync::Semaphore::new(o.concurrency));
+    let total_per_second = o.new_per_second + o.hot_per_second;
+    if total_per_second == 0 {
+        return Err("nothing to send: both rates are 0".into());
+    }
+    let interval = Duration::from_secs_f64(1.0 / total_per_second as f64);
+    println!(
+        "minute  requests     200s     429s  errors  p50 ms  p99 ms  app MiB  server MiB  calls/request"
+    );
+    let mut new_user = 0u64;
+    let mut calls_before = match &o.server {
+        Some(server) => consume_calls(&client, server).await,
+        None => None,
+    };
+    let started = Instant::now();
+    let mut next = Instant::now();
+    let mut rng = fastrand::Rng::new();
+    for minute in 1..=o.minutes {
+        let current = Arc::new(Minute::default());
+        let end = started + Duration::from_secs(60 * minute);
+        let mut sent = 0u64;
+        while Instant::now() < end {
+            next += interval;
+            tokio::time::sleep_until(next.into()).await;
+            let user = if rng.u64(0..total_per_second) < o.new_per_second {
+                new_user += 1;
+                format!("new-{new_user}")
+            } else {
+                format!("hot-{}", rng.u64(0..o.hot_users))
+            };
+            // At most `concurrency` in flight: past it, the generator waits (and reports the
+            // shortfall in the request count rather than queueing without bound).
+            let permit = slots
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|e| e.to_string())?;
+            let (client, url, current) = (client.clone(), url.clone(), current.clone());
+            sent += 1;
+            tokio::spawn(async move {
+                let start = Instant::now();
+                let status = match client.get(&url).header("x-user-id", user).send().await {
+                    Ok(response) => {
+                        let status = response.status().as_u16();
+                        let _ = response.bytes().await;
+                        Some(status)
+                    }
+                    Err(_) => None,
+                };
+                current.record(status, start.elapsed());
+                drop(permit);
+            });
+        }
+        // Let the minute's last requests finish.
+        let _ = slots.acquire_many(o.concurrency as u32).await;
+        let mut latencies = std::mem::take(
+            &mut *current
+                .latencies_us
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        latencies.sort_unstable();
+        let calls_now = match &o.server {
+            Some(server) => consume_calls(&client, server).await,
+            None => None,
+        };
+        let per_request = match (calls_before, calls_now) {
+            (Some(before), Some(now)) if sent > 0 => format!("{:.3}", (now - before) / sent as f64),
+            _ => "n/a".into(),
+        };
+        calls_before = calls_now;
+        let mib = |pid: Option<u32>| {
+            pid.and_then(rss_mib)
+                .map_or_else(|| "n/a".into(), |m| format!("{m:.1}"))
+        };
+        println!(
+            "{minute:>6}  {sent:>8}  {:>7}  {:>7}  {:>6}  {:>6.2}  {:>6.2}  {:>7}  {:>10}  {per_request:>13}",
+            current.ok.load(Ordering::Relaxed),
+            current.limited.load(Ordering::Relaxed),
+            current.errors.load(Ordering::Relaxed),
+            percentile(&latencies, 0.5),
+            percentile(&latencies, 0.99),
+            mib(o.app_pid),
+            mib(o.server_pid),
+        );
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match parse(std::env::args().skip(1)) {
+        Ok(Some(options)) => match soak(options).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(message) => {
+                eprintln!("lightrate-load: {message}");
+                ExitCode::FAILURE
+            }
+        },
+        Ok(None) => {
+            println!("{USAGE}");
+            ExitCode::SUCCESS
+        }
+        Err(message) => {
+            eprintln!("lightrate-load: {message}\n\n{USAGE}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> impl Iterator<Item = String> + '_ {
+        s.split_whitespace().map(String::from)
+    }
+
+    #[test]
+    fn options_parse_and_bad_ones_say_why() {
+        let o = parse(args("soak --app http://a --minutes 2 --hot-users 0"))
+            .unwrap()
+            .unwrap();
+        assert_eq!((o.app.as_str(), o.minutes, o.hot_users), ("http://a", 2, 1));
+        assert!(parse(args("soak")).unwrap_err().contains("--app"));
+        assert!(parse(args("soak --app x --minutes ten"))
+            .unwrap_err()
+            .contains("not a number"));
+        assert!(parse(args("flood"))
+            .unwrap_err()
+            .contains("unknown command"));
+        assert!(parse(args("--help")).unwrap().is_none());
+    }
+
+    #[test]
+    fn percentiles_of_sorted_samples() {
+        let samples: Vec<u32> = (1..=100).map(|ms| ms * 1000).collect();
+        assert_eq!(percentile(&samples, 0.5), 51.0);
+        assert_eq!(percentile(&samples, 0.99), 99.0);
+        assert_eq!(percentile(&[], 0.5), 0.0);
+    }
+
+    #[test]
+    fn the_servers_calls_are_summed_over_labels() {
+        let text = "# TYPE lightrate_server_consume_requests_total counter\n\
+                    lightrate_server_consume_requests_total{status=\"200\",rule=\"a\"} 3\n\
+                    lightrate_server_consume_requests_total{status=\"401\"} 2\n\
+                    lightrate_server_consume_requests_total_other 100\n";
+        assert_eq!(
+            sum_of(text, "lightrate_server_consume_requests_total"),
+            Some(5.0)
+        );
+        assert_eq!(sum_of(text, "absent"), None);
+    }
+
+    #[test]
+    fn resident_memory_comes_from_proc() {
+        let rss = rss_mib(std::process::id());
+        assert!(rss.is_some_and(|m| m > 0.0));
+        assert_eq!(rss_mib(u32::MAX), None);
+    }
+}
