@@ -11,58 +11,12 @@ use actix_web::http::{Method, StatusCode};
 use actix_web::test::{call_service, init_service, read_body, TestRequest};
 use actix_web::{guard, web, App, HttpMessage, HttpResponse};
 use lightrate_core::{
-    ConsumeRequest, ConsumeTokensResponse, Decision, DecisionSource, EmbeddedSource, Error,
-    ErrorKind, LightRateClient, Limiter, ManualClock, OnUnavailable, RuleSet, TokenSource,
+    Decision, DecisionSource, Error, ErrorKind, LightRateClient, Limiter, ManualClock,
+    OnUnavailable,
 };
+use lightrate_testing::Recording;
 
 use super::*;
-
-/// The embedded demo source, recording every call's target and size.
-#[derive(Default)]
-struct Recording {
-    inner: Option<EmbeddedSource>,
-    calls: Mutex<Vec<(String, u64)>>,
-    fail: Mutex<Option<Error>>,
-}
-
-impl TokenSource for Recording {
-    async fn consume_tokens(
-        &self,
-        request: ConsumeRequest<'_>,
-    ) -> Result<ConsumeTokensResponse, Error> {
-        self.calls
-            .lock()
-            .unwrap()
-            .push((request.target.to_string(), request.tokens_requested));
-        if let Some(error) = self.fail.lock().unwrap().clone() {
-            return Err(error);
-        }
-        self.inner.as_ref().unwrap().consume_now(request)
-    }
-}
-
-impl Recording {
-    fn calls(&self) -> Vec<(String, u64)> {
-        self.calls.lock().unwrap().clone()
-    }
-}
-
-fn source() -> Arc<Recording> {
-    Arc::new(Recording {
-        inner: Some(EmbeddedSource::new(RuleSet::demo()).with_clock(ManualClock::new())),
-        ..Recording::default()
-    })
-}
-
-/// One token per lease, so that every decision is one recorded call.
-fn limiter(source: &Arc<Recording>, policy: OnUnavailable) -> Limiter {
-    Limiter::builder(source.clone())
-        .clock(ManualClock::new())
-        .lease_size(1)
-        .refill_ahead(false)
-        .on_unavailable(policy)
-        .build()
-}
 
 fn user_header() -> Identify {
     Identify::header(HeaderName::from_static("x-user-id"))
@@ -104,7 +58,7 @@ macro_rules! send {
 
 #[actix_rt::test]
 async fn allows_until_the_burst_then_answers_429_without_calling_the_handler() {
-    let source = source();
+    let source = Recording::demo();
     let handled = Arc::new(AtomicUsize::new(0));
     let counter = handled.clone();
     let app = init_service(
@@ -116,7 +70,7 @@ async fn allows_until_the_burst_then_answers_429_without_calling_the_handler() {
                     async move { format!("{:?}", decision.source()) }
                 }),
             )
-            .wrap(LightRate::new(limiter(&source, OnUnavailable::Allow)).identify(user_header())),
+            .wrap(LightRate::new(source.limiter(OnUnavailable::Allow)).identify(user_header())),
     )
     .await;
     for _ in 0..20 {
@@ -142,11 +96,11 @@ async fn allows_until_the_burst_then_answers_429_without_calling_the_handler() {
 
 #[actix_rt::test]
 async fn unusable_identifiers_get_400_before_any_token_is_spent() {
-    let source = source();
+    let source = Recording::demo();
     let app = init_service(
         App::new()
             .route("/hello", web::get().to(|| async { "hi" }))
-            .wrap(LightRate::new(limiter(&source, OnUnavailable::Allow)).identify(user_header())),
+            .wrap(LightRate::new(source.limiter(OnUnavailable::Allow)).identify(user_header())),
     )
     .await;
     let long = "x".repeat(10_000);
@@ -173,12 +127,12 @@ async fn missing_identifiers_follow_the_policy() {
         (MissingIdentifier::Unlimited, StatusCode::OK),
         (MissingIdentifier::Reject, StatusCode::BAD_REQUEST),
     ] {
-        let source = source();
+        let source = Recording::demo();
         let app = init_service(
             App::new()
                 .route("/hello", web::get().to(|| async { "hi" }))
                 .wrap(
-                    LightRate::new(limiter(&source, OnUnavailable::Allow))
+                    LightRate::new(source.limiter(OnUnavailable::Allow))
                         .identify(user_header())
                         .on_missing_identifier(policy),
                 ),
@@ -200,8 +154,8 @@ async fn missing_identifiers_follow_the_policy() {
 
 #[actix_rt::test]
 async fn the_peer_address_is_an_identifier_and_forwarded_for_needs_trust() {
-    let source = source();
-    let limit = LightRate::new(limiter(&source, OnUnavailable::Allow));
+    let source = Recording::demo();
+    let limit = LightRate::new(source.limiter(OnUnavailable::Allow));
     let app = init_service(
         App::new()
             .route("/hello", web::get().to(|| async { "hi" }))
@@ -244,8 +198,8 @@ async fn identifiers_from_an_auth_extension_or_a_closure() {
     struct Claims {
         subject: String,
     }
-    let source = source();
-    let limit = LightRate::new(limiter(&source, OnUnavailable::Allow));
+    let source = Recording::demo();
+    let limit = LightRate::new(source.limiter(OnUnavailable::Allow));
     let by_claims = init_service(
         App::new()
             .route("/hello", web::get().to(|| async { "hi" }))
@@ -305,13 +259,13 @@ async fn identifiers_from_an_auth_extension_or_a_closure() {
 
 #[actix_rt::test]
 async fn excluded_requests_never_touch_the_limiter() {
-    let source = source();
+    let source = Recording::demo();
     let app = init_service(
         App::new()
             .route("/healthz", web::get().to(|| async { "ok" }))
             .route("/metrics", web::get().to(|| async { "m" }))
             .wrap(
-                LightRate::new(limiter(&source, OnUnavailable::Deny))
+                LightRate::new(source.limiter(OnUnavailable::Deny))
                     .identify(user_header())
                     .exclude_path("/healthz")
                     .exclude(|req| req.path() == "/metrics"),
@@ -379,8 +333,8 @@ async fn app_wide_middleware_sees_the_resource_pattern_before_the_resource_runs(
 
 /// A fresh recording source and a middleware on it identifying users by `x-user-id`.
 fn fresh() -> (Arc<Recording>, LightRate) {
-    let source = source();
-    let limit = LightRate::new(limiter(&source, OnUnavailable::Allow)).identify(user_header());
+    let source = Recording::demo();
+    let limit = LightRate::new(source.limiter(OnUnavailable::Allow)).identify(user_header());
     (source, limit)
 }
 
@@ -664,7 +618,7 @@ async fn paths_are_concrete_by_default_or_the_resource_pattern() {
         // No resource matched: the concrete path.
         (PathTarget::Template, "/nowhere/1", "GET /nowhere/1"),
     ] {
-        let source = source();
+        let source = Recording::demo();
         let app = init_service(
             App::new()
                 .route("/items/{id}", web::get().to(|| async { "item" }))
@@ -672,7 +626,7 @@ async fn paths_are_concrete_by_default_or_the_resource_pattern() {
                     web::scope("/api").route("/items/{id}", web::get().to(|| async { "item" })),
                 )
                 .wrap(
-                    LightRate::new(limiter(&source, OnUnavailable::Allow))
+                    LightRate::new(source.limiter(OnUnavailable::Allow))
                         .identify(user_header())
                         .path_target(mode),
                 ),
@@ -746,12 +700,12 @@ async fn an_unavailable_source_follows_the_outage_policy() {
         (OnUnavailable::Deny, StatusCode::SERVICE_UNAVAILABLE),
         (OnUnavailable::Error, StatusCode::SERVICE_UNAVAILABLE),
     ] {
-        let source = source();
-        *source.fail.lock().unwrap() = Some(Error::new(ErrorKind::Timeout, "slow"));
+        let source = Recording::demo();
+        source.fail_with(Some(Error::new(ErrorKind::Timeout, "slow")));
         let app = init_service(
             App::new()
                 .route("/hello", web::get().to(|| async { "hi" }))
-                .wrap(LightRate::new(limiter(&source, policy)).identify(user_header())),
+                .wrap(LightRate::new(source.limiter(policy)).identify(user_header())),
         )
         .await;
         let (status, headers, body) = send!(app, Method::GET, "/hello", Some("u"));
@@ -768,7 +722,7 @@ async fn an_unavailable_source_follows_the_outage_policy() {
 
 #[actix_rt::test]
 async fn local_hits_do_not_wait_for_the_source() {
-    let source = source();
+    let source = Recording::demo();
     let limiter = Limiter::builder(source.clone())
         .clock(ManualClock::new())
         .lease_size(5)

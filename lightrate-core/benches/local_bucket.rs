@@ -12,11 +12,10 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use governor::{Quota, RateLimiter};
 use lightrate_core::http::Method;
 use lightrate_core::{Decision, Limiter, Target, MAX_LEASE_SIZE};
-
-mod support;
+use lightrate_testing::Unlimited;
 
 fn limiter() -> Limiter {
-    Limiter::builder(support::Unlimited)
+    Limiter::builder(Unlimited)
         .lease_size(MAX_LEASE_SIZE)
         .refill_ahead(false)
         .bucket_ttl(Duration::from_secs(3600))

@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -11,53 +11,12 @@ use axum::{Extension, Router};
 use http::{HeaderName, Method, Request, StatusCode};
 use http_body_util::BodyExt;
 use lightrate_core::{
-    ConsumeRequest, ConsumeTokensResponse, Decision, DecisionSource, EmbeddedSource, Error,
-    ErrorKind, Limiter, ManualClock, OnUnavailable, RuleSet, TokenSource,
+    Decision, DecisionSource, Error, ErrorKind, Limiter, ManualClock, OnUnavailable,
 };
+use lightrate_testing::Recording;
 use tower::ServiceExt;
 
 use super::*;
-
-/// The embedded demo source, recording every call's target and size.
-#[derive(Default)]
-struct Recording {
-    inner: Option<EmbeddedSource>,
-    calls: Mutex<Vec<(String, u64)>>,
-    fail: Mutex<Option<Error>>,
-}
-
-impl TokenSource for Recording {
-    async fn consume_tokens(
-        &self,
-        request: ConsumeRequest<'_>,
-    ) -> Result<ConsumeTokensResponse, Error> {
-        self.calls
-            .lock()
-            .unwrap()
-            .push((request.target.to_string(), request.tokens_requested));
-        if let Some(error) = self.fail.lock().unwrap().clone() {
-            return Err(error);
-        }
-        self.inner.as_ref().unwrap().consume_now(request)
-    }
-}
-
-fn source() -> Arc<Recording> {
-    Arc::new(Recording {
-        inner: Some(EmbeddedSource::new(RuleSet::demo()).with_clock(ManualClock::new())),
-        ..Recording::default()
-    })
-}
-
-/// One token per lease, so that every decision is one recorded call.
-fn limiter(source: &Arc<Recording>, policy: OnUnavailable) -> Limiter {
-    Limiter::builder(source.clone())
-        .clock(ManualClock::new())
-        .lease_size(1)
-        .refill_ahead(false)
-        .on_unavailable(policy)
-        .build()
-}
 
 fn user_header() -> Identify {
     Identify::header(HeaderName::from_static("x-user-id"))
@@ -86,7 +45,7 @@ async fn send(
 
 #[tokio::test]
 async fn allows_until_the_burst_then_answers_429_without_calling_the_handler() {
-    let source = source();
+    let source = Recording::demo();
     let handled = Arc::new(AtomicUsize::new(0));
     let counter = handled.clone();
     let app = Router::new()
@@ -97,7 +56,7 @@ async fn allows_until_the_burst_then_answers_429_without_calling_the_handler() {
                 async move { format!("{:?}", decision.source()) }
             }),
         )
-        .layer(LightRateLayer::new(limiter(&source, OnUnavailable::Allow)).identify(user_header()));
+        .layer(LightRateLayer::new(source.limiter(OnUnavailable::Allow)).identify(user_header()));
     for _ in 0..20 {
         let (status, _, body) = send(&app, Method::GET, "/hello", Some("ann")).await;
         assert_eq!(status, StatusCode::OK);
@@ -120,10 +79,10 @@ async fn allows_until_the_burst_then_answers_429_without_calling_the_handler() {
 
 #[tokio::test]
 async fn unusable_identifiers_get_400_before_any_token_is_spent() {
-    let source = source();
+    let source = Recording::demo();
     let app = Router::new()
         .route("/hello", get(|| async { "hi" }))
-        .layer(LightRateLayer::new(limiter(&source, OnUnavailable::Allow)).identify(user_header()));
+        .layer(LightRateLayer::new(source.limiter(OnUnavailable::Allow)).identify(user_header()));
     let long = "x".repeat(10_000);
     for bad in ["", "   ", long.as_str()] {
         let (status, _, body) = send(&app, Method::GET, "/hello", Some(bad)).await;
@@ -140,7 +99,7 @@ async fn unusable_identifiers_get_400_before_any_token_is_spent() {
         let response = app.clone().oneshot(request).await.unwrap();
         assert_eq!(response.status(), StatusCode::BAD_REQUEST);
     }
-    assert!(source.calls.lock().unwrap().is_empty());
+    assert!(source.calls().is_empty());
 }
 
 #[tokio::test]
@@ -156,15 +115,15 @@ async fn missing_identifiers_follow_the_policy() {
         (MissingIdentifier::Unlimited, StatusCode::OK),
         (MissingIdentifier::Reject, StatusCode::BAD_REQUEST),
     ] {
-        let source = source();
+        let source = Recording::demo();
         let app = Router::new().route("/hello", get(|| async { "hi" })).layer(
-            LightRateLayer::new(limiter(&source, OnUnavailable::Allow))
+            LightRateLayer::new(source.limiter(OnUnavailable::Allow))
                 .identify(user_header())
                 .on_missing_identifier(policy),
         );
         let response = app.clone().oneshot(request()).await.unwrap();
         assert_eq!(response.status(), expected, "{policy:?}");
-        let calls = source.calls.lock().unwrap().len();
+        let calls = source.calls().len();
         assert_eq!(
             calls,
             usize::from(policy == MissingIdentifier::PeerIp),
@@ -175,8 +134,8 @@ async fn missing_identifiers_follow_the_policy() {
 
 #[tokio::test]
 async fn the_peer_address_is_an_identifier_and_forwarded_for_needs_trust() {
-    let source = source();
-    let limit = LightRateLayer::new(limiter(&source, OnUnavailable::Allow));
+    let source = Recording::demo();
+    let limit = LightRateLayer::new(source.limiter(OnUnavailable::Allow));
     let app = Router::new()
         .route("/hello", get(|| async { "hi" }))
         .layer(limit.clone());
@@ -209,12 +168,12 @@ async fn the_peer_address_is_an_identifier_and_forwarded_for_needs_trust() {
 
 #[tokio::test]
 async fn excluded_requests_never_touch_the_limiter() {
-    let source = source();
+    let source = Recording::demo();
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(|| async { "m" }))
         .layer(
-            LightRateLayer::new(limiter(&source, OnUnavailable::Deny))
+            LightRateLayer::new(source.limiter(OnUnavailable::Deny))
                 .identify(user_header())
                 .exclude_path("/healthz")
                 .exclude(|parts| parts.uri.path() == "/metrics"),
@@ -229,7 +188,7 @@ async fn excluded_requests_never_touch_the_limiter() {
             StatusCode::OK
         );
     }
-    assert!(source.calls.lock().unwrap().is_empty());
+    assert!(source.calls().is_empty());
 }
 
 /// Every documented way to combine a per-route operation with a router-wide layer: one token
@@ -277,15 +236,15 @@ async fn operations_cost_exactly_one_token_however_the_layers_are_combined() {
         }),
     ];
     for (name, build) in combinations {
-        let source = source();
+        let source = Recording::demo();
         let limit =
-            LightRateLayer::new(limiter(&source, OnUnavailable::Allow)).identify(user_header());
+            LightRateLayer::new(source.limiter(OnUnavailable::Allow)).identify(user_header());
         let app = build(&limit);
         for _ in 0..3 {
             let (status, _, _) = send(&app, Method::POST, "/emails", Some("u")).await;
             assert_eq!(status, StatusCode::OK, "{name}");
         }
-        let calls = source.calls.lock().unwrap().clone();
+        let calls = source.calls();
         assert_eq!(
             calls,
             vec![("operation send_email".to_owned(), 1); 3],
@@ -296,8 +255,8 @@ async fn operations_cost_exactly_one_token_however_the_layers_are_combined() {
 
 #[tokio::test]
 async fn without_the_decision_extension_a_request_is_still_decided_once() {
-    let source = source();
-    let limit = LightRateLayer::new(limiter(&source, OnUnavailable::Allow))
+    let source = Recording::demo();
+    let limit = LightRateLayer::new(source.limiter(OnUnavailable::Allow))
         .identify(user_header())
         .insert_decision(false);
     let app = Router::new()
@@ -316,14 +275,14 @@ async fn without_the_decision_extension_a_request_is_still_decided_once() {
             StatusCode::OK
         );
     }
-    let calls = source.calls.lock().unwrap().clone();
+    let calls = source.calls();
     assert_eq!(calls, vec![("operation send_email".to_owned(), 1); 3]);
 }
 
 #[tokio::test]
 async fn operations_can_cost_more_than_one() {
-    let source = source();
-    let limit = LightRateLayer::new(limiter(&source, OnUnavailable::Allow)).identify(user_header());
+    let source = Recording::demo();
+    let limit = LightRateLayer::new(source.limiter(OnUnavailable::Allow)).identify(user_header());
     let app = Router::new()
         .route(
             "/emails",
@@ -340,9 +299,7 @@ async fn operations_can_cost_more_than_one() {
     // Burst 10 at 4 a request: two requests.
     assert_eq!(allowed, 2);
     assert!(source
-        .calls
-        .lock()
-        .unwrap()
+        .calls()
         .iter()
         .all(|(t, n)| t == "operation send_email" && *n == 4));
 }
@@ -353,23 +310,23 @@ async fn paths_are_concrete_by_default_or_the_route_template() {
         (PathTarget::Concrete, "GET /items/42"),
         (PathTarget::Template, "GET /items/{id}"),
     ] {
-        let source = source();
+        let source = Recording::demo();
         let app = Router::new()
             .route("/items/{id}", get(|| async { "item" }))
             .layer(
-                LightRateLayer::new(limiter(&source, OnUnavailable::Allow))
+                LightRateLayer::new(source.limiter(OnUnavailable::Allow))
                     .identify(user_header())
                     .path_target(mode),
             );
         send(&app, Method::GET, "/items/42", Some("u")).await;
-        assert_eq!(source.calls.lock().unwrap()[0].0, expected);
+        assert_eq!(source.calls()[0].0, expected);
     }
 }
 
 #[tokio::test]
 async fn ietf_fields_when_asked() {
-    let source = source();
-    let limit = LightRateLayer::new(limiter(&source, OnUnavailable::Allow)).identify(user_header());
+    let source = Recording::demo();
+    let limit = LightRateLayer::new(source.limiter(OnUnavailable::Allow)).identify(user_header());
     let always = Router::new()
         .route("/hello", get(|| async { "hi" }))
         .layer(limit.clone().rate_limit_headers(RateLimitHeaders::Always));
@@ -392,9 +349,9 @@ async fn ietf_fields_when_asked() {
 
 #[tokio::test]
 async fn answers_are_replaceable() {
-    let source = source();
+    let source = Recording::demo();
     let app = Router::new().route("/hello", get(|| async { "hi" })).layer(
-        LightRateLayer::new(limiter(&source, OnUnavailable::Allow))
+        LightRateLayer::new(source.limiter(OnUnavailable::Allow))
             .identify(user_header())
             .respond_with(|rejection| {
                 let mut response = http::Response::new(bytes::Bytes::from_static(b"slow down"));
@@ -416,11 +373,11 @@ async fn an_unavailable_source_follows_the_outage_policy() {
         (OnUnavailable::Deny, StatusCode::SERVICE_UNAVAILABLE),
         (OnUnavailable::Error, StatusCode::SERVICE_UNAVAILABLE),
     ] {
-        let source = source();
-        *source.fail.lock().unwrap() = Some(Error::new(ErrorKind::Timeout, "slow"));
+        let source = Recording::demo();
+        source.fail_with(Some(Error::new(ErrorKind::Timeout, "slow")));
         let app = Router::new()
             .route("/hello", get(|| async { "hi" }))
-            .layer(LightRateLayer::new(limiter(&source, policy)).identify(user_header()));
+            .layer(LightRateLayer::new(source.limiter(policy)).identify(user_header()));
         let (status, headers, body) = send(&app, Method::GET, "/hello", Some("u")).await;
         assert_eq!(status, expected, "{policy:?}");
         if expected == StatusCode::SERVICE_UNAVAILABLE {
@@ -433,7 +390,7 @@ async fn an_unavailable_source_follows_the_outage_policy() {
 
 #[tokio::test]
 async fn local_hits_do_not_wait_for_the_source() {
-    let source = source();
+    let source = Recording::demo();
     let limiter = Limiter::builder(source.clone())
         .clock(ManualClock::new())
         .lease_size(5)
@@ -452,7 +409,7 @@ async fn local_hits_do_not_wait_for_the_source() {
     assert!(sources[1..]
         .iter()
         .all(|s| s == &format!("{:?}", DecisionSource::LocalBucket)));
-    assert_eq!(source.calls.lock().unwrap().len(), 1);
+    assert_eq!(source.calls().len(), 1);
 }
 
 async fn futures_like_join(app: &Router, n: usize) -> Vec<String> {
