@@ -10,11 +10,8 @@ use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
 use actix_web::http::{Method, StatusCode};
 use actix_web::test::{call_service, init_service, read_body, TestRequest};
 use actix_web::{guard, web, App, HttpMessage, HttpResponse};
-use lightrate_core::{
-    Decision, DecisionSource, Error, ErrorKind, LightRateClient, Limiter, ManualClock,
-    OnUnavailable,
-};
-use lightrate_testing::Recording;
+use lightrate_core::{Decision, Error, ErrorKind, LightRateClient, Limiter, OnUnavailable};
+use lightrate_testing::{expect, Recording};
 
 use super::*;
 
@@ -82,10 +79,7 @@ async fn allows_until_the_burst_then_answers_429_without_calling_the_handler() {
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(headers.get("retry-after").unwrap(), "1");
     assert_eq!(headers.get("content-type").unwrap(), "application/json");
-    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(json["error"], "rate_limited");
-    assert_eq!(json["retryAfter"], 1);
-    assert_eq!(json["rule"], "rule_hello");
+    expect::rate_limited(&body, "rule_hello");
     assert_eq!(handled.load(Ordering::SeqCst), 20);
     // Another user is unaffected.
     assert_eq!(
@@ -107,8 +101,7 @@ async fn unusable_identifiers_get_400_before_any_token_is_spent() {
     for bad in ["", "   ", long.as_str()] {
         let (status, _, body) = send!(app, Method::GET, "/hello", Some(bad));
         assert_eq!(status, StatusCode::BAD_REQUEST);
-        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
-        assert_eq!(json["error"], "invalid_user_identifier");
+        assert_eq!(expect::error(&body), "invalid_user_identifier");
     }
     // What a header can still carry: a tab, and bytes that are not UTF-8.
     for raw in [&b"a\tb"[..], &b"\xff\xfe"[..]] {
@@ -122,11 +115,7 @@ async fn unusable_identifiers_get_400_before_any_token_is_spent() {
 
 #[actix_rt::test]
 async fn missing_identifiers_follow_the_policy() {
-    for (policy, expected) in [
-        (MissingIdentifier::PeerIp, StatusCode::OK),
-        (MissingIdentifier::Unlimited, StatusCode::OK),
-        (MissingIdentifier::Reject, StatusCode::BAD_REQUEST),
-    ] {
+    for (policy, expected) in expect::MISSING_IDENTIFIER {
         let source = Recording::demo();
         let app = init_service(
             App::new()
@@ -141,8 +130,7 @@ async fn missing_identifiers_follow_the_policy() {
         let (status, _, body) = send!(app, Method::GET, "/hello", None);
         assert_eq!(status, expected, "{policy:?}");
         if expected == StatusCode::BAD_REQUEST {
-            let json: serde_json::Value = serde_json::from_str(&body).unwrap();
-            assert_eq!(json["error"], "missing_user_identifier");
+            assert_eq!(expect::error(&body), "missing_user_identifier");
         }
         assert_eq!(
             source.calls().len(),
@@ -180,12 +168,7 @@ async fn the_peer_address_is_an_identifier_and_forwarded_for_needs_trust() {
         .uri("/hello")
         .peer_addr("[2001:db8::7]:443".parse().unwrap());
     assert_eq!(send!(app, v6).0, StatusCode::OK);
-    let users: Vec<String> = limit
-        .limiter()
-        .bucket_statuses()
-        .into_iter()
-        .map(|b| b.user_identifier)
-        .collect();
+    let users = expect::users(limit.limiter());
     assert!(users.contains(&"10.0.0.1".to_owned()), "{users:?}");
     assert!(users.contains(&"203.0.113.9".to_owned()), "{users:?}");
     assert!(users.contains(&"2001:db8::7".to_owned()), "{users:?}");
@@ -247,12 +230,7 @@ async fn identifiers_from_an_auth_extension_or_a_closure() {
         send!(by_query, TestRequest::get().uri("/hello")).0,
         StatusCode::BAD_REQUEST
     );
-    let mut users: Vec<String> = limit
-        .limiter()
-        .bucket_statuses()
-        .into_iter()
-        .map(|b| b.user_identifier)
-        .collect();
+    let mut users = expect::users(limit.limiter());
     users.sort();
     assert_eq!(users, ["carol", "dave"]);
 }
@@ -603,10 +581,7 @@ async fn operations_can_cost_more_than_one() {
     }
     // Burst 10 at 4 a request: two requests.
     assert_eq!(allowed, 2);
-    assert!(source
-        .calls()
-        .iter()
-        .all(|(t, n)| t == "operation send_email" && *n == 4));
+    expect::all_charged(&source.calls(), "operation send_email", 4);
 }
 
 #[actix_rt::test]
@@ -695,11 +670,7 @@ async fn answers_are_replaceable() {
 
 #[actix_rt::test]
 async fn an_unavailable_source_follows_the_outage_policy() {
-    for (policy, expected) in [
-        (OnUnavailable::Allow, StatusCode::OK),
-        (OnUnavailable::Deny, StatusCode::SERVICE_UNAVAILABLE),
-        (OnUnavailable::Error, StatusCode::SERVICE_UNAVAILABLE),
-    ] {
+    for (policy, expected) in expect::OUTAGE {
         let source = Recording::demo();
         source.fail_with(Some(Error::new(ErrorKind::Timeout, "slow")));
         let app = init_service(
@@ -712,8 +683,7 @@ async fn an_unavailable_source_follows_the_outage_policy() {
         assert_eq!(status, expected, "{policy:?}");
         if expected == StatusCode::SERVICE_UNAVAILABLE {
             assert!(headers.contains_key("retry-after"));
-            let json: serde_json::Value = serde_json::from_str(&body).unwrap();
-            assert_eq!(json["error"], "rate_limiter_unavailable");
+            assert_eq!(expect::error(&body), "rate_limiter_unavailable");
         } else {
             assert_eq!(body, "hi");
         }
@@ -723,11 +693,7 @@ async fn an_unavailable_source_follows_the_outage_policy() {
 #[actix_rt::test]
 async fn local_hits_do_not_wait_for_the_source() {
     let source = Recording::demo();
-    let limiter = Limiter::builder(source.clone())
-        .clock(ManualClock::new())
-        .lease_size(5)
-        .refill_ahead(false)
-        .build();
+    let limiter = source.builder(5).build();
     let app = init_service(
         App::new()
             .route(
@@ -743,10 +709,7 @@ async fn local_hits_do_not_wait_for_the_source() {
     for _ in 0..5 {
         sources.push(send!(app, Method::GET, "/hello", Some("u")).2);
     }
-    assert_eq!(sources[0], "TokenSource");
-    assert!(sources[1..]
-        .iter()
-        .all(|s| s == &format!("{:?}", DecisionSource::LocalBucket)));
+    expect::leased_then_local(&sources);
     assert_eq!(source.calls().len(), 1);
 }
 

@@ -8,7 +8,6 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{Service, ServiceFactory, ServiceRequest, ServiceResponse};
@@ -16,20 +15,10 @@ use actix_web::http::Method;
 use actix_web::test::{init_service, TestRequest};
 use actix_web::{web, App};
 use lightrate_actix::LightRate;
-use lightrate_core::{Limiter, MAX_LEASE_SIZE};
 use lightrate_testing::{allocations, Counting, Unlimited};
 
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
-
-fn limiter() -> Limiter {
-    Limiter::builder(Unlimited)
-        .lease_size(MAX_LEASE_SIZE)
-        .refill_ahead(false)
-        .bucket_ttl(Duration::from_secs(3600))
-        .rule_ttl(Duration::from_secs(3600))
-        .build()
-}
 
 const REQUESTS: usize = 20;
 
@@ -87,7 +76,7 @@ fn hello() -> App<
 #[actix_rt::test]
 async fn a_local_hit_allocates_nothing_but_the_decision_it_hands_the_handler() {
     let baseline = allocations_of(hello()).await;
-    let limiter = limiter();
+    let limiter = Unlimited::limiter();
 
     let lean =
         allocations_of(hello().wrap(LightRate::new(limiter.clone()).insert_decision(false))).await;

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use lightrate_core::http::Method;
 use lightrate_core::{Limiter, ManualClock, Target};
-use lightrate_testing::{allocations, live_bytes, Counting, Unlimited};
+use lightrate_testing::{allocations, live_bytes, new_buckets, Counting, Unlimited};
 
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
@@ -69,21 +69,12 @@ fn a_local_hit_allocates_nothing() {
 fn a_live_bucket_costs_under_256_bytes() {
     let _turn = turn();
     const BUCKETS: usize = 50_000;
-    let runtime = runtime();
     let limiter = Limiter::builder(Unlimited)
         .refill_ahead(false)
         .sweep_interval(Duration::from_secs(3600))
         .build();
-    let target = Target::path(Method::GET, "/m/items");
-    runtime.block_on(limiter.check("warm-up", &target)).unwrap();
-    let names: Vec<String> = (0..BUCKETS).map(|i| format!("user-{i:08}")).collect();
-    let before = live_bytes();
-    for name in &names {
-        runtime.block_on(limiter.check(name, &target)).unwrap();
-    }
-    let after = live_bytes();
-    assert_eq!(limiter.stats().live_buckets as usize, BUCKETS + 1);
-    let per_bucket = (after - before) as f64 / BUCKETS as f64;
+    let cost = new_buckets(&limiter, &Target::path(Method::GET, "/m/items"), BUCKETS);
+    let per_bucket = cost.bytes_per_bucket;
     println!("{per_bucket:.1} bytes per live (user, rule) bucket over {BUCKETS} buckets");
     assert!(per_bucket < 256.0, "{per_bucket:.1} bytes per bucket");
 }

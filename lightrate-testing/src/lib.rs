@@ -5,10 +5,15 @@
 //! - [`Recording`]: the embedded source with the demo rules, recording every call, and able
 //!   to fail on demand;
 //! - [`Counting`]: the system allocator, counting allocations per thread and live bytes, for
-//!   the tests that prove a local hit allocates nothing.
+//!   the tests that prove a local hit allocates nothing, and [`new_buckets`], what a live
+//!   bucket costs;
+//! - [`expect`]: what the adapters' tests expect of the answers, written once for both.
 
 mod alloc;
+mod buckets;
+pub mod expect;
 mod sources;
 
 pub use alloc::{allocations, live_bytes, Counting};
+pub use buckets::{new_buckets, BucketCost};
 pub use sources::{Recording, Unlimited};

@@ -1,10 +1,11 @@
 //! Token sources for tests and benchmarks.
 
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use lightrate_core::{
-    ConsumeRequest, ConsumeTokensResponse, EmbeddedSource, Error, Limiter, ManualClock,
-    OnUnavailable, RefillRate, Rule, RuleSet, TokenSource,
+    ConsumeRequest, ConsumeTokensResponse, EmbeddedSource, Error, Limiter, LimiterBuilder,
+    ManualClock, OnUnavailable, RefillRate, Rule, RuleSet, TokenSource, MAX_LEASE_SIZE,
 };
 
 /// Grants whatever is asked, under one rule (every `GET` path), keeping no state of its own:
@@ -61,12 +62,16 @@ impl Recording {
     /// A limiter over this source leasing one token per call, so that every decision is one
     /// recorded call, with `policy` for an unavailable source.
     pub fn limiter(self: &Arc<Self>, policy: OnUnavailable) -> Limiter {
+        self.builder(1).on_unavailable(policy).build()
+    }
+
+    /// A limiter builder over this source leasing `lease_size` tokens per call, without
+    /// refill-ahead, time standing still.
+    pub fn builder(self: &Arc<Self>, lease_size: u64) -> LimiterBuilder {
         Limiter::builder(self.clone())
             .clock(ManualClock::new())
-            .lease_size(1)
+            .lease_size(lease_size)
             .refill_ahead(false)
-            .on_unavailable(policy)
-            .build()
     }
 
     /// Every call so far: (target, tokens requested).
@@ -90,5 +95,18 @@ impl TokenSource for Recording {
             return Err(error);
         }
         self.inner.consume_now(request)
+    }
+}
+
+impl Unlimited {
+    /// A limiter over [`Unlimited`] that never runs out: the largest lease, no refill-ahead,
+    /// hour-long TTLs. After the first request of a (user, target), every one is a local hit.
+    pub fn limiter() -> Limiter {
+        Limiter::builder(Unlimited)
+            .lease_size(MAX_LEASE_SIZE)
+            .refill_ahead(false)
+            .bucket_ttl(Duration::from_secs(3600))
+            .rule_ttl(Duration::from_secs(3600))
+            .build()
     }
 }

@@ -10,10 +10,8 @@ use axum::routing::{get, post};
 use axum::{Extension, Router};
 use http::{HeaderName, Method, Request, StatusCode};
 use http_body_util::BodyExt;
-use lightrate_core::{
-    Decision, DecisionSource, Error, ErrorKind, Limiter, ManualClock, OnUnavailable,
-};
-use lightrate_testing::Recording;
+use lightrate_core::{Decision, Error, ErrorKind, OnUnavailable};
+use lightrate_testing::{expect, Recording};
 use tower::ServiceExt;
 
 use super::*;
@@ -65,10 +63,7 @@ async fn allows_until_the_burst_then_answers_429_without_calling_the_handler() {
     let (status, headers, body) = send(&app, Method::GET, "/hello", Some("ann")).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(headers["retry-after"], "1");
-    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(json["error"], "rate_limited");
-    assert_eq!(json["retryAfter"], 1);
-    assert_eq!(json["rule"], "rule_hello");
+    expect::rate_limited(&body, "rule_hello");
     assert_eq!(handled.load(Ordering::SeqCst), 20);
     // Another user is unaffected.
     assert_eq!(
@@ -87,8 +82,7 @@ async fn unusable_identifiers_get_400_before_any_token_is_spent() {
     for bad in ["", "   ", long.as_str()] {
         let (status, _, body) = send(&app, Method::GET, "/hello", Some(bad)).await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
-        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
-        assert_eq!(json["error"], "invalid_user_identifier");
+        assert_eq!(expect::error(&body), "invalid_user_identifier");
     }
     // What a header can still carry: a tab, and bytes that are not UTF-8.
     for raw in [&b"a\tb"[..], &b"\xff\xfe"[..]] {
@@ -110,11 +104,7 @@ async fn missing_identifiers_follow_the_policy() {
         r.extensions_mut().insert(axum::extract::ConnectInfo(peer));
         r
     };
-    for (policy, expected) in [
-        (MissingIdentifier::PeerIp, StatusCode::OK),
-        (MissingIdentifier::Unlimited, StatusCode::OK),
-        (MissingIdentifier::Reject, StatusCode::BAD_REQUEST),
-    ] {
+    for (policy, expected) in expect::MISSING_IDENTIFIER {
         let source = Recording::demo();
         let app = Router::new().route("/hello", get(|| async { "hi" })).layer(
             LightRateLayer::new(source.limiter(OnUnavailable::Allow))
@@ -156,12 +146,7 @@ async fn the_peer_address_is_an_identifier_and_forwarded_for_needs_trust() {
     };
     app.clone().oneshot(request()).await.unwrap();
     trusting.clone().oneshot(request()).await.unwrap();
-    let limiter = limit.limiter();
-    let users: Vec<String> = limiter
-        .bucket_statuses()
-        .into_iter()
-        .map(|b| b.user_identifier)
-        .collect();
+    let users = expect::users(limit.limiter());
     assert!(users.contains(&"10.0.0.1".to_owned()), "{users:?}");
     assert!(users.contains(&"203.0.113.9".to_owned()), "{users:?}");
 }
@@ -298,10 +283,7 @@ async fn operations_can_cost_more_than_one() {
     }
     // Burst 10 at 4 a request: two requests.
     assert_eq!(allowed, 2);
-    assert!(source
-        .calls()
-        .iter()
-        .all(|(t, n)| t == "operation send_email" && *n == 4));
+    expect::all_charged(&source.calls(), "operation send_email", 4);
 }
 
 #[tokio::test]
@@ -368,11 +350,7 @@ async fn answers_are_replaceable() {
 
 #[tokio::test]
 async fn an_unavailable_source_follows_the_outage_policy() {
-    for (policy, expected) in [
-        (OnUnavailable::Allow, StatusCode::OK),
-        (OnUnavailable::Deny, StatusCode::SERVICE_UNAVAILABLE),
-        (OnUnavailable::Error, StatusCode::SERVICE_UNAVAILABLE),
-    ] {
+    for (policy, expected) in expect::OUTAGE {
         let source = Recording::demo();
         source.fail_with(Some(Error::new(ErrorKind::Timeout, "slow")));
         let app = Router::new()
@@ -382,8 +360,7 @@ async fn an_unavailable_source_follows_the_outage_policy() {
         assert_eq!(status, expected, "{policy:?}");
         if expected == StatusCode::SERVICE_UNAVAILABLE {
             assert!(headers.contains_key("retry-after"));
-            let json: serde_json::Value = serde_json::from_str(&body).unwrap();
-            assert_eq!(json["error"], "rate_limiter_unavailable");
+            assert_eq!(expect::error(&body), "rate_limiter_unavailable");
         }
     }
 }
@@ -391,11 +368,7 @@ async fn an_unavailable_source_follows_the_outage_policy() {
 #[tokio::test]
 async fn local_hits_do_not_wait_for_the_source() {
     let source = Recording::demo();
-    let limiter = Limiter::builder(source.clone())
-        .clock(ManualClock::new())
-        .lease_size(5)
-        .refill_ahead(false)
-        .build();
+    let limiter = source.builder(5).build();
     let app = Router::new()
         .route(
             "/hello",
@@ -405,10 +378,7 @@ async fn local_hits_do_not_wait_for_the_source() {
         )
         .layer(LightRateLayer::new(limiter).identify(user_header()));
     let sources: Vec<String> = futures_like_join(&app, 5).await;
-    assert_eq!(sources[0], "TokenSource");
-    assert!(sources[1..]
-        .iter()
-        .all(|s| s == &format!("{:?}", DecisionSource::LocalBucket)));
+    expect::leased_then_local(&sources);
     assert_eq!(source.calls().len(), 1);
 }
 
