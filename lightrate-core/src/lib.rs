@@ -24,6 +24,7 @@
 mod client;
 mod clock;
 mod embedded;
+mod env_vars;
 mod error;
 mod limiter;
 pub mod protocol;
