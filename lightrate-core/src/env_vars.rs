@@ -1,6 +1,7 @@
 //! The `LIGHTRATE_*` environment variables the library reads: each name once, and one parser
 //! per value, whoever reads it (the API client, `Limiter::builder_from_env`).
 
+#[cfg(feature = "client")]
 use std::time::Duration;
 
 use crate::{Error, ErrorKind};
@@ -10,13 +11,17 @@ pub(crate) const API_KEY: &str = "LIGHTRATE_API_KEY";
 /// The application id.
 pub(crate) const APPLICATION_ID: &str = "LIGHTRATE_APPLICATION_ID";
 /// The API base URL.
+#[cfg(feature = "client")]
 pub(crate) const BASE_URL: &str = "LIGHTRATE_BASE_URL";
 /// The deadline of one API call, in milliseconds.
+#[cfg(feature = "client")]
 pub(crate) const TIMEOUT_MS: &str = "LIGHTRATE_TIMEOUT_MS";
 /// The most tokens one call may lease.
+#[cfg_attr(not(feature = "client"), allow(dead_code))] // until `Limiter::builder_from_env` reads it here
 pub(crate) const LOCAL_BUCKET_SIZE: &str = "LIGHTRATE_LOCAL_BUCKET_SIZE";
 
 /// `LIGHTRATE_TIMEOUT_MS`: a whole number of milliseconds.
+#[cfg(feature = "client")]
 pub(crate) fn timeout(value: &str) -> Result<Duration, Error> {
     value
         .trim()
@@ -27,6 +32,7 @@ pub(crate) fn timeout(value: &str) -> Result<Duration, Error> {
 
 /// `LIGHTRATE_LOCAL_BUCKET_SIZE`: a positive whole number of tokens. The one parser of this
 /// variable: the client's and the limiter's settings read it the same way.
+#[cfg_attr(not(feature = "client"), allow(dead_code))] // until `Limiter::builder_from_env` reads it here
 pub(crate) fn local_bucket_size(value: &str) -> Result<u64, Error> {
     match value.trim().parse() {
         Ok(size) if size > 0 => Ok(size),
@@ -68,6 +74,7 @@ mod tests {
         }
     }
 
+    #[cfg(feature = "client")]
     #[test]
     fn timeouts_are_milliseconds() {
         assert_eq!(timeout(" 250 ").unwrap(), Duration::from_millis(250));

@@ -29,6 +29,7 @@
 //! 401 for a missing or wrong key (compared in constant time), 404 for another application,
 //! 405, 413 past the body limit; errors are JSON `{"error": "<reason>", "message": "<detail>"}`.
 
+#[cfg(feature = "test-util")]
 pub mod faults;
 mod handler;
 
@@ -50,6 +51,7 @@ use tokio::task::JoinHandle;
 use tower::util::BoxCloneService;
 use tower::ServiceExt;
 
+#[cfg(feature = "test-util")]
 use crate::faults::{FaultLayer, Faults};
 use crate::handler::AppState;
 
@@ -119,22 +121,31 @@ impl ServerConfig {
 #[derive(Debug)]
 pub struct LightRateServer {
     config: ServerConfig,
+    #[cfg(feature = "test-util")]
     faults: Option<Faults>,
 }
 
-type HttpService = BoxCloneService<http::Request<Body>, http::Response<Body>, faults::Dropped>;
+/// A connection is dropped only by an injected fault.
+#[cfg(feature = "test-util")]
+type Dropped = faults::Dropped;
+#[cfg(not(feature = "test-util"))]
+type Dropped = Infallible;
+
+type HttpService = BoxCloneService<http::Request<Body>, http::Response<Body>, Dropped>;
 
 impl LightRateServer {
     /// A server for `config`.
     pub fn new(config: ServerConfig) -> Self {
         LightRateServer {
             config,
+            #[cfg(feature = "test-util")]
             faults: None,
         }
     }
 
     /// Puts a [`FaultLayer`] in front of the handler, controlled by `faults` (which also
-    /// records every request). For tests.
+    /// records every request). For tests (feature `test-util`).
+    #[cfg(feature = "test-util")]
     pub fn with_faults(mut self, faults: Faults) -> Self {
         self.faults = Some(faults);
         self
@@ -166,6 +177,7 @@ impl LightRateServer {
         let local_addr = listener.local_addr()?;
         let state = Arc::new(self.state());
         let router = handler::router(&self.config, state.clone());
+        #[cfg(feature = "test-util")]
         let service: HttpService = match &self.faults {
             Some(faults) => BoxCloneService::new(
                 tower::ServiceBuilder::new()
@@ -174,9 +186,11 @@ impl LightRateServer {
             ),
             None => BoxCloneService::new(ServiceExt::<http::Request<Body>>::map_err(
                 router,
-                |never: Infallible| -> faults::Dropped { match never {} },
+                |never: Infallible| -> Dropped { match never {} },
             )),
         };
+        #[cfg(not(feature = "test-util"))]
+        let service: HttpService = BoxCloneService::new(router);
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(accept_loop(listener, service, stopped));
         tracing::info!(target: "lightrate::server", %local_addr, "serving");
