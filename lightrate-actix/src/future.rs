@@ -13,7 +13,7 @@ use lightrate_core::web::{Finished, Stage, Verdict};
 use pin_project_lite::pin_project;
 
 use crate::convert::{append_headers, to_actix_response};
-use crate::ActixRequest;
+use crate::request::ActixRequest;
 
 pin_project! {
     /// The response future of [`LightRateMiddleware`](crate::LightRateMiddleware): the inner

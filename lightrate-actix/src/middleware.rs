@@ -12,7 +12,7 @@ use lightrate_core::web::{Plan, RequestPolicy, Stage};
 
 use crate::convert::to_actix_response;
 use crate::future::ResponseFuture;
-use crate::ActixRequest;
+use crate::request::ActixRequest;
 
 /// The middleware service of [`LightRate`](crate::LightRate).
 pub struct LightRateMiddleware<S> {

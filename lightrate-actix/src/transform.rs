@@ -11,7 +11,8 @@ use lightrate_core::web::RequestPolicy;
 use lightrate_core::Limiter;
 
 use crate::convert::http_method;
-use crate::{ActixRequest, LightRateMiddleware};
+use crate::middleware::LightRateMiddleware;
+use crate::request::ActixRequest;
 
 /// Rate limiting middleware for actix-web: identifies the user, picks the target (the
 /// resource's operation, else method + path), asks the [`Limiter`], and answers 429 with

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use lightrate_core::{Limiter, Target};
 
-use crate::live_bytes;
+use crate::alloc::live_bytes;
 
 /// What creating buckets cost: see [`new_buckets`].
 #[derive(Clone, Copy, Debug)]

@@ -11,7 +11,7 @@ use lightrate_core::web::{Finished, Stage, Verdict};
 use pin_project_lite::pin_project;
 use tower::Service;
 
-use crate::TowerRequest;
+use crate::request::TowerRequest;
 
 pin_project! {
     /// The response future of [`LightRate`](crate::LightRate): the inner service's future

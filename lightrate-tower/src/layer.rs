@@ -6,7 +6,8 @@ use lightrate_core::web::RequestPolicy;
 use lightrate_core::Limiter;
 use tower::Layer;
 
-use crate::{LightRate, TowerRequest};
+use crate::request::TowerRequest;
+use crate::service::LightRate;
 
 /// Rate limiting for axum and any tower stack: identifies the user, picks the target (the
 /// route's operation, else method + path), asks the [`Limiter`], and answers 429 with

@@ -9,7 +9,7 @@ use lightrate_core::web::{Plan, RequestPolicy, Stage};
 use tower::Service;
 
 use crate::future::ResponseFuture;
-use crate::TowerRequest;
+use crate::request::TowerRequest;
 
 /// The service of [`LightRateLayer`](crate::LightRateLayer).
 pub struct LightRate<S> {

@@ -1,16 +1,18 @@
-//! [`ClientBuilder`]: a client's settings, from code or from the environment, checked once.
+//! [`LightRateClient`] and [`ClientBuilder`]: the client, its settings, and how it is built
+//! (checked once, at construction).
 
 use std::fmt;
+use std::future::Future;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use http::header::{HeaderMap, HeaderName, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 
 use super::transport::Api;
-use super::LightRateClient;
-use crate::env_vars;
 use crate::protocol::CONSUME_PATH;
-use crate::{Error, ErrorKind};
+use crate::{
+    ConsumeRequest, ConsumeTokensResponse, Error, ErrorKind, Limiter, Target, TokenSource,
+};
 
 /// The hosted API's base URL.
 pub const DEFAULT_BASE_URL: &str = "https://api.lightrate.lightbournetechnologies.ca";
@@ -20,6 +22,143 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_RETRY_ATTEMPTS: u32 = 3;
 /// The default number of tokens leased per API call by local buckets.
 pub const DEFAULT_LOCAL_BUCKET_SIZE: u64 = 5;
+
+/// The client of the LightRate token API.
+///
+/// Cheap to clone: clones share one connection pool. Construct it with [`new`](Self::new),
+/// [`builder`](Self::builder) or [`from_env`](Self::from_env); an empty API key or application
+/// id is an error at construction, not at the first request.
+///
+/// ```
+/// use lightrate::{LightRateClient, Target};
+/// use std::time::Duration;
+///
+/// let client = LightRateClient::builder("sk_live_0123456789abcdef", "app_1")
+///     .base_url("http://127.0.0.1:8080")
+///     .timeout(Duration::from_secs(2))
+///     .build()
+///     .unwrap();
+/// // The key never shows: not in Debug, not in the configuration.
+/// assert!(!format!("{client:?}").contains("0123456789"));
+/// assert_eq!(client.get_configuration().api_key, "****cdef");
+///
+/// # async fn call(client: LightRateClient) -> Result<(), lightrate::Error> {
+/// let answer = client.consume_tokens("user123", 1, Target::operation("send_email")).await?;
+/// if answer.is_granted() {
+///     // proceed
+/// }
+/// # Ok(()) }
+/// ```
+///
+/// # Retries
+///
+/// A consume call is not idempotent: a request that reached the server may have been charged,
+/// so retrying it could charge twice. The client therefore retries (up to `retry_attempts`
+/// times, with exponential backoff and full jitter, never past the call's deadline) only when
+/// the request certainly was not processed: the connection failed before the request was sent,
+/// or the server answered 429, 502, 503 or 504 (honouring its `Retry-After`). A request that
+/// timed out, or whose connection broke after it was sent, is not retried: the server may have
+/// charged it, and the caller's outage policy is a better judge than a blind second charge.
+#[derive(Clone)]
+pub struct LightRateClient {
+    pub(super) api: Arc<Api>,
+    /// The local buckets of `consume_local_bucket_token`, made on first use. The limiter holds
+    /// the `Api`, not the client, so there is no reference cycle.
+    pub(super) local: Arc<OnceLock<Limiter>>,
+}
+
+/// A client's settings, with the API key masked: what
+/// [`LightRateClient::get_configuration`] returns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Configuration {
+    /// The API key, masked: `****` and, for keys of 16 characters or more, the last four.
+    pub api_key: String,
+    /// The application id.
+    pub application_id: String,
+    /// The API base URL.
+    pub base_url: String,
+    /// The deadline of one API call, retries included.
+    pub timeout: Duration,
+    /// How many times a call that certainly was not processed is retried.
+    pub retry_attempts: u32,
+    /// Tokens leased per API call by local buckets.
+    pub default_local_bucket_size: u64,
+    /// The `User-Agent` header.
+    pub user_agent: String,
+}
+
+impl LightRateClient {
+    /// A client of the hosted API with default settings.
+    ///
+    /// Errors (kind [`ErrorKind::Configuration`]) when the key or application id is empty.
+    pub fn new(
+        api_key: impl Into<String>,
+        application_id: impl Into<String>,
+    ) -> Result<Self, Error> {
+        Self::builder(api_key, application_id).build()
+    }
+
+    /// A builder, to set the base URL, timeout, retries, bucket size or user agent.
+    pub fn builder(api_key: impl Into<String>, application_id: impl Into<String>) -> ClientBuilder {
+        ClientBuilder::new(api_key.into(), application_id.into())
+    }
+
+    /// A client configured from the environment; see [`ClientBuilder::from_env`].
+    pub fn from_env() -> Result<Self, Error> {
+        ClientBuilder::from_env()?.build()
+    }
+
+    /// The client's settings, with the API key masked.
+    pub fn get_configuration(&self) -> Configuration {
+        let api = &self.api;
+        Configuration {
+            api_key: mask(&api.api_key),
+            application_id: api.application_id.clone(),
+            base_url: api.base_url.clone(),
+            timeout: api.timeout,
+            retry_attempts: api.retry_attempts,
+            default_local_bucket_size: api.default_local_bucket_size,
+            user_agent: api.user_agent.clone(),
+        }
+    }
+
+    /// Consumes `tokens_requested` tokens of `user_identifier` for `target`: one
+    /// `POST /api/v1/tokens/consume` (plus retries where they cannot charge twice).
+    ///
+    /// Being rate limited is `Ok` with `tokens_consumed == 0`.
+    pub async fn consume_tokens(
+        &self,
+        user_identifier: &str,
+        tokens_requested: u64,
+        target: Target<'_>,
+    ) -> Result<ConsumeTokensResponse, Error> {
+        self.api
+            .consume(ConsumeRequest::new(
+                user_identifier,
+                &target,
+                tokens_requested,
+            ))
+            .await
+    }
+}
+
+impl fmt::Debug for LightRateClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LightRateClient")
+            .field("configuration", &self.get_configuration())
+            .finish()
+    }
+}
+
+impl TokenSource for LightRateClient {
+    fn consume_tokens(
+        &self,
+        request: ConsumeRequest<'_>,
+    ) -> impl Future<Output = Result<ConsumeTokensResponse, Error>> + Send {
+        self.api.consume(request)
+    }
+}
 
 /// Builds a [`LightRateClient`]. See [`LightRateClient::builder`].
 #[derive(Clone)]
@@ -61,34 +200,6 @@ impl ClientBuilder {
             user_agent: concat!("lightrate-rust/", env!("CARGO_PKG_VERSION")).into(),
             send_x_api_key: true,
         }
-    }
-
-    /// A builder from the environment: `LIGHTRATE_API_KEY` and `LIGHTRATE_APPLICATION_ID`
-    /// (required), `LIGHTRATE_BASE_URL`, `LIGHTRATE_TIMEOUT_MS` and
-    /// `LIGHTRATE_LOCAL_BUCKET_SIZE` (optional).
-    pub fn from_env() -> Result<Self, Error> {
-        Self::from_lookup(|name| std::env::var(name).ok())
-    }
-
-    pub(crate) fn from_lookup(var: impl Fn(&str) -> Option<String>) -> Result<Self, Error> {
-        let required = |name: &str| {
-            var(name)
-                .ok_or_else(|| Error::new(ErrorKind::Configuration, format!("{name} is not set")))
-        };
-        let mut builder = ClientBuilder::new(
-            required(env_vars::API_KEY)?,
-            required(env_vars::APPLICATION_ID)?,
-        );
-        if let Some(url) = var(env_vars::BASE_URL).filter(|v| !v.is_empty()) {
-            builder = builder.base_url(url);
-        }
-        if let Some(ms) = var(env_vars::TIMEOUT_MS).filter(|v| !v.is_empty()) {
-            builder = builder.timeout(env_vars::timeout(&ms)?);
-        }
-        if let Some(size) = var(env_vars::LOCAL_BUCKET_SIZE).filter(|v| !v.is_empty()) {
-            builder = builder.default_local_bucket_size(env_vars::local_bucket_size(&size)?);
-        }
-        Ok(builder)
     }
 
     /// The API base: scheme, host, port and optional path prefix. The client appends
@@ -217,7 +328,7 @@ fn endpoint(base_url: &str) -> Result<reqwest::Url, Error> {
 }
 
 /// Masks an API key: `****` plus, for keys of 16 characters or more, the last four.
-pub(super) fn mask(key: &str) -> String {
+fn mask(key: &str) -> String {
     let chars: Vec<char> = key.chars().collect();
     if chars.len() >= 16 {
         let tail: String = chars[chars.len() - 4..].iter().collect();
@@ -230,7 +341,7 @@ pub(super) fn mask(key: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::env_vars::lookup;
+    use crate::ErrorKind;
 
     #[test]
     fn empty_key_or_application_is_a_configuration_error_at_construction() {
@@ -284,33 +395,6 @@ mod tests {
                 "{bad}"
             );
         }
-    }
-
-    #[test]
-    fn from_env_reads_every_variable() {
-        let b = ClientBuilder::from_lookup(lookup(&[
-            ("LIGHTRATE_API_KEY", "k"),
-            ("LIGHTRATE_APPLICATION_ID", "app"),
-            ("LIGHTRATE_BASE_URL", "http://127.0.0.1:1"),
-            ("LIGHTRATE_TIMEOUT_MS", "250"),
-            ("LIGHTRATE_LOCAL_BUCKET_SIZE", "9"),
-        ]))
-        .unwrap();
-        let c = b.build().unwrap().get_configuration();
-        assert_eq!(c.base_url, "http://127.0.0.1:1");
-        assert_eq!(c.timeout, Duration::from_millis(250));
-        assert_eq!(c.default_local_bucket_size, 9);
-
-        let missing =
-            ClientBuilder::from_lookup(lookup(&[("LIGHTRATE_API_KEY", "k")])).unwrap_err();
-        assert!(missing.message().contains("LIGHTRATE_APPLICATION_ID"));
-        let bad = ClientBuilder::from_lookup(lookup(&[
-            ("LIGHTRATE_API_KEY", "k"),
-            ("LIGHTRATE_APPLICATION_ID", "a"),
-            ("LIGHTRATE_TIMEOUT_MS", "soon"),
-        ]))
-        .unwrap_err();
-        assert_eq!(bad.kind(), ErrorKind::Configuration);
     }
 
     #[test]

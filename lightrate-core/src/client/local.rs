@@ -1,7 +1,7 @@
 //! The SDKs' local-bucket API: [`LightRateClient::consume_local_bucket_token`] and its
 //! companions, over a [`Limiter`] that leases from the client's API.
 
-use super::LightRateClient;
+use super::builder::LightRateClient;
 use crate::{BucketStatus, Decision, DecisionSource, Error, Limiter, OnUnavailable, Target};
 
 /// The answer of [`LightRateClient::consume_local_bucket_token`].

@@ -4,7 +4,7 @@ use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
-use super::{ReadExtension, RequestView};
+use super::view::{ReadExtension, RequestView};
 
 type ExtensionFn<V> =
     dyn for<'a> Fn(&'a <V as RequestView>::Extensions) -> Option<&'a str> + Send + Sync;

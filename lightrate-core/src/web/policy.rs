@@ -11,12 +11,10 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, Response};
 
 use super::identifier::{client_ip, validate_identifier, IpText};
-use super::identify::Kind;
-use super::operations::{target_for, RouteOperations};
-use super::rejection::write_rate_limit_headers;
-use super::{
-    Identify, MissingIdentifier, Operation, PathTarget, RateLimitHeaders, Rejection, RequestView,
-};
+use super::identify::{Identify, Kind, MissingIdentifier};
+use super::operations::{target_for, Operation, PathTarget, RouteOperations};
+use super::rejection::{write_rate_limit_headers, RateLimitHeaders, Rejection};
+use super::view::RequestView;
 use crate::{Decision, Error, Limiter, Target};
 
 pub(crate) type ExcludeFn<V> = dyn Fn(&<V as RequestView>::Request) -> bool + Send + Sync;

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderMap, Response, StatusCode};
 
-use super::InvalidIdentifier;
+use super::identifier::InvalidIdentifier;
 use crate::{Decision, DecisionSource, Error, ErrorKind};
 
 /// When to send the IETF `RateLimit-Policy` and `RateLimit` fields

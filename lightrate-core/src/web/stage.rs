@@ -9,7 +9,7 @@ use std::task::{ready, Context, Poll};
 use http::HeaderMap;
 use pin_project_lite::pin_project;
 
-use super::{Check, Verdict};
+use super::policy::{Check, Verdict};
 
 pin_project! {
     /// Where an adapter's response future is. `F` is the inner service's future, `A` the
