@@ -4,12 +4,12 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse};
 use actix_web::HttpMessage;
-use lightrate_core::web::{Finished, Stage, Verdict};
+use lightrate_core::web::{Stage, Verdict};
 use pin_project_lite::pin_project;
 
 use crate::convert::{append_headers, to_actix_response};
@@ -56,29 +56,32 @@ where
 
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let finished = ready!(self
-            .project()
-            .stage
-            .poll_stage(cx, |(service, req), verdict| match verdict {
+        self.project().stage.poll_stage(
+            cx,
+            |(service, req), verdict| match verdict {
                 Verdict::Allowed(allowed) => {
                     let headers = allowed.mark::<ActixRequest>(&mut req.extensions_mut());
                     Stage::inner(service.call(req), headers)
                 }
                 Verdict::Refused(answer) => {
-                    Stage::answer(req.into_response(to_actix_response(answer)))
+                    Stage::answer(Box::new(req.into_response(to_actix_response(*answer))))
                 }
-            }));
-        Poll::Ready(match finished {
-            Finished::Inner(output, headers) => output.map(|mut response| {
-                if let Some(headers) = headers {
-                    append_headers(response.headers_mut(), *headers);
-                }
-                response.map_into_boxed_body()
-            }),
-            Finished::Answer(answer) => Ok(answer),
-            Finished::Done => Err(actix_web::error::ErrorInternalServerError(
-                "lightrate: response future polled after completion",
-            )),
-        })
+            },
+            |output, headers| {
+                output.map(|mut response| {
+                    if let Some(headers) = headers {
+                        append_headers(response.headers_mut(), *headers);
+                    }
+                    response.map_into_boxed_body()
+                })
+            },
+            |answer| {
+                answer.ok_or_else(|| {
+                    actix_web::error::ErrorInternalServerError(
+                        "lightrate: response future polled after completion",
+                    )
+                })
+            },
+        )
     }
 }

@@ -57,7 +57,9 @@ where
                 let headers = allowed.mark::<ActixRequest>(&mut req.extensions_mut());
                 Stage::inner(self.service.call(req), headers)
             }
-            Plan::Refused(answer) => Stage::answer(req.into_response(to_actix_response(answer))),
+            Plan::Refused(answer) => {
+                Stage::answer(Box::new(req.into_response(to_actix_response(*answer))))
+            }
             Plan::Check(check) => Stage::checking(check, (Rc::clone(&self.service), req)),
         })
     }

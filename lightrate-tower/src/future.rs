@@ -3,11 +3,11 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::{Request, Response};
-use lightrate_core::web::{Finished, Stage, Verdict};
+use lightrate_core::web::{Stage, Verdict};
 use pin_project_lite::pin_project;
 use tower::Service;
 
@@ -39,6 +39,7 @@ impl<S, ReqBody> ResponseFuture<S, ReqBody>
 where
     S: Service<Request<ReqBody>>,
 {
+    #[inline]
     pub(crate) fn new(stage: Stage<S::Future, Response<Bytes>, (S, Request<ReqBody>)>) -> Self {
         ResponseFuture { stage }
     }
@@ -53,25 +54,27 @@ where
 
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let finished = ready!(self.project().stage.poll_stage(cx, |call, verdict| {
-            let (mut service, mut request) = call;
-            match verdict {
+        self.project().stage.poll_stage(
+            cx,
+            |(mut service, mut request), verdict| match verdict {
                 Verdict::Allowed(allowed) => {
                     let headers = allowed.mark::<TowerRequest>(request.extensions_mut());
                     Stage::inner(service.call(request), headers)
                 }
                 Verdict::Refused(answer) => Stage::answer(answer),
-            }
-        }));
-        Poll::Ready(match finished {
-            Finished::Inner(output, headers) => output.map(|mut response| {
-                if let Some(fields) = headers {
-                    response.headers_mut().extend(*fields);
-                }
-                response
-            }),
-            Finished::Answer(answer) => Ok(answer.map(ResBody::from)),
-            Finished::Done => panic!("ResponseFuture polled after it completed"),
-        })
+            },
+            |output, headers| {
+                output.map(|mut response| {
+                    if let Some(fields) = headers {
+                        response.headers_mut().extend(*fields);
+                    }
+                    response
+                })
+            },
+            |answer| match answer {
+                Some(answer) => Ok(answer.map(ResBody::from)),
+                None => panic!("ResponseFuture polled after it completed"),
+            },
+        )
     }
 }

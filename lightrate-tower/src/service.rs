@@ -72,19 +72,27 @@ where
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let (mut parts, body) = request.into_parts();
-        ResponseFuture::new(match self.policy.plan(&parts) {
-            Plan::Pass => Stage::inner(self.inner.call(Request::from_parts(parts, body)), None),
+        // Each arm builds the future where it is returned: no copy of the inner future.
+        match self.policy.plan(&parts) {
+            Plan::Pass => ResponseFuture::new(Stage::inner(
+                self.inner.call(Request::from_parts(parts, body)),
+                None,
+            )),
             Plan::Allowed(allowed) => {
                 let headers = allowed.mark::<TowerRequest>(&mut parts.extensions);
-                Stage::inner(self.inner.call(Request::from_parts(parts, body)), headers)
+                ResponseFuture::new(Stage::inner(
+                    self.inner.call(Request::from_parts(parts, body)),
+                    headers,
+                ))
             }
-            Plan::Refused(answer) => Stage::answer(answer),
+            Plan::Refused(answer) => ResponseFuture::new(Stage::answer(answer)),
             Plan::Check(check) => {
                 // The service that was polled ready serves this request; a clone stays.
                 let clone = self.inner.clone();
                 let inner = std::mem::replace(&mut self.inner, clone);
-                Stage::checking(check, (inner, Request::from_parts(parts, body)))
+                let call = (inner, Request::from_parts(parts, body));
+                ResponseFuture::new(Stage::checking(check, call))
             }
-        })
+        }
     }
 }

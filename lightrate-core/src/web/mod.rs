@@ -36,7 +36,7 @@ pub use rejection::{RateLimitHeaders, Rejection};
 #[doc(hidden)]
 pub use policy::{Allowed, Check, Decided, Plan, RequestPolicy, Verdict};
 #[doc(hidden)]
-pub use stage::{Finished, Stage};
+pub use stage::Stage;
 #[doc(hidden)]
 pub use view::{ReadExtension, RequestView};
 

@@ -100,8 +100,9 @@ pub enum Plan {
     Pass,
     /// Allowed by a local bucket: mark the request, call the inner service.
     Allowed(Allowed),
-    /// Refused (429, 503, 400): answer this, without calling the inner service.
-    Refused(Response<Bytes>),
+    /// Refused (429, 503, 400): answer this, without calling the inner service. Boxed, so
+    /// that the common plans stay small.
+    Refused(Box<Response<Bytes>>),
     /// The token source must be asked: await this, then do what it says. The only case
     /// that allocates.
     Check(Check),
@@ -113,7 +114,7 @@ pub enum Verdict {
     /// Mark the request, call the inner service.
     Allowed(Allowed),
     /// Answer this, without calling the inner service.
-    Refused(Response<Bytes>),
+    Refused(Box<Response<Bytes>>),
 }
 
 impl fmt::Debug for Plan {
@@ -272,6 +273,7 @@ impl<V: RequestView> RequestPolicy<V> {
     }
 
     /// The plan for a request whose identifier is `found` (raw, not yet validated).
+    #[inline]
     fn decide(
         self: &Arc<Self>,
         req: &V::Request,
@@ -366,11 +368,11 @@ impl<V: RequestView> RequestPolicy<V> {
     }
 
     /// The answer to a rejection: the user's, or the default.
-    fn respond(&self, rejection: &Rejection) -> Response<Bytes> {
-        match &self.respond {
+    fn respond(&self, rejection: &Rejection) -> Box<Response<Bytes>> {
+        Box::new(match &self.respond {
             Some(f) => f(rejection),
             None => rejection.to_response(self.headers),
-        }
+        })
     }
 }
 

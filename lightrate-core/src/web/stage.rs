@@ -47,17 +47,6 @@ pin_project! {
     }
 }
 
-/// What a [`Stage`] yields.
-#[derive(Debug)]
-pub enum Finished<T, A> {
-    /// The inner service's output, and the IETF fields to add to its response.
-    Inner(T, Option<Box<HeaderMap>>),
-    /// The answer.
-    Answer(A),
-    /// Polled again after it yielded.
-    Done,
-}
-
 impl<F, A, C> Stage<F, A, C> {
     /// Calls the inner service: `future`, then `headers` on its response.
     #[inline]
@@ -68,11 +57,9 @@ impl<F, A, C> Stage<F, A, C> {
     }
 
     /// Answers `answer`.
-    pub fn answer(answer: A) -> Self {
+    pub fn answer(answer: Box<A>) -> Self {
         Stage {
-            state: State::Answer {
-                answer: Box::new(answer),
-            },
+            state: State::Answer { answer },
         }
     }
 
@@ -87,42 +74,56 @@ impl<F, A, C> Stage<F, A, C> {
 }
 
 impl<F: Future, A, C> Stage<F, A, C> {
-    /// Polls the stage; after a check, `resume` turns its verdict and `call` into the next
-    /// stage (the inner service, or an answer).
+    /// Polls the stage. After a check, `resume` turns its verdict and what calling the inner
+    /// service takes into the next stage (the inner service, or an answer). Then `respond`
+    /// turns the inner service's output (and the IETF fields to add) into the adapter's
+    /// output, or `answer` the answer (`None` when polled after completion). Each is called
+    /// where its value is returned, so that a response is not moved again.
     #[inline]
-    pub fn poll_stage(
+    pub fn poll_stage<O>(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         resume: impl FnOnce(C, Verdict) -> Self,
-    ) -> Poll<Finished<F::Output, A>> {
+        respond: impl FnOnce(F::Output, Option<Box<HeaderMap>>) -> O,
+        answer: impl FnOnce(Option<A>) -> O,
+    ) -> Poll<O> {
         let mut state = self.project().state;
-        let mut resume = Some(resume);
-        loop {
-            match state.as_mut().project() {
-                StateProj::Inner { future, headers } => {
-                    let output = ready!(future.poll(cx));
-                    return Poll::Ready(Finished::Inner(output, headers.take()));
-                }
-                StateProj::Checking { checking } => {
-                    let verdict = ready!(checking.0.as_mut().poll(cx));
-                    let (StateOwned::Checking { checking }, Some(resume)) =
-                        (state.as_mut().project_replace(State::Done), resume.take())
-                    else {
-                        unreachable!("the state was Checking, and checks once")
-                    };
-                    let (_, call) = *checking;
-                    state.set(resume(call, verdict).state);
-                }
-                StateProj::Answer { .. } => {
-                    return Poll::Ready(match state.project_replace(State::Done) {
-                        StateOwned::Answer { answer } => Finished::Answer(*answer),
-                        _ => unreachable!("the state was Answer"),
-                    });
-                }
-                StateProj::Done => return Poll::Ready(Finished::Done),
+        if let StateProj::Checking { checking } = state.as_mut().project() {
+            let verdict = ready!(checking.0.as_mut().poll(cx));
+            resume_after_check(state.as_mut(), verdict, resume);
+        }
+        match state.as_mut().project() {
+            StateProj::Inner { future, headers } => {
+                let output = ready!(future.poll(cx));
+                Poll::Ready(respond(output, headers.take()))
+            }
+            StateProj::Answer { .. } | StateProj::Done => {
+                Poll::Ready(answer(match state.project_replace(State::Done) {
+                    StateOwned::Answer { answer } => Some(*answer),
+                    _ => None,
+                }))
+            }
+            StateProj::Checking { .. } => {
+                unreachable!("a check resumes with the inner service or an answer")
             }
         }
     }
+}
+
+/// Replaces a `Checking` state by what `resume` makes of its verdict. Out of line: the hot
+/// path, polling the inner service's future, stays small.
+#[cold]
+#[inline(never)]
+fn resume_after_check<F, A, C>(
+    mut state: Pin<&mut State<F, A, C>>,
+    verdict: Verdict,
+    resume: impl FnOnce(C, Verdict) -> Stage<F, A, C>,
+) {
+    let StateOwned::Checking { checking } = state.as_mut().project_replace(State::Done) else {
+        unreachable!("the state was Checking")
+    };
+    let (_, call) = *checking;
+    state.set(resume(call, verdict).state);
 }
 
 #[cfg(test)]
@@ -140,41 +141,44 @@ mod tests {
         fn wake(self: Arc<Self>) {}
     }
 
-    fn poll(stage: &mut Pin<Box<Test>>) -> Poll<Finished<u8, &'static str>> {
+    /// What a test stage yields: the inner output, or the answer (`None` when done).
+    #[derive(Debug, PartialEq)]
+    enum Yield {
+        Inner(u8),
+        Answer(Option<&'static str>),
+    }
+
+    fn poll(stage: &mut Pin<Box<Test>>) -> Poll<Yield> {
         let waker = Waker::from(Arc::new(Noop));
         let mut cx = Context::from_waker(&waker);
-        stage
-            .as_mut()
-            .poll_stage(&mut cx, |call, verdict| match verdict {
+        stage.as_mut().poll_stage(
+            &mut cx,
+            |call, verdict| match verdict {
                 Verdict::Allowed(_) => Stage::inner(ready(call), None),
-                Verdict::Refused(_) => Stage::answer("refused"),
-            })
+                Verdict::Refused(_) => Stage::answer(Box::new("refused")),
+            },
+            |output, _| Yield::Inner(output),
+            Yield::Answer,
+        )
     }
 
     #[test]
     fn each_stage_yields_once_then_done() {
         let mut inner: Pin<Box<Test>> = Box::pin(Stage::inner(ready(7), None));
-        assert!(matches!(
-            poll(&mut inner),
-            Poll::Ready(Finished::Inner(7, None))
-        ));
-        let mut answer: Pin<Box<Test>> = Box::pin(Stage::answer("429"));
-        assert!(matches!(
-            poll(&mut answer),
-            Poll::Ready(Finished::Answer("429"))
-        ));
-        assert!(matches!(poll(&mut answer), Poll::Ready(Finished::Done)));
+        assert_eq!(poll(&mut inner), Poll::Ready(Yield::Inner(7)));
+        let mut answer: Pin<Box<Test>> = Box::pin(Stage::answer(Box::new("429")));
+        assert_eq!(poll(&mut answer), Poll::Ready(Yield::Answer(Some("429"))));
+        assert_eq!(poll(&mut answer), Poll::Ready(Yield::Answer(None)));
     }
 
     #[test]
     fn a_check_resumes_with_its_verdict() {
-        let refused: Check =
-            Box::pin(async { Verdict::Refused(http::Response::new(bytes::Bytes::new())) });
+        let refused: Check = Box::pin(async { Verdict::Refused(Box::default()) });
         let mut stage: Pin<Box<Test>> = Box::pin(Stage::checking(refused, 3));
-        assert!(matches!(
+        assert_eq!(
             poll(&mut stage),
-            Poll::Ready(Finished::Answer("refused"))
-        ));
-        assert!(matches!(poll(&mut stage), Poll::Ready(Finished::Done)));
+            Poll::Ready(Yield::Answer(Some("refused")))
+        );
+        assert_eq!(poll(&mut stage), Poll::Ready(Yield::Answer(None)));
     }
 }
