@@ -22,12 +22,7 @@ fn main() {
     let n: usize = std::env::args().nth(1).unwrap().parse().unwrap();
     let mode = std::env::args().nth(2).unwrap();
     let peer = SocketAddr::from(([192, 0, 2, 10], 50_000));
-    let request = || {
-        TestRequest::get()
-            .uri("/hello")
-            .peer_addr(peer)
-            .to_request()
-    };
+    let request = || TestRequest::with_uri("/hello").peer_addr(peer).to_request();
     let hello = || async { "hello" };
     actix_rt::System::new().block_on(async move {
         let limiter = Unlimited::limiter();

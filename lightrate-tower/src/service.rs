@@ -70,6 +70,9 @@ where
         self.inner.poll_ready(cx)
     }
 
+    // Not inlined into the caller's poll: there, building the future would take a copy of
+    // it (counted with callgrind: 64 instructions a request).
+    #[inline(never)]
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let (mut parts, body) = request.into_parts();
         // Each arm builds the future where it is returned: no copy of the inner future.

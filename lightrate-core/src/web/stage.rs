@@ -88,42 +88,51 @@ impl<F: Future, A, C> Stage<F, A, C> {
         answer: impl FnOnce(Option<A>) -> O,
     ) -> Poll<O> {
         let mut state = self.project().state;
-        if let StateProj::Checking { checking } = state.as_mut().project() {
-            let verdict = ready!(checking.0.as_mut().poll(cx));
-            resume_after_check(state.as_mut(), verdict, resume);
-        }
         match state.as_mut().project() {
+            // The hot path, kept small: the rare states are polled out of line.
             StateProj::Inner { future, headers } => {
                 let output = ready!(future.poll(cx));
                 Poll::Ready(respond(output, headers.take()))
             }
-            StateProj::Answer { .. } | StateProj::Done => {
-                Poll::Ready(answer(match state.project_replace(State::Done) {
-                    StateOwned::Answer { answer } => Some(*answer),
-                    _ => None,
-                }))
-            }
-            StateProj::Checking { .. } => {
-                unreachable!("a check resumes with the inner service or an answer")
-            }
+            _ => poll_rare(state, cx, resume, respond, answer),
         }
     }
 }
 
-/// Replaces a `Checking` state by what `resume` makes of its verdict. Out of line: the hot
-/// path, polling the inner service's future, stays small.
+/// Polls a stage that is not `Inner`: waits for the check and resumes (polling what
+/// follows), or hands out the answer (`None` when done already).
 #[cold]
 #[inline(never)]
-fn resume_after_check<F, A, C>(
+fn poll_rare<F: Future, A, C, O>(
     mut state: Pin<&mut State<F, A, C>>,
-    verdict: Verdict,
+    cx: &mut Context<'_>,
     resume: impl FnOnce(C, Verdict) -> Stage<F, A, C>,
-) {
-    let StateOwned::Checking { checking } = state.as_mut().project_replace(State::Done) else {
-        unreachable!("the state was Checking")
-    };
-    let (_, call) = *checking;
-    state.set(resume(call, verdict).state);
+    respond: impl FnOnce(F::Output, Option<Box<HeaderMap>>) -> O,
+    answer: impl FnOnce(Option<A>) -> O,
+) -> Poll<O> {
+    if let StateProj::Checking { checking } = state.as_mut().project() {
+        let verdict = ready!(checking.0.as_mut().poll(cx));
+        let StateOwned::Checking { checking } = state.as_mut().project_replace(State::Done) else {
+            unreachable!("the state was Checking")
+        };
+        let (_, call) = *checking;
+        state.set(resume(call, verdict).state);
+    }
+    match state.as_mut().project() {
+        StateProj::Inner { future, headers } => {
+            let output = ready!(future.poll(cx));
+            Poll::Ready(respond(output, headers.take()))
+        }
+        StateProj::Answer { .. } | StateProj::Done => {
+            Poll::Ready(answer(match state.project_replace(State::Done) {
+                StateOwned::Answer { answer } => Some(*answer),
+                _ => None,
+            }))
+        }
+        StateProj::Checking { .. } => {
+            unreachable!("a check resumes with the inner service or an answer")
+        }
+    }
 }
 
 #[cfg(test)]
