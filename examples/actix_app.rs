@@ -31,8 +31,8 @@ use actix_web::dev::{Server, ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::http::header::HeaderName;
 use actix_web::http::Method;
 use actix_web::{web, App, HttpRequest, HttpServer};
-use lightrate_actix::{Identify, LightRate, MissingIdentifier};
-use lightrate_core::{EnvSource, Limiter, RuleSet};
+use lightrate::actix::{Identify, LightRate, MissingIdentifier};
+use lightrate::{EnvSource, Limiter, RuleSet};
 use serde_json::{json, Value};
 
 /// The header that names the user.

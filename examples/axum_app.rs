@@ -29,8 +29,8 @@ use axum::extract::{ConnectInfo, Path};
 use axum::http::{HeaderMap, HeaderName, Method};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
-use lightrate_core::{EnvSource, Limiter, RuleSet};
-use lightrate_tower::{Identify, LightRateLayer, MissingIdentifier};
+use lightrate::tower::{Identify, LightRateLayer, MissingIdentifier};
+use lightrate::{EnvSource, Limiter, RuleSet};
 use serde_json::{json, Value};
 
 /// The header that names the user.

@@ -20,8 +20,8 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Router};
-use lightrate_core::{EmbeddedSource, Limiter, RuleSet};
-use lightrate_tower::{Identify, LightRateLayer, MissingIdentifier};
+use lightrate::tower::{Identify, LightRateLayer, MissingIdentifier};
+use lightrate::{EmbeddedSource, Limiter, RuleSet};
 
 /// What authentication established about the caller.
 #[derive(Clone, Debug)]

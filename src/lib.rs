@@ -1,34 +1,142 @@
 //! lightrate: rate limiting for Rust web services, with tokens from the LightRate token API.
 //!
-//! This facade re-exports the engine ([`lightrate_core`]) at its root, and the other crates of
-//! the workspace behind features:
+//! The one dependency an application adds. The engine ([`Limiter`], the token sources) is at
+//! the root; the adapters and the server are modules behind features:
 //!
-//! | feature            | module     | crate              |
-//! |--------------------|------------|--------------------|
-//! | `tower` (`axum`)   | `tower`    | `lightrate-tower`  |
-//! | `actix`            | `actix`    | `lightrate-actix`  |
-//! | `server`           | `server`   | `lightrate-server` |
-//! | `redis`            | `redis`    | `lightrate-redis`  |
+//! | feature | what it adds | default |
+//! |---|---|---|
+//! | `client` | [`LightRateClient`]: tokens from the LightRate API (reqwest, rustls) | on |
+//! | `toml` | rules files in TOML ([`RuleSet::from_toml_file`]) | off |
+//! | `tower` | [`tower`]: `LightRateLayer` for any tower stack, without axum | off |
+//! | `axum` | `tower`, reading axum's `MatchedPath` and `ConnectInfo` | off |
+//! | `actix` | [`actix`]: the actix-web middleware | off |
+//! | `server` | [`server`]: the LightRate-compatible token server | off |
+//! | `redis` | [`redis`]: `RedisSource`, buckets shared in Redis or Redis Cluster | off |
 //!
-//! See the README for the quick start.
+//! ```
+//! use lightrate::{EmbeddedSource, Limiter, RuleSet, Target};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), lightrate::Error> {
+//! // Tokens from the rules engine in-process; `LightRateClient::new(key, app)?` for the API.
+//! let limiter = Limiter::new(EmbeddedSource::new(RuleSet::demo()));
+//! let decision = limiter.check("user123", &Target::operation("send_email")).await?;
+//! assert!(decision.is_allowed());
+//! # Ok(()) }
+//! ```
+//!
+//! See the README for the quick start with axum and actix-web.
 
-pub use lightrate_core::*;
+// The engine: the limiter and its answers.
+pub use lightrate_core::{
+    BreakerState, BucketStatus, Decision, DecisionSource, EnvSource, Limiter, LimiterBuilder,
+    OnUnavailable, RuleSummary, Stats, DEFAULT_LEASE_SIZE, DEFAULT_MAX_LOCAL_BUCKETS,
+    DEFAULT_TOKEN_HORIZON, MAX_LEASE_SIZE,
+};
+// Where tokens come from, and the protocol they speak.
+pub use lightrate_core::{
+    ConsumeRequest, ConsumeTokensResponse, EmbeddedSource, EmbeddedStats, RefillRate, Rule,
+    RuleSet, RuleSetBuilder, RuleSpec, Target, TokenSource, DEFAULT_MAX_BUCKETS,
+    MAX_USER_IDENTIFIER_BYTES,
+};
+// Time, and errors.
+pub use lightrate_core::{Clock, Error, ErrorKind, ManualClock, SystemClock, Timestamp};
+// The LightRate API client.
+#[cfg(feature = "client")]
+pub use lightrate_core::{
+    ClientBuilder, Configuration, LightRateClient, LocalBucketResponse, DEFAULT_BASE_URL,
+    DEFAULT_LOCAL_BUCKET_SIZE, DEFAULT_RETRY_ATTEMPTS, DEFAULT_TIMEOUT,
+};
 
-/// `LightRateLayer` for axum and every tower stack (feature `tower` or `axum`).
+/// The `http` crate, whose `Method` and `StatusCode` appear in this API.
+pub use lightrate_core::http;
+
+/// Rate limiting for axum and every tower stack (feature `tower`, or `axum` to read axum's
+/// route templates and peer addresses): [`LightRateLayer`](tower::LightRateLayer).
+///
+/// ```
+/// use axum::{routing::{get, post}, Router};
+/// use http::HeaderName;
+/// use lightrate::tower::{Identify, LightRateLayer};
+/// use lightrate::{EmbeddedSource, Limiter, RuleSet};
+///
+/// let limiter = Limiter::new(EmbeddedSource::new(RuleSet::demo()));
+/// let rate_limit = LightRateLayer::new(limiter)
+///     .identify(Identify::header(HeaderName::from_static("x-user-id")))
+///     .exclude_path("/healthz");
+/// let app: Router = Router::new()
+///     .route("/hello", get(|| async { "hello" }))
+///     .route(
+///         "/emails",
+///         post(|| async { "sent" }).layer(rate_limit.operation("/emails", "send_email")),
+///     )
+///     .route("/healthz", get(|| async { "ok" }))
+///     .layer(rate_limit);
+/// ```
+///
+/// The guide (per-route operations, identifiers, bodies) is the documentation of the
+/// `lightrate-tower` crate.
 #[cfg(feature = "tower")]
-pub use lightrate_tower as tower;
+pub mod tower {
+    pub use lightrate_tower::{
+        Identify, InvalidIdentifier, LightRate, LightRateLayer, MissingIdentifier, Operation,
+        PathTarget, RateLimitHeaders, Rejection, ResponseFuture, MAX_IDENTIFIER_BYTES,
+    };
+}
 
-/// The actix-web middleware (feature `actix`).
+/// The actix-web middleware (feature `actix`): [`LightRate`](actix::LightRate).
+///
+/// ```
+/// use actix_web::http::{header::HeaderName, Method};
+/// use actix_web::{web, App, HttpResponse};
+/// use lightrate::actix::{Identify, LightRate};
+/// use lightrate::{EmbeddedSource, Limiter, RuleSet};
+///
+/// let limiter = Limiter::new(EmbeddedSource::new(RuleSet::demo()));
+/// let rate_limit = LightRate::new(limiter)
+///     .identify(Identify::header(HeaderName::from_static("x-user-id")))
+///     .exclude_path("/healthz");
+/// let app = App::new()
+///     .route("/hello", web::get().to(|| async { "hello" }))
+///     .service(
+///         web::resource("/emails")
+///             .wrap(rate_limit.operation_for(Method::POST, "/emails", "send_email"))
+///             .route(web::post().to(|| async { HttpResponse::Ok().body("sent") })),
+///     )
+///     .wrap(rate_limit);
+/// ```
+///
+/// The guide (workers, per-route operations, named resources, targets, bodies) is the
+/// documentation of the `lightrate-actix` crate.
 #[cfg(feature = "actix")]
-pub use lightrate_actix as actix;
+pub mod actix {
+    pub use lightrate_actix::{
+        Identify, InvalidIdentifier, LightRate, LightRateMiddleware, MissingIdentifier, Operation,
+        PathTarget, RateLimitHeaders, Rejection, ResponseFuture, MAX_IDENTIFIER_BYTES,
+    };
+}
 
-/// The LightRate-compatible token server (feature `server`).
+/// The LightRate-compatible token server (feature `server`): the embedded source served with
+/// the LightRate protocol, for tests over real sockets and for self-hosting.
 #[cfg(feature = "server")]
-pub use lightrate_server as server;
+pub mod server {
+    pub use lightrate_server::{
+        LightRateServer, RunningServer, ServerConfig, TokenStore, DEFAULT_BODY_LIMIT,
+    };
+}
 
-/// `RedisSource`: buckets shared in Redis or Redis Cluster (feature `redis`).
+/// Buckets shared in Redis or Redis Cluster (feature `redis`): [`RedisSource`](redis::RedisSource),
+/// a token source for a fleet of apps or of server replicas.
+///
+/// The guide (key layout, outages, the script) is the documentation of the `lightrate-redis`
+/// crate.
 #[cfg(feature = "redis")]
-pub use lightrate_redis as redis;
+pub mod redis {
+    pub use lightrate_redis::{
+        builder_from_env, RedisSource, RedisSourceBuilder, DEFAULT_APPLICATION_ID, DEFAULT_PREFIX,
+        DEFAULT_TIMEOUT, MAX_BUCKET_UNITS,
+    };
+}
 
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

@@ -27,36 +27,8 @@ use actix_web::{web, App};
 use criterion::async_executor::AsyncExecutor;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use lightrate_actix::LightRate;
-use lightrate_core::{
-    ConsumeRequest, ConsumeTokensResponse, Error, Limiter, RefillRate, Rule, Target, TokenSource,
-    MAX_LEASE_SIZE,
-};
-
-/// Grants everything, so every request is a local hit after the first.
-struct Unlimited;
-
-impl TokenSource for Unlimited {
-    async fn consume_tokens(
-        &self,
-        request: ConsumeRequest<'_>,
-    ) -> Result<ConsumeTokensResponse, Error> {
-        Ok(ConsumeTokensResponse {
-            tokens_remaining: 1 << 40,
-            tokens_consumed: request.tokens_requested,
-            throttles: 0,
-            rule: Rule {
-                id: "bench".into(),
-                name: "bench".into(),
-                refill_rate: RefillRate::per_second(1 << 30),
-                burst_rate: 1 << 40,
-                is_default: false,
-                matcher: Some("^/hello".into()),
-                http_method: Some("GET".into()),
-            },
-            retry_after_ms: None,
-        })
-    }
-}
+use lightrate_core::{Limiter, Target, MAX_LEASE_SIZE};
+use lightrate_testing::Unlimited;
 
 /// Criterion's async benchmarks on the actix runtime (a `System`, as a worker has).
 struct Actix(actix_rt::SystemRunner);

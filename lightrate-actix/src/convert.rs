@@ -30,21 +30,6 @@ pub(crate) fn http_method(method: &Method) -> Option<http::Method> {
     })
 }
 
-/// The `X-Forwarded-For` fields of an actix request, for `client_ip` (only read behind trusted
-/// proxies).
-pub(crate) fn forwarded_for(headers: &HeaderMap) -> http::HeaderMap {
-    let mut out = http::HeaderMap::new();
-    for value in headers.get_all("x-forwarded-for") {
-        if let Ok(value) = http::HeaderValue::from_bytes(value.as_bytes()) {
-            out.append(
-                http::header::HeaderName::from_static("x-forwarded-for"),
-                value,
-            );
-        }
-    }
-    out
-}
-
 /// Appends `http` 1 header fields to an actix header map.
 pub(crate) fn append_headers(to: &mut HeaderMap, from: http::HeaderMap) {
     let mut name = None;

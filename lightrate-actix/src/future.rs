@@ -3,16 +3,17 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{ready, Context, Poll};
+use std::rc::Rc;
+use std::task::{Context, Poll};
 
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse};
-use http::HeaderMap;
+use actix_web::HttpMessage;
+use lightrate_core::web::{Stage, Verdict};
 use pin_project_lite::pin_project;
 
-use crate::middleware::add_headers;
-
-type Checking = Pin<Box<dyn Future<Output = Result<ServiceResponse<BoxBody>, actix_web::Error>>>>;
+use crate::convert::{append_headers, to_actix_response};
+use crate::request::ActixRequest;
 
 pin_project! {
     /// The response future of [`LightRateMiddleware`](crate::LightRateMiddleware): the inner
@@ -24,29 +25,7 @@ pin_project! {
         S: Service<ServiceRequest>,
     {
         #[pin]
-        state: State<S>,
-    }
-}
-
-pin_project! {
-    #[project = StateProj]
-    enum State<S>
-    where
-        S: Service<ServiceRequest>,
-    {
-        // The common case stays small: rare states are boxed, so that every request does not
-        // move a future as large as a response.
-        Inner {
-            #[pin]
-            future: S::Future,
-            headers: Option<Box<HeaderMap>>,
-        },
-        Answer {
-            response: Option<Box<ServiceResponse>>,
-        },
-        Checking {
-            checking: Checking,
-        },
+        stage: Stage<S::Future, ServiceResponse, (Rc<S>, ServiceRequest)>,
     }
 }
 
@@ -55,14 +34,7 @@ where
     S: Service<ServiceRequest>,
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let state = match &self.state {
-            State::Inner { .. } => "inner",
-            State::Answer { .. } => "answer",
-            State::Checking { .. } => "checking",
-        };
-        f.debug_struct("ResponseFuture")
-            .field("state", &state)
-            .finish()
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
     }
 }
 
@@ -70,24 +42,8 @@ impl<S> ResponseFuture<S>
 where
     S: Service<ServiceRequest>,
 {
-    pub(crate) fn inner(future: S::Future, headers: Option<Box<HeaderMap>>) -> Self {
-        ResponseFuture {
-            state: State::Inner { future, headers },
-        }
-    }
-
-    pub(crate) fn answer(response: ServiceResponse) -> Self {
-        ResponseFuture {
-            state: State::Answer {
-                response: Some(Box::new(response)),
-            },
-        }
-    }
-
-    pub(crate) fn checking(checking: Checking) -> Self {
-        ResponseFuture {
-            state: State::Checking { checking },
-        }
+    pub(crate) fn new(stage: Stage<S::Future, ServiceResponse, (Rc<S>, ServiceRequest)>) -> Self {
+        ResponseFuture { stage }
     }
 }
 
@@ -100,19 +56,32 @@ where
 
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().state.project() {
-            StateProj::Inner { future, headers } => {
-                let mut response = ready!(future.poll(cx))?;
-                add_headers(&mut response, headers.take());
-                Poll::Ready(Ok(response.map_into_boxed_body()))
-            }
-            StateProj::Answer { response } => Poll::Ready(match response.take() {
-                Some(response) => Ok(*response),
-                None => Err(actix_web::error::ErrorInternalServerError(
-                    "lightrate: response future polled after completion",
-                )),
-            }),
-            StateProj::Checking { checking } => checking.as_mut().poll(cx),
-        }
+        self.project().stage.poll_stage(
+            cx,
+            |(service, req), verdict| match verdict {
+                Verdict::Allowed(allowed) => {
+                    let headers = allowed.mark::<ActixRequest>(&mut req.extensions_mut());
+                    Stage::inner(service.call(req), headers)
+                }
+                Verdict::Refused(answer) => {
+                    Stage::answer(Box::new(req.into_response(to_actix_response(*answer))))
+                }
+            },
+            |output, headers| {
+                output.map(|mut response| {
+                    if let Some(headers) = headers {
+                        append_headers(response.headers_mut(), *headers);
+                    }
+                    response.map_into_boxed_body()
+                })
+            },
+            |answer| {
+                answer.ok_or_else(|| {
+                    actix_web::error::ErrorInternalServerError(
+                        "lightrate: response future polled after completion",
+                    )
+                })
+            },
+        )
     }
 }

@@ -12,8 +12,8 @@
 //! ```
 //! use actix_web::http::{header::HeaderName, Method};
 //! use actix_web::{web, App, HttpResponse};
-//! use lightrate_actix::{Identify, LightRate};
-//! use lightrate_core::{EmbeddedSource, Limiter, RuleSet};
+//! use lightrate::actix::{Identify, LightRate};
+//! use lightrate::{EmbeddedSource, Limiter, RuleSet};
 //!
 //! let limiter = Limiter::new(EmbeddedSource::new(RuleSet::demo()));
 //! let rate_limit = LightRate::new(limiter)
@@ -40,8 +40,8 @@
 //!
 //! ```no_run
 //! use actix_web::{web, App, HttpServer};
-//! use lightrate_actix::LightRate;
-//! use lightrate_core::{EmbeddedSource, Limiter, RuleSet};
+//! use lightrate::actix::LightRate;
+//! use lightrate::{EmbeddedSource, Limiter, RuleSet};
 //!
 //! # fn main() -> std::io::Result<()> {
 //! let limiter = Limiter::new(EmbeddedSource::new(RuleSet::demo()));
@@ -88,8 +88,8 @@
 //! # The user identifier
 //!
 //! [`Identify`]: a header, an extension set by an authentication middleware, the client's IP
-//! address (the default), or a closure. An identifier that is empty, longer than 256 bytes or
-//! not visible text gets 400 before any token is spent. A request with none follows
+//! address (the default), or a closure. An identifier that is empty, longer than
+//! [`MAX_IDENTIFIER_BYTES`] or not visible text gets 400 before any token is spent. A request with none follows
 //! [`MissingIdentifier`]: by default it is limited by its IP address. `X-Forwarded-For` is
 //! read only behind [`trust_forwarded_for`](LightRate::trust_forwarded_for) proxies.
 //!
@@ -100,18 +100,58 @@
 //! untouched (boxing a `BoxBody` again is a no-op; a body of another type, from a
 //! body-changing middleware wrapped inside this one, is boxed as `ServiceResponse::map_into_boxed_body`
 //! does). This costs less per request than an `EitherBody`.
+//!
+//! # Layout
+//!
+//! Only the glue between actix-web and the request policy that `lightrate-core` shares with
+//! the tower adapter (every option, identification, targets, answers): the transform
+//! [`LightRate`] (`transform.rs`), its [`LightRateMiddleware`] (`middleware.rs`), their
+//! [`ResponseFuture`] (`future.rs`), how an actix request shows itself to the policy
+//! (`request.rs`), and the conversions between actix's `http` 0.2 types and `http` 1
+//! (`convert.rs`).
 
 mod convert;
 mod future;
 mod middleware;
+mod request;
 mod transform;
 
 pub use future::ResponseFuture;
 pub use lightrate_core::web::{
-    MissingIdentifier, Operation, PathTarget, RateLimitHeaders, Rejection,
+    InvalidIdentifier, MissingIdentifier, Operation, PathTarget, RateLimitHeaders, Rejection,
+    MAX_IDENTIFIER_BYTES,
 };
 pub use middleware::LightRateMiddleware;
-pub use transform::{Identify, LightRate};
+#[doc(hidden)]
+pub use request::ActixRequest;
+pub use transform::LightRate;
+
+/// Where the user identifier of a request comes from: a header, an extension an
+/// authentication middleware set (`req.extensions_mut().insert(..)`, what `web::ReqData`
+/// reads), the client's IP address (`ServiceRequest::peer_addr`), or a closure of the
+/// `ServiceRequest`.
+///
+/// ```
+/// use actix_web::http::header::HeaderName;
+/// use lightrate::actix::Identify;
+///
+/// /// What an authentication middleware put in the request's extensions.
+/// #[derive(Clone)]
+/// struct Claims { subject: String }
+///
+/// let by_header = Identify::header(HeaderName::from_static("x-user-id"));
+/// let by_auth = Identify::extension(|claims: &Claims| claims.subject.as_str());
+/// let by_address = Identify::peer_ip();
+/// let by_token = Identify::with(|req| {
+///     let value = req.headers().get("authorization")?.to_str().ok()?;
+///     value.strip_prefix("Bearer ").map(Into::into)
+/// });
+/// ```
+///
+/// The request's extensions live in a `RefCell`: to identify by one of them without copying
+/// it, use [`Identify::extension`](lightrate_core::web::Identify::extension) rather than
+/// [`Identify::with`](lightrate_core::web::Identify::with).
+pub type Identify = lightrate_core::web::Identify<ActixRequest>;
 
 #[cfg(test)]
 mod tests;

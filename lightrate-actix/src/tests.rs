@@ -10,59 +10,10 @@ use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
 use actix_web::http::{Method, StatusCode};
 use actix_web::test::{call_service, init_service, read_body, TestRequest};
 use actix_web::{guard, web, App, HttpMessage, HttpResponse};
-use lightrate_core::{
-    ConsumeRequest, ConsumeTokensResponse, Decision, DecisionSource, EmbeddedSource, Error,
-    ErrorKind, LightRateClient, Limiter, ManualClock, OnUnavailable, RuleSet, TokenSource,
-};
+use lightrate_core::{Decision, Error, ErrorKind, LightRateClient, Limiter, OnUnavailable};
+use lightrate_testing::{expect, Recording};
 
 use super::*;
-
-/// The embedded demo source, recording every call's target and size.
-#[derive(Default)]
-struct Recording {
-    inner: Option<EmbeddedSource>,
-    calls: Mutex<Vec<(String, u64)>>,
-    fail: Mutex<Option<Error>>,
-}
-
-impl TokenSource for Recording {
-    async fn consume_tokens(
-        &self,
-        request: ConsumeRequest<'_>,
-    ) -> Result<ConsumeTokensResponse, Error> {
-        self.calls
-            .lock()
-            .unwrap()
-            .push((request.target.to_string(), request.tokens_requested));
-        if let Some(error) = self.fail.lock().unwrap().clone() {
-            return Err(error);
-        }
-        self.inner.as_ref().unwrap().consume_now(request)
-    }
-}
-
-impl Recording {
-    fn calls(&self) -> Vec<(String, u64)> {
-        self.calls.lock().unwrap().clone()
-    }
-}
-
-fn source() -> Arc<Recording> {
-    Arc::new(Recording {
-        inner: Some(EmbeddedSource::new(RuleSet::demo()).with_clock(ManualClock::new())),
-        ..Recording::default()
-    })
-}
-
-/// One token per lease, so that every decision is one recorded call.
-fn limiter(source: &Arc<Recording>, policy: OnUnavailable) -> Limiter {
-    Limiter::builder(source.clone())
-        .clock(ManualClock::new())
-        .lease_size(1)
-        .refill_ahead(false)
-        .on_unavailable(policy)
-        .build()
-}
 
 fn user_header() -> Identify {
     Identify::header(HeaderName::from_static("x-user-id"))
@@ -104,7 +55,7 @@ macro_rules! send {
 
 #[actix_rt::test]
 async fn allows_until_the_burst_then_answers_429_without_calling_the_handler() {
-    let source = source();
+    let source = Recording::demo();
     let handled = Arc::new(AtomicUsize::new(0));
     let counter = handled.clone();
     let app = init_service(
@@ -116,7 +67,7 @@ async fn allows_until_the_burst_then_answers_429_without_calling_the_handler() {
                     async move { format!("{:?}", decision.source()) }
                 }),
             )
-            .wrap(LightRate::new(limiter(&source, OnUnavailable::Allow)).identify(user_header())),
+            .wrap(LightRate::new(source.limiter(OnUnavailable::Allow)).identify(user_header())),
     )
     .await;
     for _ in 0..20 {
@@ -128,10 +79,7 @@ async fn allows_until_the_burst_then_answers_429_without_calling_the_handler() {
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(headers.get("retry-after").unwrap(), "1");
     assert_eq!(headers.get("content-type").unwrap(), "application/json");
-    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(json["error"], "rate_limited");
-    assert_eq!(json["retryAfter"], 1);
-    assert_eq!(json["rule"], "rule_hello");
+    expect::rate_limited(&body, "rule_hello");
     assert_eq!(handled.load(Ordering::SeqCst), 20);
     // Another user is unaffected.
     assert_eq!(
@@ -142,19 +90,18 @@ async fn allows_until_the_burst_then_answers_429_without_calling_the_handler() {
 
 #[actix_rt::test]
 async fn unusable_identifiers_get_400_before_any_token_is_spent() {
-    let source = source();
+    let source = Recording::demo();
     let app = init_service(
         App::new()
             .route("/hello", web::get().to(|| async { "hi" }))
-            .wrap(LightRate::new(limiter(&source, OnUnavailable::Allow)).identify(user_header())),
+            .wrap(LightRate::new(source.limiter(OnUnavailable::Allow)).identify(user_header())),
     )
     .await;
     let long = "x".repeat(10_000);
     for bad in ["", "   ", long.as_str()] {
         let (status, _, body) = send!(app, Method::GET, "/hello", Some(bad));
         assert_eq!(status, StatusCode::BAD_REQUEST);
-        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
-        assert_eq!(json["error"], "invalid_user_identifier");
+        assert_eq!(expect::error(&body), "invalid_user_identifier");
     }
     // What a header can still carry: a tab, and bytes that are not UTF-8.
     for raw in [&b"a\tb"[..], &b"\xff\xfe"[..]] {
@@ -168,17 +115,13 @@ async fn unusable_identifiers_get_400_before_any_token_is_spent() {
 
 #[actix_rt::test]
 async fn missing_identifiers_follow_the_policy() {
-    for (policy, expected) in [
-        (MissingIdentifier::PeerIp, StatusCode::OK),
-        (MissingIdentifier::Unlimited, StatusCode::OK),
-        (MissingIdentifier::Reject, StatusCode::BAD_REQUEST),
-    ] {
-        let source = source();
+    for (policy, expected) in expect::MISSING_IDENTIFIER {
+        let source = Recording::demo();
         let app = init_service(
             App::new()
                 .route("/hello", web::get().to(|| async { "hi" }))
                 .wrap(
-                    LightRate::new(limiter(&source, OnUnavailable::Allow))
+                    LightRate::new(source.limiter(OnUnavailable::Allow))
                         .identify(user_header())
                         .on_missing_identifier(policy),
                 ),
@@ -187,8 +130,7 @@ async fn missing_identifiers_follow_the_policy() {
         let (status, _, body) = send!(app, Method::GET, "/hello", None);
         assert_eq!(status, expected, "{policy:?}");
         if expected == StatusCode::BAD_REQUEST {
-            let json: serde_json::Value = serde_json::from_str(&body).unwrap();
-            assert_eq!(json["error"], "missing_user_identifier");
+            assert_eq!(expect::error(&body), "missing_user_identifier");
         }
         assert_eq!(
             source.calls().len(),
@@ -200,8 +142,8 @@ async fn missing_identifiers_follow_the_policy() {
 
 #[actix_rt::test]
 async fn the_peer_address_is_an_identifier_and_forwarded_for_needs_trust() {
-    let source = source();
-    let limit = LightRate::new(limiter(&source, OnUnavailable::Allow));
+    let source = Recording::demo();
+    let limit = LightRate::new(source.limiter(OnUnavailable::Allow));
     let app = init_service(
         App::new()
             .route("/hello", web::get().to(|| async { "hi" }))
@@ -226,12 +168,7 @@ async fn the_peer_address_is_an_identifier_and_forwarded_for_needs_trust() {
         .uri("/hello")
         .peer_addr("[2001:db8::7]:443".parse().unwrap());
     assert_eq!(send!(app, v6).0, StatusCode::OK);
-    let users: Vec<String> = limit
-        .limiter()
-        .bucket_statuses()
-        .into_iter()
-        .map(|b| b.user_identifier)
-        .collect();
+    let users = expect::users(limit.limiter());
     assert!(users.contains(&"10.0.0.1".to_owned()), "{users:?}");
     assert!(users.contains(&"203.0.113.9".to_owned()), "{users:?}");
     assert!(users.contains(&"2001:db8::7".to_owned()), "{users:?}");
@@ -244,8 +181,8 @@ async fn identifiers_from_an_auth_extension_or_a_closure() {
     struct Claims {
         subject: String,
     }
-    let source = source();
-    let limit = LightRate::new(limiter(&source, OnUnavailable::Allow));
+    let source = Recording::demo();
+    let limit = LightRate::new(source.limiter(OnUnavailable::Allow));
     let by_claims = init_service(
         App::new()
             .route("/hello", web::get().to(|| async { "hi" }))
@@ -293,25 +230,20 @@ async fn identifiers_from_an_auth_extension_or_a_closure() {
         send!(by_query, TestRequest::get().uri("/hello")).0,
         StatusCode::BAD_REQUEST
     );
-    let mut users: Vec<String> = limit
-        .limiter()
-        .bucket_statuses()
-        .into_iter()
-        .map(|b| b.user_identifier)
-        .collect();
+    let mut users = expect::users(limit.limiter());
     users.sort();
     assert_eq!(users, ["carol", "dave"]);
 }
 
 #[actix_rt::test]
 async fn excluded_requests_never_touch_the_limiter() {
-    let source = source();
+    let source = Recording::demo();
     let app = init_service(
         App::new()
             .route("/healthz", web::get().to(|| async { "ok" }))
             .route("/metrics", web::get().to(|| async { "m" }))
             .wrap(
-                LightRate::new(limiter(&source, OnUnavailable::Deny))
+                LightRate::new(source.limiter(OnUnavailable::Deny))
                     .identify(user_header())
                     .exclude_path("/healthz")
                     .exclude(|req| req.path() == "/metrics"),
@@ -379,8 +311,8 @@ async fn app_wide_middleware_sees_the_resource_pattern_before_the_resource_runs(
 
 /// A fresh recording source and a middleware on it identifying users by `x-user-id`.
 fn fresh() -> (Arc<Recording>, LightRate) {
-    let source = source();
-    let limit = LightRate::new(limiter(&source, OnUnavailable::Allow)).identify(user_header());
+    let source = Recording::demo();
+    let limit = LightRate::new(source.limiter(OnUnavailable::Allow)).identify(user_header());
     (source, limit)
 }
 
@@ -649,10 +581,7 @@ async fn operations_can_cost_more_than_one() {
     }
     // Burst 10 at 4 a request: two requests.
     assert_eq!(allowed, 2);
-    assert!(source
-        .calls()
-        .iter()
-        .all(|(t, n)| t == "operation send_email" && *n == 4));
+    expect::all_charged(&source.calls(), "operation send_email", 4);
 }
 
 #[actix_rt::test]
@@ -664,7 +593,7 @@ async fn paths_are_concrete_by_default_or_the_resource_pattern() {
         // No resource matched: the concrete path.
         (PathTarget::Template, "/nowhere/1", "GET /nowhere/1"),
     ] {
-        let source = source();
+        let source = Recording::demo();
         let app = init_service(
             App::new()
                 .route("/items/{id}", web::get().to(|| async { "item" }))
@@ -672,7 +601,7 @@ async fn paths_are_concrete_by_default_or_the_resource_pattern() {
                     web::scope("/api").route("/items/{id}", web::get().to(|| async { "item" })),
                 )
                 .wrap(
-                    LightRate::new(limiter(&source, OnUnavailable::Allow))
+                    LightRate::new(source.limiter(OnUnavailable::Allow))
                         .identify(user_header())
                         .path_target(mode),
                 ),
@@ -741,25 +670,20 @@ async fn answers_are_replaceable() {
 
 #[actix_rt::test]
 async fn an_unavailable_source_follows_the_outage_policy() {
-    for (policy, expected) in [
-        (OnUnavailable::Allow, StatusCode::OK),
-        (OnUnavailable::Deny, StatusCode::SERVICE_UNAVAILABLE),
-        (OnUnavailable::Error, StatusCode::SERVICE_UNAVAILABLE),
-    ] {
-        let source = source();
-        *source.fail.lock().unwrap() = Some(Error::new(ErrorKind::Timeout, "slow"));
+    for (policy, expected) in expect::OUTAGE {
+        let source = Recording::demo();
+        source.fail_with(Some(Error::new(ErrorKind::Timeout, "slow")));
         let app = init_service(
             App::new()
                 .route("/hello", web::get().to(|| async { "hi" }))
-                .wrap(LightRate::new(limiter(&source, policy)).identify(user_header())),
+                .wrap(LightRate::new(source.limiter(policy)).identify(user_header())),
         )
         .await;
         let (status, headers, body) = send!(app, Method::GET, "/hello", Some("u"));
         assert_eq!(status, expected, "{policy:?}");
         if expected == StatusCode::SERVICE_UNAVAILABLE {
             assert!(headers.contains_key("retry-after"));
-            let json: serde_json::Value = serde_json::from_str(&body).unwrap();
-            assert_eq!(json["error"], "rate_limiter_unavailable");
+            assert_eq!(expect::error(&body), "rate_limiter_unavailable");
         } else {
             assert_eq!(body, "hi");
         }
@@ -770,19 +694,13 @@ async fn an_unavailable_source_follows_the_outage_policy() {
 async fn local_hits_do_not_wait_for_the_source() {
     // A rule with room, and leases of at least five: after the lease that learns the rule,
     // one call per five requests.
-    let rules = RuleSet::builder()
-        .default_rule(lightrate_core::RefillRate::per_second(1000), 10_000)
-        .build()
-        .unwrap();
-    let source = Arc::new(Recording {
-        inner: Some(EmbeddedSource::new(rules).with_clock(ManualClock::new())),
-        ..Recording::default()
-    });
-    let limiter = Limiter::builder(source.clone())
-        .clock(ManualClock::new())
-        .min_lease_size(5)
-        .refill_ahead(false)
-        .build();
+    let source = Recording::with_rules(
+        lightrate_core::RuleSet::builder()
+            .default_rule(lightrate_core::RefillRate::per_second(1000), 10_000)
+            .build()
+            .unwrap(),
+    );
+    let limiter = source.builder(10_000).min_lease_size(5).build();
     let app = init_service(
         App::new()
             .route(
@@ -798,10 +716,7 @@ async fn local_hits_do_not_wait_for_the_source() {
     for _ in 0..6 {
         sources.push(send!(app, Method::GET, "/hello", Some("u")).2);
     }
-    assert_eq!(sources[..2], ["TokenSource", "TokenSource"]);
-    assert!(sources[2..]
-        .iter()
-        .all(|s| s == &format!("{:?}", DecisionSource::LocalBucket)));
+    expect::leased_then_local(&sources, 2);
     let sizes: Vec<u64> = source.calls().iter().map(|(_, n)| *n).collect();
     assert_eq!(sizes, [1, 5]);
 }

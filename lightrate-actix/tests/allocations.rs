@@ -5,11 +5,9 @@
 //!
 //! One test binary with a counting global allocator, counting the allocations of the current
 //! thread (the actix test runtime runs the app on it).
-#![allow(unsafe_code, clippy::unwrap_used, missing_docs)]
+#![allow(clippy::unwrap_used, missing_docs)]
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{Service, ServiceFactory, ServiceRequest, ServiceResponse};
@@ -17,81 +15,10 @@ use actix_web::http::Method;
 use actix_web::test::{init_service, TestRequest};
 use actix_web::{web, App};
 use lightrate_actix::LightRate;
-use lightrate_core::{
-    ConsumeRequest, ConsumeTokensResponse, Error, Limiter, RefillRate, Rule, TokenSource,
-    MAX_LEASE_SIZE,
-};
-
-/// The system allocator, counting this thread's allocations.
-struct Counting;
-
-thread_local! {
-    static THREAD_ALLOCATIONS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
-}
-
-fn count_allocation() {
-    let _ = THREAD_ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
-}
-
-fn allocations() -> usize {
-    THREAD_ALLOCATIONS.with(|n| n.get())
-}
-
-// SAFETY: every call is forwarded unchanged to the system allocator; the counter is a
-// thread-local cell.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count_allocation();
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count_allocation();
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+use lightrate_testing::{allocations, Counting, Unlimited};
 
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
-
-/// Grants everything: after the first request, every request is a local hit.
-struct Unlimited;
-
-impl TokenSource for Unlimited {
-    async fn consume_tokens(
-        &self,
-        request: ConsumeRequest<'_>,
-    ) -> Result<ConsumeTokensResponse, Error> {
-        Ok(ConsumeTokensResponse {
-            tokens_remaining: 1 << 40,
-            tokens_consumed: request.tokens_requested,
-            throttles: 0,
-            rule: Rule {
-                id: "all".into(),
-                name: "all".into(),
-                refill_rate: RefillRate::per_second(1 << 30),
-                burst_rate: 1 << 40,
-                is_default: false,
-                matcher: Some("^/".into()),
-                http_method: Some("GET".into()),
-            },
-            retry_after_ms: None,
-        })
-    }
-}
-
-fn limiter() -> Limiter {
-    // Leases as large as the cap: after the first two requests, every one is a local hit.
-    Limiter::builder(Unlimited)
-        .lease_size(MAX_LEASE_SIZE)
-        .min_lease_size(MAX_LEASE_SIZE)
-        .refill_ahead(false)
-        .bucket_ttl(Duration::from_secs(3600))
-        .rule_ttl(Duration::from_secs(3600))
-        .build()
-}
 
 const REQUESTS: usize = 20;
 
@@ -149,7 +76,7 @@ fn hello() -> App<
 #[actix_rt::test]
 async fn a_local_hit_allocates_nothing_but_the_decision_it_hands_the_handler() {
     let baseline = allocations_of(hello()).await;
-    let limiter = limiter();
+    let limiter = Unlimited::limiter();
 
     let lean =
         allocations_of(hello().wrap(LightRate::new(limiter.clone()).insert_decision(false))).await;

@@ -6,24 +6,13 @@
 
 use std::hint::black_box;
 use std::num::NonZeroU32;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use governor::{Quota, RateLimiter};
 use lightrate_core::http::Method;
-use lightrate_core::{Decision, Limiter, Target, MAX_LEASE_SIZE};
-
-mod support;
-
-fn limiter() -> Limiter {
-    Limiter::builder(support::Unlimited)
-        .lease_size(MAX_LEASE_SIZE)
-        .min_lease_size(MAX_LEASE_SIZE)
-        .refill_ahead(false)
-        .bucket_ttl(Duration::from_secs(3600))
-        .rule_ttl(Duration::from_secs(3600))
-        .build()
-}
+use lightrate_core::{Decision, Limiter, Target};
+use lightrate_testing::Unlimited;
 
 /// One decision: the local hit, or (once per million) a lease.
 #[inline]
@@ -56,13 +45,13 @@ fn local_hit(c: &mut Criterion) {
     let target = Target::path(Method::GET, "/bench/items");
     let mut group = c.benchmark_group("local_hit");
 
-    let one = limiter();
+    let one = Unlimited::limiter();
     decide(&one, &runtime, "user-1", &target);
     group.bench_function("lightrate_1_user", |b| {
         b.iter(|| decide(&one, &runtime, black_box("user-1"), black_box(&target)))
     });
 
-    let many = limiter();
+    let many = Unlimited::limiter();
     let names = users(100_000);
     for name in &names {
         decide(&many, &runtime, name, &target);
@@ -96,7 +85,7 @@ fn hot_key(c: &mut Criterion) {
     let mut group = c.benchmark_group("hot_key_2_threads");
     let target = Target::path(Method::GET, "/bench/hot");
 
-    let limiter = limiter();
+    let limiter = Unlimited::limiter();
     decide(&limiter, &runtime(), "hot", &target);
     group.bench_function("lightrate", |b| {
         b.iter_custom(|iters| {

@@ -1,72 +1,34 @@
 //! Bytes per live (user, rule) bucket, from the allocator's own count: 1,000,000 buckets.
 //!
 //! `cargo bench -p lightrate-core --bench memory`
-#![allow(missing_docs, unsafe_code, clippy::print_stdout, clippy::unwrap_used)]
+#![allow(missing_docs, clippy::print_stdout, clippy::unwrap_used)]
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicIsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use lightrate_core::http::Method;
 use lightrate_core::{Limiter, Target};
-
-mod support;
-
-/// The system allocator, counting live bytes.
-struct Counting;
-
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-
-// SAFETY: every call is forwarded unchanged to the system allocator.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE.fetch_add(
-            new_size as isize - layout.size() as isize,
-            Ordering::Relaxed,
-        );
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+use lightrate_testing::{new_buckets, Counting, Unlimited};
 
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
 
 fn main() {
     const BUCKETS: usize = 1_000_000;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
-    let limiter = Limiter::builder(support::Unlimited)
+    let limiter = Limiter::builder(Unlimited)
         .refill_ahead(false)
         .bucket_ttl(Duration::from_secs(3600))
         .sweep_interval(Duration::from_secs(3600))
         .build();
-    let target = Target::path(Method::GET, "/bench/items");
-    // Warm up: the rule and the target are learned once, not per bucket.
-    runtime.block_on(limiter.check("warm-up", &target)).unwrap();
-    let names: Vec<String> = (0..BUCKETS).map(|i| format!("user-{i:08}")).collect();
-    let before = LIVE.load(Ordering::SeqCst);
-    let started = Instant::now();
-    for name in &names {
-        runtime.block_on(limiter.check(name, &target)).unwrap();
-    }
-    let elapsed = started.elapsed();
-    let after = LIVE.load(Ordering::SeqCst);
-    let live = limiter.stats().live_buckets as usize - 1;
-    assert_eq!(live, BUCKETS);
-    let per_bucket = (after - before) as f64 / live as f64;
+    let cost = new_buckets(
+        &limiter,
+        &Target::path(Method::GET, "/bench/items"),
+        BUCKETS,
+    );
     println!(
-        "memory/bytes_per_bucket: {per_bucket:.1} bytes per live (user, rule) bucket \
+        "memory/bytes_per_bucket: {:.1} bytes per live (user, rule) bucket \
          ({BUCKETS} buckets, user identifiers of 13 bytes; {:.2} s to create, {:.0} ns each)",
-        elapsed.as_secs_f64(),
-        elapsed.as_nanos() as f64 / BUCKETS as f64
+        cost.bytes_per_bucket,
+        cost.elapsed.as_secs_f64(),
+        cost.elapsed.as_nanos() as f64 / BUCKETS as f64
     );
 }

@@ -10,9 +10,8 @@
 #![allow(missing_docs, clippy::unwrap_used, clippy::print_stdout)]
 use lightrate_core::http::Method;
 use lightrate_core::*;
+use lightrate_testing::Unlimited;
 use std::hint::black_box;
-#[path = "../benches/support/mod.rs"]
-mod support;
 fn main() {
     let n: u64 = std::env::args()
         .nth(1)
@@ -35,7 +34,7 @@ fn main() {
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
-    let limiter = Limiter::builder(support::Unlimited)
+    let limiter = Limiter::builder(Unlimited)
         .lease_size(MAX_LEASE_SIZE)
         .min_lease_size(MAX_LEASE_SIZE)
         .refill_ahead(false)

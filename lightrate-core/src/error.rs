@@ -185,6 +185,7 @@ impl Error {
 
     /// Replaces every occurrence of `secret` in the message (servers sometimes echo what they
     /// were sent).
+    #[cfg(feature = "client")]
     pub(crate) fn scrub(mut self, secret: &str) -> Self {
         if !secret.is_empty() && self.message.contains(secret) {
             self.message = self.message.replace(secret, "[redacted]");
@@ -283,6 +284,7 @@ mod tests {
         assert!(!teapot.is_outage() && !teapot.is_configuration());
     }
 
+    #[cfg(feature = "client")]
     #[test]
     fn scrub_removes_secret_from_message() {
         let e = Error::from_status(StatusCode::UNAUTHORIZED, "bad key sk_live_123 given")

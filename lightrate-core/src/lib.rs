@@ -7,12 +7,17 @@
 //!   API or any server speaking its protocol) and [`EmbeddedSource`] (the rules engine
 //!   in-process, no network: the default when no API key is configured).
 //! - [`Clock`]: injected time, with [`SystemClock`] and [`ManualClock`] for tests.
+//! - [`web`]: what the web adapters share, on the `http` crate's types: the request policy
+//!   (every option of `lightrate::tower::LightRateLayer` and `lightrate::actix::LightRate`),
+//!   identifiers, per-route operations, and the answers (429, 503, 400). The adapters live in
+//!   `lightrate-tower` (axum, hyper, tonic) and `lightrate-actix`; this crate depends on no
+//!   web framework.
 //!
-//! Web-framework adapters live in `lightrate-tower` (axum, hyper, tonic) and
-//! `lightrate-actix`; this crate depends on no web framework.
+//! Applications depend on the facade, `lightrate`, which re-exports this crate at its root.
+//! Features: `client` (on by default: [`LightRateClient`], and reqwest), `toml` (rules files).
 //!
 //! ```
-//! use lightrate_core::{ConsumeRequest, EmbeddedSource, RuleSet, Target};
+//! use lightrate::{ConsumeRequest, EmbeddedSource, RuleSet, Target};
 //!
 //! let source = EmbeddedSource::new(RuleSet::demo());
 //! let target = Target::operation("send_email");
@@ -21,9 +26,14 @@
 //! assert_eq!(answer.rule.burst_rate, 10);
 //! ```
 
+#[cfg(feature = "client")]
+mod client;
+#[cfg(not(feature = "client"))]
+#[path = "client/disabled.rs"]
 mod client;
 mod clock;
 mod embedded;
+mod env_vars;
 mod error;
 mod limiter;
 pub mod protocol;
@@ -32,6 +42,7 @@ mod rules;
 mod source;
 pub mod web;
 
+#[cfg(feature = "client")]
 pub use client::{
     ClientBuilder, Configuration, LightRateClient, LocalBucketResponse, DEFAULT_BASE_URL,
     DEFAULT_LOCAL_BUCKET_SIZE, DEFAULT_RETRY_ATTEMPTS, DEFAULT_TIMEOUT,

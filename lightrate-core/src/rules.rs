@@ -8,9 +8,11 @@
 
 use std::collections::HashSet;
 use std::fmt;
+#[cfg(feature = "toml")]
 use std::path::Path;
 
 use http::Method;
+#[cfg(feature = "toml")]
 use serde::Deserialize;
 
 use crate::{Error, ErrorKind, RefillRate, Rule, Target};
@@ -153,6 +155,7 @@ impl RuleSet {
     /// assert_eq!(rules.resolve(&Target::operation("send_email")).id, "rule_send_email");
     /// assert_eq!(rules.rules().count(), 3);
     /// ```
+    #[cfg(feature = "toml")]
     pub fn from_toml_str(text: &str) -> Result<RuleSet, Error> {
         let file: TomlRules = toml::from_str(text).map_err(|e| {
             Error::new(ErrorKind::Configuration, format!("invalid rules file: {e}"))
@@ -186,6 +189,7 @@ impl RuleSet {
     }
 
     /// Reads and parses a TOML rules file (see [`from_toml_str`](RuleSet::from_toml_str)).
+    #[cfg(feature = "toml")]
     pub fn from_toml_file(path: impl AsRef<Path>) -> Result<RuleSet, Error> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|e| {
@@ -460,6 +464,7 @@ fn unique_id(base: &str, taken: &HashSet<String>) -> String {
         .unwrap_or_else(|| unreachable!("an unbounded range always has a free id"))
 }
 
+#[cfg(feature = "toml")]
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TomlRules {
@@ -468,6 +473,7 @@ struct TomlRules {
     rules: Vec<TomlRule>,
 }
 
+#[cfg(feature = "toml")]
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TomlDefault {
@@ -478,6 +484,7 @@ struct TomlDefault {
     burst_rate: u64,
 }
 
+#[cfg(feature = "toml")]
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TomlRule {
@@ -621,6 +628,7 @@ mod tests {
         );
     }
 
+    #[cfg(feature = "toml")]
     #[test]
     fn toml_errors_are_configuration_errors() {
         for bad in [

@@ -3,58 +3,14 @@
 //!
 //! One test binary with a counting global allocator; the tests take turns (the counts are
 //! process-wide).
-#![allow(unsafe_code, clippy::unwrap_used, clippy::print_stdout, missing_docs)]
+#![allow(clippy::unwrap_used, clippy::print_stdout, missing_docs)]
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicIsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use lightrate_core::http::Method;
-use lightrate_core::{
-    ConsumeRequest, ConsumeTokensResponse, Error, Limiter, ManualClock, RefillRate, Rule, Target,
-    TokenSource,
-};
-
-/// The system allocator, counting live bytes and allocations.
-struct Counting;
-
-static LIVE_BYTES: AtomicIsize = AtomicIsize::new(0);
-
-thread_local! {
-    /// Allocations made by this thread (other threads, such as the test harness's, do not
-    /// count against the code under test).
-    static THREAD_ALLOCATIONS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
-}
-
-fn count_allocation() {
-    let _ = THREAD_ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
-}
-
-fn allocations() -> usize {
-    THREAD_ALLOCATIONS.with(|n| n.get())
-}
-
-// SAFETY: every call is forwarded unchanged to the system allocator; the counters are atomics.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE_BYTES.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        count_allocation();
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE_BYTES.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE_BYTES.fetch_add(
-            new_size as isize - layout.size() as isize,
-            Ordering::Relaxed,
-        );
-        count_allocation();
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+use lightrate_core::{ConsumeRequest, Limiter, ManualClock, RefillRate, Target};
+use lightrate_testing::{allocations, live_bytes, new_buckets, Counting, Unlimited};
 
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
@@ -63,33 +19,6 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 fn turn() -> std::sync::MutexGuard<'static, ()> {
     ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Grants whatever is asked, under one rule, keeping no state of its own: what is measured is
-/// the limiter alone.
-struct Unlimited;
-
-impl TokenSource for Unlimited {
-    async fn consume_tokens(
-        &self,
-        request: ConsumeRequest<'_>,
-    ) -> Result<ConsumeTokensResponse, Error> {
-        Ok(ConsumeTokensResponse {
-            tokens_remaining: 1 << 40,
-            tokens_consumed: request.tokens_requested,
-            throttles: 0,
-            rule: Rule {
-                id: "r".into(),
-                name: "r".into(),
-                refill_rate: RefillRate::per_second(1 << 20),
-                burst_rate: 1 << 40,
-                is_default: false,
-                matcher: Some("^/m".into()),
-                http_method: Some("GET".into()),
-            },
-            retry_after_ms: None,
-        })
-    }
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -145,21 +74,12 @@ fn a_local_hit_allocates_nothing() {
 fn a_live_bucket_costs_under_256_bytes() {
     let _turn = turn();
     const BUCKETS: usize = 50_000;
-    let runtime = runtime();
     let limiter = Limiter::builder(Unlimited)
         .refill_ahead(false)
         .sweep_interval(Duration::from_secs(3600))
         .build();
-    let target = Target::path(Method::GET, "/m/items");
-    runtime.block_on(limiter.check("warm-up", &target)).unwrap();
-    let names: Vec<String> = (0..BUCKETS).map(|i| format!("user-{i:08}")).collect();
-    let before = LIVE_BYTES.load(Ordering::SeqCst);
-    for name in &names {
-        runtime.block_on(limiter.check(name, &target)).unwrap();
-    }
-    let after = LIVE_BYTES.load(Ordering::SeqCst);
-    assert_eq!(limiter.stats().live_buckets as usize, BUCKETS + 1);
-    let per_bucket = (after - before) as f64 / BUCKETS as f64;
+    let cost = new_buckets(&limiter, &Target::path(Method::GET, "/m/items"), BUCKETS);
+    let per_bucket = cost.bytes_per_bucket;
     println!("{per_bucket:.1} bytes per live (user, rule) bucket over {BUCKETS} buckets");
     assert!(per_bucket < 256.0, "{per_bucket:.1} bytes per bucket");
 }
@@ -187,7 +107,7 @@ fn memory_stays_flat_under_a_stream_of_new_users() {
         // Thirty seconds per round: users of two rounds ago are past the 60 s TTL.
         clock.advance(Duration::from_secs(30));
         live.push(limiter.stats().live_buckets);
-        bytes.push(LIVE_BYTES.load(Ordering::SeqCst));
+        bytes.push(live_bytes());
     }
     println!("live buckets per round: {live:?}");
     // Never more than the users of the last TTL (three rounds) plus those swept late.
@@ -237,7 +157,7 @@ fn a_flood_of_new_users_stays_under_the_embedded_sources_cap() {
         }
         clock.advance(Duration::from_secs(1));
         if second % 50 == 49 {
-            bytes.push(LIVE_BYTES.load(Ordering::SeqCst));
+            bytes.push(live_bytes());
         }
     }
     let stats = source.stats();
@@ -288,7 +208,7 @@ fn a_flood_of_new_users_stays_under_the_limiters_cap() {
         }
         clock.advance(Duration::from_secs(10));
         if round % 100 == 99 {
-            bytes.push(LIVE_BYTES.load(Ordering::SeqCst));
+            bytes.push(live_bytes());
         }
     }
     let stats = limiter.stats();

@@ -34,6 +34,7 @@
 //! `{"error": "<reason>", "message": "<detail>"}`. `GET /health` is 200 `{"status": "ok"}`
 //! when the store answers, 503 `{"status": "unavailable", ...}` when it does not.
 
+#[cfg(feature = "test-util")]
 pub mod faults;
 mod handler;
 
@@ -57,6 +58,7 @@ use tokio::task::JoinHandle;
 use tower::util::BoxCloneService;
 use tower::ServiceExt;
 
+#[cfg(feature = "test-util")]
 use crate::faults::{FaultLayer, Faults};
 use crate::handler::AppState;
 
@@ -181,22 +183,31 @@ impl<S: TokenStore> ServerConfig<S> {
 #[derive(Debug)]
 pub struct LightRateServer<S = EmbeddedSource> {
     config: ServerConfig<S>,
+    #[cfg(feature = "test-util")]
     faults: Option<Faults>,
 }
 
-type HttpService = BoxCloneService<http::Request<Body>, http::Response<Body>, faults::Dropped>;
+/// A connection is dropped only by an injected fault.
+#[cfg(feature = "test-util")]
+type Dropped = faults::Dropped;
+#[cfg(not(feature = "test-util"))]
+type Dropped = Infallible;
+
+type HttpService = BoxCloneService<http::Request<Body>, http::Response<Body>, Dropped>;
 
 impl<S: TokenStore> LightRateServer<S> {
     /// A server for `config`.
     pub fn new(config: ServerConfig<S>) -> Self {
         LightRateServer {
             config,
+            #[cfg(feature = "test-util")]
             faults: None,
         }
     }
 
     /// Puts a [`FaultLayer`] in front of the handler, controlled by `faults` (which also
-    /// records every request). For tests.
+    /// records every request). For tests (feature `test-util`).
+    #[cfg(feature = "test-util")]
     pub fn with_faults(mut self, faults: Faults) -> Self {
         self.faults = Some(faults);
         self
@@ -228,6 +239,7 @@ impl<S: TokenStore> LightRateServer<S> {
         let local_addr = listener.local_addr()?;
         let state = Arc::new(self.state());
         let router = handler::router(&self.config, state.clone());
+        #[cfg(feature = "test-util")]
         let service: HttpService = match &self.faults {
             Some(faults) => BoxCloneService::new(
                 tower::ServiceBuilder::new()
@@ -236,9 +248,11 @@ impl<S: TokenStore> LightRateServer<S> {
             ),
             None => BoxCloneService::new(ServiceExt::<http::Request<Body>>::map_err(
                 router,
-                |never: Infallible| -> faults::Dropped { match never {} },
+                |never: Infallible| -> Dropped { match never {} },
             )),
         };
+        #[cfg(not(feature = "test-util"))]
+        let service: HttpService = BoxCloneService::new(router);
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(accept_loop(listener, service, stopped));
         tracing::info!(target: "lightrate::server", %local_addr, "serving");

@@ -17,40 +17,12 @@ use axum::routing::get;
 use axum::Router;
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::{Request, StatusCode};
-use lightrate_core::{
-    ConsumeRequest, ConsumeTokensResponse, Error, Limiter, RefillRate, Rule, TokenSource,
-    MAX_LEASE_SIZE,
-};
+use lightrate_core::{Limiter, MAX_LEASE_SIZE};
+use lightrate_testing::Unlimited;
 use lightrate_tower::LightRateLayer;
 use tower::ServiceExt;
 use tower_governor::governor::GovernorConfigBuilder;
 use tower_governor::GovernorLayer;
-
-/// Grants everything, so every request is a local hit after the first.
-struct Unlimited;
-
-impl TokenSource for Unlimited {
-    async fn consume_tokens(
-        &self,
-        request: ConsumeRequest<'_>,
-    ) -> Result<ConsumeTokensResponse, Error> {
-        Ok(ConsumeTokensResponse {
-            tokens_remaining: 1 << 40,
-            tokens_consumed: request.tokens_requested,
-            throttles: 0,
-            rule: Rule {
-                id: "bench".into(),
-                name: "bench".into(),
-                refill_rate: RefillRate::per_second(1 << 30),
-                burst_rate: 1 << 40,
-                is_default: false,
-                matcher: Some("^/hello".into()),
-                http_method: Some("GET".into()),
-            },
-            retry_after_ms: None,
-        })
-    }
-}
 
 fn app() -> Router {
     Router::new().route("/hello", get(|| async { "hello" }))

@@ -12,33 +12,11 @@
 #![allow(missing_docs, clippy::unwrap_used, clippy::print_stdout)]
 use axum::{body::Body, extract::ConnectInfo, routing::get, Router};
 use http::Request;
-use lightrate_core::*;
+use lightrate_core::{Limiter, MAX_LEASE_SIZE};
+use lightrate_testing::Unlimited;
 use lightrate_tower::LightRateLayer;
 use std::net::SocketAddr;
 use tower::ServiceExt;
-struct Unlimited;
-impl TokenSource for Unlimited {
-    async fn consume_tokens(
-        &self,
-        request: ConsumeRequest<'_>,
-    ) -> Result<ConsumeTokensResponse, Error> {
-        Ok(ConsumeTokensResponse {
-            tokens_remaining: 1 << 40,
-            tokens_consumed: request.tokens_requested,
-            throttles: 0,
-            rule: Rule {
-                id: "b".into(),
-                name: "b".into(),
-                refill_rate: RefillRate::per_second(1 << 30),
-                burst_rate: 1 << 40,
-                is_default: false,
-                matcher: Some("^/hello".into()),
-                http_method: Some("GET".into()),
-            },
-            retry_after_ms: None,
-        })
-    }
-}
 fn request() -> Request<Body> {
     let mut r = Request::get("/hello").body(Body::empty()).unwrap();
     r.extensions_mut()

@@ -11,8 +11,8 @@
 //! ```
 //! use axum::{routing::{get, post}, Router};
 //! use http::HeaderName;
-//! use lightrate_core::{EmbeddedSource, Limiter, RuleSet};
-//! use lightrate_tower::{Identify, LightRateLayer};
+//! use lightrate::tower::{Identify, LightRateLayer};
+//! use lightrate::{EmbeddedSource, Limiter, RuleSet};
 //!
 //! let limiter = Limiter::new(EmbeddedSource::new(RuleSet::demo()));
 //! let rate_limit = LightRateLayer::new(limiter)
@@ -43,10 +43,10 @@
 //! # The user identifier
 //!
 //! [`Identify`]: a header, an extension set by an authentication layer, the client's IP
-//! address (the default), or a closure. An identifier that is empty, longer than 256 bytes or
-//! not visible text gets 400 before any token is spent. A request with none follows
-//! [`MissingIdentifier`]: by default it is limited by
-//! its IP address. `X-Forwarded-For` is read only behind
+//! address (the default), or a closure. An identifier that is empty, longer than
+//! [`MAX_IDENTIFIER_BYTES`] or not visible text gets 400 before any token is spent. A request
+//! with none follows [`MissingIdentifier`]: by default it is limited by its IP address.
+//! `X-Forwarded-For` is read only behind
 //! [`trust_forwarded_for`](LightRateLayer::trust_forwarded_for) proxies.
 //!
 //! # Bodies
@@ -55,17 +55,47 @@
 //! with `ResBody::from(Bytes)`, which axum's `Body`, `http_body_util::Full<Bytes>` and most
 //! response bodies implement. A service whose body does not can map its response body first
 //! (`ServiceBuilder::map_response`).
+//!
+//! # Layout
+//!
+//! Only the glue between tower and the request policy that `lightrate-core` shares with the
+//! actix-web adapter (every option, identification, targets, answers): [`LightRateLayer`]
+//! (`layer.rs`), the service [`LightRate`] (`service.rs`), its [`ResponseFuture`]
+//! (`future.rs`), and how a tower request shows itself to the policy (`request.rs`).
 
 mod future;
 mod layer;
+mod request;
 mod service;
 
 pub use future::ResponseFuture;
-pub use layer::{Identify, LightRateLayer};
+pub use layer::LightRateLayer;
 pub use lightrate_core::web::{
-    MissingIdentifier, Operation, PathTarget, RateLimitHeaders, Rejection,
+    InvalidIdentifier, MissingIdentifier, Operation, PathTarget, RateLimitHeaders, Rejection,
+    MAX_IDENTIFIER_BYTES,
 };
+#[doc(hidden)]
+pub use request::TowerRequest;
 pub use service::LightRate;
+
+/// Where the user identifier of a request comes from: a header, an extension an
+/// authentication layer set, the client's IP address (axum's `ConnectInfo`, or a
+/// `SocketAddr` extension), or a closure of the request's head (`http::request::Parts`).
+///
+/// ```
+/// use http::HeaderName;
+/// use lightrate::tower::Identify;
+///
+/// /// What an authentication layer put in the request's extensions.
+/// #[derive(Clone)]
+/// struct Claims { subject: String }
+///
+/// let by_header = Identify::header(HeaderName::from_static("x-user-id"));
+/// let by_auth = Identify::extension(|claims: &Claims| claims.subject.as_str());
+/// let by_address = Identify::peer_ip();
+/// let by_anything = Identify::with(|parts| parts.uri.query().map(Into::into));
+/// ```
+pub type Identify = lightrate_core::web::Identify<TowerRequest>;
 
 #[cfg(test)]
 mod tests;

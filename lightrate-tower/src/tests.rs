@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -10,54 +10,11 @@ use axum::routing::{get, post};
 use axum::{Extension, Router};
 use http::{HeaderName, Method, Request, StatusCode};
 use http_body_util::BodyExt;
-use lightrate_core::{
-    ConsumeRequest, ConsumeTokensResponse, Decision, DecisionSource, EmbeddedSource, Error,
-    ErrorKind, Limiter, ManualClock, OnUnavailable, RuleSet, TokenSource,
-};
+use lightrate_core::{Decision, Error, ErrorKind, OnUnavailable};
+use lightrate_testing::{expect, Recording};
 use tower::ServiceExt;
 
 use super::*;
-
-/// The embedded demo source, recording every call's target and size.
-#[derive(Default)]
-struct Recording {
-    inner: Option<EmbeddedSource>,
-    calls: Mutex<Vec<(String, u64)>>,
-    fail: Mutex<Option<Error>>,
-}
-
-impl TokenSource for Recording {
-    async fn consume_tokens(
-        &self,
-        request: ConsumeRequest<'_>,
-    ) -> Result<ConsumeTokensResponse, Error> {
-        self.calls
-            .lock()
-            .unwrap()
-            .push((request.target.to_string(), request.tokens_requested));
-        if let Some(error) = self.fail.lock().unwrap().clone() {
-            return Err(error);
-        }
-        self.inner.as_ref().unwrap().consume_now(request)
-    }
-}
-
-fn source() -> Arc<Recording> {
-    Arc::new(Recording {
-        inner: Some(EmbeddedSource::new(RuleSet::demo()).with_clock(ManualClock::new())),
-        ..Recording::default()
-    })
-}
-
-/// One token per lease, so that every decision is one recorded call.
-fn limiter(source: &Arc<Recording>, policy: OnUnavailable) -> Limiter {
-    Limiter::builder(source.clone())
-        .clock(ManualClock::new())
-        .lease_size(1)
-        .refill_ahead(false)
-        .on_unavailable(policy)
-        .build()
-}
 
 fn user_header() -> Identify {
     Identify::header(HeaderName::from_static("x-user-id"))
@@ -86,7 +43,7 @@ async fn send(
 
 #[tokio::test]
 async fn allows_until_the_burst_then_answers_429_without_calling_the_handler() {
-    let source = source();
+    let source = Recording::demo();
     let handled = Arc::new(AtomicUsize::new(0));
     let counter = handled.clone();
     let app = Router::new()
@@ -97,7 +54,7 @@ async fn allows_until_the_burst_then_answers_429_without_calling_the_handler() {
                 async move { format!("{:?}", decision.source()) }
             }),
         )
-        .layer(LightRateLayer::new(limiter(&source, OnUnavailable::Allow)).identify(user_header()));
+        .layer(LightRateLayer::new(source.limiter(OnUnavailable::Allow)).identify(user_header()));
     for _ in 0..20 {
         let (status, _, body) = send(&app, Method::GET, "/hello", Some("ann")).await;
         assert_eq!(status, StatusCode::OK);
@@ -106,10 +63,7 @@ async fn allows_until_the_burst_then_answers_429_without_calling_the_handler() {
     let (status, headers, body) = send(&app, Method::GET, "/hello", Some("ann")).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(headers["retry-after"], "1");
-    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(json["error"], "rate_limited");
-    assert_eq!(json["retryAfter"], 1);
-    assert_eq!(json["rule"], "rule_hello");
+    expect::rate_limited(&body, "rule_hello");
     assert_eq!(handled.load(Ordering::SeqCst), 20);
     // Another user is unaffected.
     assert_eq!(
@@ -120,16 +74,15 @@ async fn allows_until_the_burst_then_answers_429_without_calling_the_handler() {
 
 #[tokio::test]
 async fn unusable_identifiers_get_400_before_any_token_is_spent() {
-    let source = source();
+    let source = Recording::demo();
     let app = Router::new()
         .route("/hello", get(|| async { "hi" }))
-        .layer(LightRateLayer::new(limiter(&source, OnUnavailable::Allow)).identify(user_header()));
+        .layer(LightRateLayer::new(source.limiter(OnUnavailable::Allow)).identify(user_header()));
     let long = "x".repeat(10_000);
     for bad in ["", "   ", long.as_str()] {
         let (status, _, body) = send(&app, Method::GET, "/hello", Some(bad)).await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
-        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
-        assert_eq!(json["error"], "invalid_user_identifier");
+        assert_eq!(expect::error(&body), "invalid_user_identifier");
     }
     // What a header can still carry: a tab, and bytes that are not UTF-8.
     for raw in [&b"a\tb"[..], &b"\xff\xfe"[..]] {
@@ -140,7 +93,7 @@ async fn unusable_identifiers_get_400_before_any_token_is_spent() {
         let response = app.clone().oneshot(request).await.unwrap();
         assert_eq!(response.status(), StatusCode::BAD_REQUEST);
     }
-    assert!(source.calls.lock().unwrap().is_empty());
+    assert!(source.calls().is_empty());
 }
 
 #[tokio::test]
@@ -151,20 +104,16 @@ async fn missing_identifiers_follow_the_policy() {
         r.extensions_mut().insert(axum::extract::ConnectInfo(peer));
         r
     };
-    for (policy, expected) in [
-        (MissingIdentifier::PeerIp, StatusCode::OK),
-        (MissingIdentifier::Unlimited, StatusCode::OK),
-        (MissingIdentifier::Reject, StatusCode::BAD_REQUEST),
-    ] {
-        let source = source();
+    for (policy, expected) in expect::MISSING_IDENTIFIER {
+        let source = Recording::demo();
         let app = Router::new().route("/hello", get(|| async { "hi" })).layer(
-            LightRateLayer::new(limiter(&source, OnUnavailable::Allow))
+            LightRateLayer::new(source.limiter(OnUnavailable::Allow))
                 .identify(user_header())
                 .on_missing_identifier(policy),
         );
         let response = app.clone().oneshot(request()).await.unwrap();
         assert_eq!(response.status(), expected, "{policy:?}");
-        let calls = source.calls.lock().unwrap().len();
+        let calls = source.calls().len();
         assert_eq!(
             calls,
             usize::from(policy == MissingIdentifier::PeerIp),
@@ -175,8 +124,8 @@ async fn missing_identifiers_follow_the_policy() {
 
 #[tokio::test]
 async fn the_peer_address_is_an_identifier_and_forwarded_for_needs_trust() {
-    let source = source();
-    let limit = LightRateLayer::new(limiter(&source, OnUnavailable::Allow));
+    let source = Recording::demo();
+    let limit = LightRateLayer::new(source.limiter(OnUnavailable::Allow));
     let app = Router::new()
         .route("/hello", get(|| async { "hi" }))
         .layer(limit.clone());
@@ -197,24 +146,19 @@ async fn the_peer_address_is_an_identifier_and_forwarded_for_needs_trust() {
     };
     app.clone().oneshot(request()).await.unwrap();
     trusting.clone().oneshot(request()).await.unwrap();
-    let limiter = limit.limiter();
-    let users: Vec<String> = limiter
-        .bucket_statuses()
-        .into_iter()
-        .map(|b| b.user_identifier)
-        .collect();
+    let users = expect::users(limit.limiter());
     assert!(users.contains(&"10.0.0.1".to_owned()), "{users:?}");
     assert!(users.contains(&"203.0.113.9".to_owned()), "{users:?}");
 }
 
 #[tokio::test]
 async fn excluded_requests_never_touch_the_limiter() {
-    let source = source();
+    let source = Recording::demo();
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(|| async { "m" }))
         .layer(
-            LightRateLayer::new(limiter(&source, OnUnavailable::Deny))
+            LightRateLayer::new(source.limiter(OnUnavailable::Deny))
                 .identify(user_header())
                 .exclude_path("/healthz")
                 .exclude(|parts| parts.uri.path() == "/metrics"),
@@ -229,7 +173,7 @@ async fn excluded_requests_never_touch_the_limiter() {
             StatusCode::OK
         );
     }
-    assert!(source.calls.lock().unwrap().is_empty());
+    assert!(source.calls().is_empty());
 }
 
 /// Every documented way to combine a per-route operation with a router-wide layer: one token
@@ -277,15 +221,15 @@ async fn operations_cost_exactly_one_token_however_the_layers_are_combined() {
         }),
     ];
     for (name, build) in combinations {
-        let source = source();
+        let source = Recording::demo();
         let limit =
-            LightRateLayer::new(limiter(&source, OnUnavailable::Allow)).identify(user_header());
+            LightRateLayer::new(source.limiter(OnUnavailable::Allow)).identify(user_header());
         let app = build(&limit);
         for _ in 0..3 {
             let (status, _, _) = send(&app, Method::POST, "/emails", Some("u")).await;
             assert_eq!(status, StatusCode::OK, "{name}");
         }
-        let calls = source.calls.lock().unwrap().clone();
+        let calls = source.calls();
         assert_eq!(
             calls,
             vec![("operation send_email".to_owned(), 1); 3],
@@ -296,8 +240,8 @@ async fn operations_cost_exactly_one_token_however_the_layers_are_combined() {
 
 #[tokio::test]
 async fn without_the_decision_extension_a_request_is_still_decided_once() {
-    let source = source();
-    let limit = LightRateLayer::new(limiter(&source, OnUnavailable::Allow))
+    let source = Recording::demo();
+    let limit = LightRateLayer::new(source.limiter(OnUnavailable::Allow))
         .identify(user_header())
         .insert_decision(false);
     let app = Router::new()
@@ -316,14 +260,14 @@ async fn without_the_decision_extension_a_request_is_still_decided_once() {
             StatusCode::OK
         );
     }
-    let calls = source.calls.lock().unwrap().clone();
+    let calls = source.calls();
     assert_eq!(calls, vec![("operation send_email".to_owned(), 1); 3]);
 }
 
 #[tokio::test]
 async fn operations_can_cost_more_than_one() {
-    let source = source();
-    let limit = LightRateLayer::new(limiter(&source, OnUnavailable::Allow)).identify(user_header());
+    let source = Recording::demo();
+    let limit = LightRateLayer::new(source.limiter(OnUnavailable::Allow)).identify(user_header());
     let app = Router::new()
         .route(
             "/emails",
@@ -339,12 +283,7 @@ async fn operations_can_cost_more_than_one() {
     }
     // Burst 10 at 4 a request: two requests.
     assert_eq!(allowed, 2);
-    assert!(source
-        .calls
-        .lock()
-        .unwrap()
-        .iter()
-        .all(|(t, n)| t == "operation send_email" && *n == 4));
+    expect::all_charged(&source.calls(), "operation send_email", 4);
 }
 
 #[tokio::test]
@@ -353,23 +292,23 @@ async fn paths_are_concrete_by_default_or_the_route_template() {
         (PathTarget::Concrete, "GET /items/42"),
         (PathTarget::Template, "GET /items/{id}"),
     ] {
-        let source = source();
+        let source = Recording::demo();
         let app = Router::new()
             .route("/items/{id}", get(|| async { "item" }))
             .layer(
-                LightRateLayer::new(limiter(&source, OnUnavailable::Allow))
+                LightRateLayer::new(source.limiter(OnUnavailable::Allow))
                     .identify(user_header())
                     .path_target(mode),
             );
         send(&app, Method::GET, "/items/42", Some("u")).await;
-        assert_eq!(source.calls.lock().unwrap()[0].0, expected);
+        assert_eq!(source.calls()[0].0, expected);
     }
 }
 
 #[tokio::test]
 async fn ietf_fields_when_asked() {
-    let source = source();
-    let limit = LightRateLayer::new(limiter(&source, OnUnavailable::Allow)).identify(user_header());
+    let source = Recording::demo();
+    let limit = LightRateLayer::new(source.limiter(OnUnavailable::Allow)).identify(user_header());
     let always = Router::new()
         .route("/hello", get(|| async { "hi" }))
         .layer(limit.clone().rate_limit_headers(RateLimitHeaders::Always));
@@ -392,9 +331,9 @@ async fn ietf_fields_when_asked() {
 
 #[tokio::test]
 async fn answers_are_replaceable() {
-    let source = source();
+    let source = Recording::demo();
     let app = Router::new().route("/hello", get(|| async { "hi" })).layer(
-        LightRateLayer::new(limiter(&source, OnUnavailable::Allow))
+        LightRateLayer::new(source.limiter(OnUnavailable::Allow))
             .identify(user_header())
             .respond_with(|rejection| {
                 let mut response = http::Response::new(bytes::Bytes::from_static(b"slow down"));
@@ -411,22 +350,17 @@ async fn answers_are_replaceable() {
 
 #[tokio::test]
 async fn an_unavailable_source_follows_the_outage_policy() {
-    for (policy, expected) in [
-        (OnUnavailable::Allow, StatusCode::OK),
-        (OnUnavailable::Deny, StatusCode::SERVICE_UNAVAILABLE),
-        (OnUnavailable::Error, StatusCode::SERVICE_UNAVAILABLE),
-    ] {
-        let source = source();
-        *source.fail.lock().unwrap() = Some(Error::new(ErrorKind::Timeout, "slow"));
+    for (policy, expected) in expect::OUTAGE {
+        let source = Recording::demo();
+        source.fail_with(Some(Error::new(ErrorKind::Timeout, "slow")));
         let app = Router::new()
             .route("/hello", get(|| async { "hi" }))
-            .layer(LightRateLayer::new(limiter(&source, policy)).identify(user_header()));
+            .layer(LightRateLayer::new(source.limiter(policy)).identify(user_header()));
         let (status, headers, body) = send(&app, Method::GET, "/hello", Some("u")).await;
         assert_eq!(status, expected, "{policy:?}");
         if expected == StatusCode::SERVICE_UNAVAILABLE {
             assert!(headers.contains_key("retry-after"));
-            let json: serde_json::Value = serde_json::from_str(&body).unwrap();
-            assert_eq!(json["error"], "rate_limiter_unavailable");
+            assert_eq!(expect::error(&body), "rate_limiter_unavailable");
         }
     }
 }
@@ -435,19 +369,13 @@ async fn an_unavailable_source_follows_the_outage_policy() {
 async fn local_hits_do_not_wait_for_the_source() {
     // A rule with room, and leases of at least five: after the lease that learns the rule,
     // one call per five requests.
-    let rules = RuleSet::builder()
-        .default_rule(lightrate_core::RefillRate::per_second(1000), 10_000)
-        .build()
-        .unwrap();
-    let source = Arc::new(Recording {
-        inner: Some(EmbeddedSource::new(rules).with_clock(ManualClock::new())),
-        ..Recording::default()
-    });
-    let limiter = Limiter::builder(source.clone())
-        .clock(ManualClock::new())
-        .min_lease_size(5)
-        .refill_ahead(false)
-        .build();
+    let source = Recording::with_rules(
+        lightrate_core::RuleSet::builder()
+            .default_rule(lightrate_core::RefillRate::per_second(1000), 10_000)
+            .build()
+            .unwrap(),
+    );
+    let limiter = source.builder(10_000).min_lease_size(5).build();
     let app = Router::new()
         .route(
             "/hello",
@@ -457,17 +385,8 @@ async fn local_hits_do_not_wait_for_the_source() {
         )
         .layer(LightRateLayer::new(limiter).identify(user_header()));
     let sources: Vec<String> = futures_like_join(&app, 6).await;
-    assert_eq!(sources[..2], ["TokenSource", "TokenSource"]);
-    assert!(sources[2..]
-        .iter()
-        .all(|s| s == &format!("{:?}", DecisionSource::LocalBucket)));
-    let sizes: Vec<u64> = source
-        .calls
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|(_, n)| *n)
-        .collect();
+    expect::leased_then_local(&sources, 2);
+    let sizes: Vec<u64> = source.calls().iter().map(|(_, n)| *n).collect();
     assert_eq!(sizes, [1, 5]);
 }
 

@@ -1,46 +1,20 @@
 //! The layer's own work on a local hit allocates nothing (the `Decision` it hands the handler
 //! is one allocation, and can be turned off). Counted per thread with a counting allocator,
 //! around a plain inner service, on requests built beforehand.
-#![allow(unsafe_code, clippy::unwrap_used, missing_docs)]
+#![allow(clippy::unwrap_used, missing_docs)]
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::convert::Infallible;
 
 use bytes::Bytes;
 use http::{HeaderName, Request, Response};
 use http_body_util::Full;
 use lightrate_core::{EmbeddedSource, Limiter, RefillRate, RuleSet};
+use lightrate_testing::{allocations, Counting};
 use lightrate_tower::{Identify, LightRateLayer};
 use tower::{Layer, Service, ServiceExt};
 
-struct Counting;
-
-thread_local! {
-    static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
-}
-
-// SAFETY: every call is forwarded unchanged to the system allocator.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
-
-fn allocations() -> usize {
-    ALLOCATIONS.with(Cell::get)
-}
 
 /// Routers put their own values in a request's extensions before route layers run (axum:
 /// `MatchedPath`, the URL parameters, `ConnectInfo`), so the extensions map already exists.

@@ -12,8 +12,8 @@ use actix_web::dev::{Server, Service};
 use actix_web::http::header::HeaderName;
 use actix_web::http::Method;
 use actix_web::{web, App, HttpMessage, HttpResponse, HttpServer};
-use lightrate_actix::{Identify, LightRate};
-use lightrate_core::{Decision, DecisionSource, Limiter};
+use lightrate::actix::{Identify, LightRate};
+use lightrate::{Decision, DecisionSource, Limiter};
 use reqwest::StatusCode;
 
 use crate::support::{http, LimiterOptions, RunningApp, TokenServer};

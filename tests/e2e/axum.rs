@@ -1,6 +1,6 @@
 //! The axum demo app, started in-process on 127.0.0.1:0.
 
-use lightrate_core::Limiter;
+use lightrate::Limiter;
 
 use crate::support::RunningApp;
 

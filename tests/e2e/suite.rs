@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use lightrate_core::OnUnavailable;
+use lightrate::OnUnavailable;
 use lightrate_server::faults::Fault;
 use reqwest::StatusCode;
 use serde_json::Value;

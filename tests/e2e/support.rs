@@ -2,11 +2,9 @@
 
 use std::time::Duration;
 
-use lightrate_core::{
-    EmbeddedSource, LightRateClient, Limiter, ManualClock, OnUnavailable, RuleSet,
-};
+use lightrate::server::{LightRateServer, RunningServer, ServerConfig};
+use lightrate::{EmbeddedSource, LightRateClient, Limiter, ManualClock, OnUnavailable, RuleSet};
 use lightrate_server::faults::Faults;
-use lightrate_server::{LightRateServer, RunningServer, ServerConfig};
 
 pub const API_KEY: &str = "sk_test_e2e_0123456789";
 pub const APP_ID: &str = "app_e2e";

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode};
-use lightrate_core::{ErrorKind, LightRateClient, Target, TokenSource};
+use lightrate::{ErrorKind, LightRateClient, Target, TokenSource};
 use lightrate_server::faults::Fault;
 use serde_json::json;
 
@@ -358,7 +358,7 @@ async fn the_client_is_a_token_source() {
     let t = start_server().await;
     let client = t.client(QUICK);
     let target = Target::operation("send_email");
-    let request = lightrate_core::ConsumeRequest::new("u", &target, 5).with_default_bucket_match(1);
+    let request = lightrate::ConsumeRequest::new("u", &target, 5).with_default_bucket_match(1);
     let answer = TokenSource::consume_tokens(&client, request).await.unwrap();
     assert_eq!(answer.tokens_consumed, 5);
     assert_eq!(

@@ -168,15 +168,15 @@ async fn shutdown_closes_the_port() {
     let base = t.server.base_url();
     let client = t.client(std::time::Duration::from_secs(2));
     assert!(client
-        .consume_tokens("u", 1, lightrate_core::Target::Default)
+        .consume_tokens("u", 1, lightrate::Target::Default)
         .await
         .is_ok());
     t.server.shutdown().await;
     let e = client
-        .consume_tokens("u", 1, lightrate_core::Target::Default)
+        .consume_tokens("u", 1, lightrate::Target::Default)
         .await
         .unwrap_err();
-    assert_eq!(e.kind(), lightrate_core::ErrorKind::Network, "{e} ({base})");
+    assert_eq!(e.kind(), lightrate::ErrorKind::Network, "{e} ({base})");
 }
 
 /// Slow and fractional rates survive the trip from a rules file, through the server's JSON,

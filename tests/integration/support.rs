@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
-use lightrate_core::{EmbeddedSource, LightRateClient, ManualClock, RuleSet};
+use lightrate::server::{LightRateServer, RunningServer, ServerConfig};
+use lightrate::{EmbeddedSource, LightRateClient, ManualClock, RuleSet};
 use lightrate_server::faults::Faults;
-use lightrate_server::{LightRateServer, RunningServer, ServerConfig};
 
 pub const API_KEY: &str = "sk_test_0123456789abcdef";
 pub const APP_ID: &str = "app_test";

@@ -1,0 +1,86 @@
+//! The `LIGHTRATE_*` environment variables the library reads: each name once, and one parser
+//! per value, whoever reads it (the API client, `Limiter::builder_from_env`).
+
+#[cfg(feature = "client")]
+use std::time::Duration;
+
+use crate::{Error, ErrorKind};
+
+/// The API key; with [`APPLICATION_ID`], tokens come from the LightRate API.
+pub(crate) const API_KEY: &str = "LIGHTRATE_API_KEY";
+/// The application id.
+pub(crate) const APPLICATION_ID: &str = "LIGHTRATE_APPLICATION_ID";
+/// The API base URL.
+#[cfg(feature = "client")]
+pub(crate) const BASE_URL: &str = "LIGHTRATE_BASE_URL";
+/// The deadline of one API call, in milliseconds.
+#[cfg(feature = "client")]
+pub(crate) const TIMEOUT_MS: &str = "LIGHTRATE_TIMEOUT_MS";
+/// The most tokens one call may lease.
+#[cfg_attr(not(feature = "client"), allow(dead_code))] // until `Limiter::builder_from_env` reads it here
+pub(crate) const LOCAL_BUCKET_SIZE: &str = "LIGHTRATE_LOCAL_BUCKET_SIZE";
+
+/// `LIGHTRATE_TIMEOUT_MS`: a whole number of milliseconds.
+#[cfg(feature = "client")]
+pub(crate) fn timeout(value: &str) -> Result<Duration, Error> {
+    value
+        .trim()
+        .parse()
+        .map(Duration::from_millis)
+        .map_err(|_| invalid(TIMEOUT_MS, "a non-negative integer", value))
+}
+
+/// `LIGHTRATE_LOCAL_BUCKET_SIZE`: a positive whole number of tokens. The one parser of this
+/// variable: the client's and the limiter's settings read it the same way.
+#[cfg_attr(not(feature = "client"), allow(dead_code))] // until `Limiter::builder_from_env` reads it here
+pub(crate) fn local_bucket_size(value: &str) -> Result<u64, Error> {
+    match value.trim().parse() {
+        Ok(size) if size > 0 => Ok(size),
+        _ => Err(invalid(LOCAL_BUCKET_SIZE, "a positive integer", value)),
+    }
+}
+
+fn invalid(name: &str, what: &str, value: &str) -> Error {
+    Error::new(
+        ErrorKind::Configuration,
+        format!("{name} must be {what}, not {value:?}"),
+    )
+}
+
+/// An environment for tests: `vars` and nothing else.
+#[cfg(test)]
+pub(crate) fn lookup(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+    let map: std::collections::HashMap<String, String> = vars
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    move |name| map.get(name).cloned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_bucket_sizes_are_parsed_once_with_one_message() {
+        assert_eq!(local_bucket_size("7").unwrap(), 7);
+        for bad in ["five", "0", "-1", ""] {
+            let e = local_bucket_size(bad).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Configuration);
+            assert_eq!(
+                e.message(),
+                format!("LIGHTRATE_LOCAL_BUCKET_SIZE must be a positive integer, not {bad:?}")
+            );
+        }
+    }
+
+    #[cfg(feature = "client")]
+    #[test]
+    fn timeouts_are_milliseconds() {
+        assert_eq!(timeout(" 250 ").unwrap(), Duration::from_millis(250));
+        assert_eq!(
+            timeout("soon").unwrap_err().message(),
+            "LIGHTRATE_TIMEOUT_MS must be a non-negative integer, not \"soon\""
+        );
+    }
+}

@@ -1,0 +1,45 @@
+//! What every web adapter shares, on the `http` crate's types: the request policy (every
+//! option of `lightrate::tower::LightRateLayer` and `lightrate::actix::LightRate`, and what a
+//! request gets), identifier validation, per-route operations, the choice of target, and the
+//! answers (429, 503, 400) with their headers.
+//!
+//! An adapter is only glue between its framework and this module: its layer (or transform),
+//! its service, its future, and a [`RequestView`] of its framework's request.
+//!
+//! | file | what it holds |
+//! |---|---|
+//! | `identifier.rs` | [`MAX_IDENTIFIER_BYTES`], [`InvalidIdentifier`], validation, the client's address |
+//! | `identify.rs` | [`Identify`], [`MissingIdentifier`]: who a request is charged to |
+//! | `operations.rs` | [`Operation`], [`PathTarget`], the declared route operations, the target |
+//! | `rejection.rs` | [`Rejection`], [`RateLimitHeaders`]: the answers and the IETF fields |
+//! | `view.rs` | [`RequestView`]: how an adapter shows its request |
+//! | `policy.rs` | [`RequestPolicy`]: the options, and `plan` |
+//! | `stage.rs` | [`Stage`]: the states of every adapter's response future |
+//! | `options.rs` | the adapters' builder methods, written once |
+
+mod identifier;
+mod identify;
+mod operations;
+mod options;
+mod policy;
+mod rejection;
+mod stage;
+mod view;
+
+pub use identifier::{InvalidIdentifier, MAX_IDENTIFIER_BYTES};
+pub use identify::{Identify, MissingIdentifier};
+pub use operations::{Operation, PathTarget};
+pub use rejection::{RateLimitHeaders, Rejection};
+
+// Adapter plumbing: what `lightrate-tower` and `lightrate-actix` build on, not an API for
+// applications.
+#[doc(hidden)]
+pub use policy::{Allowed, Check, Decided, Plan, RequestPolicy, Verdict};
+#[doc(hidden)]
+pub use stage::Stage;
+#[doc(hidden)]
+pub use view::{ReadExtension, RequestView};
+
+/// The body of the answers a `respond_with` closure makes.
+#[doc(hidden)]
+pub type AnswerBody = bytes::Bytes;

@@ -1,0 +1,383 @@
+//! [`RequestPolicy`]: every option of the adapters, and [`plan`](RequestPolicy::plan), what
+//! a request gets, written once for every framework.
+
+use std::fmt;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Response};
+
+use super::identifier::{client_ip, validate_identifier, IpText};
+use super::identify::{Identify, Kind, MissingIdentifier};
+use super::operations::{target_for, Operation, PathTarget, RouteOperations};
+use super::rejection::{write_rate_limit_headers, RateLimitHeaders, Rejection};
+use super::view::RequestView;
+use crate::{Decision, Error, Limiter, Target};
+
+pub(crate) type ExcludeFn<V> = dyn Fn(&<V as RequestView>::Request) -> bool + Send + Sync;
+pub(crate) type RespondFn = dyn Fn(&Rejection) -> Response<Bytes> + Send + Sync;
+
+/// Every option of a rate-limiting middleware, shared by each service it makes (behind an
+/// `Arc`), and what a request gets: [`plan`](Self::plan).
+///
+/// Adapter plumbing: applications set these options through the builder methods that
+/// `request_policy_options!` writes into each adapter's layer, where they are documented.
+pub struct RequestPolicy<V: RequestView> {
+    limiter: Limiter,
+    /// Where the user identifier comes from.
+    pub identify: Identify<V>,
+    /// What a request without an identifier gets.
+    pub missing: MissingIdentifier,
+    /// How many reverse proxies append to `X-Forwarded-For` (0: never read it).
+    pub trusted_proxies: usize,
+    /// Which path a request without an operation is limited by.
+    pub path_target: PathTarget,
+    /// Paths never limited.
+    pub exclude_paths: Vec<String>,
+    /// Requests never limited.
+    pub exclude: Option<Arc<ExcludeFn<V>>>,
+    /// When to send the IETF fields.
+    pub headers: RateLimitHeaders,
+    /// The user's answers, instead of the default ones.
+    pub respond: Option<Arc<RespondFn>>,
+    /// Whether a named route is limited as the operation of its name.
+    pub names_as_operations: bool,
+    /// Whether an allowed request carries its `Decision` for the handler.
+    pub insert_decision: bool,
+    /// Declared per-route operations (shared by every clone).
+    routes: RouteOperations,
+    /// The operation of a per-route layer.
+    operation: Option<Operation>,
+    view: PhantomData<fn() -> V>,
+}
+
+impl<V: RequestView> Clone for RequestPolicy<V> {
+    fn clone(&self) -> Self {
+        RequestPolicy {
+            limiter: self.limiter.clone(),
+            identify: self.identify.clone(),
+            missing: self.missing,
+            trusted_proxies: self.trusted_proxies,
+            path_target: self.path_target,
+            exclude_paths: self.exclude_paths.clone(),
+            exclude: self.exclude.clone(),
+            headers: self.headers,
+            respond: self.respond.clone(),
+            routes: self.routes.clone(),
+            operation: self.operation.clone(),
+            names_as_operations: self.names_as_operations,
+            insert_decision: self.insert_decision,
+            view: PhantomData,
+        }
+    }
+}
+
+impl<V: RequestView> fmt::Debug for RequestPolicy<V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RequestPolicy")
+            .field("limiter", &self.limiter)
+            .field("identify", &self.identify)
+            .field("missing", &self.missing)
+            .field("trusted_proxies", &self.trusted_proxies)
+            .field("path_target", &self.path_target)
+            .field("exclude_paths", &self.exclude_paths)
+            .field("headers", &self.headers)
+            .field("operation", &self.operation)
+            .field("names_as_operations", &self.names_as_operations)
+            .field("insert_decision", &self.insert_decision)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What to do with a request, decided before the inner service is called.
+#[must_use]
+pub enum Plan {
+    /// Not limited (excluded, already decided by another LightRate middleware, or no
+    /// identifier and the policy lets it through): call the inner service as is.
+    Pass,
+    /// Allowed by a local bucket: mark the request, call the inner service.
+    Allowed(Allowed),
+    /// Refused (429, 503, 400): answer this, without calling the inner service. Boxed, so
+    /// that the common plans stay small.
+    Refused(Box<Response<Bytes>>),
+    /// The token source must be asked: await this, then do what it says. The only case
+    /// that allocates.
+    Check(Check),
+}
+
+/// The verdict of a [`Check`].
+#[must_use]
+pub enum Verdict {
+    /// Mark the request, call the inner service.
+    Allowed(Allowed),
+    /// Answer this, without calling the inner service.
+    Refused(Box<Response<Bytes>>),
+}
+
+impl fmt::Debug for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Plan::Pass => f.write_str("Pass"),
+            Plan::Allowed(allowed) => f.debug_tuple("Allowed").field(allowed).finish(),
+            Plan::Refused(answer) => f.debug_tuple("Refused").field(answer).finish(),
+            Plan::Check(_) => f.write_str("Check(..)"),
+        }
+    }
+}
+
+impl fmt::Debug for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Verdict::Allowed(allowed) => f.debug_tuple("Allowed").field(allowed).finish(),
+            Verdict::Refused(answer) => f.debug_tuple("Refused").field(answer).finish(),
+        }
+    }
+}
+
+/// The token source being asked about a request.
+pub type Check = Pin<Box<dyn Future<Output = Verdict> + Send>>;
+
+/// A request the limiter allowed: what its request and response get.
+#[must_use]
+#[derive(Debug)]
+pub struct Allowed {
+    decision: Decision,
+    keep: bool,
+    headers: Option<Box<HeaderMap>>,
+}
+
+/// Marks a request decided when its `Decision` is not kept (`insert_decision(false)`), so that
+/// a later LightRate middleware does not charge it again. Zero-sized: putting it in the
+/// request's extensions allocates nothing.
+#[derive(Clone, Copy, Debug)]
+pub struct Decided;
+
+impl Allowed {
+    /// Records the decision in the request's extensions (for the handler, and so that no later
+    /// LightRate middleware decides again), and returns the IETF fields to add to the
+    /// response, if any.
+    #[inline]
+    pub fn mark<V: RequestView>(self, extensions: &mut V::Extensions) -> Option<Box<HeaderMap>> {
+        if self.keep {
+            V::insert(extensions, self.decision);
+        } else {
+            V::insert(extensions, Decided);
+        }
+        self.headers
+    }
+}
+
+impl<V: RequestView> RequestPolicy<V> {
+    /// The defaults: the user is the client's IP address, nothing excluded, no IETF fields,
+    /// the decision kept for the handler.
+    pub fn new(limiter: Limiter) -> Self {
+        RequestPolicy {
+            limiter,
+            identify: Identify::peer_ip(),
+            missing: MissingIdentifier::default(),
+            trusted_proxies: 0,
+            path_target: PathTarget::default(),
+            exclude_paths: Vec::new(),
+            exclude: None,
+            headers: RateLimitHeaders::default(),
+            respond: None,
+            routes: RouteOperations::default(),
+            operation: None,
+            names_as_operations: false,
+            insert_decision: true,
+            view: PhantomData,
+        }
+    }
+
+    /// The limiter.
+    pub fn limiter(&self) -> &Limiter {
+        &self.limiter
+    }
+
+    /// Declares that requests to the route `template` (with `method`, or any method) are the
+    /// operation `op`, and returns the policy of a middleware for that route.
+    pub fn declare(&self, method: Option<Method>, template: &str, op: Operation) -> Self {
+        self.routes.insert(method, template, op.clone());
+        let mut route = self.clone();
+        route.operation = Some(op);
+        route
+    }
+
+    /// What `req` gets: everything up to asking the limiter for a local decision. Allocates
+    /// only when the source must be asked, when the IETF fields are sent on allowed
+    /// responses, or where the adapter's [`route_template`](RequestView::route_template)
+    /// does (only asked when a declared operation or [`PathTarget::Template`] needs it).
+    pub fn plan(self: &Arc<Self>, req: &V::Request) -> Plan {
+        let path = V::path(req);
+        if V::with_extensions(req, is_decided::<V>) || self.is_excluded(req, path) {
+            return Plan::Pass;
+        }
+        let method = V::method(req);
+        let routes = self.routes.served();
+        // The route's template, only when it is used.
+        let template = if self.operation.is_none()
+            && (self.path_target == PathTarget::Template
+                || if V::PREFILTER_TEMPLATES {
+                    routes.may_match(path)
+                } else {
+                    !routes.is_empty()
+                }) {
+            V::route_template(req, path)
+        } else {
+            None
+        };
+        let operation = self.operation.as_ref().or_else(|| {
+            let method = method.as_deref()?;
+            routes.get(method, template.as_deref()?)
+        });
+        let name = match operation {
+            None if self.names_as_operations => V::route_name(req, path),
+            _ => None,
+        };
+        let (target, cost) = match (name, method.as_deref()) {
+            (Some(name), _) => (Target::operation(name), 1),
+            (None, Some(method)) => target_for(
+                method,
+                path,
+                template.as_deref(),
+                operation,
+                self.path_target,
+            ),
+            // A method `http` refuses: still limited.
+            (None, None) => match operation {
+                Some(op) => (op.target(), op.cost()),
+                None => (Target::Default, 1),
+            },
+        };
+
+        match self.identify.kind() {
+            Kind::Header(name) => self.decide(req, V::header(req, name), &target, cost),
+            Kind::PeerIp => self.decide(req, None, &target, cost),
+            Kind::Extension(get) => V::with_extensions(req, |extensions| {
+                self.decide(req, get(extensions).map(str::as_bytes), &target, cost)
+            }),
+            Kind::With(f) => {
+                let found = f(req);
+                self.decide(req, found.as_deref().map(str::as_bytes), &target, cost)
+            }
+        }
+    }
+
+    /// `path` is the request's path, as its framework routes it.
+    fn is_excluded(&self, req: &V::Request, path: &str) -> bool {
+        (!self.exclude_paths.is_empty() && self.exclude_paths.iter().any(|p| p == path))
+            || self.exclude.as_ref().is_some_and(|f| f(req))
+    }
+
+    /// The plan for a request whose identifier is `found` (raw, not yet validated).
+    #[inline]
+    fn decide(
+        self: &Arc<Self>,
+        req: &V::Request,
+        found: Option<&[u8]>,
+        target: &Target<'_>,
+        cost: u64,
+    ) -> Plan {
+        let ip_text;
+        let user: &str = match found {
+            Some(raw) => match validate_identifier(raw) {
+                Ok(user) => user,
+                Err(why) => return Plan::Refused(self.respond(&Rejection::InvalidIdentifier(why))),
+            },
+            None => {
+                let by_ip = matches!(self.identify.kind(), Kind::PeerIp)
+                    || self.missing == MissingIdentifier::PeerIp;
+                match self.missing {
+                    _ if by_ip => {
+                        let peer = V::peer_ip(req);
+                        let ip = if self.trusted_proxies == 0 {
+                            peer
+                        } else {
+                            client_ip(peer, V::forwarded_for(req), self.trusted_proxies)
+                        };
+                        let Some(ip) = ip else {
+                            // No address known (not served over a socket): nothing to limit by.
+                            return Plan::Pass;
+                        };
+                        ip_text = IpText::new(ip);
+                        ip_text.as_str()
+                    }
+                    MissingIdentifier::Reject => {
+                        return Plan::Refused(self.respond(&Rejection::MissingIdentifier))
+                    }
+                    _ => return Plan::Pass,
+                }
+            }
+        };
+
+        match self.limiter.check_local(user, target, cost) {
+            Some(decision) => match self.verdict(decision) {
+                Verdict::Allowed(allowed) => Plan::Allowed(allowed),
+                Verdict::Refused(answer) => Plan::Refused(answer),
+            },
+            None => {
+                let check = self
+                    .limiter
+                    .check_with_source(user, target.clone().into_owned(), cost);
+                let policy = Arc::clone(self);
+                Plan::Check(Box::pin(async move { policy.settle(check.await) }))
+            }
+        }
+    }
+
+    /// What the source's answer means for the request.
+    fn settle(&self, checked: Result<Decision, Error>) -> Verdict {
+        match checked {
+            Ok(decision) => self.verdict(decision),
+            // The policy is to surface the source's failure: answer 503.
+            Err(error) => Verdict::Refused(self.respond(&Rejection::from_error(&error))),
+        }
+    }
+
+    /// What a decision means for the request.
+    fn verdict(&self, decision: Decision) -> Verdict {
+        let policy = || decision.rule().and_then(|rule| self.limiter.rule_id(&rule));
+        if decision.is_allowed() {
+            let headers = (self.headers == RateLimitHeaders::Always && decision.rule().is_some())
+                .then(|| {
+                    let mut fields = HeaderMap::new();
+                    write_rate_limit_headers(
+                        &mut fields,
+                        &decision,
+                        policy().as_deref().unwrap_or("default"),
+                    );
+                    Box::new(fields)
+                });
+            Verdict::Allowed(Allowed {
+                decision,
+                keep: self.insert_decision,
+                headers,
+            })
+        } else {
+            tracing::debug!(
+                target: "lightrate::web",
+                retry_after = decision.retry_after_secs(),
+                source = ?decision.source(),
+                "request limited"
+            );
+            Verdict::Refused(self.respond(&Rejection::from_decision(decision, policy())))
+        }
+    }
+
+    /// The answer to a rejection: the user's, or the default.
+    fn respond(&self, rejection: &Rejection) -> Box<Response<Bytes>> {
+        Box::new(match &self.respond {
+            Some(f) => f(rejection),
+            None => rejection.to_response(self.headers),
+        })
+    }
+}
+
+/// Whether another LightRate middleware has decided this request already.
+#[inline]
+fn is_decided<V: RequestView>(extensions: &V::Extensions) -> bool {
+    V::contains::<Decision>(extensions) || V::contains::<Decided>(extensions)
+}

@@ -1,0 +1,290 @@
+//! The answers a request gets instead of its handler (429, 503, 400), and the IETF
+//! `RateLimit` fields.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use http::{HeaderMap, Response, StatusCode};
+
+use super::identifier::InvalidIdentifier;
+use crate::{Decision, DecisionSource, Error, ErrorKind};
+
+/// When to send the IETF `RateLimit-Policy` and `RateLimit` fields
+/// (draft-ietf-httpapi-ratelimit-headers).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RateLimitHeaders {
+    /// Never. The default.
+    #[default]
+    Off,
+    /// On 429 answers.
+    OnDenied,
+    /// On 429 answers and on every limited response that was allowed.
+    Always,
+}
+
+/// Why a request was not passed to its handler: what a `respond_with` closure receives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Rejection {
+    /// Rate limited: 429 with `Retry-After`.
+    RateLimited {
+        /// The decision.
+        decision: Decision,
+        /// The rule's id (the policy name of the IETF fields), when known.
+        policy: Option<Arc<str>>,
+    },
+    /// The token source could not answer and the policy is to deny: 503 with `Retry-After`.
+    Unavailable {
+        /// What failed (timeout, network, a rejected API key...).
+        kind: ErrorKind,
+        /// When to try again.
+        retry_after_secs: u64,
+    },
+    /// The user identifier is unusable: 400.
+    InvalidIdentifier(InvalidIdentifier),
+    /// There is no user identifier and the policy is to reject: 400.
+    MissingIdentifier,
+}
+
+impl Rejection {
+    /// The rejection for a decision that did not allow the request.
+    pub(crate) fn from_decision(decision: Decision, policy: Option<Arc<str>>) -> Self {
+        match (decision.source(), decision.unavailable_kind()) {
+            (DecisionSource::Unavailable, Some(kind)) => Rejection::Unavailable {
+                kind,
+                retry_after_secs: decision.retry_after_secs(),
+            },
+            _ => Rejection::RateLimited { decision, policy },
+        }
+    }
+
+    /// The rejection for a source that failed when the limiter's policy is to surface the
+    /// failure ([`OnUnavailable::Error`](crate::OnUnavailable::Error)): 503.
+    pub(crate) fn from_error(error: &Error) -> Self {
+        Rejection::Unavailable {
+            kind: error.kind(),
+            retry_after_secs: error.retry_after().map_or(1, |d| d.as_secs().max(1)),
+        }
+    }
+
+    /// The answer's status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Rejection::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Rejection::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Rejection::InvalidIdentifier(_) | Rejection::MissingIdentifier => {
+                StatusCode::BAD_REQUEST
+            }
+        }
+    }
+
+    /// The default answer: the status, a JSON body, `Retry-After` on 429 and 503, and the
+    /// IETF fields on 429 when `headers` asks for them. A `respond_with` closure can start
+    /// from it.
+    ///
+    /// ```
+    /// use lightrate::tower::{InvalidIdentifier, RateLimitHeaders, Rejection};
+    ///
+    /// let answer = Rejection::InvalidIdentifier(InvalidIdentifier::TooLong)
+    ///     .to_response(RateLimitHeaders::Off);
+    /// assert_eq!(answer.status(), 400);
+    /// assert_eq!(answer.headers()["content-type"], "application/json");
+    /// ```
+    pub fn to_response(&self, headers: RateLimitHeaders) -> Response<Bytes> {
+        let (body, retry_after) = match self {
+            Rejection::RateLimited { decision, policy } => {
+                let secs = decision.retry_after_secs();
+                let mut body = serde_json::json!({
+                    "error": "rate_limited",
+                    "message": "Too many requests",
+                    "retryAfter": secs,
+                });
+                if let Some(policy) = policy {
+                    body["rule"] = serde_json::Value::String(policy.to_string());
+                }
+                (body, Some(secs))
+            }
+            Rejection::Unavailable {
+                kind,
+                retry_after_secs,
+            } => (
+                serde_json::json!({
+                    "error": "rate_limiter_unavailable",
+                    "message": format!("the rate limiter cannot decide ({})", describe(*kind)),
+                    "retryAfter": retry_after_secs,
+                }),
+                Some(*retry_after_secs),
+            ),
+            Rejection::InvalidIdentifier(why) => (
+                serde_json::json!({"error": "invalid_user_identifier", "message": why.to_string()}),
+                None,
+            ),
+            Rejection::MissingIdentifier => (
+                serde_json::json!({
+                    "error": "missing_user_identifier",
+                    "message": "this endpoint needs a user identifier",
+                }),
+                None,
+            ),
+        };
+        let mut response = Response::new(Bytes::from(body.to_string()));
+        *response.status_mut() = self.status();
+        let h = response.headers_mut();
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let Some(secs) = retry_after {
+            h.insert(RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
+        if let Rejection::RateLimited { decision, policy } = self {
+            if headers != RateLimitHeaders::Off {
+                write_rate_limit_headers(h, decision, policy.as_deref().unwrap_or("default"));
+            }
+        }
+        response
+    }
+}
+
+fn describe(kind: ErrorKind) -> &'static str {
+    match kind {
+        ErrorKind::Timeout => "the token source timed out",
+        ErrorKind::Network => "the token source is unreachable",
+        ErrorKind::Decode => "the token source answered something unreadable",
+        ErrorKind::Unauthorized | ErrorKind::Forbidden | ErrorKind::NotFound => {
+            "the token source rejected this service's configuration"
+        }
+        _ => "the token source failed",
+    }
+}
+
+/// Writes `RateLimit-Policy: "<policy>";q=<burst>;w=<window>` and
+/// `RateLimit: "<policy>";r=<remaining>;t=<seconds>` for `decision`.
+///
+/// `t` is the retry-after of a denial, and for an allowed request the seconds until the bucket
+/// is full again.
+pub(crate) fn write_rate_limit_headers(headers: &mut HeaderMap, decision: &Decision, policy: &str) {
+    let Some(rule) = decision.rule() else {
+        return;
+    };
+    let name: String = policy
+        .chars()
+        .filter(|c| c.is_ascii_graphic() && *c != '"' && *c != '\\')
+        .collect();
+    let window = rule.window_secs();
+    let reset = if decision.is_allowed() {
+        let missing = rule.burst_rate().saturating_sub(decision.remaining());
+        let millis = rule.refill_rate().millitokens_per_second();
+        if millis == 0 || missing == 0 {
+            0
+        } else {
+            u64::try_from((u128::from(missing) * 1000).div_ceil(u128::from(millis)))
+                .unwrap_or(u64::MAX)
+        }
+    } else {
+        decision.retry_after_secs()
+    };
+    let policy_value = format!("\"{name}\";q={};w={window}", rule.burst_rate());
+    let limit_value = format!("\"{name}\";r={};t={reset}", decision.remaining());
+    if let Ok(value) = HeaderValue::try_from(policy_value) {
+        headers.insert(HeaderName::from_static("ratelimit-policy"), value);
+    }
+    if let Ok(value) = HeaderValue::try_from(limit_value) {
+        headers.insert(HeaderName::from_static("ratelimit"), value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{EmbeddedSource, Limiter, RuleSet, Target};
+
+    fn decision(allowed: bool) -> Decision {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let limiter = Limiter::new(EmbeddedSource::new(RuleSet::demo()));
+        let target = Target::operation("send_email");
+        let mut last = None;
+        for _ in 0..if allowed { 1 } else { 11 } {
+            last = Some(runtime.block_on(limiter.check("u", &target)).unwrap());
+        }
+        last.unwrap()
+    }
+
+    #[test]
+    fn a_429_has_retry_after_json_and_optional_ietf_fields() {
+        let denied = decision(false);
+        assert!(!denied.is_allowed());
+        let rejection = Rejection::from_decision(denied, Some("rule_send_email".into()));
+        let plain = rejection.to_response(RateLimitHeaders::Off);
+        assert_eq!(plain.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(plain.headers()["retry-after"], "1");
+        assert!(plain.headers().get("ratelimit").is_none());
+        let body: serde_json::Value = serde_json::from_slice(plain.body()).unwrap();
+        assert_eq!(body["error"], "rate_limited");
+        assert_eq!(body["retryAfter"], 1);
+        assert_eq!(body["rule"], "rule_send_email");
+
+        let ietf = rejection.to_response(RateLimitHeaders::OnDenied);
+        assert_eq!(
+            ietf.headers()["ratelimit-policy"],
+            "\"rule_send_email\";q=10;w=10"
+        );
+        assert_eq!(ietf.headers()["ratelimit"], "\"rule_send_email\";r=0;t=1");
+    }
+
+    #[test]
+    fn allowed_requests_get_a_reset_time() {
+        let allowed = decision(true);
+        let mut headers = HeaderMap::new();
+        write_rate_limit_headers(&mut headers, &allowed, "p\"q");
+        // Nine left of ten at one per second: full again in one second.
+        assert_eq!(headers["ratelimit"], "\"pq\";r=9;t=1");
+    }
+
+    #[test]
+    fn a_503_says_why_without_details() {
+        let rejection = Rejection::Unavailable {
+            kind: ErrorKind::Unauthorized,
+            retry_after_secs: 10,
+        };
+        let answer = rejection.to_response(RateLimitHeaders::Always);
+        assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(answer.headers()["retry-after"], "10");
+        let body: serde_json::Value = serde_json::from_slice(answer.body()).unwrap();
+        assert_eq!(body["error"], "rate_limiter_unavailable");
+        assert_eq!(body["retryAfter"], 10);
+    }
+
+    #[test]
+    fn a_failed_source_is_a_503_with_its_retry_after() {
+        let slow = Error::new(ErrorKind::Timeout, "slow");
+        assert_eq!(
+            Rejection::from_error(&slow),
+            Rejection::Unavailable {
+                kind: ErrorKind::Timeout,
+                retry_after_secs: 1
+            }
+        );
+        let busy = Error::new(ErrorKind::Unavailable, "busy")
+            .with_retry_after(std::time::Duration::from_secs(7));
+        assert_eq!(
+            Rejection::from_error(&busy)
+                .to_response(RateLimitHeaders::Off)
+                .headers()["retry-after"],
+            "7"
+        );
+    }
+
+    #[test]
+    fn a_400_names_the_problem() {
+        let answer = Rejection::InvalidIdentifier(InvalidIdentifier::TooLong)
+            .to_response(RateLimitHeaders::Off);
+        assert_eq!(answer.status(), 400);
+        assert_eq!(answer.headers()["content-type"], "application/json");
+        let missing = Rejection::MissingIdentifier.to_response(RateLimitHeaders::Off);
+        let body: serde_json::Value = serde_json::from_slice(missing.body()).unwrap();
+        assert_eq!(body["error"], "missing_user_identifier");
+        assert!(missing.headers().get("retry-after").is_none());
+    }
+}

@@ -1,0 +1,19 @@
+//! What the tests and benchmarks of the lightrate workspace share (`publish = false`):
+//!
+//! - [`Unlimited`]: a token source that grants everything, so that what is measured is the
+//!   limiter or the middleware alone;
+//! - [`Recording`]: the embedded source with the demo rules, recording every call, and able
+//!   to fail on demand;
+//! - [`Counting`]: the system allocator, counting allocations per thread and live bytes, for
+//!   the tests that prove a local hit allocates nothing, and [`new_buckets`], what a live
+//!   bucket costs;
+//! - [`expect`]: what the adapters' tests expect of the answers, written once for both.
+
+mod alloc;
+mod buckets;
+pub mod expect;
+mod sources;
+
+pub use alloc::{allocations, live_bytes, Counting};
+pub use buckets::{new_buckets, BucketCost};
+pub use sources::{Recording, Unlimited};

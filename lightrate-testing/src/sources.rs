@@ -1,0 +1,120 @@
+//! Token sources for tests and benchmarks.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use lightrate_core::{
+    ConsumeRequest, ConsumeTokensResponse, EmbeddedSource, Error, Limiter, LimiterBuilder,
+    ManualClock, OnUnavailable, RefillRate, Rule, RuleSet, TokenSource, MAX_LEASE_SIZE,
+};
+
+/// Grants whatever is asked, under one rule (every `GET` path), keeping no state of its own:
+/// after the first request every request is a local hit, and what is measured is the limiter
+/// (or the middleware) alone.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Unlimited;
+
+impl TokenSource for Unlimited {
+    async fn consume_tokens(
+        &self,
+        request: ConsumeRequest<'_>,
+    ) -> Result<ConsumeTokensResponse, Error> {
+        Ok(ConsumeTokensResponse {
+            tokens_remaining: 1 << 40,
+            tokens_consumed: request.tokens_requested,
+            throttles: 0,
+            rule: Rule {
+                id: "unlimited".into(),
+                name: "Unlimited".into(),
+                refill_rate: RefillRate::per_second(1 << 30),
+                burst_rate: 1 << 40,
+                is_default: false,
+                matcher: Some("^/".into()),
+                http_method: Some("GET".into()),
+            },
+            retry_after_ms: None,
+        })
+    }
+}
+
+/// The embedded source with the demo rules on a manual clock, recording every call's target
+/// and size, and failing with a given error on demand.
+#[derive(Debug)]
+pub struct Recording {
+    inner: EmbeddedSource,
+    calls: Mutex<Vec<(String, u64)>>,
+    fail: Mutex<Option<Error>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Recording {
+    /// The demo rules (`RuleSet::demo`), time standing still.
+    pub fn demo() -> Arc<Self> {
+        Recording::with_rules(RuleSet::demo())
+    }
+
+    /// These rules, time standing still.
+    pub fn with_rules(rules: RuleSet) -> Arc<Self> {
+        Arc::new(Recording {
+            inner: EmbeddedSource::new(rules).with_clock(ManualClock::new()),
+            calls: Mutex::new(Vec::new()),
+            fail: Mutex::new(None),
+        })
+    }
+
+    /// A limiter over this source leasing one token per call, so that every decision is one
+    /// recorded call, with `policy` for an unavailable source.
+    pub fn limiter(self: &Arc<Self>, policy: OnUnavailable) -> Limiter {
+        self.builder(1).on_unavailable(policy).build()
+    }
+
+    /// A limiter builder over this source leasing `lease_size` tokens per call, without
+    /// refill-ahead, time standing still.
+    pub fn builder(self: &Arc<Self>, lease_size: u64) -> LimiterBuilder {
+        Limiter::builder(self.clone())
+            .clock(ManualClock::new())
+            .lease_size(lease_size)
+            .refill_ahead(false)
+    }
+
+    /// Every call so far: (target, tokens requested).
+    pub fn calls(&self) -> Vec<(String, u64)> {
+        lock(&self.calls).clone()
+    }
+
+    /// From now on, every call fails with `error` (or succeeds again, with `None`).
+    pub fn fail_with(&self, error: Option<Error>) {
+        *lock(&self.fail) = error;
+    }
+}
+
+impl TokenSource for Recording {
+    async fn consume_tokens(
+        &self,
+        request: ConsumeRequest<'_>,
+    ) -> Result<ConsumeTokensResponse, Error> {
+        lock(&self.calls).push((request.target.to_string(), request.tokens_requested));
+        if let Some(error) = lock(&self.fail).clone() {
+            return Err(error);
+        }
+        self.inner.consume_now(request)
+    }
+}
+
+impl Unlimited {
+    /// A limiter over [`Unlimited`] that never runs out: leases as large as the cap, no
+    /// refill-ahead, hour-long TTLs. After the first two requests of a (user, target) (the
+    /// first learns the rule, the second leases), every one is a local hit.
+    pub fn limiter() -> Limiter {
+        Limiter::builder(Unlimited)
+            .lease_size(MAX_LEASE_SIZE)
+            .min_lease_size(MAX_LEASE_SIZE)
+            .refill_ahead(false)
+            .bucket_ttl(Duration::from_secs(3600))
+            .rule_ttl(Duration::from_secs(3600))
+            .build()
+    }
+}
