@@ -422,7 +422,9 @@ fn validate(request: &ConsumeRequest<'_>) -> Result<(), Error> {
         return invalid("userIdentifier must not be blank");
     }
     if request.user_identifier.len() > MAX_USER_IDENTIFIER_BYTES {
-        return invalid("userIdentifier is longer than 1024 bytes");
+        return invalid(&format!(
+            "userIdentifier is longer than {MAX_USER_IDENTIFIER_BYTES} bytes"
+        ));
     }
     if request.tokens_requested == 0 {
         return invalid("tokensRequested must be at least 1");
@@ -643,21 +645,19 @@ mod tests {
         assert_eq!(take(&s, "u", &hello, 5).tokens_remaining, 15);
         clock.advance(Duration::from_millis(500));
         // send_email now refills 10/hour with a burst of 8; hello is gone (to the default).
-        let rules = RuleSet::from_toml_str(
-            r#"
-            [default]
-            refill_rate = 1
-            burst_rate = 5
-
-            [[rules]]
-            id = "rule_send_email"
-            name = "Send Email"
-            matcher = "^send_email$"
-            refill = "10/hour"
-            burst_rate = 8
-            "#,
-        )
-        .unwrap();
+        let rules = RuleSet::builder()
+            .default_rule(RefillRate::per_second(1), 5)
+            .rule(
+                crate::RuleSpec::operation(
+                    "Send Email",
+                    "^send_email$",
+                    RefillRate::per_hour(10),
+                    8,
+                )
+                .with_id("rule_send_email"),
+            )
+            .build()
+            .unwrap();
         s.replace_rules(rules);
         assert_eq!(s.rules().rules().count(), 2);
         // 3.5 tokens carried over, at the new rate from now on.

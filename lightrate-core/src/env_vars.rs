@@ -17,8 +17,9 @@ pub(crate) const BASE_URL: &str = "LIGHTRATE_BASE_URL";
 #[cfg(feature = "client")]
 pub(crate) const TIMEOUT_MS: &str = "LIGHTRATE_TIMEOUT_MS";
 /// The most tokens one call may lease.
-#[cfg_attr(not(feature = "client"), allow(dead_code))] // until `Limiter::builder_from_env` reads it here
 pub(crate) const LOCAL_BUCKET_SIZE: &str = "LIGHTRATE_LOCAL_BUCKET_SIZE";
+/// What requests get when the source cannot answer.
+pub(crate) const ON_UNAVAILABLE: &str = "LIGHTRATE_ON_UNAVAILABLE";
 
 /// `LIGHTRATE_TIMEOUT_MS`: a whole number of milliseconds.
 #[cfg(feature = "client")]
@@ -32,7 +33,6 @@ pub(crate) fn timeout(value: &str) -> Result<Duration, Error> {
 
 /// `LIGHTRATE_LOCAL_BUCKET_SIZE`: a positive whole number of tokens. The one parser of this
 /// variable: the client's and the limiter's settings read it the same way.
-#[cfg_attr(not(feature = "client"), allow(dead_code))] // until `Limiter::builder_from_env` reads it here
 pub(crate) fn local_bucket_size(value: &str) -> Result<u64, Error> {
     match value.trim().parse() {
         Ok(size) if size > 0 => Ok(size),

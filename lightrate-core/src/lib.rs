@@ -28,13 +28,11 @@
 
 #[cfg(feature = "client")]
 mod client;
-#[cfg(not(feature = "client"))]
-#[path = "client/disabled.rs"]
-mod client;
 mod clock;
 mod embedded;
 mod env_vars;
 mod error;
+mod from_env;
 mod limiter;
 pub mod protocol;
 mod rate;
@@ -50,10 +48,11 @@ pub use client::{
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use embedded::{EmbeddedSource, EmbeddedStats, DEFAULT_MAX_BUCKETS, MAX_USER_IDENTIFIER_BYTES};
 pub use error::{Error, ErrorKind};
+pub use from_env::EnvSource;
 pub use limiter::{
-    BreakerState, BucketStatus, Decision, DecisionSource, EnvSource, Limiter, LimiterBuilder,
-    OnUnavailable, RuleSummary, Stats, DEFAULT_LEASE_SIZE, DEFAULT_MAX_LOCAL_BUCKETS,
-    DEFAULT_TOKEN_HORIZON, MAX_LEASE_SIZE,
+    BreakerState, BucketStatus, Decision, DecisionSource, Limiter, LimiterBuilder, OnUnavailable,
+    RuleSummary, Stats, DEFAULT_LEASE_SIZE, DEFAULT_MAX_LOCAL_BUCKETS, DEFAULT_TOKEN_HORIZON,
+    MAX_LEASE_SIZE,
 };
 pub use protocol::{ConsumeRequest, ConsumeTokensResponse, RefillRate, Rule, Target};
 pub use rules::{RuleSet, RuleSetBuilder, RuleSpec};

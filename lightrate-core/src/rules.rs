@@ -649,6 +649,7 @@ mod tests {
         assert!(e.message().contains("10/hour"), "{e}");
     }
 
+    #[cfg(feature = "toml")]
     #[test]
     fn toml_rates_are_exact_in_every_form() {
         let rules = RuleSet::from_toml_str(

@@ -1,8 +1,6 @@
 //! The demo apps' choice of token source from the environment, with Redis among the choices.
 
-use lightrate_core::{
-    EnvSource, Error, ErrorKind, Limiter, LimiterBuilder, OnUnavailable, RuleSet,
-};
+use lightrate_core::{EnvSource, Error, Limiter, LimiterBuilder, RuleSet};
 
 use crate::RedisSource;
 
@@ -52,27 +50,15 @@ fn redis_from_lookup(
         }
         _ => (address, 0),
     };
-    let mut builder = Limiter::builder(source);
-    // TODO(one reader per variable): core's `builder_from_lookup` reads these two as well; a
-    // core function taking the local source would let both share one reader.
-    if let Some(size) = var("LIGHTRATE_LOCAL_BUCKET_SIZE") {
-        let size: u64 = size.trim().parse().map_err(|_| {
-            Error::new(
-                ErrorKind::Configuration,
-                format!("LIGHTRATE_LOCAL_BUCKET_SIZE must be a positive integer, not {size:?}"),
-            )
-        })?;
-        builder = builder.lease_size(size);
-    }
-    if let Some(policy) = var("LIGHTRATE_ON_UNAVAILABLE") {
-        builder = builder.on_unavailable(policy.parse::<OnUnavailable>()?);
-    }
+    // The limiter's own settings, read where every other choice reads them.
+    let builder = Limiter::builder(source).env_settings_from(var)?;
     Ok(Some((builder, EnvSource::Redis { host, port })))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lightrate_core::{ErrorKind, OnUnavailable};
     use std::collections::HashMap;
 
     fn lookup(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {

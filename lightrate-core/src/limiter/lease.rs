@@ -1,43 +1,29 @@
-//! The slow path: asking the token source, single flight, lease sizing, filing what it grants.
+//! Leases: how much to ask the token source for, and filing what it grants.
 //!
-//! A bucket lives inline in the map and is borrowed under an epoch guard, which cannot be held
-//! across an `.await`: every block that borrows a bucket ends before the next await, and a
-//! request that waited finds its bucket again by key.
-//!
-//! A request that finds no token registers on the lease in flight for its bucket (or starts
-//! one) and waits for its own answer. A lease asks for what the waiting requests need plus,
-//! when the source has plenty, what this process is expected to use while the next lease
-//! travels ([`Inner::lease_size`]). Its grant serves the waiters first, in the order they came;
-//! the rest goes to the bucket. Waiters it could not serve while the source still had tokens
-//! move to a successor lease; a request is denied only when the source granted less than was
-//! asked, or by the denial cache.
+//! A lease asks for what the waiting requests need plus, when the source has plenty, what this
+//! process is expected to use while the next lease travels ([`Inner::lease_size`]). Its grant
+//! serves the waiters first, in the order they came; the rest goes to the bucket with its
+//! deadline (the token horizon). Waiters it could not serve while the source still had tokens
+//! move to a successor lease.
 
 use std::future::Future;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::oneshot;
-
-use super::bucket::Take;
-use super::decision::{Decision, DecisionSource, RuleSummary};
-use super::flight::{Answer, Flight, FlightGuard, FlightKey, Joined, Waiter};
+use super::bucket::LocalBucket;
+use super::decision::RuleSummary;
+use super::flight::{Answer, Flight, FlightGuard, FlightKey, Joined};
 use super::keys::TargetKey;
 use super::stats::bump;
-use super::{millis, Inner, OnUnavailable};
+use super::{millis, Inner};
 use crate::clock::{duration_to_nanos, Timestamp};
-use crate::MAX_USER_IDENTIFIER_BYTES;
-use crate::{ConsumeRequest, ConsumeTokensResponse, Error, ErrorKind, Target};
-
-/// How many times a request may find its tokens taken by others before it gives up (each
-/// round is a lease that was granted in full; under normal contention one or two suffice).
-const ROUNDS: usize = 16;
+use crate::ConsumeTokensResponse;
 
 /// The shortest time a speculative lease is sized to last.
 const MIN_LEASE_SPAN: Duration = Duration::from_millis(100);
 
 /// A lease that no runtime could take: driven by the request that started it.
-type InlineLease = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+pub(super) type InlineLease = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
 
 impl Inner {
     /// Starts a background lease for a bucket that crossed its low-water mark.
@@ -64,234 +50,11 @@ impl Inner {
         }
     }
 
-    pub(super) async fn check_slow(
-        self: Arc<Self>,
-        user: Box<str>,
-        target: Target<'static>,
-        cost: u64,
-    ) -> Result<Decision, Error> {
-        if user.trim().is_empty() || user.len() > MAX_USER_IDENTIFIER_BYTES {
-            return Err(Error::new(
-                ErrorKind::InvalidInput,
-                format!(
-                    "the user identifier must be non-blank and at most \
-                     {MAX_USER_IDENTIFIER_BYTES} bytes"
-                ),
-            ));
-        }
-        self.maybe_sweep();
-        let mut last_rule = None;
-        for _ in 0..ROUNDS {
-            let now = self.clock.now();
-            let now_ms = millis(now);
-            let (key, lease_target, rule) = match self.resolve(&target, now_ms) {
-                None => (
-                    FlightKey::Target {
-                        user: user.clone(),
-                        target: TargetKey::from_target(&target),
-                    },
-                    Arc::new(TargetKey::from_target(&target)),
-                    None,
-                ),
-                Some((rule, target_key)) => {
-                    last_rule = Some(rule);
-                    if rule.is_default && !self.lease_default_rule {
-                        return self.per_request(&user, &target, cost, now).await;
-                    }
-                    if let Some(decision) = self.take_or_deny(&user, rule, cost, now) {
-                        return Ok(decision);
-                    }
-                    let key = FlightKey::Bucket {
-                        user: user.clone(),
-                        slot: rule.slot,
-                    };
-                    (key, target_key, Some(rule))
-                }
-            };
-            let (reply, answer) = oneshot::channel();
-            let waiter = Waiter { cost, reply };
-            match self.join_or_start(key, &lease_target, rule, waiter, now) {
-                Ok(Some(lease)) => lease.await,
-                Ok(None) => {}
-                Err((error, retry_after)) => return self.unavailable(error, retry_after),
-            }
-            match answer.await {
-                Ok(Answer::Granted {
-                    rule,
-                    source_remaining,
-                    tokens_left,
-                }) => {
-                    return Ok(Decision {
-                        source: DecisionSource::TokenSource,
-                        ..Decision::local(tokens_left, source_remaining, rule)
-                    })
-                }
-                Ok(Answer::Denied {
-                    rule,
-                    source_remaining,
-                    retry_after,
-                }) => {
-                    return Ok(Decision::denied(
-                        DecisionSource::TokenSource,
-                        retry_after,
-                        source_remaining,
-                        rule,
-                    ))
-                }
-                Ok(Answer::Failed(error)) => {
-                    let retry_after = error.retry_after().unwrap_or(Duration::from_secs(1));
-                    return self.unavailable(error, retry_after);
-                }
-                Ok(Answer::Again) => {}
-                Err(_) => {
-                    let error = Error::new(
-                        ErrorKind::Network,
-                        "the lease was abandoned before the source answered",
-                    );
-                    return self.unavailable(error, Duration::from_secs(1));
-                }
-            }
-        }
-        // The rule kept changing under this request: denied, never admitted without a token.
-        bump(&self.counters.denied_by_source, 1);
-        Ok(match last_rule {
-            Some(rule) => Decision::denied(DecisionSource::TokenSource, Duration::ZERO, 0, rule),
-            None => Decision::unavailable(false, ErrorKind::Unavailable, Duration::from_secs(1)),
-        })
-    }
-
-    /// Takes from the bucket of (user, rule), or denies from the denial cache; `None` when the
-    /// source must be asked.
-    fn take_or_deny(
-        &self,
-        user: &str,
-        rule: RuleSummary,
-        cost: u64,
-        now: Timestamp,
-    ) -> Option<Decision> {
-        let now_ms = millis(now);
-        let guard = self.buckets.guard();
-        let bucket = self.bucket(user, rule, now_ms, &guard);
-        loop {
-            match bucket.try_take(cost, now_ms) {
-                Take::Taken(left) => {
-                    return Some(Decision::local(left, bucket.source_remaining(), rule))
-                }
-                Take::Stale => bump(&self.counters.expired_tokens, bucket.drop_stale(now_ms)),
-                Take::Expired => {
-                    if bucket.is_dead() {
-                        return None;
-                    }
-                    bump(&self.counters.expired_tokens, bucket.expire(now_ms));
-                }
-                Take::Empty => return self.denied_locally(bucket, rule),
-            }
-        }
-    }
-
-    /// Registers `waiter` on the lease in flight for `key`, or starts one (returned for the
-    /// caller to drive when there is no runtime). `Err` when the breaker forbids calling.
-    fn join_or_start(
-        self: &Arc<Self>,
-        key: FlightKey,
-        target: &Arc<TargetKey>,
-        rule: Option<RuleSummary>,
-        waiter: Waiter,
-        now: Timestamp,
-    ) -> Result<Option<InlineLease>, (Error, Duration)> {
-        let mut blocked = None;
-        let joined = self
-            .flights
-            .join(&key, vec![waiter], || match self.breaker.gate(now) {
-                super::breaker::Gate::Call => true,
-                super::breaker::Gate::Blocked { error, retry_after } => {
-                    blocked = Some((error, retry_after));
-                    false
-                }
-            });
-        match joined {
-            Joined::Waiting => Ok(None),
-            Joined::Started(flight) => Ok(self.start(key, target.clone(), rule, flight)),
-            Joined::Refused => Err(blocked.unwrap_or_else(|| {
-                (
-                    Error::new(
-                        ErrorKind::Unavailable,
-                        "the token source is not being called",
-                    ),
-                    Duration::from_secs(1),
-                )
-            })),
-        }
-    }
-
-    fn per_request_decision(
-        &self,
-        rule: RuleSummary,
-        granted: u64,
-        cost: u64,
-        source_remaining: u64,
-        retry_after: Duration,
-    ) -> Decision {
-        if granted >= cost {
-            bump(&self.counters.allowed_by_source, 1);
-            Decision {
-                source: DecisionSource::TokenSource,
-                ..Decision::local(0, source_remaining, rule)
-            }
-        } else {
-            bump(&self.counters.denied_by_source, 1);
-            Decision::denied(
-                DecisionSource::TokenSource,
-                retry_after,
-                source_remaining,
-                rule,
-            )
-        }
-    }
-
-    /// The SDKs' behaviour for the default rule: one call per request, no local bucket.
-    async fn per_request(
-        &self,
-        user: &str,
-        target: &Target<'_>,
-        cost: u64,
-        now: Timestamp,
-    ) -> Result<Decision, Error> {
-        if let super::breaker::Gate::Blocked { error, retry_after } = self.breaker.gate(now) {
-            return self.unavailable(error, retry_after);
-        }
-        match self.call(user, target, cost, Some(cost)).await {
-            Ok(answer) => {
-                let now_ms = millis(self.clock.now());
-                let rule = self.learn(&answer.rule, now_ms);
-                self.remember(Arc::new(TargetKey::from_target(target)), rule, now_ms);
-                let granted = answer.tokens_consumed.min(cost);
-                bump(&self.counters.per_request_tokens, granted);
-                let retry_after = next_token(&answer, rule)
-                    + rule
-                        .refill_rate
-                        .time_for(cost.saturating_sub(answer.tokens_remaining + 1))
-                        .unwrap_or(Duration::ZERO);
-                Ok(self.per_request_decision(
-                    rule,
-                    granted,
-                    cost,
-                    answer.tokens_remaining,
-                    retry_after,
-                ))
-            }
-            Err(error) => {
-                let retry_after = error.retry_after().unwrap_or(Duration::from_secs(1));
-                self.unavailable(error, retry_after)
-            }
-        }
-    }
-
     /// Starts the lease of a registered flight: spawned on the current tokio runtime when
     /// there is one (so that a cancelled request does not cancel what others wait for);
     /// without a runtime, returned for the caller to drive.
     #[must_use]
-    fn start(
+    pub(super) fn start(
         self: &Arc<Self>,
         key: FlightKey,
         target: Arc<TargetKey>,
@@ -487,7 +250,6 @@ impl Inner {
             }
             return None;
         }
-        bump(&self.counters.leased_tokens, granted);
         // The waiters first, in the order they came.
         let mut pool = granted;
         let mut served = Vec::new();
@@ -505,6 +267,8 @@ impl Inner {
         let deadline_ms = millis(started + self.token_horizon).saturating_sub(2);
         let buckets = self.buckets.guard();
         let bucket = self.file_tokens(user, rule, pool, deadline_ms, now_ms, &buckets);
+        // Counted once the bucket holds its part: leased = admitted + held + lost, always.
+        bump(&self.counters.leased_tokens, granted);
         bucket.set_source_remaining(remaining);
         bucket.touch(now_ms);
         if remaining == 0 {
@@ -575,7 +339,7 @@ impl Inner {
         deadline_ms: u64,
         now_ms: u64,
         guard: &'g papaya::LocalGuard<'_>,
-    ) -> &'g super::bucket::LocalBucket {
+    ) -> &'g LocalBucket {
         let mut bucket = self.bucket(user, rule, now_ms, guard);
         let mut deposit = tokens;
         loop {
@@ -592,116 +356,11 @@ impl Inner {
             }
         }
     }
-
-    /// One call to the source, counted and timed, with the breaker told how it went.
-    async fn call(
-        &self,
-        user: &str,
-        target: &Target<'_>,
-        tokens: u64,
-        default_match: Option<u64>,
-    ) -> Result<ConsumeTokensResponse, Error> {
-        bump(&self.counters.source_calls, 1);
-        let mut request = ConsumeRequest::new(user, target, tokens);
-        request.tokens_requested_for_default_bucket_match = default_match;
-        let started = self.clock.now();
-        let call = self.source.consume_tokens_boxed(request);
-        let result = match self.source_timeout {
-            Some(limit) => match tokio::time::timeout(limit, call).await {
-                Ok(result) => result,
-                Err(_) => Err(Error::new(
-                    ErrorKind::Timeout,
-                    format!(
-                        "the token source did not answer within {} ms",
-                        limit.as_millis()
-                    ),
-                )),
-            },
-            None => call.await,
-        };
-        let now = self.clock.now();
-        match result {
-            Ok(answer) if answer.tokens_consumed > tokens => {
-                // An answer that contradicts the request cannot be trusted at all.
-                let error = Error::new(
-                    ErrorKind::Decode,
-                    format!(
-                        "the token source granted {} tokens for a request of {tokens}",
-                        answer.tokens_consumed
-                    ),
-                );
-                self.failed(&error, now);
-                Err(error)
-            }
-            Ok(answer) => {
-                self.breaker.success();
-                self.observe_latency(now.saturating_duration_since(started));
-                Ok(answer)
-            }
-            Err(error) => {
-                self.failed(&error, now);
-                Err(error)
-            }
-        }
-    }
-
-    /// Updates the source's latency estimate (an exponential average over ~8 calls).
-    fn observe_latency(&self, latency: Duration) {
-        let sample = duration_to_nanos(latency);
-        let _ = self
-            .latency_nanos
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
-                Some(if old == 0 {
-                    sample.max(1)
-                } else {
-                    (old * 7 + sample) / 8
-                })
-            });
-    }
-
-    /// The source's latency, as estimated.
-    pub(super) fn latency(&self) -> Duration {
-        Duration::from_nanos(self.latency_nanos.load(Ordering::Relaxed))
-    }
-
-    /// Counts and reports a failed call.
-    fn failed(&self, error: &Error, now: Timestamp) {
-        let counter = if error.is_configuration() {
-            &self.counters.configuration_errors
-        } else if error.is_outage() {
-            &self.counters.outage_errors
-        } else {
-            &self.counters.other_errors
-        };
-        bump(counter, 1);
-        if !error.is_configuration() {
-            tracing::debug!(target: "lightrate::limiter", error = %error, "token source call failed");
-        }
-        self.breaker.failure(error, now);
-    }
-
-    /// The outage policy.
-    fn unavailable(&self, error: Error, retry_after: Duration) -> Result<Decision, Error> {
-        match self.on_unavailable {
-            OnUnavailable::Allow => {
-                bump(&self.counters.allowed_unavailable, 1);
-                Ok(Decision::unavailable(true, error.kind(), Duration::ZERO))
-            }
-            OnUnavailable::Deny => {
-                bump(&self.counters.denied_unavailable, 1);
-                Ok(Decision::unavailable(false, error.kind(), retry_after))
-            }
-            OnUnavailable::Error => {
-                bump(&self.counters.denied_unavailable, 1);
-                Err(error)
-            }
-        }
-    }
 }
 
 /// How long a request costing `cost` waits for its tokens at a source that has `remaining` and
 /// gets its next one in `next`.
-fn wait_for(rule: RuleSummary, cost: u64, remaining: u64, next: Duration) -> Duration {
+pub(super) fn wait_for(rule: RuleSummary, cost: u64, remaining: u64, next: Duration) -> Duration {
     if remaining >= cost {
         return Duration::ZERO;
     }
@@ -711,7 +370,7 @@ fn wait_for(rule: RuleSummary, cost: u64, remaining: u64, next: Duration) -> Dur
 
 /// How long until the source has one more token than it said: what it told us (lightrate's own
 /// sources say), else a whole token's time (the hosted API does not say).
-fn next_token(answer: &ConsumeTokensResponse, rule: RuleSummary) -> Duration {
+pub(super) fn next_token(answer: &ConsumeTokensResponse, rule: RuleSummary) -> Duration {
     match answer.retry_after_ms {
         Some(ms) => Duration::from_millis(ms),
         None => rule

@@ -45,13 +45,14 @@
 mod breaker;
 mod bucket;
 mod builder;
+mod call;
 mod decision;
-mod env;
 mod flight;
 mod keys;
 mod lease;
 mod memo;
 mod routing;
+mod slow;
 mod stats;
 
 use std::collections::HashMap;
@@ -69,7 +70,6 @@ pub use self::builder::{
     DEFAULT_TOKEN_HORIZON, MAX_LEASE_SIZE,
 };
 pub use self::decision::{Decision, DecisionSource, RuleSummary};
-pub use self::env::EnvSource;
 pub use self::stats::Stats;
 
 use self::breaker::Breaker;

@@ -1,10 +1,11 @@
-//! A limiter configured from the environment, as the example apps document it.
+//! A limiter configured from the environment, as the demo apps document it: each
+//! `LIGHTRATE_*` variable read once (names and parsers in `env_vars`), whichever source is
+//! chosen.
 
 use std::time::Duration;
 
-use super::{LimiterBuilder, OnUnavailable};
-use crate::client::ClientBuilder;
-use crate::{EmbeddedSource, Error, ErrorKind, Limiter, RuleSet};
+use crate::env_vars;
+use crate::{EmbeddedSource, Error, ErrorKind, Limiter, LimiterBuilder, OnUnavailable, RuleSet};
 
 /// Where a limiter built by [`Limiter::builder_from_env`] takes its tokens from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,12 +57,51 @@ impl Limiter {
     ///
     /// | variable | meaning |
     /// |---|---|
-    /// | `LIGHTRATE_API_KEY`, `LIGHTRATE_APPLICATION_ID` | both set: tokens from the LightRate API; neither: the embedded source with `rules`; one alone is an error |
+    /// | `LIGHTRATE_API_KEY`, `LIGHTRATE_APPLICATION_ID` | both set: tokens from the LightRate API (needs the `client` feature); neither: the embedded source with `rules`; one alone is an error |
     /// | `LIGHTRATE_BASE_URL`, `LIGHTRATE_TIMEOUT_MS` | the API client's base URL and deadline |
-    /// | `LIGHTRATE_LOCAL_BUCKET_SIZE` | the most tokens one call may lease (default [`DEFAULT_LEASE_SIZE`](crate::DEFAULT_LEASE_SIZE); leases are sized by demand and scarcity up to it) |
-    /// | `LIGHTRATE_ON_UNAVAILABLE` | `allow`, `deny` or `error` (default `allow`) |
+    /// | `LIGHTRATE_LOCAL_BUCKET_SIZE`, `LIGHTRATE_ON_UNAVAILABLE` | see [`LimiterBuilder::env_settings`] |
+    ///
+    /// `lightrate::redis::builder_from_env` adds Redis to the choice (`LIGHTRATE_REDIS_URL`).
     pub fn builder_from_env(rules: RuleSet) -> Result<(LimiterBuilder, EnvSource), Error> {
         builder_from_lookup(rules, |name| std::env::var(name).ok())
+    }
+}
+
+impl LimiterBuilder {
+    /// Applies the limiter's own settings from the environment, whatever the source:
+    ///
+    /// | variable | meaning |
+    /// |---|---|
+    /// | `LIGHTRATE_LOCAL_BUCKET_SIZE` | the cap of a lease, [`lease_size`](Self::lease_size) (default [`DEFAULT_LEASE_SIZE`](crate::DEFAULT_LEASE_SIZE); leases are sized by demand and scarcity up to it) |
+    /// | `LIGHTRATE_ON_UNAVAILABLE` | `allow`, `deny` or `error` (default `allow`) |
+    ///
+    /// ```
+    /// use lightrate_core::{EmbeddedSource, Limiter, RuleSet};
+    ///
+    /// let limiter = Limiter::builder(EmbeddedSource::new(RuleSet::demo()))
+    ///     .env_settings()?
+    ///     .build();
+    /// # Ok::<(), lightrate_core::Error>(())
+    /// ```
+    pub fn env_settings(self) -> Result<Self, Error> {
+        self.env_settings_from(|name| std::env::var(name).ok())
+    }
+
+    /// [`env_settings`](Self::env_settings) from `var` instead of the process environment
+    /// (for sources built from the environment elsewhere, and their tests).
+    #[doc(hidden)]
+    pub fn env_settings_from(
+        mut self,
+        var: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, Error> {
+        let var = |name: &str| var(name).filter(|v| !v.trim().is_empty());
+        if let Some(size) = var(env_vars::LOCAL_BUCKET_SIZE) {
+            self = self.lease_size(env_vars::local_bucket_size(&size)?);
+        }
+        if let Some(policy) = var(env_vars::ON_UNAVAILABLE) {
+            self = self.on_unavailable(policy.parse::<OnUnavailable>()?);
+        }
+        Ok(self)
     }
 }
 
@@ -69,23 +109,9 @@ pub(crate) fn builder_from_lookup(
     rules: RuleSet,
     var: impl Fn(&str) -> Option<String>,
 ) -> Result<(LimiterBuilder, EnvSource), Error> {
-    let var = |name: &str| var(name).filter(|v| !v.trim().is_empty());
-    let (mut builder, source) = match (var("LIGHTRATE_API_KEY"), var("LIGHTRATE_APPLICATION_ID")) {
-        (Some(_), Some(_)) => {
-            let client = ClientBuilder::from_lookup(var)?.build()?;
-            let config = client.get_configuration();
-            // LIGHTRATE_LOCAL_BUCKET_SIZE, when set, caps leases (below); unset, the limiter's
-            // own default cap applies, not the SDKs' 5.
-            let builder = Limiter::builder(client);
-            (
-                builder,
-                EnvSource::Api {
-                    base_url: config.base_url,
-                    application_id: config.application_id,
-                    timeout: config.timeout,
-                },
-            )
-        }
+    let set = |name: &str| var(name).filter(|v| !v.trim().is_empty());
+    let (builder, source) = match (set(env_vars::API_KEY), set(env_vars::APPLICATION_ID)) {
+        (Some(_), Some(_)) => api(&var)?,
         (None, None) => (
             Limiter::builder(EmbeddedSource::new(rules)),
             EnvSource::Embedded,
@@ -93,37 +119,49 @@ pub(crate) fn builder_from_lookup(
         _ => {
             return Err(Error::new(
                 ErrorKind::Configuration,
-                "set both LIGHTRATE_API_KEY and LIGHTRATE_APPLICATION_ID, or neither",
+                format!(
+                    "set both {} and {}, or neither",
+                    env_vars::API_KEY,
+                    env_vars::APPLICATION_ID
+                ),
             ))
         }
     };
-    if let Some(size) = var("LIGHTRATE_LOCAL_BUCKET_SIZE") {
-        let size: u64 = size.trim().parse().map_err(|_| {
-            Error::new(
-                ErrorKind::Configuration,
-                format!("LIGHTRATE_LOCAL_BUCKET_SIZE must be a positive integer, not {size:?}"),
-            )
-        })?;
-        builder = builder.lease_size(size);
-    }
-    if let Some(policy) = var("LIGHTRATE_ON_UNAVAILABLE") {
-        builder = builder.on_unavailable(policy.parse::<OnUnavailable>()?);
-    }
-    Ok((builder, source))
+    Ok((builder.env_settings_from(var)?, source))
+}
+
+/// The LightRate API as the source. Unset, `LIGHTRATE_LOCAL_BUCKET_SIZE` leaves the limiter's
+/// own cap, not the SDKs' 5.
+#[cfg(feature = "client")]
+fn api(var: &impl Fn(&str) -> Option<String>) -> Result<(LimiterBuilder, EnvSource), Error> {
+    let client = crate::ClientBuilder::from_lookup(var)?.build()?;
+    let config = client.get_configuration();
+    let source = EnvSource::Api {
+        base_url: config.base_url,
+        application_id: config.application_id,
+        timeout: config.timeout,
+    };
+    Ok((Limiter::builder(client), source))
+}
+
+/// Without the `client` feature there is no API client to build.
+#[cfg(not(feature = "client"))]
+fn api(_var: &impl Fn(&str) -> Option<String>) -> Result<(LimiterBuilder, EnvSource), Error> {
+    Err(Error::new(
+        ErrorKind::Configuration,
+        format!(
+            "{} and {} are set, but lightrate was built without its `client` feature: enable \
+             it to take tokens from the LightRate API",
+            env_vars::API_KEY,
+            env_vars::APPLICATION_ID
+        ),
+    ))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
-
-    fn lookup(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: HashMap<String, String> = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        move |name| map.get(name).cloned()
-    }
+    use crate::env_vars::lookup;
 
     #[test]
     fn no_key_means_the_embedded_source() {
@@ -133,6 +171,7 @@ mod tests {
         assert_eq!(limiter.on_unavailable(), OnUnavailable::Allow);
     }
 
+    #[cfg(feature = "client")]
     #[test]
     fn a_key_and_an_application_mean_the_api() {
         let (builder, source) = builder_from_lookup(
@@ -160,6 +199,7 @@ mod tests {
         assert!(format!("{limiter:?}").contains("lease_size: 7"));
     }
 
+    #[cfg(feature = "client")]
     #[test]
     fn without_a_bucket_size_the_cap_is_the_limiters_default() {
         let (builder, _) = builder_from_lookup(
@@ -188,5 +228,25 @@ mod tests {
             let e = builder_from_lookup(RuleSet::demo(), lookup(&vars)).unwrap_err();
             assert_eq!(e.kind(), ErrorKind::Configuration, "{vars:?}");
         }
+    }
+
+    #[test]
+    fn settings_apply_to_any_source() {
+        let limiter = Limiter::builder(EmbeddedSource::new(RuleSet::demo()))
+            .env_settings_from(lookup(&[
+                ("LIGHTRATE_LOCAL_BUCKET_SIZE", "7"),
+                ("LIGHTRATE_ON_UNAVAILABLE", "deny"),
+            ]))
+            .unwrap()
+            .build();
+        assert_eq!(limiter.on_unavailable(), OnUnavailable::Deny);
+        assert!(format!("{limiter:?}").contains("lease_size: 7"));
+        let e = Limiter::builder(EmbeddedSource::new(RuleSet::demo()))
+            .env_settings_from(lookup(&[("LIGHTRATE_LOCAL_BUCKET_SIZE", "0")]))
+            .unwrap_err();
+        assert_eq!(
+            e.message(),
+            "LIGHTRATE_LOCAL_BUCKET_SIZE must be a positive integer, not \"0\""
+        );
     }
 }

@@ -1,0 +1,99 @@
+//! One call to the token source: timed, bounded by the limiter's own deadline when it has one,
+//! checked (a grant of more than was asked is not believed), and told to the breaker.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use super::stats::bump;
+use super::Inner;
+use crate::clock::{duration_to_nanos, Timestamp};
+use crate::{ConsumeRequest, ConsumeTokensResponse, Error, ErrorKind, Target};
+
+impl Inner {
+    /// One call to the source, counted and timed, with the breaker told how it went.
+    pub(super) async fn call(
+        &self,
+        user: &str,
+        target: &Target<'_>,
+        tokens: u64,
+        default_match: Option<u64>,
+    ) -> Result<ConsumeTokensResponse, Error> {
+        bump(&self.counters.source_calls, 1);
+        let mut request = ConsumeRequest::new(user, target, tokens);
+        request.tokens_requested_for_default_bucket_match = default_match;
+        let started = self.clock.now();
+        let call = self.source.consume_tokens_boxed(request);
+        let result = match self.source_timeout {
+            Some(limit) => match tokio::time::timeout(limit, call).await {
+                Ok(result) => result,
+                Err(_) => Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "the token source did not answer within {} ms",
+                        limit.as_millis()
+                    ),
+                )),
+            },
+            None => call.await,
+        };
+        let now = self.clock.now();
+        match result {
+            Ok(answer) if answer.tokens_consumed > tokens => {
+                // An answer that contradicts the request cannot be trusted at all.
+                let error = Error::new(
+                    ErrorKind::Decode,
+                    format!(
+                        "the token source granted {} tokens for a request of {tokens}",
+                        answer.tokens_consumed
+                    ),
+                );
+                self.failed(&error, now);
+                Err(error)
+            }
+            Ok(answer) => {
+                self.breaker.success();
+                self.observe_latency(now.saturating_duration_since(started));
+                Ok(answer)
+            }
+            Err(error) => {
+                self.failed(&error, now);
+                Err(error)
+            }
+        }
+    }
+
+    /// Updates the source's latency estimate (an exponential average over ~8 calls).
+    fn observe_latency(&self, latency: Duration) {
+        let sample = duration_to_nanos(latency);
+        let _ = self
+            .latency_nanos
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+                Some(if old == 0 {
+                    sample.max(1)
+                } else {
+                    (old * 7 + sample) / 8
+                })
+            });
+    }
+
+    /// The source's latency, as estimated.
+    pub(super) fn latency(&self) -> Duration {
+        Duration::from_nanos(self.latency_nanos.load(Ordering::Relaxed))
+    }
+
+    /// Counts and reports a failed call.
+    fn failed(&self, error: &Error, now: Timestamp) {
+        let counter = if error.is_configuration() {
+            &self.counters.configuration_errors
+        } else if error.is_outage() {
+            &self.counters.outage_errors
+        } else {
+            &self.counters.other_errors
+        };
+        bump(counter, 1);
+        if !error.is_configuration() {
+            tracing::debug!(target: "lightrate::limiter", error = %error, "token source call failed");
+        }
+        self.breaker.failure(error, now);
+    }
+}
