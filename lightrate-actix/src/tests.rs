@@ -694,12 +694,7 @@ async fn an_unavailable_source_follows_the_outage_policy() {
 async fn local_hits_do_not_wait_for_the_source() {
     // A rule with room, and leases of at least five: after the lease that learns the rule,
     // one call per five requests.
-    let source = Recording::with_rules(
-        lightrate_core::RuleSet::builder()
-            .default_rule(lightrate_core::RefillRate::per_second(1000), 10_000)
-            .build()
-            .unwrap(),
-    );
+    let source = Recording::ample();
     let limiter = source.builder(10_000).min_lease_size(5).build();
     let app = init_service(
         App::new()

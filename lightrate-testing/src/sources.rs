@@ -56,6 +56,17 @@ impl Recording {
         Recording::with_rules(RuleSet::demo())
     }
 
+    /// One default rule with room to spare (1 000 tokens a second, a burst of 10 000), time
+    /// standing still: leases grow past one request's cost.
+    pub fn ample() -> Arc<Self> {
+        Recording::with_rules(
+            RuleSet::builder()
+                .default_rule(RefillRate::per_second(1000), 10_000)
+                .build()
+                .unwrap_or_else(|_| unreachable!("one default rule is valid")),
+        )
+    }
+
     /// These rules, time standing still.
     pub fn with_rules(rules: RuleSet) -> Arc<Self> {
         Arc::new(Recording {

@@ -212,53 +212,37 @@ impl LocalBucket {
 
     /// Drops the tokens past their deadline; returns how many were lost.
     pub(crate) fn expire(&self, now_ms: u64) -> u64 {
-        let mut current = self.state.load(Ordering::Acquire);
-        loop {
-            if current & DEAD != 0 || now_ms < deadline_of(current) || tokens_of(current) == 0 {
-                return 0;
-            }
-            let next = current & !TOKEN_MASK;
-            match self.state.compare_exchange_weak(
-                current,
-                next,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => {
-                    let lost = tokens_of(current);
-                    self.lost.fetch_add(lost, Ordering::Relaxed);
-                    return lost;
-                }
-                Err(actual) => current = actual,
-            }
-        }
+        self.lose(|current| {
+            let dead = now_ms >= deadline_of(current);
+            dead.then_some(0)
+        })
     }
 
     /// Drops what is left of the older generation once its deadline passed; returns how many
     /// tokens were lost.
     pub(crate) fn drop_stale(&self, now_ms: u64) -> u64 {
-        let mut current = self.state.load(Ordering::Acquire);
-        loop {
+        self.lose(|_| {
             let older = self.older.load(Ordering::Acquire);
-            let tokens = tokens_of(current);
-            if current & DEAD != 0 || now_ms < older_deadline(older) || tokens <= newest_of(older) {
-                return 0;
-            }
-            let next = (current & !TOKEN_MASK) | newest_of(older);
-            match self.state.compare_exchange_weak(
-                current,
-                next,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => {
-                    let lost = tokens - newest_of(older);
-                    self.lost.fetch_add(lost, Ordering::Relaxed);
-                    return lost;
-                }
-                Err(actual) => current = actual,
-            }
-        }
+            (now_ms >= older_deadline(older)).then_some(newest_of(older))
+        })
+    }
+
+    /// Lowers the live bucket's tokens to `keep(state)` when that is `Some` and lower, counting
+    /// the difference lost; returns it.
+    fn lose(&self, keep: impl Fn(u64) -> Option<u64>) -> u64 {
+        let mut lost = 0;
+        let _ = self
+            .state
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |current| {
+                // Set anew on every attempt: only the one that succeeds counts.
+                lost = 0;
+                let tokens = tokens_of(current);
+                let kept = keep(current).filter(|k| current & DEAD == 0 && *k < tokens)?;
+                lost = tokens - kept;
+                Some((current & !TOKEN_MASK) | kept)
+            });
+        self.lost.fetch_add(lost, Ordering::Relaxed);
+        lost
     }
 
     /// Marks the bucket removed if nothing needs it any more at `now_ms`: no live tokens, no
