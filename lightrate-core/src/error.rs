@@ -184,15 +184,22 @@ impl Error {
     }
 
     /// Replaces every occurrence of `secret` in the message (servers sometimes echo what they
-    /// were sent).
-    #[cfg(feature = "client")]
+    /// were sent), when it is long enough to be a secret: [`MIN_SCRUBBED_SECRET_BYTES`] or
+    /// more. A shorter one cannot be told from ordinary text (a key `k` would turn
+    /// `/api/v1/tokens` into `/api/v1/to[redacted]ens`, and show which letters the key is);
+    /// such keys are warned about when a client is built.
+    #[cfg_attr(not(feature = "client"), allow(dead_code))]
     pub(crate) fn scrub(mut self, secret: &str) -> Self {
-        if !secret.is_empty() && self.message.contains(secret) {
+        if secret.len() >= MIN_SCRUBBED_SECRET_BYTES && self.message.contains(secret) {
             self.message = self.message.replace(secret, "[redacted]");
         }
         self
     }
 }
+
+/// The shortest secret scrubbed from error messages.
+#[cfg_attr(not(feature = "client"), allow(dead_code))]
+pub(crate) const MIN_SCRUBBED_SECRET_BYTES: usize = 8;
 
 impl fmt::Debug for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -284,12 +291,28 @@ mod tests {
         assert!(!teapot.is_outage() && !teapot.is_configuration());
     }
 
-    #[cfg(feature = "client")]
     #[test]
     fn scrub_removes_secret_from_message() {
         let e = Error::from_status(StatusCode::UNAUTHORIZED, "bad key sk_live_123 given")
             .scrub("sk_live_123");
         assert_eq!(e.message(), "bad key [redacted] given");
         assert!(!format!("{e:?}{e}").contains("sk_live_123"));
+        // Inside a longer token it is still the key.
+        let e = Error::new(ErrorKind::Api, "key=sk_live_123abc").scrub("sk_live_123");
+        assert_eq!(e.message(), "key=[redacted]abc");
+    }
+
+    #[test]
+    fn short_keys_do_not_mangle_messages() {
+        let text = "POST /api/v1/tokens/consume answered 401";
+        for key in ["k", "to", "consume"] {
+            assert_eq!(
+                Error::new(ErrorKind::Api, text).scrub(key).message(),
+                text,
+                "{key}"
+            );
+        }
+        let e = Error::new(ErrorKind::Api, "the key sk_12345 was refused").scrub("sk_12345");
+        assert_eq!(e.message(), "the key [redacted] was refused");
     }
 }

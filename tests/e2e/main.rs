@@ -7,5 +7,6 @@ mod auth;
 mod axum;
 mod examples;
 mod hot_key;
+mod secrets;
 mod suite;
 mod support;

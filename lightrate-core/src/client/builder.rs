@@ -188,6 +188,9 @@ impl fmt::Debug for ClientBuilder {
     }
 }
 
+/// Keys shorter than this are warned about when a client is built.
+const SHORT_KEY_BYTES: usize = 16;
+
 impl ClientBuilder {
     pub(super) fn new(api_key: String, application_id: String) -> Self {
         ClientBuilder {
@@ -260,6 +263,17 @@ impl ClientBuilder {
             return Err(config("the local bucket size must be at least 1"));
         }
         let endpoint = endpoint(&self.base_url)?;
+        if self.api_key.len() < SHORT_KEY_BYTES {
+            // Without the key or any part of it: its length is all that is said.
+            tracing::warn!(
+                target: "lightrate::client",
+                key_bytes = self.api_key.len(),
+                "the API key is shorter than {SHORT_KEY_BYTES} bytes: it is unlikely to be a \
+                 real key, and a key under {} bytes is not scrubbed from error messages \
+                 (it cannot be told from ordinary text)",
+                crate::error::MIN_SCRUBBED_SECRET_BYTES
+            );
+        }
 
         let mut headers = HeaderMap::new();
         let mut bearer = HeaderValue::try_from(format!("Bearer {}", self.api_key))
