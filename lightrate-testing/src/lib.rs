@@ -7,11 +7,13 @@
 //! - [`Counting`]: the system allocator, counting allocations per thread and live bytes, for
 //!   the tests that prove a local hit allocates nothing, and [`new_buckets`], what a live
 //!   bucket costs;
-//! - [`expect`]: what the adapters' tests expect of the answers, written once for both.
+//! - [`expect`]: what the adapters' tests expect of the answers, written once for both;
+//! - [`fuzzing`]: the bodies of the fuzz targets, for `cargo fuzz` and the corpus replay.
 
 mod alloc;
 mod buckets;
 pub mod expect;
+pub mod fuzzing;
 mod sources;
 
 pub use alloc::{allocations, live_bytes, Counting};
