@@ -366,7 +366,8 @@ impl fmt::Debug for RefillRate {
 impl fmt::Display for RefillRate {
     /// `N/<unit>` in the shortest unit (second, minute, hour, day) where the rate is a whole
     /// number, else `N/<k><unit>` when one token takes a whole number of days, hours or
-    /// minutes, else a decimal per second.
+    /// minutes, else the shortest decimal per second that reads back as this rate, else the
+    /// exact fraction `N/<k>ms`. What it writes always parses back as the same rate.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.tokens == 0 {
             return f.write_str("0/s");
@@ -383,7 +384,19 @@ impl fmt::Display for RefillRate {
                 return write!(f, "{}/{count}{}", self.tokens, names[0]);
             }
         }
-        write!(f, "{}/s", self.as_f64())
+        let per_second = self.as_f64();
+        for digits in 1..=17 {
+            let text = format!("{:.*e}", digits - 1, per_second);
+            if parse_decimal(&text, 1_000, Fit::Exact) == Some(*self) {
+                // The same digits, written without an exponent.
+                let plain = text.parse::<f64>().map_or(text.clone(), |x| format!("{x}"));
+                if parse_decimal(&plain, 1_000, Fit::Exact) == Some(*self) {
+                    return write!(f, "{plain}/s");
+                }
+                return write!(f, "{text}/s");
+            }
+        }
+        write!(f, "{}/{}ms", self.tokens, self.period_ms)
     }
 }
 
@@ -550,6 +563,11 @@ mod tests {
         assert_eq!(rate("1.25").to_string(), "75/min");
         assert_eq!(rate("90/min").to_string(), "90/min");
         assert_eq!(rate("0.000277778").to_string(), "0.000277778/s");
+        // Found by fuzzing: a rate held by approximation prints as text that reads back as it.
+        for text in ["0.0002777782", "0.000000123456789012", "3.0000000000000004"] {
+            let r = RefillRate::from_f64(text.parse().unwrap()).unwrap();
+            assert_eq!(rate(&r.to_string()), r, "{text} → {r}");
+        }
     }
 
     #[test]
@@ -636,6 +654,13 @@ mod tests {
             // And the wire keeps it within a few parts in 10¹⁵.
             let back: RefillRate = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
             prop_assert!((back.as_f64() - r.as_f64()).abs() <= r.as_f64() * 4e-15);
+        }
+
+        /// Whatever a float becomes prints as text that reads back as the same rate.
+        #[test]
+        fn display_always_reads_back(exp in -6.4f64..9.0, mantissa in 1.0f64..10.0) {
+            let r = RefillRate::from_f64(mantissa * 10f64.powf(exp)).unwrap();
+            prop_assert_eq!(rate(&r.to_string()), r);
         }
 
         /// N per unit is exact, as text and on the wire.
