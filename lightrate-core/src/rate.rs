@@ -16,6 +16,10 @@ use crate::{Error, ErrorKind};
 /// of up to 15 significant digits, and within a few parts in 10¹⁵ otherwise.
 const MAX_PERIOD_MS: u64 = 1_000_000_000_000;
 
+/// The fastest rate: 10¹⁵ tokens per millisecond (10¹⁸ per second), so that every rate, written
+/// as a float on the wire, reads back.
+const MAX_TOKENS_PER_MS: u64 = 1_000_000_000_000_000;
+
 const NANOS_PER_MS: u128 = 1_000_000;
 
 /// The units a rate can be written in, with their length in milliseconds (the first name is
@@ -77,8 +81,15 @@ impl RefillRate {
         period_ms: 1,
     };
 
-    /// `tokens` tokens every `period_ms` milliseconds, reduced; `None` if the period is 0 or
-    /// the reduced period is longer than [`MAX_PERIOD_MS`](Self::MAX_PERIOD_MS).
+    /// The fastest rate held: 10¹⁸ tokens per second.
+    pub const MAX: RefillRate = RefillRate {
+        tokens: MAX_TOKENS_PER_MS,
+        period_ms: 1,
+    };
+
+    /// `tokens` tokens every `period_ms` milliseconds, reduced; `None` if the period is 0, the
+    /// reduced period is longer than [`MAX_PERIOD_MS`](Self::MAX_PERIOD_MS), or the rate is
+    /// faster than [`MAX`](Self::MAX).
     pub const fn new(tokens: u64, period_ms: u64) -> Option<Self> {
         if period_ms == 0 {
             return None;
@@ -88,7 +99,7 @@ impl RefillRate {
         }
         let g = gcd(tokens as u128, period_ms as u128) as u64;
         let period_ms = period_ms / g;
-        if period_ms > MAX_PERIOD_MS {
+        if period_ms > MAX_PERIOD_MS || tokens / g / period_ms > MAX_TOKENS_PER_MS {
             return None;
         }
         Some(RefillRate {
@@ -97,11 +108,12 @@ impl RefillRate {
         })
     }
 
+    /// `tokens` per unit, saturating at [`MAX`](Self::MAX) (units are far shorter than the
+    /// longest period, so that is the only way `new` can refuse).
     const fn per_unit(tokens: u64, unit_ms: u64) -> Self {
         match RefillRate::new(tokens, unit_ms) {
             Some(rate) => rate,
-            // Units are far shorter than the longest period.
-            None => RefillRate::ZERO,
+            None => RefillRate::MAX,
         }
     }
 
@@ -301,10 +313,7 @@ fn from_ratio(num: u128, den: u128, fit: Fit) -> Option<RefillRate> {
     let g = gcd(num, den);
     let (num, den) = (num / g, den / g);
     if fit == Fit::Exact && den <= u128::from(MAX_PERIOD_MS) {
-        return Some(RefillRate {
-            tokens: u64::try_from(num).ok()?,
-            period_ms: u64::try_from(den).ok()?,
-        });
+        return RefillRate::new(u64::try_from(num).ok()?, u64::try_from(den).ok()?);
     }
     // Continued fraction convergents h/k of num/den, until one is close enough or the next
     // period would be too long.
@@ -525,6 +534,13 @@ mod tests {
         assert_eq!(rate("0"), RefillRate::ZERO);
         assert_eq!(rate("1e3"), RefillRate::per_second(1000));
         assert_eq!(rate("1000000000"), RefillRate::per_second(1_000_000_000));
+        // Found by fuzzing: near u64::MAX per millisecond a rate could not survive the wire.
+        assert!("18446744073709551610000".parse::<RefillRate>().is_err());
+        assert_eq!(RefillRate::per_second(u64::MAX), RefillRate::MAX);
+        let fastest: RefillRate = "999999999999999999".parse().unwrap();
+        let wire: RefillRate =
+            serde_json::from_str(&serde_json::to_string(&fastest).unwrap()).unwrap();
+        assert!((wire.as_f64() - fastest.as_f64()).abs() <= fastest.as_f64() * 4e-15);
     }
 
     #[test]
