@@ -13,8 +13,8 @@ fn every_corpus_input_passes_its_target() {
     for (name, target) in TARGETS {
         let folder = corpora.join(name);
         let mut inputs = 0;
-        for entry in std::fs::read_dir(&folder)
-            .unwrap_or_else(|e| panic!("{}: {e}", folder.display()))
+        for entry in
+            std::fs::read_dir(&folder).unwrap_or_else(|e| panic!("{}: {e}", folder.display()))
         {
             let path = entry.unwrap().path();
             let data = std::fs::read(&path).unwrap();
