@@ -445,6 +445,28 @@ impl<S> RunningServer<S> {
         replaced
     }
 
+    /// Reads the TOML rules file at `path` again and serves its rules (see
+    /// [`replace_rules`](Self::replace_rules)); returns them. A file that cannot be read or is
+    /// not valid is refused (kind `Configuration`, the message naming the line) and the rules
+    /// in force stay.
+    pub fn reload_rules_file(
+        &self,
+        path: impl AsRef<std::path::Path>,
+    ) -> Result<Arc<RuleSet>, Error>
+    where
+        S: TokenStore,
+    {
+        let rules = match RuleSet::from_toml_file(path) {
+            Ok(rules) => rules,
+            Err(e) => {
+                self.state.metrics.reload(false);
+                return Err(e);
+            }
+        };
+        let shown = Arc::new(rules.clone());
+        self.replace_rules(rules).map(|()| shown)
+    }
+
     /// Stops accepting, closes idle connections, lets requests in flight finish (up to the
     /// drain timeout), and waits for all of it.
     pub async fn shutdown(mut self) {
