@@ -40,10 +40,17 @@ pub(crate) struct Limits {
     pub(crate) drain_timeout: Duration,
 }
 
-/// When the request being read on a connection started: put in each request's extensions, so
-/// that the handler reads the body against the same deadline as the headers.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct RequestStarted(pub(crate) Instant);
+tokio::task_local! {
+    /// When the request being handled started arriving: set around each request's service
+    /// call (no allocation, unlike an extension), so that the handler reads the body against
+    /// the same deadline as the headers.
+    static REQUEST_STARTED: Instant;
+}
+
+/// When the request being handled started arriving, if it came through the accept loop.
+pub(crate) fn request_started() -> Option<Instant> {
+    REQUEST_STARTED.try_with(|started| *started).ok()
+}
 
 /// Accepts until `stopped`, then lets every connection finish its request (up to the drain
 /// timeout) and returns when all are closed.
@@ -120,11 +127,10 @@ async fn serve_connection(
     });
     let service =
         hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
-            let mut request = request.map(Body::new);
-            request
-                .extensions_mut()
-                .insert(RequestStarted(clock.started()));
-            let answer = service.clone().oneshot(request);
+            let answer = REQUEST_STARTED.scope(
+                clock.started(),
+                service.clone().oneshot(request.map(Body::new)),
+            );
             let clock = clock.clone();
             async move {
                 let answer = answer.await;

@@ -17,7 +17,7 @@ use lightrate_core::{ConsumeRequest, ErrorKind, Target, MAX_USER_IDENTIFIER_BYTE
 use serde_json::{json, Map, Value};
 use subtle::ConstantTimeEq;
 
-use crate::connection::RequestStarted;
+use crate::connection::request_started;
 use crate::metrics::{Outcome, ServerMetrics};
 use crate::{ServerConfig, TokenStore};
 
@@ -167,11 +167,7 @@ async fn answer<S: TokenStore>(
 ) -> (Response, Outcome, Option<String>, u64) {
     let refused = |status, outcome, message: &str| (error(status, message), outcome, None, 0);
     // Everything that the headers decide is answered before a byte of the body is read.
-    let deadline = request
-        .extensions()
-        .get::<RequestStarted>()
-        .map_or_else(Instant::now, |started| started.0)
-        + state.request_timeout;
+    let deadline = request_started().unwrap_or_else(Instant::now) + state.request_timeout;
     let (parts, body) = request.into_parts();
     let headers = parts.headers;
     let authorised =
