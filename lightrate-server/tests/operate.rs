@@ -65,7 +65,21 @@ struct Server {
 
 impl Server {
     fn start(config: &Path, extra: &[&str]) -> Server {
-        let mut child = Command::new(BIN)
+        Server::spawn(Command::new(BIN), config, extra)
+    }
+
+    /// Under a limit of `files` open descriptors (`ulimit -n`).
+    fn start_limited(files: u32, config: &Path, extra: &[&str]) -> Server {
+        let mut shell = Command::new("sh");
+        shell
+            .arg("-c")
+            .arg(format!("ulimit -n {files} && exec \"$0\" \"$@\""))
+            .arg(BIN);
+        Server::spawn(shell, config, extra)
+    }
+
+    fn spawn(mut command: Command, config: &Path, extra: &[&str]) -> Server {
+        let mut child = command
             .args(["--listen", "127.0.0.1:0", "--config"])
             .arg(config)
             .args(extra)
@@ -391,4 +405,56 @@ async fn json_logs_are_one_object_a_line_and_hold_no_key_and_no_redis_password()
         assert!(!line.contains(API_KEY), "{line}");
         assert!(!line.contains(password), "{line}");
     }
+}
+
+#[tokio::test]
+async fn the_default_connection_cap_follows_the_descriptor_limit() {
+    let dir = ScratchDir::new();
+    let config = dir.file("rules.toml", &rules(10));
+    // 64 descriptors: a cap of 32 connections, the rest kept for the process itself.
+    let mut server = Server::start_limited(64, &config, &["--request-timeout", "30s"]);
+    assert!(server.log_line("serving").contains("max_connections=32"));
+    let mut held = Vec::new();
+    for _ in 0..32 {
+        let mut stream = TcpStream::connect(server.addr()).await.unwrap();
+        stream
+            .write_all(b"GET /health HTTP/1.1\r\nhost: t\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 512];
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+        held.push(stream);
+    }
+    // Past the cap: refused at once, never an accept error.
+    for _ in 0..10 {
+        let mut stream = TcpStream::connect(server.addr()).await.unwrap();
+        let mut response = Vec::new();
+        let _ = stream.read_to_end(&mut response).await;
+        let response = String::from_utf8_lossy(&response);
+        assert!(response.starts_with("HTTP/1.1 503"), "{response}");
+    }
+    drop(held);
+    server.signal("TERM");
+    assert_eq!(server.exit().code(), Some(0));
+    let logs = server.all_logs();
+    assert!(
+        !logs.iter().any(|l| l.contains("accept failed")),
+        "{logs:#?}"
+    );
+}
+
+#[cfg(feature = "test-util")]
+#[tokio::test]
+async fn fault_delay_makes_every_answer_late() {
+    let dir = ScratchDir::new();
+    let config = dir.file("rules.toml", &rules(10));
+    let server = Server::start(&config, &["--fault-delay-ms", "300"]);
+    let start = Instant::now();
+    assert_eq!(left_and_burst(&consume(&server, "dave").await), (9, 10));
+    assert!(
+        start.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        start.elapsed()
+    );
 }
