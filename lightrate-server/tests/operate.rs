@@ -444,6 +444,52 @@ async fn the_default_connection_cap_follows_the_descriptor_limit() {
     );
 }
 
+#[tokio::test]
+async fn out_of_descriptors_the_server_backs_off_quietly_and_serves_again_once_they_are_freed() {
+    let dir = ScratchDir::new();
+    let config = dir.file("rules.toml", &rules(10));
+    // A cap above what 64 descriptors allow: accepts fail for want of descriptors.
+    let mut server = Server::start_limited(
+        64,
+        &config,
+        &["--max-connections", "1000", "--request-timeout", "60s"],
+    );
+    let mut idle = Vec::new();
+    for _ in 0..80 {
+        idle.push(TcpStream::connect(server.addr()).await.unwrap());
+    }
+    server.log_line("accept failed");
+    // Freed: served again within the back-off (at most 200 ms), whatever the OS's backlog.
+    drop(idle);
+    let start = Instant::now();
+    loop {
+        let served = tokio::time::timeout(Duration::from_millis(500), async {
+            let mut stream = TcpStream::connect(server.addr()).await.ok()?;
+            stream
+                .write_all(b"GET /health HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n")
+                .await
+                .ok()?;
+            let mut response = Vec::new();
+            stream.read_to_end(&mut response).await.ok()?;
+            Some(response.starts_with(b"HTTP/1.1 200"))
+        })
+        .await;
+        if let Ok(Some(true)) = served {
+            break;
+        }
+        assert!(start.elapsed() < PATIENCE, "not served again");
+    }
+    server.log_line("accepting again");
+    server.signal("TERM");
+    assert_eq!(server.exit().code(), Some(0));
+    let failures = server
+        .all_logs()
+        .iter()
+        .filter(|l| l.contains("accept failed"))
+        .count();
+    assert_eq!(failures, 1, "one line for the whole run of failures");
+}
+
 #[cfg(feature = "test-util")]
 #[tokio::test]
 async fn fault_delay_makes_every_answer_late() {
