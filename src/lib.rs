@@ -121,7 +121,8 @@ pub mod actix {
 #[cfg(feature = "server")]
 pub mod server {
     pub use lightrate_server::{
-        LightRateServer, RunningServer, ServerConfig, TokenStore, DEFAULT_BODY_LIMIT,
+        default_max_connections, LightRateServer, RunningServer, ServerConfig, TokenStore,
+        DEFAULT_BODY_LIMIT, DEFAULT_DRAIN_TIMEOUT, DEFAULT_REQUEST_TIMEOUT,
     };
 }
 

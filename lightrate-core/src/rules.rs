@@ -160,22 +160,42 @@ impl RuleSet {
         let file: TomlRules = toml::from_str(text).map_err(|e| {
             Error::new(ErrorKind::Configuration, format!("invalid rules file: {e}"))
         })?;
+        // An error found after parsing names the line of the table it is about.
+        let line_of = |span: std::ops::Range<usize>| {
+            1 + text.as_bytes()[..span.start.min(text.len())]
+                .iter()
+                .filter(|b| **b == b'\n')
+                .count()
+        };
+        let at_line = |line: usize, e: Error| {
+            Error::new(
+                ErrorKind::Configuration,
+                format!("invalid rules file: line {line}: {}", e.message()),
+            )
+        };
+        let default_line = line_of(file.default.span());
+        let default = file.default.into_inner();
         let mut builder = RuleSet::builder().default_rule_named(
-            file.default.name.unwrap_or_else(|| "Default".into()),
-            file.default.id,
-            file.default.refill_rate,
-            file.default.burst_rate,
+            default.name.unwrap_or_else(|| "Default".into()),
+            default.id,
+            default.refill_rate,
+            default.burst_rate,
         );
+        let mut lines = Vec::with_capacity(file.rules.len());
         for r in file.rules {
+            let line = line_of(r.span());
+            let r = r.into_inner();
             let http_method = match r.http_method {
                 Some(m) => Some(Method::from_bytes(m.as_bytes()).map_err(|_| {
-                    Error::new(
+                    let e = Error::new(
                         ErrorKind::Configuration,
                         format!("rule {:?}: invalid http_method {m:?}", r.name),
-                    )
+                    );
+                    at_line(line, e)
                 })?),
                 None => None,
             };
+            lines.push(line);
             builder = builder.rule(RuleSpec {
                 refill_rate: r.refill_rate,
                 id: r.id,
@@ -185,7 +205,14 @@ impl RuleSet {
                 burst_rate: r.burst_rate,
             });
         }
-        builder.build()
+        builder.build_located().map_err(|(e, at)| match at {
+            At::Default => at_line(default_line, e),
+            At::Rule(i) => match lines.get(i) {
+                Some(line) => at_line(*line, e),
+                None => e,
+            },
+            At::Nowhere => e,
+        })
     }
 
     /// Reads and parses a TOML rules file (see [`from_toml_str`](RuleSet::from_toml_str)).
@@ -384,12 +411,20 @@ impl RuleSetBuilder {
     /// Errors (kind [`ErrorKind::Configuration`]): no default rule, a burst of 0, an empty
     /// matcher, or two rules with the same id.
     pub fn build(self) -> Result<RuleSet, Error> {
+        self.build_located().map_err(|(e, _)| e)
+    }
+
+    /// [`build`](Self::build), saying which rule an error is about.
+    fn build_located(self) -> Result<RuleSet, (Error, At)> {
         let config = |msg: String| Error::new(ErrorKind::Configuration, msg);
         let (name, id, refill_rate, burst_rate) = self
             .default
-            .ok_or_else(|| config("a default rule is required".into()))?;
+            .ok_or_else(|| (config("a default rule is required".into()), At::Nowhere))?;
         if burst_rate == 0 {
-            return Err(config("default rule: burst_rate must be at least 1".into()));
+            return Err((
+                config("default rule: burst_rate must be at least 1".into()),
+                At::Default,
+            ));
         }
         let mut ids = HashSet::new();
         let default_id = id.unwrap_or_else(|| "rule_default".into());
@@ -404,7 +439,8 @@ impl RuleSetBuilder {
             http_method: None,
         });
         let mut rules = Vec::with_capacity(self.rules.len());
-        for spec in self.rules {
+        for (i, spec) in self.rules.into_iter().enumerate() {
+            let config = |msg: String| (config(msg), At::Rule(i));
             if spec.burst_rate == 0 {
                 return Err(config(format!(
                     "rule {:?}: burst_rate must be at least 1",
@@ -434,6 +470,15 @@ impl RuleSetBuilder {
         }
         Ok(RuleSet { default, rules })
     }
+}
+
+/// Which part of a [`RuleSetBuilder`] an error is about.
+#[derive(Clone, Copy, Debug)]
+enum At {
+    Default,
+    /// The rule added `n`th (from 0).
+    Rule(usize),
+    Nowhere,
 }
 
 fn slug(name: &str) -> String {
@@ -468,9 +513,9 @@ fn unique_id(base: &str, taken: &HashSet<String>) -> String {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TomlRules {
-    default: TomlDefault,
+    default: toml::Spanned<TomlDefault>,
     #[serde(default)]
-    rules: Vec<TomlRule>,
+    rules: Vec<toml::Spanned<TomlRule>>,
 }
 
 #[cfg(feature = "toml")]
@@ -650,6 +695,40 @@ mod tests {
     }
 
     #[cfg(feature = "toml")]
+    #[test]
+    fn errors_found_after_parsing_name_the_line_of_their_rule() {
+        let rule = |name: &str, extra: &str| {
+            format!("\n[[rules]]\nname = '{name}'\nmatcher = 'x'\nrefill_rate = 1\n{extra}\n")
+        };
+        let head = "# rules\n[default]\nrefill_rate = 1\nburst_rate = 5\n";
+        let cases = [
+            (
+                format!("{head}{}", rule("a", "burst_rate = 0")),
+                "line 6: rule \"a\": burst_rate must be at least 1",
+            ),
+            (
+                format!(
+                    "{head}{}{}",
+                    rule("a", "burst_rate = 1\nid = 'x'"),
+                    rule("b", "burst_rate = 1\nid = 'x'")
+                ),
+                "line 13: two rules have the id \"x\"",
+            ),
+            (
+                format!("{head}{}", rule("a", "burst_rate = 1\nhttp_method = 'G T'")),
+                "line 6: rule \"a\": invalid http_method",
+            ),
+            (
+                "[default]\nrefill_rate = 1\nburst_rate = 0\n".to_owned(),
+                "line 1: default rule: burst_rate must be at least 1",
+            ),
+        ];
+        for (text, expected) in cases {
+            let e = RuleSet::from_toml_str(&text).unwrap_err();
+            assert!(e.message().contains(expected), "{text}\n=> {e}");
+        }
+    }
+
     #[test]
     fn toml_rates_are_exact_in_every_form() {
         let rules = RuleSet::from_toml_str(

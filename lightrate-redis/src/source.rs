@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use lightrate_core::{
@@ -63,9 +63,8 @@ pub struct RedisSource {
 }
 
 struct Inner {
-    rules: RuleSet,
-    /// Rule id → key prefix and bucket shape.
-    shapes: HashMap<String, RuleBuckets>,
+    /// The rules and their bucket shapes, swapped whole by [`RedisSource::replace_rules`].
+    rules: RwLock<Arc<Rules>>,
     connection: Connection,
     addresses: Vec<String>,
     partial_grants: bool,
@@ -74,6 +73,33 @@ struct Inner {
     script: redis::Script,
     #[cfg(feature = "test-util")]
     clock: Option<Arc<dyn lightrate_core::Clock>>,
+}
+
+/// A rule set with the bucket shape of each of its rules.
+struct Rules {
+    set: Arc<RuleSet>,
+    /// Rule id → key prefix and bucket shape.
+    shapes: HashMap<String, RuleBuckets>,
+}
+
+impl Rules {
+    /// Errors (kind `Configuration`) when a rule's capacity is past what Lua holds exactly.
+    fn new(set: RuleSet, prefix: &str, application_id: &str) -> Result<Rules, Error> {
+        let mut shapes = HashMap::new();
+        for rule in set.rules() {
+            shapes.insert(
+                rule.id.clone(),
+                RuleBuckets {
+                    key_prefix: keys::rule_prefix(prefix, application_id, &rule.id),
+                    shape: BucketShape::of(rule)?,
+                },
+            );
+        }
+        Ok(Rules {
+            set: Arc::new(set),
+            shapes,
+        })
+    }
 }
 
 struct RuleBuckets {
@@ -120,8 +146,52 @@ impl RedisSource {
     }
 
     /// The rules this source serves.
-    pub fn rules(&self) -> &RuleSet {
-        &self.inner.rules
+    pub fn rules(&self) -> Arc<RuleSet> {
+        self.current().set.clone()
+    }
+
+    /// Serves `rules` from now on. The buckets stay in Redis, keyed by rule id: a rule still
+    /// there (by id) keeps every bucket, whose tokens carry over (capped at the new burst) and
+    /// refill at the new rate from the next consume on; buckets of rules that are gone are
+    /// no longer read and expire on their own. Each consume sees either the old rules or the
+    /// new ones, never a mix. Shared by every clone of this source.
+    ///
+    /// Errors (kind `Configuration`), keeping the rules in force: a rule whose capacity Lua
+    /// cannot hold exactly (`burst_rate × refill period in ms ≥ 2⁵³`), as at construction.
+    ///
+    /// ```
+    /// use lightrate_core::{RefillRate, RuleSet, Target};
+    /// use lightrate_redis::RedisSource;
+    ///
+    /// let source = RedisSource::connect("redis://127.0.0.1:6379", RuleSet::demo()).unwrap();
+    /// let stricter = RuleSet::builder()
+    ///     .default_rule(RefillRate::per_second(1), 2)
+    ///     .build()
+    ///     .unwrap();
+    /// source.replace_rules(stricter).unwrap();
+    /// assert_eq!(source.rules().default_rule().burst_rate, 2);
+    ///
+    /// let too_big = RuleSet::builder()
+    ///     .default_rule(RefillRate::per_day(1), u64::MAX / 2)
+    ///     .build()
+    ///     .unwrap();
+    /// assert!(source.replace_rules(too_big).is_err());
+    /// assert_eq!(source.rules().default_rule().burst_rate, 2);
+    /// ```
+    pub fn replace_rules(&self, rules: RuleSet) -> Result<(), Error> {
+        let inner = &*self.inner;
+        let rules = Rules::new(rules, &inner.prefix, &inner.application_id)?;
+        *inner.rules.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(rules);
+        Ok(())
+    }
+
+    /// The rules in force (one read of a pointer).
+    fn current(&self) -> Arc<Rules> {
+        self.inner
+            .rules
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// `host:port` of the Redis (or of each cluster node given), never with credentials.
@@ -147,8 +217,9 @@ impl RedisSource {
     /// );
     /// ```
     pub fn bucket_key(&self, user: &str, target: &Target<'_>) -> String {
-        let rule = self.inner.rules.resolve(target);
-        match self.inner.shapes.get(&rule.id) {
+        let rules = self.current();
+        let rule = rules.set.resolve(target);
+        match rules.shapes.get(&rule.id) {
             Some(buckets) => keys::bucket_key(&buckets.key_prefix, user),
             None => keys::bucket_key(
                 &keys::rule_prefix(&self.inner.prefix, &self.inner.application_id, &rule.id),
@@ -178,9 +249,9 @@ impl RedisSource {
     /// Consumes tokens: resolves the rule in the process, then runs the script on its bucket.
     async fn consume(&self, request: ConsumeRequest<'_>) -> Result<ConsumeTokensResponse, Error> {
         validate(&request)?;
-        let inner = &*self.inner;
-        let rule = inner.rules.resolve(request.target);
-        let buckets = inner.shapes.get(&rule.id).ok_or_else(|| {
+        let rules = self.current();
+        let rule = rules.set.resolve(request.target);
+        let buckets = rules.shapes.get(&rule.id).ok_or_else(|| {
             Error::new(
                 ErrorKind::Internal,
                 format!("rule {:?} has no bucket shape", rule.id),
@@ -267,7 +338,7 @@ impl fmt::Debug for RedisSource {
             .field("prefix", &inner.prefix)
             .field("application_id", &inner.application_id)
             .field("partial_grants", &inner.partial_grants)
-            .field("rules", &inner.shapes.len())
+            .field("rules", &self.current().shapes.len())
             .finish()
     }
 }
@@ -379,20 +450,10 @@ impl RedisSourceBuilder {
                 "the Redis timeout must be positive",
             ));
         }
-        let mut shapes = HashMap::new();
-        for rule in self.rules.rules() {
-            shapes.insert(
-                rule.id.clone(),
-                RuleBuckets {
-                    key_prefix: keys::rule_prefix(&self.prefix, &self.application_id, &rule.id),
-                    shape: BucketShape::of(rule)?,
-                },
-            );
-        }
+        let rules = Rules::new(self.rules, &self.prefix, &self.application_id)?;
         Ok(RedisSource {
             inner: Arc::new(Inner {
-                rules: self.rules,
-                shapes,
+                rules: RwLock::new(Arc::new(rules)),
                 connection,
                 addresses,
                 partial_grants: self.partial_grants,

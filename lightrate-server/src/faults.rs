@@ -88,6 +88,8 @@ struct FaultState {
     next: VecDeque<Fault>,
     always: Option<Fault>,
     recorded: Vec<RecordedRequest>,
+    /// Not recording: for long load runs, where the record would grow without bound.
+    not_recording: bool,
 }
 
 impl fmt::Debug for Faults {
@@ -134,6 +136,12 @@ impl Faults {
         self.lock().recorded.len()
     }
 
+    /// Whether to record requests (default `true`). Off, [`recorded`](Self::recorded) stays as
+    /// it is: for load runs, where a record of every request would grow without bound.
+    pub fn set_recording(&self, on: bool) {
+        self.lock().not_recording = !on;
+    }
+
     /// Forgets the recordings.
     pub fn reset_recorded(&self) {
         self.lock().recorded.clear();
@@ -146,8 +154,10 @@ impl Faults {
     fn take(&self, mut recorded: RecordedRequest) -> Option<Fault> {
         let mut state = self.lock();
         let fault = state.next.pop_front().or_else(|| state.always.clone());
-        recorded.fault = fault.clone();
-        state.recorded.push(recorded);
+        if !state.not_recording {
+            recorded.fault = fault.clone();
+            state.recorded.push(recorded);
+        }
         fault
     }
 }

@@ -1,21 +1,24 @@
-//! The consume endpoint: authentication, body validation, the store, JSON answers; and the
-//! health check.
+//! The consume endpoint: authentication from the headers, the body read against the request
+//! deadline, validation, the store, JSON answers; the health check and the metrics.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use axum::extract::rejection::BytesRejection;
-use axum::extract::State;
+use axum::body::Body;
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use bytes::Bytes;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use lightrate_core::protocol::CONSUME_PATH;
 use lightrate_core::{ConsumeRequest, ErrorKind, Target, MAX_USER_IDENTIFIER_BYTES};
 use serde_json::{json, Map, Value};
 use subtle::ConstantTimeEq;
 
+use crate::connection::request_started;
+use crate::metrics::{Outcome, ServerMetrics};
 use crate::{ServerConfig, TokenStore};
 
 /// What the handler shares across requests.
@@ -24,19 +27,25 @@ pub(crate) struct AppState<S> {
     pub(crate) api_key: String,
     pub(crate) application_id: String,
     pub(crate) source: Arc<S>,
+    pub(crate) body_limit: usize,
+    pub(crate) request_timeout: Duration,
     pub(crate) consume_calls: AtomicU64,
+    pub(crate) metrics: Arc<ServerMetrics>,
 }
 
 pub(crate) fn router<S: TokenStore>(config: &ServerConfig<S>, state: Arc<AppState<S>>) -> Router {
-    Router::new()
+    let router = Router::new()
         .route(
             CONSUME_PATH,
             post(consume::<S>).fallback(method_not_allowed),
         )
-        .route("/health", get(health::<S>))
-        .fallback(not_found)
-        .layer(axum::extract::DefaultBodyLimit::max(config.body_limit))
-        .with_state(state)
+        .route("/health", get(health::<S>));
+    let router = if config.metrics {
+        router.route("/metrics", get(metrics::<S>))
+    } else {
+        router
+    };
+    router.fallback(not_found).with_state(state)
 }
 
 /// A JSON error in the reference's shape: `{"error": "<reason>", "message": "<detail>"}`.
@@ -47,6 +56,24 @@ pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response 
         Json(json!({"error": reason, "message": message.into()})),
     )
         .into_response()
+}
+
+/// [`error`], saying the connection closes: its body is not read (hyper closes it then).
+fn error_closing(status: StatusCode, message: impl Into<String>) -> Response {
+    let mut response = error(status, message);
+    response.headers_mut().insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("close"),
+    );
+    response
+}
+
+/// Whether the request announces a body (a length above 0, or chunks).
+fn has_body(headers: &HeaderMap) -> bool {
+    headers.contains_key(http::header::TRANSFER_ENCODING)
+        || headers
+            .get(http::header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0")
 }
 
 /// 503 with `Retry-After: 1`: the store could not answer (and so granted nothing).
@@ -71,18 +98,35 @@ async fn health<S: TokenStore>(State(state): State<Arc<AppState<S>>>) -> Respons
     }
 }
 
-async fn not_found(method: Method, uri: Uri) -> Response {
-    error(
-        StatusCode::NOT_FOUND,
-        format!("no route for {method} {}", uri.path()),
+/// `GET /metrics`: the counters in the Prometheus text format.
+async fn metrics<S: TokenStore>(State(state): State<Arc<AppState<S>>>) -> Response {
+    let text = state.metrics.render(state.source.live_buckets());
+    (
+        [(
+            http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
     )
+        .into_response()
 }
 
-async fn method_not_allowed(method: Method) -> Response {
-    let mut response = error(
-        StatusCode::METHOD_NOT_ALLOWED,
-        format!("{method} is not allowed here; use POST"),
-    );
+async fn not_found(method: Method, uri: Uri, headers: HeaderMap) -> Response {
+    let message = format!("no route for {method} {}", uri.path());
+    if has_body(&headers) {
+        error_closing(StatusCode::NOT_FOUND, message)
+    } else {
+        error(StatusCode::NOT_FOUND, message)
+    }
+}
+
+async fn method_not_allowed(method: Method, headers: HeaderMap) -> Response {
+    let message = format!("{method} is not allowed here; use POST");
+    let mut response = if has_body(&headers) {
+        error_closing(StatusCode::METHOD_NOT_ALLOWED, message)
+    } else {
+        error(StatusCode::METHOD_NOT_ALLOWED, message)
+    };
     response
         .headers_mut()
         .insert(http::header::ALLOW, http::HeaderValue::from_static("POST"));
@@ -103,53 +147,144 @@ fn presented_key(headers: &HeaderMap) -> Option<&[u8]> {
     bearer.or_else(|| headers.get("x-api-key").map(|v| v.as_bytes().trim_ascii()))
 }
 
+/// `POST /api/v1/tokens/consume`, counted in the metrics.
 async fn consume<S: TokenStore>(
     State(state): State<Arc<AppState<S>>>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    request: Request,
 ) -> Response {
+    let started = Instant::now();
+    let (response, outcome, rule, tokens) = answer(&state, request).await;
+    state
+        .metrics
+        .consume(outcome, rule.as_deref(), tokens, started.elapsed());
+    response
+}
+
+/// The answer to a consume, its outcome, the rule and the tokens granted.
+async fn answer<S: TokenStore>(
+    state: &AppState<S>,
+    request: Request,
+) -> (Response, Outcome, Option<String>, u64) {
+    let refused = |status, outcome, message: &str| (error(status, message), outcome, None, 0);
+    // Everything that the headers decide is answered before a byte of the body is read.
+    let deadline = request_started().unwrap_or_else(Instant::now) + state.request_timeout;
+    let (parts, body) = request.into_parts();
+    let headers = parts.headers;
     let authorised =
         presented_key(&headers).is_some_and(|key| bool::from(key.ct_eq(state.api_key.as_bytes())));
     if !authorised {
-        return error(StatusCode::UNAUTHORIZED, "Invalid or missing API key");
+        let message = "Invalid or missing API key";
+        let response = if has_body(&headers) {
+            error_closing(StatusCode::UNAUTHORIZED, message)
+        } else {
+            error(StatusCode::UNAUTHORIZED, message)
+        };
+        return (response, Outcome::Unauthorized, None, 0);
     }
-    let body = match body {
+    let declared = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let too_large = format!("the body is larger than {} bytes", state.body_limit);
+    if declared.is_some_and(|n| n > state.body_limit as u64) {
+        let response = error_closing(StatusCode::PAYLOAD_TOO_LARGE, too_large);
+        return (response, Outcome::Invalid, None, 0);
+    }
+    let body = match read_body(body, state.body_limit, deadline).await {
         Ok(body) => body,
-        Err(rejection) => return error(rejection.status(), rejection.body_text()),
+        Err(BodyError::TooLarge) => {
+            let response = error_closing(StatusCode::PAYLOAD_TOO_LARGE, too_large);
+            return (response, Outcome::Invalid, None, 0);
+        }
+        Err(BodyError::Late) => {
+            let message = format!(
+                "the request did not arrive whole within {} ms",
+                state.request_timeout.as_millis()
+            );
+            let response = error_closing(StatusCode::REQUEST_TIMEOUT, message);
+            return (response, Outcome::Timeout, None, 0);
+        }
+        Err(BodyError::Unreadable(e)) => {
+            let message = format!("the body could not be read: {e}");
+            let response = error_closing(StatusCode::BAD_REQUEST, message);
+            return (response, Outcome::Invalid, None, 0);
+        }
     };
     state.consume_calls.fetch_add(1, Ordering::Relaxed);
     let fields = match serde_json::from_slice::<Value>(&body) {
         Ok(Value::Object(fields)) => fields,
-        Ok(_) => return error(StatusCode::BAD_REQUEST, "the body must be a JSON object"),
-        Err(e) => {
-            return error(
+        Ok(_) => {
+            return refused(
                 StatusCode::BAD_REQUEST,
-                format!("the body is not valid JSON: {e}"),
+                Outcome::Invalid,
+                "the body must be a JSON object",
             )
+        }
+        Err(e) => {
+            let message = format!("the body is not valid JSON: {e}");
+            return refused(StatusCode::BAD_REQUEST, Outcome::Invalid, &message);
         }
     };
     let parsed = match Parsed::from_fields(&fields, &headers) {
         Ok(parsed) => parsed,
-        Err(message) => return error(StatusCode::BAD_REQUEST, message),
+        Err(message) => return refused(StatusCode::BAD_REQUEST, Outcome::Invalid, &message),
     };
     if parsed.application_id != state.application_id {
-        return error(StatusCode::NOT_FOUND, "Application not found");
+        return refused(
+            StatusCode::NOT_FOUND,
+            Outcome::UnknownApplication,
+            "Application not found",
+        );
     }
     let mut request = ConsumeRequest::new(parsed.user, &parsed.target, parsed.tokens);
     request.tokens_requested_for_default_bucket_match = parsed.default_match;
     match state.source.consume_tokens(request).await {
-        Ok(answer) => Json(answer).into_response(),
+        Ok(answer) => {
+            let granted = answer.tokens_consumed;
+            let outcome = if granted > 0 {
+                Outcome::Granted
+            } else {
+                Outcome::Denied
+            };
+            let rule = answer.rule.id.clone();
+            (Json(answer).into_response(), outcome, Some(rule), granted)
+        }
         Err(e) if e.kind() == ErrorKind::InvalidInput => {
-            error(StatusCode::BAD_REQUEST, e.message())
+            refused(StatusCode::BAD_REQUEST, Outcome::Invalid, e.message())
         }
         Err(e) if e.is_outage() => {
+            state.metrics.store_error(e.kind());
             tracing::warn!(target: "lightrate::server", error = %e, "the token store cannot answer");
-            unavailable(e.message())
+            (unavailable(e.message()), Outcome::Unavailable, None, 0)
         }
         Err(e) => {
+            state.metrics.store_error(e.kind());
             tracing::error!(target: "lightrate::server", error = %e, "the token store failed");
-            error(StatusCode::INTERNAL_SERVER_ERROR, e.message())
+            refused(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Outcome::Error,
+                e.message(),
+            )
         }
+    }
+}
+
+/// Why a body could not be had.
+enum BodyError {
+    TooLarge,
+    Late,
+    Unreadable(Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// The whole body, at most `limit` bytes, by `deadline`.
+async fn read_body(body: Body, limit: usize, deadline: Instant) -> Result<bytes::Bytes, BodyError> {
+    let collected =
+        tokio::time::timeout_at(deadline.into(), Limited::new(body, limit).collect()).await;
+    match collected {
+        Err(_) => Err(BodyError::Late),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<LengthLimitError>() => Err(BodyError::TooLarge),
+        Ok(Err(e)) => Err(BodyError::Unreadable(e)),
     }
 }
 

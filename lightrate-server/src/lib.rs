@@ -29,14 +29,37 @@
 //!
 //! Answers: 200 with the consume response (also when rate limited); 400 for a malformed body,
 //! 401 for a missing or wrong key (compared in constant time), 404 for another application,
-//! 405, 413 past the body limit; 503 with `Retry-After` when the store cannot answer (Redis
-//! unreachable: within its timeout, never a hang and never a grant); errors are JSON
+//! 405, 408 when the request does not arrive whole within the request timeout, 413 past the
+//! body limit; 503 with `Retry-After` when the store cannot answer (Redis unreachable: within
+//! its timeout, never a hang and never a grant); errors are JSON
 //! `{"error": "<reason>", "message": "<detail>"}`. `GET /health` is 200 `{"status": "ok"}`
-//! when the store answers, 503 `{"status": "unavailable", ...}` when it does not.
+//! when the store answers, 503 `{"status": "unavailable", ...}` when it does not. `GET /metrics`
+//! is the server's counters in the Prometheus text format (no key; see
+//! [`ServerConfig::metrics`]).
+//!
+//! # Hardening
+//!
+//! - **Nothing unauthorised is read**: the key and the route are checked from the headers, so
+//!   401, 404 and 405 (and 413 for a declared length past the limit) are answered at once and
+//!   the connection closed without reading the body.
+//! - **No request lasts forever**: a request must arrive whole, headers and body, within the
+//!   request timeout ([`ServerConfig::request_timeout`], default 10 s) of its first byte
+//!   (of the accept, for a connection's first request); headers late are a closed connection,
+//!   a body late a 408 and a closed connection. A connection idle that long after an answer is
+//!   closed too.
+//! - **Bounded connections**: at most [`ServerConfig::max_connections`] at once (default from
+//!   the descriptor limit, see [`default_max_connections`]); past it a connection is answered
+//!   503 at once and closed. A failed accept (out of descriptors) pauses accepting 5 ms,
+//!   doubling up to 200 ms, with one log line per 10 s while it lasts.
+//! - **Draining**: [`RunningServer::shutdown`] stops accepting and lets requests in flight
+//!   finish, up to [`ServerConfig::drain_timeout`].
 
+mod connection;
 #[cfg(feature = "test-util")]
 pub mod faults;
 mod handler;
+mod limits;
+mod metrics;
 
 use std::convert::Infallible;
 use std::fmt;
@@ -48,22 +71,30 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
-use lightrate_core::{EmbeddedSource, Error, ErrorKind, TokenSource};
+use lightrate_core::{EmbeddedSource, Error, ErrorKind, RuleSet, TokenSource};
 use lightrate_redis::RedisSource;
 use tokio::net::{TcpListener, ToSocketAddrs};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tower::util::BoxCloneService;
+#[cfg(feature = "test-util")]
 use tower::ServiceExt;
 
+use crate::connection::Limits;
 #[cfg(feature = "test-util")]
 use crate::faults::{FaultLayer, Faults};
 use crate::handler::AppState;
+pub use crate::limits::default_max_connections;
+use crate::metrics::ServerMetrics;
 
 /// The default limit on a request body: 64 KiB.
 pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
+
+/// The default time a request has to arrive whole, headers and body: 10 s.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The default time requests in flight have to finish after a shutdown starts: 10 s.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where a server keeps its buckets: a [`TokenSource`] that can also say whether it can answer
 /// (`GET /health`). Implemented by [`EmbeddedSource`] (in memory, always healthy) and
@@ -83,13 +114,45 @@ pub trait TokenStore: TokenSource + fmt::Debug {
     fn health(&self) -> impl Future<Output = Result<(), Error>> + Send {
         std::future::ready(Ok(()))
     }
+
+    /// Serves `rules` from now on, keeping the buckets of the rules still there (by id); on an
+    /// error the rules in force stay. The default refuses (kind `Configuration`): a store
+    /// that cannot change its rules.
+    fn replace_rules(&self, rules: RuleSet) -> Result<(), Error> {
+        drop(rules);
+        Err(Error::new(
+            ErrorKind::Configuration,
+            "this store cannot replace its rules",
+        ))
+    }
+
+    /// How many buckets the store holds, when that is cheap to know (`None`: not reported).
+    fn live_buckets(&self) -> Option<u64> {
+        None
+    }
 }
 
-impl TokenStore for EmbeddedSource {}
+impl TokenStore for EmbeddedSource {
+    fn replace_rules(&self, rules: RuleSet) -> Result<(), Error> {
+        EmbeddedSource::replace_rules(self, rules);
+        Ok(())
+    }
 
+    fn live_buckets(&self) -> Option<u64> {
+        Some(self.stats().buckets)
+    }
+}
+
+/// Not [`live_buckets`](TokenStore::live_buckets): Redis has no cheap count of one prefix's
+/// keys (`DBSIZE` counts every key of the database, `SCAN` walks all of them, on every node of
+/// a cluster).
 impl TokenStore for RedisSource {
     fn health(&self) -> impl Future<Output = Result<(), Error>> + Send {
         self.ping()
+    }
+
+    fn replace_rules(&self, rules: RuleSet) -> Result<(), Error> {
+        RedisSource::replace_rules(self, rules)
     }
 }
 
@@ -100,6 +163,10 @@ pub struct ServerConfig<S = EmbeddedSource> {
     application_id: String,
     source: Arc<S>,
     body_limit: usize,
+    request_timeout: Duration,
+    max_connections: Option<usize>,
+    drain_timeout: Duration,
+    metrics: bool,
 }
 
 impl<S: fmt::Debug> fmt::Debug for ServerConfig<S> {
@@ -109,6 +176,10 @@ impl<S: fmt::Debug> fmt::Debug for ServerConfig<S> {
             .field("application_id", &self.application_id)
             .field("source", &self.source)
             .field("body_limit", &self.body_limit)
+            .field("request_timeout", &self.request_timeout)
+            .field("max_connections", &self.max_connections)
+            .field("drain_timeout", &self.drain_timeout)
+            .field("metrics", &self.metrics)
             .finish()
     }
 }
@@ -164,12 +235,47 @@ impl<S: TokenStore> ServerConfig<S> {
             application_id,
             source: store,
             body_limit: DEFAULT_BODY_LIMIT,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            max_connections: None,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            metrics: true,
         })
     }
 
     /// The largest request body accepted (413 beyond). Default 64 KiB.
     pub fn body_limit(mut self, bytes: usize) -> Self {
         self.body_limit = bytes;
+        self
+    }
+
+    /// How long a request has to arrive whole, headers and body, from its first byte (from the
+    /// accept for a connection's first request; a connection idle this long after an answer is
+    /// closed). Late headers close the connection; a late body gets 408 and a closed
+    /// connection. Default [`DEFAULT_REQUEST_TIMEOUT`] (10 s); at least 1 ms.
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout.max(Duration::from_millis(1));
+        self
+    }
+
+    /// The most connections served at once; past it, a connection is answered 503 at once and
+    /// closed. Default: [`default_max_connections`] (from the limit on open descriptors);
+    /// at least 1.
+    pub fn max_connections(mut self, max: usize) -> Self {
+        self.max_connections = Some(max.max(1));
+        self
+    }
+
+    /// How long requests in flight have to finish once [`RunningServer::shutdown`] starts;
+    /// connections still open then are closed. Default [`DEFAULT_DRAIN_TIMEOUT`] (10 s).
+    pub fn drain_timeout(mut self, timeout: Duration) -> Self {
+        self.drain_timeout = timeout;
+        self
+    }
+
+    /// Whether to serve `GET /metrics` (default `true`). It needs no key and is never limited,
+    /// and it shows rule ids and traffic: keep it off a public listener (or turn it off).
+    pub fn metrics(mut self, serve: bool) -> Self {
+        self.metrics = serve;
         self
     }
 
@@ -193,7 +299,7 @@ type Dropped = faults::Dropped;
 #[cfg(not(feature = "test-util"))]
 type Dropped = Infallible;
 
-type HttpService = BoxCloneService<http::Request<Body>, http::Response<Body>, Dropped>;
+pub(crate) type HttpService = BoxCloneService<http::Request<Body>, http::Response<Body>, Dropped>;
 
 impl<S: TokenStore> LightRateServer<S> {
     /// A server for `config`.
@@ -224,7 +330,10 @@ impl<S: TokenStore> LightRateServer<S> {
             api_key: self.config.api_key.clone(),
             application_id: self.config.application_id.clone(),
             source: self.config.source.clone(),
+            body_limit: self.config.body_limit,
+            request_timeout: self.config.request_timeout,
             consume_calls: AtomicU64::new(0),
+            metrics: Arc::new(ServerMetrics::default()),
         }
     }
 
@@ -254,8 +363,28 @@ impl<S: TokenStore> LightRateServer<S> {
         #[cfg(not(feature = "test-util"))]
         let service: HttpService = BoxCloneService::new(router);
         let (stop, stopped) = watch::channel(false);
-        let task = tokio::spawn(accept_loop(listener, service, stopped));
-        tracing::info!(target: "lightrate::server", %local_addr, "serving");
+        let limits = Limits {
+            max_connections: self
+                .config
+                .max_connections
+                .unwrap_or_else(default_max_connections),
+            request_timeout: self.config.request_timeout,
+            drain_timeout: self.config.drain_timeout,
+        };
+        let task = tokio::spawn(connection::accept_loop(
+            listener,
+            service,
+            stopped,
+            limits,
+            state.metrics.clone(),
+        ));
+        tracing::info!(
+            target: "lightrate::server",
+            %local_addr,
+            max_connections = limits.max_connections,
+            request_timeout_ms = limits.request_timeout.as_millis() as u64,
+            "serving"
+        );
         Ok(RunningServer {
             local_addr,
             state,
@@ -264,54 +393,6 @@ impl<S: TokenStore> LightRateServer<S> {
             task: Some(task),
         })
     }
-}
-
-async fn accept_loop(
-    listener: TcpListener,
-    service: HttpService,
-    mut stopped: watch::Receiver<bool>,
-) {
-    let mut connections = tokio::task::JoinSet::new();
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = stopped.changed() => break,
-        };
-        let (stream, _peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!(target: "lightrate::server", error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let service =
-            TowerToHyperService::new(service.clone().map_request(
-                |request: http::Request<hyper::body::Incoming>| request.map(Body::new),
-            ));
-        let mut stopped = stopped.clone();
-        connections.spawn(async move {
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(30));
-            let connection = builder.serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(connection);
-            tokio::select! {
-                _ = connection.as_mut() => {}
-                _ = stopped.changed() => {
-                    connection.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(Duration::from_secs(5), connection).await;
-                }
-            }
-        });
-        // Reap finished connections so the set stays as small as the open ones.
-        while connections.try_join_next().is_some() {}
-    }
-    drop(listener);
-    while connections.join_next().await.is_some() {}
 }
 
 /// A server that is serving. Dropping it stops it.
@@ -352,8 +433,42 @@ impl<S> RunningServer<S> {
         self.state.consume_calls.load(Ordering::Relaxed)
     }
 
-    /// Stops accepting, closes idle connections, lets requests in flight finish (up to 5 s),
-    /// and waits for all of it.
+    /// Serves `rules` from now on, keeping the buckets of the rules still there (see
+    /// [`TokenStore::replace_rules`]); connections are not touched. On an error the rules in
+    /// force stay. Counted in `lightrate_server_rule_reloads_total`.
+    pub fn replace_rules(&self, rules: RuleSet) -> Result<(), Error>
+    where
+        S: TokenStore,
+    {
+        let replaced = self.source.replace_rules(rules);
+        self.state.metrics.reload(replaced.is_ok());
+        replaced
+    }
+
+    /// Reads the TOML rules file at `path` again and serves its rules (see
+    /// [`replace_rules`](Self::replace_rules)); returns them. A file that cannot be read or is
+    /// not valid is refused (kind `Configuration`, the message naming the line) and the rules
+    /// in force stay.
+    pub fn reload_rules_file(
+        &self,
+        path: impl AsRef<std::path::Path>,
+    ) -> Result<Arc<RuleSet>, Error>
+    where
+        S: TokenStore,
+    {
+        let rules = match RuleSet::from_toml_file(path) {
+            Ok(rules) => rules,
+            Err(e) => {
+                self.state.metrics.reload(false);
+                return Err(e);
+            }
+        };
+        let shown = Arc::new(rules.clone());
+        self.replace_rules(rules).map(|()| shown)
+    }
+
+    /// Stops accepting, closes idle connections, lets requests in flight finish (up to the
+    /// drain timeout), and waits for all of it.
     pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
         if let Some(task) = self.task.take() {

@@ -2,31 +2,44 @@
 //!
 //! ```text
 //! LIGHTRATE_API_KEY=... LIGHTRATE_APPLICATION_ID=... lightrate-server [--listen ADDR] [--config rules.toml]
-//!     [--redis URL | --redis-cluster URL,URL,...]
+//!     [--redis URL | --redis-cluster URL,URL,...] [--request-timeout 10s] [--max-connections N]
+//!     [--drain-timeout 10s] [--log-format text|json] [--no-metrics]
+//! lightrate-server check rules.toml
 //! ```
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::io::Write;
 use std::process::ExitCode;
-
 use std::sync::Arc;
+use std::time::Duration;
 
 use lightrate_core::{EmbeddedSource, RuleSet};
 use lightrate_redis::RedisSource;
-use lightrate_server::{LightRateServer, ServerConfig, TokenStore};
+use lightrate_server::{LightRateServer, RunningServer, ServerConfig, TokenStore};
 
 const USAGE: &str = "\
-usage: lightrate-server [--listen ADDR] [--config FILE] [--redis URL | --redis-cluster URLS]
+usage: lightrate-server [OPTIONS]
+       lightrate-server check FILE
 
 Serves the LightRate token API (POST /api/v1/tokens/consume) from an in-process rules engine,
 with its buckets in memory, or in Redis so that every replica shares them.
 
+`check FILE` validates a rules file and prints its rules (exit 1 and the line of the fault
+on a bad file); it needs no key.
+
 options:
-  --listen ADDR          address to listen on (default 127.0.0.1:8080; port 0 picks a free one)
-  --config FILE          rules in TOML (default: the demo rules)
-  --redis URL            buckets in this Redis (redis://[user:password@]host:port[/db], rediss://)
-  --redis-cluster URLS   buckets in the Redis Cluster of these nodes (comma-separated URLs)
-  -h, --help             this text
+  --listen ADDR            address to listen on (default 127.0.0.1:8080; port 0 picks a free one)
+  --config FILE            rules in TOML (default: the demo rules); read again on SIGHUP
+  --redis URL              buckets in this Redis (redis://[user:password@]host:port[/db], rediss://)
+  --redis-cluster URLS     buckets in the Redis Cluster of these nodes (comma-separated URLs)
+  --request-timeout DUR    time a request has to arrive whole, headers and body (default 10s)
+  --max-connections N      connections served at once; past it, 503 and closed
+                           (default: from the limit on open files, 896 for 1024)
+  --drain-timeout DUR      on SIGTERM/SIGINT, time requests in flight have to finish (default 10s)
+  --log-format FORMAT      text (default) or json (one JSON object a line)
+  --no-metrics             do not serve GET /metrics
+  -h, --help               this text
+DUR: 10s, 500ms, or a number of seconds.
 
 environment:
   LIGHTRATE_API_KEY              the API key clients must present (required)
@@ -34,9 +47,24 @@ environment:
                                  application part of every Redis key)
   LIGHTRATE_REDIS_URL            as --redis (the flag wins)
   LIGHTRATE_REDIS_CLUSTER_URLS   as --redis-cluster (the flag wins)
+  LIGHTRATE_REQUEST_TIMEOUT      as --request-timeout (the flag wins)
+  LIGHTRATE_MAX_CONNECTIONS      as --max-connections (the flag wins)
+  LIGHTRATE_DRAIN_TIMEOUT        as --drain-timeout (the flag wins)
+  LIGHTRATE_LOG_FORMAT           as --log-format (the flag wins)
   RUST_LOG                       log filter (default: info)
 
-GET /health answers 200 while the buckets can be reached, 503 while Redis cannot.";
+signals: SIGHUP reloads --config (an invalid file is refused, the rules in force stay);
+SIGTERM and SIGINT stop accepting, let requests in flight finish, and exit 0.
+
+GET /health answers 200 while the buckets can be reached, 503 while Redis cannot.
+GET /metrics is the server's counters in the Prometheus text format (no key needed).";
+
+#[cfg(feature = "test-util")]
+const FAULT_USAGE: &str = "
+built with the test-util feature:
+  --fault-delay-ms N       answer every request N ms late (a distant source, for load tests)";
+#[cfg(not(feature = "test-util"))]
+const FAULT_USAGE: &str = "";
 
 /// Where the buckets live.
 #[derive(Debug, PartialEq, Eq)]
@@ -46,21 +74,47 @@ enum Store {
     RedisCluster(Vec<String>),
 }
 
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// What the command line asks for.
+enum Command {
+    Serve(Box<Args>),
+    Check(String),
+    Help,
+}
+
+/// The options of `serve`, as given (the environment is read later).
+#[derive(Default)]
 struct Args {
-    listen: String,
+    listen: Option<String>,
     config: Option<String>,
     redis: Option<String>,
     redis_cluster: Option<String>,
+    request_timeout: Option<String>,
+    max_connections: Option<String>,
+    drain_timeout: Option<String>,
+    log_format: Option<String>,
+    no_metrics: bool,
+    #[cfg(feature = "test-util")]
+    fault_delay_ms: Option<String>,
 }
 
-fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Args>, String> {
-    let mut parsed = Args {
-        listen: "127.0.0.1:8080".into(),
-        config: None,
-        redis: None,
-        redis_cluster: None,
-    };
+fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command, String> {
+    let mut parsed = Args::default();
+    let mut first = true;
     while let Some(arg) = args.next() {
+        if std::mem::take(&mut first) && arg == "check" {
+            let file = args.next().ok_or("check needs a rules file: check FILE")?;
+            if let Some(extra) = args.next() {
+                return Err(format!("unexpected argument {extra:?} after check FILE"));
+            }
+            return Ok(Command::Check(file));
+        }
         let (name, inline) = match arg.split_once('=') {
             Some((name, value)) => (name.to_owned(), Some(value.to_owned())),
             None => (arg, None),
@@ -72,15 +126,99 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Args>, St
                 .ok_or_else(|| format!("{name} needs a value"))
         };
         match name.as_str() {
-            "--listen" => parsed.listen = value()?,
+            "--listen" => parsed.listen = Some(value()?),
             "--config" => parsed.config = Some(value()?),
             "--redis" => parsed.redis = Some(value()?),
             "--redis-cluster" => parsed.redis_cluster = Some(value()?),
-            "-h" | "--help" => return Ok(None),
+            "--request-timeout" => parsed.request_timeout = Some(value()?),
+            "--max-connections" => parsed.max_connections = Some(value()?),
+            "--drain-timeout" => parsed.drain_timeout = Some(value()?),
+            "--log-format" => parsed.log_format = Some(value()?),
+            "--no-metrics" => parsed.no_metrics = true,
+            #[cfg(feature = "test-util")]
+            "--fault-delay-ms" => parsed.fault_delay_ms = Some(value()?),
+            "-h" | "--help" => return Ok(Command::Help),
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
-    Ok(Some(parsed))
+    Ok(Command::Serve(Box::new(parsed)))
+}
+
+/// `10s`, `500ms`, `2m`, or a number of seconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let invalid = || format!("{text:?} is not a duration (write 10s, 500ms, 2m or 10)");
+    let (number, unit_ms) = if let Some(n) = text.strip_suffix("ms") {
+        (n, 1)
+    } else if let Some(n) = text.strip_suffix('s') {
+        (n, 1_000)
+    } else if let Some(n) = text.strip_suffix('m') {
+        (n, 60_000)
+    } else {
+        (text, 1_000)
+    };
+    let n: u64 = number.trim().parse().map_err(|_| invalid())?;
+    n.checked_mul(unit_ms)
+        .map(Duration::from_millis)
+        .ok_or_else(invalid)
+}
+
+/// A value from its flag, else from its environment variable.
+fn flag_or_env(
+    flag: &Option<String>,
+    name: &str,
+    var: &impl Fn(&str) -> Option<String>,
+) -> Option<String> {
+    flag.clone().or_else(|| var(name))
+}
+
+/// The serving options, from the flags then the environment.
+#[derive(Debug, PartialEq)]
+struct Settings {
+    listen: String,
+    request_timeout: Option<Duration>,
+    max_connections: Option<usize>,
+    drain_timeout: Option<Duration>,
+    log_format: LogFormat,
+}
+
+fn settings(args: &Args, var: impl Fn(&str) -> Option<String>) -> Result<Settings, String> {
+    let duration = |flag: &Option<String>, name: &str, what: &str| {
+        flag_or_env(flag, name, &var)
+            .map(|v| parse_duration(&v).map_err(|e| format!("{what}: {e}")))
+            .transpose()
+    };
+    let max_connections = flag_or_env(&args.max_connections, "LIGHTRATE_MAX_CONNECTIONS", &var)
+        .map(|v| match v.trim().parse::<usize>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(format!(
+                "--max-connections: {v:?} is not a positive integer"
+            )),
+        })
+        .transpose()?;
+    let log_format = match flag_or_env(&args.log_format, "LIGHTRATE_LOG_FORMAT", &var).as_deref() {
+        None | Some("text") => LogFormat::Text,
+        Some("json") => LogFormat::Json,
+        Some(other) => return Err(format!("--log-format: {other:?} is not text or json")),
+    };
+    Ok(Settings {
+        listen: args
+            .listen
+            .clone()
+            .unwrap_or_else(|| "127.0.0.1:8080".into()),
+        request_timeout: duration(
+            &args.request_timeout,
+            "LIGHTRATE_REQUEST_TIMEOUT",
+            "--request-timeout",
+        )?,
+        max_connections,
+        drain_timeout: duration(
+            &args.drain_timeout,
+            "LIGHTRATE_DRAIN_TIMEOUT",
+            "--drain-timeout",
+        )?,
+        log_format,
+    })
 }
 
 fn env(name: &str) -> Result<String, String> {
@@ -120,68 +258,123 @@ fn store(args: &Args, var: impl Fn(&str) -> Option<String>) -> Result<Store, Str
     }
 }
 
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    match run().await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
-            eprintln!("lightrate-server: {message}");
+    let command = match parse_args(std::env::args().skip(1)) {
+        Ok(command) => command,
+        Err(e) => {
+            eprintln!("lightrate-server: {e}\n\n{USAGE}{FAULT_USAGE}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match command {
+        Command::Help => {
+            println!("{USAGE}{FAULT_USAGE}");
+            ExitCode::SUCCESS
+        }
+        Command::Check(file) => check(&file),
+        Command::Serve(args) => {
+            let settings = match settings(&args, optional_env) {
+                Ok(settings) => settings,
+                Err(e) => {
+                    eprintln!("lightrate-server: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            init_logs(settings.log_format);
+            match run(&args, &settings).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(message) => {
+                    match settings.log_format {
+                        LogFormat::Text => eprintln!("lightrate-server: {message}"),
+                        LogFormat::Json => {
+                            tracing::error!(target: "lightrate::server", "{message}")
+                        }
+                    }
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+/// `check FILE`: the rule table on stdout, or the fault on stderr and exit 1.
+fn check(file: &str) -> ExitCode {
+    match RuleSet::from_toml_file(file) {
+        Ok(rules) => {
+            let count = rules.rules().count();
+            println!("{file}: valid, {count} rules (the first that matches wins; the default takes the rest):");
+            println!("{rules}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("lightrate-server: {file}: {}", e.message());
             ExitCode::FAILURE
         }
     }
 }
 
-async fn run() -> Result<(), String> {
-    let Some(args) = parse_args(std::env::args().skip(1)).map_err(|e| format!("{e}\n\n{USAGE}"))?
-    else {
-        println!("{USAGE}");
-        return Ok(());
-    };
+/// Says which rules are served: the table itself on stderr in text logs, a count in JSON logs.
+fn announce_rules(rules: &RuleSet, origin: &str, format: LogFormat) {
+    let count = rules.rules().count();
+    tracing::info!(target: "lightrate::server", origin, rules = count, "rules loaded");
+    if format == LogFormat::Text {
+        eprintln!("{rules}");
+    }
+}
+
+async fn run(args: &Args, settings: &Settings) -> Result<(), String> {
     let rules = match &args.config {
-        Some(path) => RuleSet::from_toml_file(path).map_err(|e| e.to_string())?,
+        Some(path) => {
+            RuleSet::from_toml_file(path).map_err(|e| format!("{path}: {}", e.message()))?
+        }
         None => RuleSet::demo(),
     };
-    eprintln!(
-        "rules ({}):\n{rules}",
-        args.config
-            .as_deref()
-            .unwrap_or("demo rules, no --config given")
-    );
+    let origin = args
+        .config
+        .as_deref()
+        .unwrap_or("demo rules, no --config given");
+    announce_rules(&rules, origin, settings.log_format);
     let api_key = env("LIGHTRATE_API_KEY")?;
     let application_id = env("LIGHTRATE_APPLICATION_ID")?;
-    match store(&args, optional_env)? {
+    match store(args, optional_env)? {
         Store::Memory => {
-            eprintln!("buckets: in memory (this process only)");
+            tracing::info!(target: "lightrate::server", "buckets in memory (this process only)");
             let config = ServerConfig::new(api_key, application_id, EmbeddedSource::new(rules))
                 .map_err(|e| e.to_string())?;
-            serve(config, &args.listen).await
+            serve(config, args, settings).await
         }
         Store::Redis(url) => {
             let source = RedisSource::builder(rules)
                 .application_id(application_id.as_str())
                 .connect(&url)
                 .map_err(|e| e.to_string())?;
-            eprintln!("buckets: Redis at {}", source.addresses().join(", "));
-            serve_redis(source, api_key, application_id, &args.listen).await
+            let addresses = source.addresses().join(", ");
+            tracing::info!(target: "lightrate::server", redis = %addresses, "buckets in Redis");
+            serve_redis(source, api_key, application_id, args, settings).await
         }
         Store::RedisCluster(urls) => {
             let source = RedisSource::builder(rules)
                 .application_id(application_id.as_str())
                 .connect_cluster(&urls)
                 .map_err(|e| e.to_string())?;
-            eprintln!(
-                "buckets: Redis Cluster at {}",
-                source.addresses().join(", ")
-            );
-            serve_redis(source, api_key, application_id, &args.listen).await
+            let addresses = source.addresses().join(", ");
+            tracing::info!(target: "lightrate::server", redis_cluster = %addresses, "buckets in Redis Cluster");
+            serve_redis(source, api_key, application_id, args, settings).await
         }
     }
 }
@@ -192,27 +385,120 @@ async fn serve_redis(
     source: RedisSource,
     api_key: String,
     application_id: String,
-    listen: &str,
+    args: &Args,
+    settings: &Settings,
 ) -> Result<(), String> {
     if let Err(e) = source.ping().await {
-        eprintln!("warning: Redis does not answer yet ({e}); consumes get 503 until it does");
+        tracing::warn!(
+            target: "lightrate::server",
+            error = %e,
+            "Redis does not answer yet; consumes get 503 until it does"
+        );
     }
     let config = ServerConfig::with_store(api_key, application_id, Arc::new(source))
         .map_err(|e| e.to_string())?;
-    serve(config, listen).await
+    serve(config, args, settings).await
 }
 
-async fn serve<S: TokenStore>(config: ServerConfig<S>, listen: &str) -> Result<(), String> {
-    let server = LightRateServer::new(config)
-        .bind(listen)
+async fn serve<S: TokenStore>(
+    config: ServerConfig<S>,
+    args: &Args,
+    settings: &Settings,
+) -> Result<(), String> {
+    let mut config = config.metrics(!args.no_metrics);
+    if let Some(timeout) = settings.request_timeout {
+        config = config.request_timeout(timeout);
+    }
+    if let Some(max) = settings.max_connections {
+        config = config.max_connections(max);
+    }
+    if let Some(timeout) = settings.drain_timeout {
+        config = config.drain_timeout(timeout);
+    }
+    let server = LightRateServer::new(config);
+    #[cfg(feature = "test-util")]
+    let server = match &args.fault_delay_ms {
+        Some(ms) => {
+            let ms: u64 = ms
+                .parse()
+                .map_err(|_| format!("--fault-delay-ms: {ms:?} is not a number"))?;
+            let faults = lightrate_server::faults::Faults::new();
+            faults.set_recording(false);
+            faults.set_always(Some(lightrate_server::faults::Fault::Delay(
+                Duration::from_millis(ms),
+            )));
+            tracing::warn!(target: "lightrate::server", delay_ms = ms, "every answer is delayed (--fault-delay-ms)");
+            server.with_faults(faults)
+        }
+        None => server,
+    };
+    let listen = &settings.listen;
+    let server = server
+        .bind(listen.as_str())
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     println!("listening on {}", server.base_url());
     let _ = std::io::stdout().flush();
-    let _ = tokio::signal::ctrl_c().await;
-    eprintln!("shutting down");
+    let signal = until_stopped(&server, args.config.as_deref()).await?;
+    tracing::info!(target: "lightrate::server", signal, "stopping: no new connections; draining requests in flight");
     server.shutdown().await;
+    tracing::info!(target: "lightrate::server", "stopped");
     Ok(())
+}
+
+/// Reloads the rules on SIGHUP until SIGTERM or SIGINT; the name of the signal that stopped it.
+#[cfg(unix)]
+async fn until_stopped<S: TokenStore>(
+    server: &RunningServer<S>,
+    config: Option<&str>,
+) -> Result<&'static str, String> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let listen = |kind| signal(kind).map_err(|e| format!("cannot handle signals: {e}"));
+    let mut hangup = listen(SignalKind::hangup())?;
+    let mut terminate = listen(SignalKind::terminate())?;
+    let mut interrupt = listen(SignalKind::interrupt())?;
+    loop {
+        tokio::select! {
+            _ = hangup.recv() => reload(server, config),
+            _ = terminate.recv() => return Ok("SIGTERM"),
+            _ = interrupt.recv() => return Ok("SIGINT"),
+        }
+    }
+}
+
+/// Until Ctrl-C (no SIGHUP here: no reload).
+#[cfg(not(unix))]
+async fn until_stopped<S: TokenStore>(
+    _server: &RunningServer<S>,
+    _config: Option<&str>,
+) -> Result<&'static str, String> {
+    tokio::signal::ctrl_c()
+        .await
+        .map_err(|e| format!("cannot handle Ctrl-C: {e}"))?;
+    Ok("Ctrl-C")
+}
+
+/// SIGHUP: the rules file again, or a log line saying why the rules in force stay.
+#[cfg(unix)]
+fn reload<S: TokenStore>(server: &RunningServer<S>, config: Option<&str>) {
+    let Some(path) = config else {
+        tracing::warn!(target: "lightrate::server", "SIGHUP: no --config was given, nothing to reload");
+        return;
+    };
+    match server.reload_rules_file(path) {
+        Ok(rules) => tracing::info!(
+            target: "lightrate::server",
+            path,
+            rules = rules.rules().count(),
+            "rules reloaded (buckets kept)"
+        ),
+        Err(e) => tracing::warn!(
+            target: "lightrate::server",
+            path,
+            error = e.message(),
+            "rules reload refused; the rules in force stay"
+        ),
+    }
 }
 
 #[cfg(test)]
@@ -220,9 +506,10 @@ mod tests {
     use super::*;
 
     fn args(list: &[&str]) -> Args {
-        parse_args(list.iter().map(|s| (*s).to_owned()))
-            .unwrap()
-            .unwrap()
+        match parse_args(list.iter().map(|s| (*s).to_owned())).unwrap() {
+            Command::Serve(args) => *args,
+            _ => unreachable!("not serve"),
+        }
     }
 
     #[test]
@@ -255,5 +542,71 @@ mod tests {
         );
         assert!(store(&args(&["--redis", "a", "--redis-cluster", "b"]), none).is_err());
         assert!(store(&args(&["--redis-cluster", " , "]), none).is_err());
+    }
+
+    #[test]
+    fn settings_come_from_the_flags_then_the_environment() {
+        let env = |name: &str| match name {
+            "LIGHTRATE_REQUEST_TIMEOUT" => Some("3s".to_owned()),
+            "LIGHTRATE_MAX_CONNECTIONS" => Some("100".to_owned()),
+            "LIGHTRATE_DRAIN_TIMEOUT" => Some("250ms".to_owned()),
+            "LIGHTRATE_LOG_FORMAT" => Some("json".to_owned()),
+            _ => None,
+        };
+        let from_env = settings(&args(&[]), env).unwrap();
+        assert_eq!(
+            from_env,
+            Settings {
+                listen: "127.0.0.1:8080".into(),
+                request_timeout: Some(Duration::from_secs(3)),
+                max_connections: Some(100),
+                drain_timeout: Some(Duration::from_millis(250)),
+                log_format: LogFormat::Json,
+            }
+        );
+        let flags = args(&[
+            "--request-timeout=500ms",
+            "--max-connections",
+            "7",
+            "--drain-timeout",
+            "2m",
+            "--log-format",
+            "text",
+        ]);
+        let from_flags = settings(&flags, env).unwrap();
+        assert_eq!(from_flags.request_timeout, Some(Duration::from_millis(500)));
+        assert_eq!(from_flags.max_connections, Some(7));
+        assert_eq!(from_flags.drain_timeout, Some(Duration::from_secs(120)));
+        assert_eq!(from_flags.log_format, LogFormat::Text);
+        let none = |_: &str| None;
+        assert_eq!(settings(&args(&[]), none).unwrap().request_timeout, None);
+        for bad in [
+            &["--request-timeout", "soon"][..],
+            &["--max-connections", "0"],
+            &["--log-format", "xml"],
+            &["--drain-timeout", "-1s"],
+        ] {
+            assert!(settings(&args(bad), none).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn durations_in_seconds_milliseconds_or_minutes() {
+        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration(" 750ms "), Ok(Duration::from_millis(750)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("1.5s").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn check_takes_one_file() {
+        let parse = |list: &[&str]| parse_args(list.iter().map(|s| (*s).to_owned()));
+        assert!(matches!(parse(&["check", "r.toml"]), Ok(Command::Check(f)) if f == "r.toml"));
+        assert!(parse(&["check"]).is_err());
+        assert!(parse(&["check", "a", "b"]).is_err());
+        assert!(matches!(parse(&["--help"]), Ok(Command::Help)));
+        assert!(parse(&["--bogus"]).is_err());
     }
 }

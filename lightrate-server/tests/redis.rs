@@ -32,6 +32,7 @@ burst_rate = 10
 struct Replica {
     child: Child,
     base_url: String,
+    rules: std::path::PathBuf,
     _dir: ScratchDir,
 }
 
@@ -87,6 +88,7 @@ fn replica(store_args: &[&str]) -> Replica {
     Replica {
         child,
         base_url,
+        rules,
         _dir: ScratchDir(dir),
     }
 }
@@ -242,4 +244,41 @@ async fn a_server_started_while_redis_is_down_serves_once_it_is_up() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(consume(&server, "u").await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn sighup_on_redis_applies_new_limits_and_keeps_the_buckets_in_redis() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let server = replica(&["--redis", &redis.url()]);
+    for _ in 0..3 {
+        assert_eq!(consume(&server, "alice").await.0, StatusCode::OK);
+    }
+    std::fs::write(
+        &server.rules,
+        RULES.replace("burst_rate = 10", "burst_rate = 20"),
+    )
+    .unwrap();
+    let kill = std::process::Command::new("kill")
+        .args(["-HUP", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    // A new user shows when the reload is done (alice's bucket must not be touched).
+    let start = Instant::now();
+    loop {
+        let (_, body, _) = consume(&server, "probe").await;
+        if body["rule"]["burstRate"] == 20 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "not reloaded: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (_, body, _) = consume(&server, "alice").await;
+    assert_eq!(body["tokensRemaining"], 6, "alice keeps her bucket: {body}");
+    assert_eq!(body["rule"]["burstRate"], 20);
 }

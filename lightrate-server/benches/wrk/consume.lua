@@ -1,11 +1,12 @@
--- wrk script: POST /api/v1/tokens/consume, one send_email token for a user drawn from 5000.
--- Used by run.sh (see BENCHMARKS.md); every answer should be 200 (granted or not).
+-- wrk script: POST /api/v1/tokens/consume, one send_email token for a user drawn from 5000
+-- (WRK_USERS=1: one hot user). Used by run.sh (see BENCHMARKS.md); every answer should be 200
+-- (granted or not).
 wrk.method = "POST"
 wrk.path = "/api/v1/tokens/consume"
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer bench-key"
 
-local users = 5000
+local users = tonumber(os.getenv("WRK_USERS") or "5000")
 
 request = function()
   local body = string.format(
