@@ -21,6 +21,11 @@ use crate::{Error, ErrorKind, RefillRate, Rule, Target};
 /// so one that would take more memory than this is treated as a literal instead.
 const MATCHER_SIZE_LIMIT: usize = 256 * 1024;
 
+/// How deep groups and repetitions may nest in a matcher. The regex parser recurses on nesting;
+/// its own limit (250) let a matcher like `z****…` overflow a 2 MiB thread stack (found by
+/// fuzzing the rules files), and matchers can come from a server's answers.
+const MATCHER_NEST_LIMIT: u32 = 32;
+
 /// A rule's compiled pattern.
 #[derive(Clone, Debug)]
 pub(crate) enum Matcher {
@@ -35,6 +40,7 @@ impl Matcher {
         match regex::RegexBuilder::new(pattern)
             .size_limit(MATCHER_SIZE_LIMIT)
             .dfa_size_limit(MATCHER_SIZE_LIMIT)
+            .nest_limit(MATCHER_NEST_LIMIT)
             .build()
         {
             Ok(re) => Matcher::Regex(re),
@@ -157,6 +163,15 @@ impl RuleSet {
     /// ```
     #[cfg(feature = "toml")]
     pub fn from_toml_str(text: &str) -> Result<RuleSet, Error> {
+        if let Some(line) = toml_nested_too_deep(text) {
+            return Err(Error::new(
+                ErrorKind::Configuration,
+                format!(
+                    "invalid rules file: line {line}: arrays and tables nested more than \
+                     {MAX_TOML_NESTING} deep"
+                ),
+            ));
+        }
         let file: TomlRules = toml::from_str(text).map_err(|e| {
             Error::new(ErrorKind::Configuration, format!("invalid rules file: {e}"))
         })?;
@@ -542,6 +557,64 @@ struct TomlRule {
     burst_rate: u64,
 }
 
+/// How deep arrays and inline tables may nest in a rules file (a real one needs 2).
+#[cfg(feature = "toml")]
+const MAX_TOML_NESTING: usize = 32;
+
+/// The line where a TOML text first nests `[` or `{` more than [`MAX_TOML_NESTING`] deep,
+/// outside strings and comments. The TOML parser recurses on nesting, so a hostile file could
+/// otherwise overflow the stack of the thread that reads it.
+#[cfg(feature = "toml")]
+fn toml_nested_too_deep(text: &str) -> Option<usize> {
+    let bytes = text.as_bytes();
+    let (mut depth, mut line, mut i) = (0usize, 1usize, 0usize);
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\n' => line += 1,
+            b'#' => {
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    i += 1;
+                }
+                continue;
+            }
+            quote @ (b'"' | b'\'') => {
+                // A string, single or triple quoted; a basic string's escapes are skipped.
+                let triple = bytes[i..].starts_with(&[quote; 3]);
+                i += if triple { 3 } else { 1 };
+                while i < bytes.len() {
+                    let b = bytes[i];
+                    if b == b'\\' && quote == b'"' {
+                        i += 2;
+                        continue;
+                    }
+                    if b == b'\n' {
+                        if !triple {
+                            break;
+                        }
+                        line += 1;
+                    }
+                    if b == quote && (!triple || bytes[i..].starts_with(&[quote; 3])) {
+                        i += if triple { 3 } else { 1 };
+                        break;
+                    }
+                    i += 1;
+                }
+                continue;
+            }
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_TOML_NESTING {
+                    return Some(line);
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -726,6 +799,65 @@ mod tests {
         for (text, expected) in cases {
             let e = RuleSet::from_toml_str(&text).unwrap_err();
             assert!(e.message().contains(expected), "{text}\n=> {e}");
+        }
+    }
+
+    #[test]
+    fn brackets_in_strings_and_comments_do_not_count_as_nesting() {
+        let deep = "[".repeat(100);
+        let text = format!(
+            "# {deep}\n[default]\nname = \"{deep}\\\"{deep}\"\nid = '{deep}'\nrefill_rate = 1\n\
+             burst_rate = 5\n[[rules]]\nname = \"\"\"\n{deep}\n\"\"\"\nmatcher = '''[\\[]{{3}}'''\n\
+             refill_rate = 1\nburst_rate = 1\n"
+        );
+        assert_eq!(toml_nested_too_deep(&text), None);
+        let rules = RuleSet::from_toml_str(&text).unwrap();
+        assert_eq!(rules.default_rule().name, format!("{deep}\"{deep}"));
+        assert_eq!(toml_nested_too_deep("a = 1\nb = [[[[\n"), None);
+        assert_eq!(
+            toml_nested_too_deep(&format!("\n\nb = {}", "[".repeat(33))),
+            Some(3)
+        );
+    }
+
+    #[test]
+    fn deeply_nested_matchers_are_literals_not_a_stack_overflow() {
+        for pattern in [
+            format!("z{}", "*".repeat(240)),
+            "(".repeat(240) + &")".repeat(240),
+        ] {
+            let probe = pattern.clone();
+            let literal = std::thread::Builder::new()
+                .stack_size(256 * 1024)
+                .spawn(move || {
+                    let m = Matcher::compile(&probe);
+                    (matches!(m, Matcher::Literal(_)), m.is_match(&probe))
+                })
+                .unwrap()
+                .join()
+                .unwrap();
+            assert_eq!(literal, (true, true), "{pattern}");
+        }
+        assert!(matches!(
+            Matcher::compile("^/a(/(b|c)+)*$"),
+            Matcher::Regex(_)
+        ));
+    }
+
+    #[test]
+    fn deeply_nested_rules_files_are_an_error_not_a_stack_overflow() {
+        // Found by fuzzing: nesting a few hundred deep overflowed a 2 MiB thread stack (a
+        // tokio worker's, where the server reloads its rules) inside the TOML parser.
+        for open in ["[", "{a=", "a=["] {
+            let text = format!("x = {}", open.repeat(100_000));
+            let outcome = std::thread::Builder::new()
+                .stack_size(256 * 1024)
+                .spawn(move || RuleSet::from_toml_str(&text).map(|_| ()))
+                .unwrap()
+                .join()
+                .unwrap();
+            let e = outcome.unwrap_err();
+            assert!(e.message().contains("nested"), "{e}");
         }
     }
 
