@@ -7,13 +7,19 @@
 //! - [`Counting`]: the system allocator, counting allocations per thread and live bytes, for
 //!   the tests that prove a local hit allocates nothing, and [`new_buckets`], what a live
 //!   bucket costs;
-//! - [`expect`]: what the adapters' tests expect of the answers, written once for both.
+//! - [`expect`]: what the adapters' tests expect of the answers, written once for both;
+//! - [`Logs`]: what lightrate logs on the test's thread, captured;
+//! - [`Scrape`]: Prometheus text parsed by a real parser, for the metrics tests.
 
 mod alloc;
 mod buckets;
 pub mod expect;
+mod logs;
+mod scrape;
 mod sources;
 
 pub use alloc::{allocations, live_bytes, Counting};
 pub use buckets::{new_buckets, BucketCost};
+pub use logs::Logs;
+pub use scrape::Scrape;
 pub use sources::{Recording, Unlimited};

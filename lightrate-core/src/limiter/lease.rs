@@ -24,6 +24,7 @@ use super::decision::{Decision, DecisionSource, RuleSummary};
 use super::flight::{Answer, Flight, FlightGuard, FlightKey, Joined, Waiter};
 use super::keys::TargetKey;
 use super::stats::bump;
+use super::tally::CallResult;
 use super::{millis, Inner, OnUnavailable};
 use crate::clock::{duration_to_nanos, Timestamp};
 use crate::MAX_USER_IDENTIFIER_BYTES;
@@ -177,12 +178,12 @@ impl Inner {
                 Take::Taken(left) => {
                     return Some(Decision::local(left, bucket.source_remaining(), rule))
                 }
-                Take::Stale => bump(&self.counters.expired_tokens, bucket.drop_stale(now_ms)),
+                Take::Stale => self.lose(rule.slot, bucket.drop_stale(now_ms)),
                 Take::Expired => {
                     if bucket.is_dead() {
                         return None;
                     }
-                    bump(&self.counters.expired_tokens, bucket.expire(now_ms));
+                    self.lose(rule.slot, bucket.expire(now_ms));
                 }
                 Take::Empty => return self.denied_locally(bucket, rule),
             }
@@ -577,11 +578,12 @@ impl Inner {
         guard: &'g papaya::LocalGuard<'_>,
     ) -> &'g super::bucket::LocalBucket {
         let mut bucket = self.bucket(user, rule, now_ms, guard);
+        self.tally.deposited(rule.slot, tokens);
         let mut deposit = tokens;
         loop {
             match bucket.deposit(deposit, deadline_ms, now_ms) {
                 Ok(dropped) => {
-                    bump(&self.counters.expired_tokens, dropped);
+                    self.lose(rule.slot, dropped);
                     return bucket;
                 }
                 Err(back) => {
@@ -620,6 +622,15 @@ impl Inner {
             None => call.await,
         };
         let now = self.clock.now();
+        self.tally.call(match &result {
+            Ok(answer) if answer.tokens_consumed > tokens => CallResult::Failed(ErrorKind::Decode),
+            Ok(answer) if answer.tokens_consumed > 0 => CallResult::Granted,
+            Ok(_) => CallResult::Denied,
+            Err(error) => CallResult::Failed(error.kind()),
+        });
+        #[cfg(feature = "metrics")]
+        metrics::histogram!(crate::metrics::SOURCE_CALL_DURATION)
+            .record(now.saturating_duration_since(started).as_secs_f64());
         match result {
             Ok(answer) if answer.tokens_consumed > tokens => {
                 // An answer that contradicts the request cannot be trusted at all.
