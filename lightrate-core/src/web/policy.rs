@@ -238,20 +238,28 @@ impl<V: RequestView> RequestPolicy<V> {
         });
         let routes = self.routes.served();
         // The route's template, only when it is used.
-        let template = if self.operation.is_none()
+        let look_up = self.operation.is_none()
             && (self.path_target == PathTarget::Template
                 || if V::PREFILTER_TEMPLATES {
                     routes.may_match(path)
                 } else {
                     !routes.is_empty()
-                }) {
+                });
+        let template = if look_up {
             V::route_template(req, path)
         } else {
             None
         };
         let operation = self.operation.as_ref().or_else(|| {
             let method = method.as_deref()?;
-            routes.get(method, template.as_deref()?)
+            match &template {
+                Some(template) => routes.get(method, template),
+                // No route template where one was looked for (a layer outside the router:
+                // tonic's): a path is the template of its own literal route (a gRPC method,
+                // `/package.Service/Method`).
+                None if look_up => routes.get(method, path),
+                None => None,
+            }
         });
         let name = match operation {
             None if self.names_as_operations => V::route_name(req, path),
@@ -305,7 +313,9 @@ impl<V: RequestView> RequestPolicy<V> {
         let user: &str = match found {
             Some(raw) => match validate_identifier(raw) {
                 Ok(user) => user,
-                Err(why) => return self.refuse_unidentified(Rejection::InvalidIdentifier(why)),
+                Err(why) => {
+                    return self.refuse_unidentified(Rejection::InvalidIdentifier(why), req)
+                }
             },
             None => {
                 let by_ip = matches!(self.identify.kind(), Kind::PeerIp)
@@ -326,7 +336,7 @@ impl<V: RequestView> RequestPolicy<V> {
                         ip_text.as_str()
                     }
                     MissingIdentifier::Reject => {
-                        return self.refuse_unidentified(Rejection::MissingIdentifier)
+                        return self.refuse_unidentified(Rejection::MissingIdentifier, req)
                     }
                     _ => return Plan::Pass,
                 }
@@ -335,7 +345,7 @@ impl<V: RequestView> RequestPolicy<V> {
 
         let shadow = self.mode == Mode::Shadow;
         match self.limiter.check_local_in(user, target, cost, shadow) {
-            Some(decision) => match self.verdict(decision) {
+            Some(decision) => match self.verdict(decision, || V::is_grpc(req)) {
                 Verdict::Allowed(allowed) => Plan::Allowed(allowed),
                 Verdict::Refused(answer) => Plan::Refused(answer),
             },
@@ -347,7 +357,8 @@ impl<V: RequestView> RequestPolicy<V> {
                     shadow,
                 );
                 let policy = Arc::clone(self);
-                Plan::Check(Box::pin(async move { policy.settle(check.await) }))
+                let grpc = V::is_grpc(req);
+                Plan::Check(Box::pin(async move { policy.settle(check.await, grpc) }))
             }
         }
     }
@@ -355,7 +366,7 @@ impl<V: RequestView> RequestPolicy<V> {
     /// The plan for a request refused before the limiter (400): counted, and answered, or
     /// let through in shadow mode.
     #[cold]
-    fn refuse_unidentified(&self, rejection: Rejection) -> Plan {
+    fn refuse_unidentified(&self, rejection: Rejection, req: &V::Request) -> Plan {
         self.limiter.count_invalid();
         if self.mode == Mode::Shadow {
             self.let_through(&rejection);
@@ -365,7 +376,7 @@ impl<V: RequestView> RequestPolicy<V> {
                 headers: None,
             });
         }
-        Plan::Refused(self.respond(&rejection))
+        Plan::Refused(self.respond(&rejection, V::is_grpc(req)))
     }
 
     /// Logs (at a limited rate) a request shadow mode let through instead of `rejection`.
@@ -381,21 +392,26 @@ impl<V: RequestView> RequestPolicy<V> {
     }
 
     /// What the source's answer means for the request.
-    fn settle(&self, checked: Result<Decision, Error>) -> Verdict {
+    fn settle(&self, checked: Result<Decision, Error>, grpc: bool) -> Verdict {
         match checked {
-            Ok(decision) => self.verdict(decision),
+            Ok(decision) => self.verdict(decision, || grpc),
             // Shadow mode: through, with the decision the outage policy would have enforced.
             Err(error) if self.mode == Mode::Shadow => {
                 let retry_after = error.retry_after().unwrap_or(std::time::Duration::ZERO);
-                self.verdict(Decision::unavailable(false, error.kind(), retry_after))
+                self.verdict(
+                    Decision::unavailable(false, error.kind(), retry_after),
+                    || grpc,
+                )
             }
             // The policy is to surface the source's failure: answer 503.
-            Err(error) => Verdict::Refused(self.respond(&Rejection::from_error(&error))),
+            Err(error) => Verdict::Refused(self.respond(&Rejection::from_error(&error), grpc)),
         }
     }
 
-    /// What a decision means for the request.
-    fn verdict(&self, decision: Decision) -> Verdict {
+    /// What a decision means for the request; `grpc` tells whether it is a gRPC request (asked
+    /// only to refuse it).
+    #[inline]
+    fn verdict(&self, decision: Decision, grpc: impl FnOnce() -> bool) -> Verdict {
         let policy = || decision.rule().and_then(|rule| self.limiter.rule_id(&rule));
         if decision.is_allowed() || self.mode == Mode::Shadow {
             if !decision.is_allowed() {
@@ -423,13 +439,17 @@ impl<V: RequestView> RequestPolicy<V> {
                 source = ?decision.source(),
                 "request limited"
             );
-            Verdict::Refused(self.respond(&Rejection::from_decision(decision, policy())))
+            let rejection = Rejection::from_decision(decision, policy());
+            Verdict::Refused(self.respond(&rejection, grpc()))
         }
     }
 
-    /// The answer to a rejection: the user's, or the default.
-    fn respond(&self, rejection: &Rejection) -> Box<Response<Bytes>> {
+    /// The answer to a rejection: the gRPC one to a gRPC request, else the user's, or the
+    /// default.
+    #[cold]
+    fn respond(&self, rejection: &Rejection, grpc: bool) -> Box<Response<Bytes>> {
         Box::new(match &self.respond {
+            _ if grpc => rejection.to_grpc_response(),
             Some(f) => f(rejection),
             None => rejection.to_response(self.headers),
         })
