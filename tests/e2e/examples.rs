@@ -359,3 +359,57 @@ async fn the_axum_example_in_shadow_mode() {
 async fn the_actix_example_in_shadow_mode() {
     shadow_mode_counts_what_it_lets_through("actix_app").await;
 }
+
+/// `cargo run --example tonic_app`: the health service answers SERVING, five calls per user
+/// (the demo rules' default rule), then RESOURCE_EXHAUSTED with the retry delay; an unusable
+/// identifier is INVALID_ARGUMENT; a call without one is limited by its address.
+#[tokio::test]
+async fn the_tonic_example_serves_the_demo_contract() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+
+    let example = start("tonic_app");
+    let channel = tonic::transport::Channel::from_shared(example.base_url.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let client = HealthClient::new(channel);
+    let check = |user: Option<String>| {
+        let mut request = tonic::Request::new(HealthCheckRequest {
+            service: String::new(),
+        });
+        if let Some(user) = user {
+            request
+                .metadata_mut()
+                .insert("x-user-id", user.parse().unwrap());
+        }
+        let mut client = client.clone();
+        async move { client.check(request).await.map(|a| a.into_inner().status()) }
+    };
+    for _ in 0..5 {
+        assert_eq!(
+            check(Some("ivan".into())).await.unwrap(),
+            ServingStatus::Serving
+        );
+    }
+    let refused = check(Some("ivan".into())).await.unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+    assert_eq!(refused.metadata().get("retry-after").unwrap(), "1");
+    assert!(refused.metadata().get("grpc-retry-pushback-ms").is_some());
+    let invalid = check(Some("x".repeat(300))).await.unwrap_err();
+    assert_eq!(invalid.code(), tonic::Code::InvalidArgument, "{invalid:?}");
+    // Without an identifier: the peer address's own bucket (burst 5).
+    for _ in 0..5 {
+        assert!(check(None).await.is_ok());
+    }
+    assert_eq!(
+        check(None).await.unwrap_err().code(),
+        tonic::Code::ResourceExhausted
+    );
+}
