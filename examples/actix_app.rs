@@ -14,6 +14,11 @@
 //! | `GET /items/{id}` | the concrete path (`/items/42`) | `{"id": "<id>"}` |
 //! | `POST /emails` | operation `send_email` | `{"sent": true}` |
 //! | `GET /healthz` | not limited | `ok` |
+//! | `GET /metrics` | not limited | Prometheus text (`lightrate_` metrics) |
+//!
+//! `LIGHTRATE_MODE=shadow` decides and counts every request, but lets each one through.
+//! actix-web closes a connection that sends no complete request head within 5 s (408), and
+//! an idle kept-alive one after 5 s: its defaults, kept.
 #![allow(
     clippy::print_stdout,
     clippy::print_stderr,
@@ -25,23 +30,42 @@ use std::io::Write as _;
 use std::net::TcpListener;
 use std::num::NonZeroUsize;
 use std::process::ExitCode;
+use std::sync::OnceLock;
+use std::time::Duration;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{Server, ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::http::header::HeaderName;
 use actix_web::http::Method;
 use actix_web::{web, App, HttpRequest, HttpServer};
-use lightrate::actix::{Identify, LightRate, MissingIdentifier};
+use lightrate::actix::{Identify, LightRate, MissingIdentifier, Mode};
 use lightrate::{EnvSource, Limiter, RuleSet};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde_json::{json, Value};
 
 /// The header that names the user.
 const USER_HEADER: HeaderName = HeaderName::from_static("x-user-id");
 
-/// The demo routes behind the rate limiter: one `App` (actix builds one per worker; every
-/// worker's app shares `limiter`, a clone of one `Arc`).
+/// The process's Prometheus recorder (installed on first use, without an HTTP listener of
+/// its own: `/metrics` serves it).
+pub fn prometheus() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            PrometheusBuilder::new()
+                .install_recorder()
+                // Another recorder is installed already (a test's): render an empty one.
+                .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder().handle())
+        })
+        .clone()
+}
+
+/// The demo routes behind the rate limiter, enforcing or (`Mode::Shadow`) only counting: one
+/// `App` (actix builds one per worker; every worker's app shares `limiter`, a clone of one
+/// `Arc`).
 pub fn app(
     limiter: Limiter,
+    mode: Mode,
 ) -> App<
     impl ServiceFactory<
         ServiceRequest,
@@ -51,10 +75,20 @@ pub fn app(
         InitError = (),
     >,
 > {
+    let metrics = {
+        let (limiter, prometheus) = (limiter.clone(), prometheus());
+        move || {
+            limiter.publish_metrics();
+            let text = prometheus.render();
+            async move { text }
+        }
+    };
     let rate_limit = LightRate::new(limiter)
         .identify(Identify::header(USER_HEADER))
         .on_missing_identifier(MissingIdentifier::PeerIp)
-        .exclude_path("/healthz");
+        .exclude_path("/healthz")
+        .exclude_path("/metrics")
+        .mode(mode);
     App::new()
         .route("/hello", web::get().to(hello))
         .route("/items/{id}", web::get().to(item))
@@ -64,6 +98,7 @@ pub fn app(
                 .route(web::post().to(send_email)),
         )
         .route("/healthz", web::get().to(|| async { "ok" }))
+        .route("/metrics", web::get().to(metrics))
         .wrap(rate_limit)
 }
 
@@ -89,8 +124,13 @@ async fn send_email() -> web::Json<Value> {
 
 /// Serves the demo app on `listener` with `workers` workers (at least one), all sharing
 /// `limiter`. The server runs once awaited (or spawned) on an actix `System`.
-pub fn server(listener: TcpListener, limiter: Limiter, workers: usize) -> std::io::Result<Server> {
-    Ok(HttpServer::new(move || app(limiter.clone()))
+pub fn server(
+    listener: TcpListener,
+    limiter: Limiter,
+    mode: Mode,
+    workers: usize,
+) -> std::io::Result<Server> {
+    Ok(HttpServer::new(move || app(limiter.clone(), mode))
         .workers(workers.max(1))
         .listen(listener)?
         .run())
@@ -144,9 +184,21 @@ fn run() -> Result<(), String> {
         .map_err(|e| format!("cannot listen on 127.0.0.1:{port}: {e}"))?;
     let address = listener.local_addr().map_err(|e| e.to_string())?;
     let workers = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
+    let mode = Mode::from_env().map_err(|e| e.to_string())?;
+    if mode == Mode::Shadow {
+        eprintln!("LIGHTRATE_MODE=shadow: requests are decided and counted, none refused");
+    }
     actix_web::rt::System::new().block_on(async move {
+        // The exporter's histograms are trimmed at each scrape, and here in between.
+        let prometheus = prometheus();
+        actix_web::rt::spawn(async move {
+            loop {
+                actix_web::rt::time::sleep(Duration::from_secs(5)).await;
+                prometheus.run_upkeep();
+            }
+        });
         // One limiter for the process: every worker's app gets a clone of it.
-        let server = server(listener, builder.build(), workers).map_err(|e| e.to_string())?;
+        let server = server(listener, builder.build(), mode, workers).map_err(|e| e.to_string())?;
         println!("listening on http://{address}");
         let _ = std::io::stdout().flush();
         server.await.map_err(|e| e.to_string())

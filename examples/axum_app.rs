@@ -14,6 +14,11 @@
 //! | `GET /items/{id}` | the concrete path (`/items/42`) | `{"id": "<id>"}` |
 //! | `POST /emails` | operation `send_email` | `{"sent": true}` |
 //! | `GET /healthz` | not limited | `ok` |
+//! | `GET /metrics` | not limited | Prometheus text (`lightrate_` metrics) |
+//!
+//! `LIGHTRATE_MODE=shadow` decides and counts every request, but lets each one through. The
+//! server closes a connection that has not sent a complete request head within
+//! [`HEADER_READ_TIMEOUT`]: a new one, or a kept-alive one between requests (idle).
 #![allow(
     clippy::print_stdout,
     clippy::print_stderr,
@@ -24,24 +29,61 @@
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::OnceLock;
+use std::time::Duration;
 
 use axum::extract::{ConnectInfo, Path};
 use axum::http::{HeaderMap, HeaderName, Method};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
-use lightrate::tower::{Identify, LightRateLayer, MissingIdentifier};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use lightrate::tower::{Identify, LightRateLayer, MissingIdentifier, Mode};
 use lightrate::{EnvSource, Limiter, RuleSet};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde_json::{json, Value};
+use tower::Service as _;
 
 /// The header that names the user.
 const USER_HEADER: HeaderName = HeaderName::from_static("x-user-id");
 
-/// The demo routes behind the rate limiter.
-pub fn app(limiter: Limiter) -> Router {
+/// How long a connection may take to send a complete request head: from its start, and
+/// between two requests of a kept-alive connection. Then it is closed.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long the accept loop waits after an accept error (out of file descriptors, say)
+/// before it tries again: the connections the timeouts close make room meanwhile.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// The process's Prometheus recorder (installed on first use, without an HTTP listener of
+/// its own: `/metrics` serves it).
+pub fn prometheus() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            PrometheusBuilder::new()
+                .install_recorder()
+                // Another recorder is installed already (a test's): render an empty one.
+                .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder().handle())
+        })
+        .clone()
+}
+
+/// The demo routes behind the rate limiter, enforcing or (`Mode::Shadow`) only counting.
+pub fn app(limiter: Limiter, mode: Mode) -> Router {
+    let metrics = {
+        let (limiter, prometheus) = (limiter.clone(), prometheus());
+        move || async move {
+            limiter.publish_metrics();
+            prometheus.render()
+        }
+    };
     let rate_limit = LightRateLayer::new(limiter)
         .identify(Identify::header(USER_HEADER))
         .on_missing_identifier(MissingIdentifier::PeerIp)
-        .exclude_path("/healthz");
+        .exclude_path("/healthz")
+        .exclude_path("/metrics")
+        .mode(mode);
     Router::new()
         .route("/hello", get(hello))
         .route("/items/{id}", get(item))
@@ -50,6 +92,7 @@ pub fn app(limiter: Limiter) -> Router {
             post(send_email).layer(rate_limit.operation_for(Method::POST, "/emails", "send_email")),
         )
         .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics))
         .layer(rate_limit)
 }
 
@@ -73,13 +116,36 @@ async fn send_email() -> Json<Value> {
     Json(json!({ "sent": true }))
 }
 
-/// Serves `app` on `listener`, with the peer address available to the rate limiter.
+/// Serves `app` on `listener`, with the peer address available to the rate limiter, closing
+/// connections that send no complete request head within [`HEADER_READ_TIMEOUT`] (new or
+/// idle), and backing off on accept errors. (`axum::serve` has no such timeouts: idle
+/// connections would hold their descriptors forever.)
 pub async fn serve(listener: tokio::net::TcpListener, app: Router) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .await
+    let mut connections = app.into_make_service_with_connect_info::<SocketAddr>();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Out of descriptors, or a connection reset before it was accepted: wait for
+                // the timeouts to free some, without a log line per failure.
+                tracing::debug!(%error, "accept failed");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
+        let service = match connections.call(peer).await {
+            Ok(service) => TowerToHyperService::new(service),
+            Err(never) => match never {},
+        };
+        let connection = http.serve_connection(TokioIo::new(stream), service);
+        tokio::spawn(async move {
+            // A closed or timed-out connection is nothing to report.
+            let _ = connection.await;
+        });
+    }
 }
 
 /// Says where tokens come from, on stderr.
@@ -131,9 +197,21 @@ async fn run() -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot listen on 127.0.0.1:{port}: {e}"))?;
     let address = listener.local_addr().map_err(|e| e.to_string())?;
+    let mode = Mode::from_env().map_err(|e| e.to_string())?;
+    if mode == Mode::Shadow {
+        eprintln!("LIGHTRATE_MODE=shadow: requests are decided and counted, none refused");
+    }
+    // The exporter's histograms are trimmed at each scrape, and here in between.
+    let prometheus = prometheus();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            prometheus.run_upkeep();
+        }
+    });
     println!("listening on http://{address}");
     let _ = std::io::stdout().flush();
-    serve(listener, app(builder.build()))
+    serve(listener, app(builder.build(), mode))
         .await
         .map_err(|e| e.to_string())
 }

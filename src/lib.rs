@@ -12,6 +12,7 @@
 //! | `actix` | [`actix`]: the actix-web middleware | off |
 //! | `server` | [`server`]: the LightRate-compatible token server | off |
 //! | `redis` | [`redis`]: `RedisSource`, buckets shared in Redis or Redis Cluster | off |
+//! | `metrics` | [`metrics`]: Prometheus metrics through the `metrics` facade | off |
 //!
 //! ```
 //! use lightrate::{EmbeddedSource, Limiter, RuleSet, Target};
@@ -51,6 +52,9 @@ pub use lightrate_core::{
 /// The `http` crate, whose `Method` and `StatusCode` appear in this API.
 pub use lightrate_core::http;
 
+#[cfg(feature = "metrics")]
+pub use lightrate_core::metrics;
+
 /// Rate limiting for axum and every tower stack (feature `tower`, or `axum` to read axum's
 /// route templates and peer addresses): [`LightRateLayer`](tower::LightRateLayer).
 ///
@@ -79,7 +83,7 @@ pub use lightrate_core::http;
 #[cfg(feature = "tower")]
 pub mod tower {
     pub use lightrate_tower::{
-        Identify, InvalidIdentifier, LightRate, LightRateLayer, MissingIdentifier, Operation,
+        Identify, InvalidIdentifier, LightRate, LightRateLayer, MissingIdentifier, Mode, Operation,
         PathTarget, RateLimitHeaders, Rejection, ResponseFuture, MAX_IDENTIFIER_BYTES,
     };
 }
@@ -111,8 +115,8 @@ pub mod tower {
 #[cfg(feature = "actix")]
 pub mod actix {
     pub use lightrate_actix::{
-        Identify, InvalidIdentifier, LightRate, LightRateMiddleware, MissingIdentifier, Operation,
-        PathTarget, RateLimitHeaders, Rejection, ResponseFuture, MAX_IDENTIFIER_BYTES,
+        Identify, InvalidIdentifier, LightRate, LightRateMiddleware, MissingIdentifier, Mode,
+        Operation, PathTarget, RateLimitHeaders, Rejection, ResponseFuture, MAX_IDENTIFIER_BYTES,
     };
 }
 

@@ -118,7 +118,7 @@ mod transform;
 
 pub use future::ResponseFuture;
 pub use lightrate_core::web::{
-    InvalidIdentifier, MissingIdentifier, Operation, PathTarget, RateLimitHeaders, Rejection,
+    InvalidIdentifier, MissingIdentifier, Mode, Operation, PathTarget, RateLimitHeaders, Rejection,
     MAX_IDENTIFIER_BYTES,
 };
 pub use middleware::LightRateMiddleware;

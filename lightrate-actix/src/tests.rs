@@ -798,3 +798,115 @@ async fn operations_on_patterns_with_parameters() {
         ]
     );
 }
+
+/// A shadow-mode handler's view of its request: allowed or not, and from where.
+async fn shadow_seen(decision: Option<web::ReqData<Decision>>) -> String {
+    match decision {
+        Some(d) => format!("{} {:?}", d.is_allowed(), d.source()),
+        None => "none".to_owned(),
+    }
+}
+
+#[actix_rt::test]
+async fn shadow_mode_lets_refused_requests_through_counted_and_logged_at_a_limited_rate() {
+    let logs = lightrate_testing::Logs::capture();
+    let source = Recording::demo();
+    let clock = lightrate_core::ManualClock::new();
+    let limiter = source.builder(1).clock(clock.clone()).build();
+    let app = init_service(
+        App::new().route("/hello", web::get().to(shadow_seen)).wrap(
+            LightRate::new(limiter.clone())
+                .identify(user_header())
+                .mode(Mode::Shadow),
+        ),
+    )
+    .await;
+    let mut seen = Vec::new();
+    for _ in 0..50 {
+        let (status, _, body) = send!(app, Method::GET, "/hello", Some("ann"));
+        assert_eq!(status, StatusCode::OK);
+        seen.push(body);
+    }
+    assert!(
+        seen[..20].iter().all(|s| s == "true TokenSource"),
+        "{seen:?}"
+    );
+    // The last lease said the source was empty: the denial cache decides, as it would.
+    assert!(
+        seen[20..].iter().all(|s| s == "false DenialCache"),
+        "{seen:?}"
+    );
+    assert_eq!(source.calls().len(), 20);
+    assert_eq!(limiter.stats().denied_by_denial_cache, 30);
+    let lines = logs.lines_with("shadow mode");
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].contains("requests=1") && lines[0].contains("status=429"),
+        "{lines:?}"
+    );
+    clock.advance(std::time::Duration::from_secs(10));
+    assert_eq!(
+        send!(app, Method::GET, "/hello", Some("ann")).0,
+        StatusCode::OK
+    );
+    let lines = logs.lines_with("shadow mode");
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(lines[1].contains("requests=30"), "{lines:?}");
+}
+
+#[actix_rt::test]
+async fn shadow_mode_lets_unusable_identifiers_and_outages_through() {
+    let source = Recording::demo();
+    let app = init_service(
+        App::new().route("/hello", web::get().to(shadow_seen)).wrap(
+            LightRate::new(source.limiter(OnUnavailable::Deny))
+                .identify(user_header())
+                .mode(Mode::Shadow),
+        ),
+    )
+    .await;
+    let (status, _, body) = send!(app, Method::GET, "/hello", Some(" "));
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "none"));
+    assert!(
+        source.calls().is_empty(),
+        "an unusable identifier costs no token"
+    );
+    source.fail_with(Some(Error::new(ErrorKind::Timeout, "slow")));
+    let (status, _, body) = send!(app, Method::GET, "/hello", Some("u"));
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::OK, "false Unavailable")
+    );
+}
+
+#[actix_rt::test]
+async fn head_is_charged_as_get() {
+    let source = Recording::demo();
+    // A resource that answers HEAD with its GET handler.
+    let app = init_service(
+        App::new()
+            .service(
+                web::resource("/hello")
+                    .route(web::get().to(|| async { "hi" }))
+                    .route(web::head().to(|| async { "hi" })),
+            )
+            .wrap(LightRate::new(source.limiter(OnUnavailable::Allow)).identify(user_header())),
+    )
+    .await;
+    // The GET rule's burst (20) covers both.
+    for _ in 0..10 {
+        assert_eq!(
+            send!(app, Method::GET, "/hello", Some("h")).0,
+            StatusCode::OK
+        );
+        assert_eq!(
+            send!(app, Method::HEAD, "/hello", Some("h")).0,
+            StatusCode::OK
+        );
+    }
+    assert_eq!(
+        send!(app, Method::HEAD, "/hello", Some("h")).0,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    expect::all_charged(&source.calls(), "GET /hello", 1);
+}

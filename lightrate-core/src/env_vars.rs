@@ -21,6 +21,16 @@ pub(crate) const LOCAL_BUCKET_SIZE: &str = "LIGHTRATE_LOCAL_BUCKET_SIZE";
 /// What requests get when the source cannot answer.
 pub(crate) const ON_UNAVAILABLE: &str = "LIGHTRATE_ON_UNAVAILABLE";
 
+/// Whether the demo apps' middleware enforces or only counts (`enforce`, `shadow`).
+pub(crate) const MODE: &str = "LIGHTRATE_MODE";
+
+/// `LIGHTRATE_MODE`: `enforce` or `shadow`.
+pub(crate) fn mode(value: &str) -> Result<crate::web::Mode, Error> {
+    value
+        .parse()
+        .map_err(|_| invalid(MODE, "enforce or shadow", value))
+}
+
 /// `LIGHTRATE_TIMEOUT_MS`: a whole number of milliseconds.
 #[cfg(feature = "client")]
 pub(crate) fn timeout(value: &str) -> Result<Duration, Error> {
@@ -72,6 +82,16 @@ mod tests {
                 format!("LIGHTRATE_LOCAL_BUCKET_SIZE must be a positive integer, not {bad:?}")
             );
         }
+    }
+
+    #[test]
+    fn modes_are_enforce_or_shadow() {
+        assert_eq!(mode(" Shadow ").unwrap(), crate::web::Mode::Shadow);
+        assert_eq!(mode("enforce").unwrap(), crate::web::Mode::Enforce);
+        assert_eq!(
+            mode("dry-run").unwrap_err().message(),
+            "LIGHTRATE_MODE must be enforce or shadow, not \"dry-run\""
+        );
     }
 
     #[cfg(feature = "client")]

@@ -14,7 +14,8 @@
 //!   web framework.
 //!
 //! Applications depend on the facade, `lightrate`, which re-exports this crate at its root.
-//! Features: `client` (on by default: [`LightRateClient`], and reqwest), `toml` (rules files).
+//! Features: `client` (on by default: [`LightRateClient`], and reqwest), `toml` (rules files),
+//! `metrics` (Prometheus metrics through the `metrics` facade: [`metrics`](crate::metrics)).
 //!
 //! ```
 //! use lightrate::{ConsumeRequest, EmbeddedSource, RuleSet, Target};
@@ -34,6 +35,8 @@ mod env_vars;
 mod error;
 mod from_env;
 mod limiter;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 pub mod protocol;
 mod rate;
 mod rules;

@@ -9,13 +9,19 @@
 //!   bucket costs;
 //! - [`expect`]: what the adapters' tests expect of the answers, written once for both;
 //! - [`fuzzing`]: the bodies of the fuzz targets, for `cargo fuzz` and the corpus replay.
+//! - [`Logs`]: what lightrate logs on the test's thread, captured;
+//! - [`Scrape`]: Prometheus text parsed by a real parser, for the metrics tests.
 
 mod alloc;
 mod buckets;
 pub mod expect;
 pub mod fuzzing;
+mod logs;
+mod scrape;
 mod sources;
 
 pub use alloc::{allocations, live_bytes, Counting};
 pub use buckets::{new_buckets, BucketCost};
+pub use logs::Logs;
+pub use scrape::Scrape;
 pub use sources::{Recording, Unlimited};

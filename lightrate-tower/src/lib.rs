@@ -71,7 +71,7 @@ mod service;
 pub use future::ResponseFuture;
 pub use layer::LightRateLayer;
 pub use lightrate_core::web::{
-    InvalidIdentifier, MissingIdentifier, Operation, PathTarget, RateLimitHeaders, Rejection,
+    InvalidIdentifier, MissingIdentifier, Mode, Operation, PathTarget, RateLimitHeaders, Rejection,
     MAX_IDENTIFIER_BYTES,
 };
 #[doc(hidden)]

@@ -39,6 +39,13 @@ impl RequestView for TowerRequest {
         None
     }
 
+    /// `content-type: application/grpc` (or `application/grpc+proto`, ...).
+    fn is_grpc(req: &Parts) -> bool {
+        req.headers
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+    }
+
     #[inline]
     fn header<'r>(req: &'r Parts, name: &HeaderName) -> Option<&'r [u8]> {
         req.headers.get(name).map(|v| v.as_bytes())

@@ -402,3 +402,148 @@ fn layer_service_and_future_are_send_and_the_layer_is_sync() {
     send::<ResponseFuture<axum::routing::Route, Body>>();
     let _ = Duration::ZERO;
 }
+
+/// What a shadow-mode handler saw: whether its request was allowed, and from where.
+fn shadow_app(
+    limiter: lightrate_core::Limiter,
+    seen: Arc<std::sync::Mutex<Vec<String>>>,
+) -> Router {
+    Router::new()
+        .route(
+            "/hello",
+            get(move |decision: Option<Extension<Decision>>| {
+                let seen = seen.clone();
+                async move {
+                    let line = match decision {
+                        Some(Extension(d)) => format!("{} {:?}", d.is_allowed(), d.source()),
+                        None => "none".to_owned(),
+                    };
+                    seen.lock().unwrap().push(line);
+                    "hi"
+                }
+            }),
+        )
+        .layer(
+            LightRateLayer::new(limiter)
+                .identify(user_header())
+                .mode(Mode::Shadow),
+        )
+}
+
+#[tokio::test]
+async fn shadow_mode_lets_refused_requests_through_counted_and_logged_at_a_limited_rate() {
+    let logs = lightrate_testing::Logs::capture();
+    let source = Recording::demo();
+    let clock = lightrate_core::ManualClock::new();
+    let limiter = source.builder(1).clock(clock.clone()).build();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let app = shadow_app(limiter.clone(), seen.clone());
+    // `GET /hello`: burst 20; the next 30 would have been refused.
+    for _ in 0..50 {
+        let (status, _, body) = send(&app, Method::GET, "/hello", Some("ann")).await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "hi"));
+    }
+    let seen = seen.lock().unwrap().clone();
+    assert!(
+        seen[..20].iter().all(|s| s == "true TokenSource"),
+        "{seen:?}"
+    );
+    // The last lease said the source was empty: the denial cache decides, as it would.
+    assert!(
+        seen[20..].iter().all(|s| s == "false DenialCache"),
+        "{seen:?}"
+    );
+    // Tokens are consumed as enforcement would: the source was asked exactly as often.
+    assert_eq!(source.calls().len(), 20);
+    assert_eq!(limiter.stats().denied_by_denial_cache, 30);
+    // One line for thirty, naming the rule and what they would have got.
+    let lines = logs.lines_with("shadow mode");
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].contains("requests=1") && lines[0].contains("status=429"),
+        "{lines:?}"
+    );
+    assert!(lines[0].contains("rule_hello"), "{lines:?}");
+    // Ten seconds on, the next line says how many were let through meanwhile.
+    clock.advance(Duration::from_secs(10));
+    assert_eq!(
+        send(&app, Method::GET, "/hello", Some("ann")).await.0,
+        StatusCode::OK
+    );
+    let lines = logs.lines_with("shadow mode");
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(lines[1].contains("requests=30"), "{lines:?}");
+}
+
+#[tokio::test]
+async fn shadow_mode_lets_unusable_identifiers_and_outages_through() {
+    let source = Recording::demo();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let app = shadow_app(source.limiter(OnUnavailable::Deny), seen.clone());
+    let (status, _, _) = send(&app, Method::GET, "/hello", Some(" ")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        source.calls().is_empty(),
+        "an unusable identifier costs no token"
+    );
+    source.fail_with(Some(Error::new(ErrorKind::Timeout, "slow")));
+    assert_eq!(
+        send(&app, Method::GET, "/hello", Some("u")).await.0,
+        StatusCode::OK
+    );
+    let error = lightrate_core::Limiter::builder(source.clone())
+        .on_unavailable(OnUnavailable::Error)
+        .build();
+    let errors = shadow_app(error, seen.clone());
+    assert_eq!(
+        send(&errors, Method::GET, "/hello", Some("u")).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        *seen.lock().unwrap(),
+        ["none", "false Unavailable", "false Unavailable"]
+    );
+}
+
+#[tokio::test]
+async fn head_is_charged_as_get() {
+    let source = Recording::demo();
+    let app = Router::new()
+        .route("/hello", get(|| async { "hi" }))
+        .layer(LightRateLayer::new(source.limiter(OnUnavailable::Allow)).identify(user_header()));
+    // axum answers HEAD with the GET handler: the GET rule's burst (20) covers both.
+    for _ in 0..10 {
+        assert_eq!(
+            send(&app, Method::GET, "/hello", Some("h")).await.0,
+            StatusCode::OK
+        );
+        assert_eq!(
+            send(&app, Method::HEAD, "/hello", Some("h")).await.0,
+            StatusCode::OK
+        );
+    }
+    assert_eq!(
+        send(&app, Method::HEAD, "/hello", Some("h")).await.0,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    expect::all_charged(&source.calls(), "GET /hello", 1);
+    // A GET route's operation covers its HEAD requests too.
+    let limiter = source.limiter(OnUnavailable::Allow);
+    let layer = LightRateLayer::new(limiter).identify(user_header());
+    let app = Router::new()
+        .route(
+            "/mail",
+            get(|| async { "m" }).layer(layer.operation_for(Method::GET, "/mail", "send_email")),
+        )
+        .layer(layer);
+    for _ in 0..10 {
+        assert_eq!(
+            send(&app, Method::HEAD, "/mail", Some("h")).await.0,
+            StatusCode::OK
+        );
+    }
+    assert_eq!(
+        send(&app, Method::GET, "/mail", Some("h")).await.0,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+}

@@ -12,7 +12,7 @@ use actix_web::dev::{Server, Service};
 use actix_web::http::header::HeaderName;
 use actix_web::http::Method;
 use actix_web::{web, App, HttpMessage, HttpResponse, HttpServer};
-use lightrate::actix::{Identify, LightRate};
+use lightrate::actix::{Identify, LightRate, Mode};
 use lightrate::{Decision, DecisionSource, Limiter};
 use reqwest::StatusCode;
 
@@ -27,7 +27,12 @@ pub const WORKERS: usize = 2;
 
 /// Starts the example's app around `limiter` (two workers) and returns once it answers HTTP.
 pub fn start(limiter: Limiter) -> RunningApp {
-    serve(move |listener| actix_app::server(listener, limiter, WORKERS))
+    start_in(limiter, Mode::Enforce)
+}
+
+/// The same, in `mode`.
+pub fn start_in(limiter: Limiter, mode: Mode) -> RunningApp {
+    serve(move |listener| actix_app::server(listener, limiter, mode, WORKERS))
 }
 
 /// Runs the server `make` builds on a listener on 127.0.0.1:0, in its own thread with its
@@ -101,7 +106,7 @@ fn recording_server(limiter: Limiter, log: Arc<Mutex<Vec<Seen>>>) -> RunningApp 
     serve(move |listener| {
         Ok(HttpServer::new(move || {
             let log = log.clone();
-            actix_app::app(limiter.clone()).wrap_fn(move |req, srv| {
+            actix_app::app(limiter.clone(), Mode::Enforce).wrap_fn(move |req, srv| {
                 let log = log.clone();
                 let call = srv.call(req);
                 async move {

@@ -42,9 +42,14 @@ pub struct TokenServer {
 
 impl TokenServer {
     pub async fn start() -> TokenServer {
+        TokenServer::with_rules(RuleSet::demo()).await
+    }
+
+    /// The server with these rules.
+    pub async fn with_rules(rules: RuleSet) -> TokenServer {
         let clock = ManualClock::new();
         let faults = Faults::new();
-        let source = EmbeddedSource::new(RuleSet::demo()).with_clock(clock.clone());
+        let source = EmbeddedSource::new(rules).with_clock(clock.clone());
         let config = ServerConfig::new(API_KEY, APP_ID, source).unwrap();
         let server = LightRateServer::new(config)
             .with_faults(faults.clone())
@@ -119,6 +124,14 @@ impl Framework {
         match self {
             Framework::Axum => crate::axum::start(limiter),
             Framework::Actix => crate::actix::start(limiter),
+        }
+    }
+
+    /// The demo app in `mode` (`Mode` is the same type for both adapters).
+    pub fn start_in(self, limiter: Limiter, mode: lightrate::tower::Mode) -> RunningApp {
+        match self {
+            Framework::Axum => crate::axum::start_in(limiter, mode),
+            Framework::Actix => crate::actix::start_in(limiter, mode),
         }
     }
 }

@@ -311,6 +311,7 @@ impl LimiterBuilder {
                     self.configuration_error_backoff,
                 ),
                 counters: Counters::default(),
+                tally: super::tally::Tally::default(),
                 last_sweep_ms: AtomicU64::new(0),
                 sweeping: AtomicBool::new(false),
                 max_buckets: self.max_buckets,

@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::stats::bump;
+use super::tally::CallResult;
 use super::Inner;
 use crate::clock::{duration_to_nanos, Timestamp};
 use crate::{ConsumeRequest, ConsumeTokensResponse, Error, ErrorKind, Target};
@@ -37,6 +38,15 @@ impl Inner {
             None => call.await,
         };
         let now = self.clock.now();
+        self.tally.call(match &result {
+            Ok(answer) if answer.tokens_consumed > tokens => CallResult::Failed(ErrorKind::Decode),
+            Ok(answer) if answer.tokens_consumed > 0 => CallResult::Granted,
+            Ok(_) => CallResult::Denied,
+            Err(error) => CallResult::Failed(error.kind()),
+        });
+        #[cfg(feature = "metrics")]
+        metrics::histogram!(crate::metrics::SOURCE_CALL_DURATION)
+            .record(now.saturating_duration_since(started).as_secs_f64());
         match result {
             Ok(answer) if answer.tokens_consumed > tokens => {
                 // An answer that contradicts the request cannot be trusted at all.

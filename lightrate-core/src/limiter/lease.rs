@@ -341,11 +341,12 @@ impl Inner {
         guard: &'g papaya::LocalGuard<'_>,
     ) -> &'g LocalBucket {
         let mut bucket = self.bucket(user, rule, now_ms, guard);
+        self.tally.deposited(rule.slot, tokens);
         let mut deposit = tokens;
         loop {
             match bucket.deposit(deposit, deadline_ms, now_ms) {
                 Ok(dropped) => {
-                    bump(&self.counters.expired_tokens, dropped);
+                    self.lose(rule.slot, dropped);
                     return bucket;
                 }
                 Err(back) => {

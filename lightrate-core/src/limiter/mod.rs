@@ -51,9 +51,12 @@ mod flight;
 mod keys;
 mod lease;
 mod memo;
+#[cfg(feature = "metrics")]
+mod publish;
 mod routing;
 mod slow;
 mod stats;
+mod tally;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -79,6 +82,7 @@ use self::flight::Flights;
 use self::keys::{BucketKey, BucketRef, TargetKey, TargetRef};
 use self::routing::{RuleEntry, TargetEntry};
 use self::stats::{bump, read, Counters};
+use self::tally::{DecidedBy, Outcome, Tally, NO_RULE};
 use crate::clock::Timestamp;
 use crate::source::DynTokenSource;
 use crate::{Error, Target, TokenSource};
@@ -152,6 +156,8 @@ struct Inner {
     latency_nanos: AtomicU64,
     breaker: Breaker,
     counters: Counters,
+    /// What the `metrics` feature publishes beyond the counters (nothing without it).
+    tally: Tally,
     last_sweep_ms: AtomicU64,
     sweeping: AtomicBool,
     /// The most live buckets.
@@ -204,6 +210,18 @@ impl Limiter {
     /// This is the hot path: it neither locks nor allocates nor reads the system clock.
     #[inline]
     pub fn check_local(&self, user: &str, target: &Target<'_>, cost: u64) -> Option<Decision> {
+        self.check_local_in(user, target, cost, false)
+    }
+
+    /// [`check_local`](Self::check_local), counting a denial as shadow mode's when `shadow`.
+    #[inline]
+    pub(crate) fn check_local_in(
+        &self,
+        user: &str,
+        target: &Target<'_>,
+        cost: u64,
+        shadow: bool,
+    ) -> Option<Decision> {
         let inner = &*self.inner;
         let cost = cost.max(1);
         let now_ms = millis(inner.clock.coarse_now());
@@ -212,7 +230,7 @@ impl Limiter {
         // The routes this thread served last: no hashing of the target.
         let memoized = memo::with_memo(inner.id, generation, target, |resolved, key| {
             (now_ms < resolved.expires_ms)
-                .then(|| self.take_local(user, resolved.rule, key, cost, now_ms, &guard))
+                .then(|| self.take_local(user, resolved.rule, key, cost, now_ms, shadow, &guard))
         });
         if let Some(Some(decision)) = memoized {
             return decision;
@@ -226,11 +244,12 @@ impl Limiter {
             expires_ms: entry.expires_ms,
         };
         memo::remember(inner.id, generation, &resolved, &entry.key);
-        self.take_local(user, entry.rule, &entry.key, cost, now_ms, &guard)
+        self.take_local(user, entry.rule, &entry.key, cost, now_ms, shadow, &guard)
     }
 
     /// The local part of a hit, once the target's rule is known.
     #[inline]
+    #[allow(clippy::too_many_arguments)]
     fn take_local(
         &self,
         user: &str,
@@ -238,6 +257,7 @@ impl Limiter {
         target: &Arc<TargetKey>,
         cost: u64,
         now_ms: u64,
+        shadow: bool,
         guard: &papaya::LocalGuard<'_>,
     ) -> Option<Decision> {
         let inner = &*self.inner;
@@ -253,7 +273,13 @@ impl Limiter {
                 }
                 Some(Decision::local(left, bucket.source_remaining(), rule))
             }
-            Take::Empty => inner.denied_locally(bucket, rule),
+            Take::Empty => {
+                let denied = inner.denied_locally(bucket, rule);
+                if denied.is_some() {
+                    inner.count(&Ok(denied), shadow);
+                }
+                denied
+            }
             Take::Expired | Take::Stale => None,
         }
     }
@@ -270,9 +296,38 @@ impl Limiter {
         target: Target<'static>,
         cost: u64,
     ) -> impl Future<Output = Result<Decision, Error>> + Send + 'static {
+        self.check_with_source_in(user, target, cost, false)
+    }
+
+    /// [`check_with_source`](Self::check_with_source), counting a denial as shadow mode's
+    /// when `shadow`.
+    pub(crate) fn check_with_source_in(
+        &self,
+        user: impl Into<Box<str>>,
+        target: Target<'static>,
+        cost: u64,
+        shadow: bool,
+    ) -> impl Future<Output = Result<Decision, Error>> + Send + 'static {
         let inner = self.inner.clone();
         let user = user.into();
-        async move { inner.check_slow(user, target, cost.max(1)).await }
+        async move {
+            let checked = inner.clone().check_slow(user, target, cost.max(1)).await;
+            inner.count(&checked.as_ref().map(|d| Some(*d)), shadow);
+            checked
+        }
+    }
+
+    /// Counts a request refused for its user identifier before it reached the limiter (the
+    /// web policy's 400s), for the `metrics` feature.
+    pub(crate) fn count_invalid(&self) {
+        self.inner
+            .tally
+            .decision(NO_RULE, Outcome::Invalid, DecidedBy::Local);
+    }
+
+    /// The limiter's clock, precisely.
+    pub(crate) fn now(&self) -> crate::Timestamp {
+        self.inner.clock.now()
     }
 
     /// Decides for one token: locally when it can, else with the source.
@@ -396,8 +451,8 @@ impl Limiter {
         let inner = &*self.inner;
         let guard = inner.buckets.guard();
         inner.buckets.retain(
-            |_, bucket| {
-                bump(&inner.counters.expired_tokens, bucket.kill());
+            |key, bucket| {
+                inner.lose(key.slot, bucket.kill());
                 false
             },
             &guard,
@@ -423,6 +478,41 @@ impl fmt::Debug for Limiter {
 }
 
 impl Inner {
+    /// Counts `tokens` of the rule in `slot` lost unspent.
+    fn lose(&self, slot: u32, tokens: u64) {
+        bump(&self.counters.expired_tokens, tokens);
+        self.tally.expired(slot, tokens);
+    }
+
+    /// Counts a decision handed out (`None`: none), for the `metrics` feature. An allowed
+    /// local hit is not counted: it is derived from the tokens of the rule's buckets.
+    fn count(&self, checked: &Result<Option<Decision>, &Error>, shadow: bool) {
+        let denied = if shadow {
+            Outcome::ShadowDenied
+        } else {
+            Outcome::Denied
+        };
+        let (outcome, by) = match checked {
+            Ok(None) => return,
+            Ok(Some(decision)) => match (decision.source(), decision.is_allowed()) {
+                (DecisionSource::LocalBucket, _) => return,
+                (DecisionSource::Unavailable, _) => (Outcome::Unavailable, DecidedBy::Source),
+                (DecisionSource::TokenSource, true) => (Outcome::Allowed, DecidedBy::Source),
+                (DecisionSource::TokenSource, false) => (denied, DecidedBy::Source),
+                (DecisionSource::DenialCache, _) => (denied, DecidedBy::DenialCache),
+            },
+            Err(error) if error.kind() == crate::ErrorKind::InvalidInput => {
+                (Outcome::Invalid, DecidedBy::Local)
+            }
+            Err(_) => (Outcome::Unavailable, DecidedBy::Source),
+        };
+        let slot = match checked {
+            Ok(Some(decision)) => decision.rule().map_or(NO_RULE, |rule| rule.slot),
+            _ => NO_RULE,
+        };
+        self.tally.decision(slot, outcome, by);
+    }
+
     fn status(&self, user: &str, slot: u32, bucket: &LocalBucket) -> BucketStatus {
         let now = self.clock.now();
         let now_ms = millis(now);
@@ -509,7 +599,7 @@ impl Inner {
     /// Kills the bucket of (user, slot), counting what it loses, and removes it if it is
     /// still the one there.
     fn retire(&self, user: &str, slot: u32, bucket: &LocalBucket, guard: &papaya::LocalGuard<'_>) {
-        bump(&self.counters.expired_tokens, bucket.kill());
+        self.lose(slot, bucket.kill());
         self.remove_dead(user, slot, bucket, guard);
     }
 
@@ -592,12 +682,12 @@ impl Inner {
                 let mut excess = len - target;
                 let odds = (1.5 * excess as f64 / len as f64).min(1.0);
                 self.buckets.retain(
-                    |_, bucket| {
+                    |key, bucket| {
                         if excess == 0 || rng.f64() >= odds || !forget(bucket) {
                             return true;
                         }
                         excess -= 1;
-                        bump(&self.counters.expired_tokens, bucket.kill());
+                        self.lose(key.slot, bucket.kill());
                         false
                     },
                     &guard,
@@ -620,9 +710,9 @@ impl Inner {
         let now_ms = millis(now);
         let guard = self.buckets.guard();
         self.buckets.retain(
-            |_, bucket| match bucket.kill_if_idle(now_ms, now.as_nanos(), self.bucket_ttl_ms) {
+            |key, bucket| match bucket.kill_if_idle(now_ms, now.as_nanos(), self.bucket_ttl_ms) {
                 Some(lost) => {
-                    bump(&self.counters.expired_tokens, lost);
+                    self.lose(key.slot, lost);
                     false
                 }
                 None => true,

@@ -150,12 +150,12 @@ impl Inner {
                 Take::Taken(left) => {
                     return Some(Decision::local(left, bucket.source_remaining(), rule))
                 }
-                Take::Stale => bump(&self.counters.expired_tokens, bucket.drop_stale(now_ms)),
+                Take::Stale => self.lose(rule.slot, bucket.drop_stale(now_ms)),
                 Take::Expired => {
                     if bucket.is_dead() {
                         return None;
                     }
-                    bump(&self.counters.expired_tokens, bucket.expire(now_ms));
+                    self.lose(rule.slot, bucket.expire(now_ms));
                 }
                 Take::Empty => return self.denied_locally(bucket, rule),
             }

@@ -1,7 +1,7 @@
 //! What every web adapter shares, on the `http` crate's types: the request policy (every
 //! option of `lightrate::tower::LightRateLayer` and `lightrate::actix::LightRate`, and what a
 //! request gets), identifier validation, per-route operations, the choice of target, and the
-//! answers (429, 503, 400) with their headers.
+//! answers (429, 503, 400) with their headers, shadow mode, and the gRPC form of the answers.
 //!
 //! An adapter is only glue between its framework and this module: its layer (or transform),
 //! its service, its future, and a [`RequestView`] of its framework's request.
@@ -12,6 +12,7 @@
 //! | `identify.rs` | [`Identify`], [`MissingIdentifier`]: who a request is charged to |
 //! | `operations.rs` | [`Operation`], [`PathTarget`], the declared route operations, the target |
 //! | `rejection.rs` | [`Rejection`], [`RateLimitHeaders`]: the answers and the IETF fields |
+//! | `shadow.rs` | [`Mode`]: enforce, or only count (shadow mode), and shadow mode's log |
 //! | `view.rs` | [`RequestView`]: how an adapter shows its request |
 //! | `policy.rs` | [`RequestPolicy`]: the options, and `plan` |
 //! | `stage.rs` | [`Stage`]: the states of every adapter's response future |
@@ -23,6 +24,7 @@ mod operations;
 mod options;
 mod policy;
 mod rejection;
+mod shadow;
 mod stage;
 mod view;
 
@@ -30,6 +32,7 @@ pub use identifier::{InvalidIdentifier, MAX_IDENTIFIER_BYTES};
 pub use identify::{Identify, MissingIdentifier};
 pub use operations::{Operation, PathTarget};
 pub use rejection::{RateLimitHeaders, Rejection};
+pub use shadow::Mode;
 
 // Adapter plumbing: what `lightrate-tower` and `lightrate-actix` build on, not an API for
 // applications.
@@ -43,3 +46,4 @@ pub use view::{ReadExtension, RequestView};
 /// The body of the answers a `respond_with` closure makes.
 #[doc(hidden)]
 pub type AnswerBody = bytes::Bytes;
+

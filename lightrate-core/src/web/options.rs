@@ -95,6 +95,16 @@ macro_rules! request_policy_options {
                 self.with_policy(|p| p.insert_decision = insert)
             }
 
+            /// Enforce the limiter's refusals (the default), or only count them:
+            /// [`Mode::Shadow`](lightrate_core::web::Mode::Shadow) decides and counts every
+            /// request as usual (tokens are consumed) but lets each one through, with a
+            /// [`Decision`](lightrate_core::Decision) that says it would have been denied, and
+            /// logs them at most once per ten seconds. `Mode::from_env()` reads
+            /// `LIGHTRATE_MODE`.
+            pub fn mode(self, mode: $crate::web::Mode) -> Self {
+                self.with_policy(|p| p.mode = mode)
+            }
+
             /// Replaces the answers (429, 503, 400) with your own. The closure receives the
             /// [`Rejection`](lightrate_core::web::Rejection);
             /// [`Rejection::to_response`](lightrate_core::web::Rejection::to_response) is the

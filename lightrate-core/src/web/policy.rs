@@ -1,6 +1,7 @@
 //! [`RequestPolicy`]: every option of the adapters, and [`plan`](RequestPolicy::plan), what
 //! a request gets, written once for every framework.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
@@ -14,6 +15,7 @@ use super::identifier::{client_ip, validate_identifier, IpText};
 use super::identify::{Identify, Kind, MissingIdentifier};
 use super::operations::{target_for, Operation, PathTarget, RouteOperations};
 use super::rejection::{write_rate_limit_headers, RateLimitHeaders, Rejection};
+use super::shadow::{Mode, ShadowLog};
 use super::view::RequestView;
 use crate::{Decision, Error, Limiter, Target};
 
@@ -47,6 +49,10 @@ pub struct RequestPolicy<V: RequestView> {
     pub names_as_operations: bool,
     /// Whether an allowed request carries its `Decision` for the handler.
     pub insert_decision: bool,
+    /// Whether refusals are enforced, or only counted (shadow mode).
+    pub mode: Mode,
+    /// Shadow mode's log, shared by every clone.
+    shadow_log: Arc<ShadowLog>,
     /// Declared per-route operations (shared by every clone).
     routes: RouteOperations,
     /// The operation of a per-route layer.
@@ -70,6 +76,8 @@ impl<V: RequestView> Clone for RequestPolicy<V> {
             operation: self.operation.clone(),
             names_as_operations: self.names_as_operations,
             insert_decision: self.insert_decision,
+            mode: self.mode,
+            shadow_log: self.shadow_log.clone(),
             view: PhantomData,
         }
     }
@@ -88,6 +96,7 @@ impl<V: RequestView> fmt::Debug for RequestPolicy<V> {
             .field("operation", &self.operation)
             .field("names_as_operations", &self.names_as_operations)
             .field("insert_decision", &self.insert_decision)
+            .field("mode", &self.mode)
             .finish_non_exhaustive()
     }
 }
@@ -144,7 +153,9 @@ pub type Check = Pin<Box<dyn Future<Output = Verdict> + Send>>;
 #[must_use]
 #[derive(Debug)]
 pub struct Allowed {
-    decision: Decision,
+    /// `None` for a request shadow mode let through without a decision (no usable
+    /// identifier).
+    decision: Option<Decision>,
     keep: bool,
     headers: Option<Box<HeaderMap>>,
 }
@@ -161,10 +172,9 @@ impl Allowed {
     /// response, if any.
     #[inline]
     pub fn mark<V: RequestView>(self, extensions: &mut V::Extensions) -> Option<Box<HeaderMap>> {
-        if self.keep {
-            V::insert(extensions, self.decision);
-        } else {
-            V::insert(extensions, Decided);
+        match self.decision {
+            Some(decision) if self.keep => V::insert(extensions, decision),
+            _ => V::insert(extensions, Decided),
         }
         self.headers
     }
@@ -188,6 +198,8 @@ impl<V: RequestView> RequestPolicy<V> {
             operation: None,
             names_as_operations: false,
             insert_decision: true,
+            mode: Mode::default(),
+            shadow_log: Arc::default(),
             view: PhantomData,
         }
     }
@@ -215,23 +227,39 @@ impl<V: RequestView> RequestPolicy<V> {
         if V::with_extensions(req, is_decided::<V>) || self.is_excluded(req, path) {
             return Plan::Pass;
         }
-        let method = V::method(req);
+        // HEAD is charged as GET: a route answers it with its GET handler, so a GET rule (or a
+        // GET route's operation) must cover it.
+        let method = V::method(req).map(|m| {
+            if *m == Method::HEAD {
+                Cow::Owned(Method::GET)
+            } else {
+                m
+            }
+        });
         let routes = self.routes.served();
         // The route's template, only when it is used.
-        let template = if self.operation.is_none()
+        let look_up = self.operation.is_none()
             && (self.path_target == PathTarget::Template
                 || if V::PREFILTER_TEMPLATES {
                     routes.may_match(path)
                 } else {
                     !routes.is_empty()
-                }) {
+                });
+        let template = if look_up {
             V::route_template(req, path)
         } else {
             None
         };
         let operation = self.operation.as_ref().or_else(|| {
             let method = method.as_deref()?;
-            routes.get(method, template.as_deref()?)
+            match &template {
+                Some(template) => routes.get(method, template),
+                // No route template where one was looked for (a layer outside the router:
+                // tonic's): a path is the template of its own literal route (a gRPC method,
+                // `/package.Service/Method`).
+                None if look_up => routes.get(method, path),
+                None => None,
+            }
         });
         let name = match operation {
             None if self.names_as_operations => V::route_name(req, path),
@@ -285,7 +313,9 @@ impl<V: RequestView> RequestPolicy<V> {
         let user: &str = match found {
             Some(raw) => match validate_identifier(raw) {
                 Ok(user) => user,
-                Err(why) => return Plan::Refused(self.respond(&Rejection::InvalidIdentifier(why))),
+                Err(why) => {
+                    return self.refuse_unidentified(Rejection::InvalidIdentifier(why), req)
+                }
             },
             None => {
                 let by_ip = matches!(self.identify.kind(), Kind::PeerIp)
@@ -306,41 +336,87 @@ impl<V: RequestView> RequestPolicy<V> {
                         ip_text.as_str()
                     }
                     MissingIdentifier::Reject => {
-                        return Plan::Refused(self.respond(&Rejection::MissingIdentifier))
+                        return self.refuse_unidentified(Rejection::MissingIdentifier, req)
                     }
                     _ => return Plan::Pass,
                 }
             }
         };
 
-        match self.limiter.check_local(user, target, cost) {
-            Some(decision) => match self.verdict(decision) {
+        let shadow = self.mode == Mode::Shadow;
+        match self.limiter.check_local_in(user, target, cost, shadow) {
+            Some(decision) => match self.verdict(decision, || V::is_grpc(req)) {
                 Verdict::Allowed(allowed) => Plan::Allowed(allowed),
                 Verdict::Refused(answer) => Plan::Refused(answer),
             },
             None => {
-                let check = self
-                    .limiter
-                    .check_with_source(user, target.clone().into_owned(), cost);
+                let check = self.limiter.check_with_source_in(
+                    user,
+                    target.clone().into_owned(),
+                    cost,
+                    shadow,
+                );
                 let policy = Arc::clone(self);
-                Plan::Check(Box::pin(async move { policy.settle(check.await) }))
+                let grpc = V::is_grpc(req);
+                Plan::Check(Box::pin(async move { policy.settle(check.await, grpc) }))
             }
         }
     }
 
+    /// The plan for a request refused before the limiter (400): counted, and answered, or
+    /// let through in shadow mode.
+    #[cold]
+    fn refuse_unidentified(&self, rejection: Rejection, req: &V::Request) -> Plan {
+        self.limiter.count_invalid();
+        if self.mode == Mode::Shadow {
+            self.let_through(&rejection);
+            return Plan::Allowed(Allowed {
+                decision: None,
+                keep: false,
+                headers: None,
+            });
+        }
+        Plan::Refused(self.respond(&rejection, V::is_grpc(req)))
+    }
+
+    /// Logs (at a limited rate) a request shadow mode let through instead of `rejection`.
+    #[cold]
+    fn let_through(&self, rejection: &Rejection) {
+        let rule = match rejection {
+            Rejection::RateLimited { policy, .. } => policy.as_deref(),
+            _ => None,
+        };
+        let now_ms = self.limiter.now().as_nanos() / 1_000_000;
+        self.shadow_log
+            .let_through(now_ms, rejection.status().as_u16(), rule);
+    }
+
     /// What the source's answer means for the request.
-    fn settle(&self, checked: Result<Decision, Error>) -> Verdict {
+    fn settle(&self, checked: Result<Decision, Error>, grpc: bool) -> Verdict {
         match checked {
-            Ok(decision) => self.verdict(decision),
+            Ok(decision) => self.verdict(decision, || grpc),
+            // Shadow mode: through, with the decision the outage policy would have enforced.
+            Err(error) if self.mode == Mode::Shadow => {
+                let retry_after = error.retry_after().unwrap_or(std::time::Duration::ZERO);
+                self.verdict(
+                    Decision::unavailable(false, error.kind(), retry_after),
+                    || grpc,
+                )
+            }
             // The policy is to surface the source's failure: answer 503.
-            Err(error) => Verdict::Refused(self.respond(&Rejection::from_error(&error))),
+            Err(error) => Verdict::Refused(self.respond(&Rejection::from_error(&error), grpc)),
         }
     }
 
-    /// What a decision means for the request.
-    fn verdict(&self, decision: Decision) -> Verdict {
+    /// What a decision means for the request; `grpc` tells whether it is a gRPC request (asked
+    /// only to refuse it).
+    #[inline]
+    fn verdict(&self, decision: Decision, grpc: impl FnOnce() -> bool) -> Verdict {
         let policy = || decision.rule().and_then(|rule| self.limiter.rule_id(&rule));
-        if decision.is_allowed() {
+        if decision.is_allowed() || self.mode == Mode::Shadow {
+            if !decision.is_allowed() {
+                self.let_through(&Rejection::from_decision(decision, policy()));
+            }
             let headers = (self.headers == RateLimitHeaders::Always && decision.rule().is_some())
                 .then(|| {
                     let mut fields = HeaderMap::new();
@@ -352,7 +428,7 @@ impl<V: RequestView> RequestPolicy<V> {
                     Box::new(fields)
                 });
             Verdict::Allowed(Allowed {
-                decision,
+                decision: Some(decision),
                 keep: self.insert_decision,
                 headers,
             })
@@ -363,13 +439,17 @@ impl<V: RequestView> RequestPolicy<V> {
                 source = ?decision.source(),
                 "request limited"
             );
-            Verdict::Refused(self.respond(&Rejection::from_decision(decision, policy())))
+            let rejection = Rejection::from_decision(decision, policy());
+            Verdict::Refused(self.respond(&rejection, grpc()))
         }
     }
 
-    /// The answer to a rejection: the user's, or the default.
-    fn respond(&self, rejection: &Rejection) -> Box<Response<Bytes>> {
+    /// The answer to a rejection: the gRPC one to a gRPC request, else the user's, or the
+    /// default.
+    #[cold]
+    fn respond(&self, rejection: &Rejection, grpc: bool) -> Box<Response<Bytes>> {
         Box::new(match &self.respond {
+            _ if grpc => rejection.to_grpc_response(),
             Some(f) => f(rejection),
             None => rejection.to_response(self.headers),
         })

@@ -145,6 +145,103 @@ impl Rejection {
     }
 }
 
+/// The gRPC status codes of the answers.
+mod grpc_status {
+    pub(super) const INVALID_ARGUMENT: u8 = 3;
+    pub(super) const RESOURCE_EXHAUSTED: u8 = 8;
+    pub(super) const UNAVAILABLE: u8 = 14;
+}
+
+impl Rejection {
+    /// The gRPC status of the answer: 8 (`RESOURCE_EXHAUSTED`) when rate limited, 14
+    /// (`UNAVAILABLE`) when the source cannot answer, 3 (`INVALID_ARGUMENT`) for an unusable
+    /// or missing identifier.
+    pub fn grpc_status(&self) -> u8 {
+        match self {
+            Rejection::RateLimited { .. } => grpc_status::RESOURCE_EXHAUSTED,
+            Rejection::Unavailable { .. } => grpc_status::UNAVAILABLE,
+            Rejection::InvalidIdentifier(_) | Rejection::MissingIdentifier => {
+                grpc_status::INVALID_ARGUMENT
+            }
+        }
+    }
+
+    /// The answer to a gRPC request (what the middleware sends when the request's
+    /// `content-type` is `application/grpc`): a trailers-only response, HTTP 200 with
+    /// `content-type: application/grpc`, `grpc-status` (see
+    /// [`grpc_status`](Self::grpc_status)) and `grpc-message`, and, on 8 and 14, the wait in
+    /// `retry-after` (whole seconds, at least 1) and `grpc-retry-pushback-ms`.
+    ///
+    /// ```
+    /// use lightrate::tower::{InvalidIdentifier, Rejection};
+    ///
+    /// let answer = Rejection::InvalidIdentifier(InvalidIdentifier::Empty).to_grpc_response();
+    /// assert_eq!(answer.status(), 200);
+    /// assert_eq!(answer.headers()["grpc-status"], "3");
+    /// assert_eq!(answer.headers()["grpc-message"], "the user identifier is empty");
+    /// ```
+    pub fn to_grpc_response(&self) -> Response<Bytes> {
+        let (message, retry_after_ms) = match self {
+            Rejection::RateLimited { decision, policy } => {
+                let ms = u64::try_from(decision.retry_after().as_millis())
+                    .unwrap_or(u64::MAX)
+                    .max(1);
+                let message = match policy {
+                    Some(rule) => format!(
+                        "rate limited by rule {rule}; retry after {} s",
+                        decision.retry_after_secs()
+                    ),
+                    None => format!(
+                        "rate limited; retry after {} s",
+                        decision.retry_after_secs()
+                    ),
+                };
+                (message, Some(ms))
+            }
+            Rejection::Unavailable {
+                kind,
+                retry_after_secs,
+            } => (
+                format!("the rate limiter cannot decide ({})", describe(*kind)),
+                Some(retry_after_secs.max(&1).saturating_mul(1000)),
+            ),
+            Rejection::InvalidIdentifier(why) => (why.to_string(), None),
+            Rejection::MissingIdentifier => ("this method needs a user identifier".into(), None),
+        };
+        let mut response = Response::new(Bytes::new());
+        let h = response.headers_mut();
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        h.insert(
+            HeaderName::from_static("grpc-status"),
+            HeaderValue::from(u16::from(self.grpc_status())),
+        );
+        if let Ok(value) = HeaderValue::try_from(grpc_percent_encode(&message)) {
+            h.insert(HeaderName::from_static("grpc-message"), value);
+        }
+        if let Some(ms) = retry_after_ms {
+            h.insert(RETRY_AFTER, HeaderValue::from(ms.div_ceil(1000).max(1)));
+            h.insert(
+                HeaderName::from_static("grpc-retry-pushback-ms"),
+                HeaderValue::from(ms),
+            );
+        }
+        response
+    }
+}
+
+/// `grpc-message` encoding: bytes outside printable ASCII, and `%`, as `%XX`.
+fn grpc_percent_encode(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    for byte in message.bytes() {
+        if (0x20..=0x7e).contains(&byte) && byte != b'%' {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
 fn describe(kind: ErrorKind) -> &'static str {
     match kind {
         ErrorKind::Timeout => "the token source timed out",
@@ -202,7 +299,12 @@ mod tests {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
-        let limiter = Limiter::new(EmbeddedSource::new(RuleSet::demo()));
+        // One clock for both, standing still: the retry-after is exactly the refill time.
+        let clock = crate::ManualClock::new();
+        let limiter =
+            Limiter::builder(EmbeddedSource::new(RuleSet::demo()).with_clock(clock.clone()))
+                .clock(clock)
+                .build();
         let target = Target::operation("send_email");
         let mut last = None;
         for _ in 0..if allowed { 1 } else { 11 } {
@@ -274,6 +376,36 @@ mod tests {
                 .headers()["retry-after"],
             "7"
         );
+    }
+
+    #[test]
+    fn grpc_requests_get_grpc_statuses() {
+        let denied = decision(false);
+        let answer =
+            Rejection::from_decision(denied, Some("rule_send_email".into())).to_grpc_response();
+        assert_eq!(answer.status(), StatusCode::OK);
+        assert_eq!(answer.headers()["content-type"], "application/grpc");
+        assert_eq!(answer.headers()["grpc-status"], "8");
+        assert_eq!(answer.headers()["retry-after"], "1");
+        // From the denial cache, which ends 1 ms before the source's next token (so that the
+        // next request asks it rather than be denied a token that exists).
+        assert_eq!(answer.headers()["grpc-retry-pushback-ms"], "999");
+        assert_eq!(
+            answer.headers()["grpc-message"],
+            "rate limited by rule rule_send_email; retry after 1 s"
+        );
+        assert!(answer.body().is_empty());
+        let outage = Rejection::Unavailable {
+            kind: ErrorKind::Timeout,
+            retry_after_secs: 2,
+        }
+        .to_grpc_response();
+        assert_eq!(outage.headers()["grpc-status"], "14");
+        assert_eq!(outage.headers()["grpc-retry-pushback-ms"], "2000");
+        let missing = Rejection::MissingIdentifier.to_grpc_response();
+        assert_eq!(missing.headers()["grpc-status"], "3");
+        assert!(missing.headers().get("retry-after").is_none());
+        assert_eq!(grpc_percent_encode("100% é"), "100%25 %C3%A9");
     }
 
     #[test]

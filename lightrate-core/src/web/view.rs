@@ -48,6 +48,13 @@ pub trait RequestView: Sized + 'static {
         None
     }
 
+    /// Whether the request is a gRPC call (`content-type: application/grpc...`): its
+    /// refusals are then gRPC statuses. Asked only to refuse a request. Default: never.
+    fn is_grpc(req: &Self::Request) -> bool {
+        let _ = req;
+        false
+    }
+
     /// The first value of the header `name`.
     fn header<'r>(req: &'r Self::Request, name: &Self::HeaderName) -> Option<&'r [u8]>;
 
