@@ -57,6 +57,8 @@
 mod connection;
 #[cfg(feature = "test-util")]
 pub mod faults;
+#[doc(hidden)]
+pub mod fuzzing;
 mod handler;
 mod limits;
 mod metrics;

@@ -7,7 +7,12 @@
 
 use std::str::FromStr;
 
+use std::net::IpAddr;
+use std::time::Duration;
+
 use lightrate_core::http::Method;
+use lightrate_core::web::fuzzing as web;
+use lightrate_core::web::{InvalidIdentifier, MAX_IDENTIFIER_BYTES};
 use lightrate_core::{ConsumeTokensResponse, RefillRate, RuleSet, Target};
 
 /// Every target: its name (the corpus folder) and its body.
@@ -15,6 +20,8 @@ pub const TARGETS: &[(&str, fn(&[u8]))] = &[
     ("consume_response", consume_response),
     ("rules_toml", rules_toml),
     ("refill_rate", refill_rate),
+    ("identifier", identifier),
+    ("ietf_fields", ietf_fields),
 ];
 
 /// A token source's answer, as the client reads it: what parses serializes, and reads back as
@@ -82,4 +89,109 @@ pub fn refill_rate(data: &[u8]) {
 fn assert_close(a: RefillRate, b: RefillRate) {
     let (x, y) = (a.as_f64(), b.as_f64());
     assert!((x - y).abs() <= y.abs() * 4e-15, "{a:?} and {b:?} differ");
+}
+
+/// A user identifier taken from a request, and the client's address from `X-Forwarded-For`:
+/// what is accepted is non-blank visible text within the limit, and what is refused says why
+/// truthfully; an address found is the peer or one written in the header, and prints back.
+pub fn identifier(data: &[u8]) {
+    match web::validate_identifier(data) {
+        Ok(text) => {
+            assert!(text.len() <= MAX_IDENTIFIER_BYTES);
+            assert!(!text.trim().is_empty());
+            assert!(!text.chars().any(char::is_control));
+            assert_eq!(text.as_bytes(), data);
+        }
+        Err(InvalidIdentifier::TooLong) => assert!(data.len() > MAX_IDENTIFIER_BYTES),
+        Err(InvalidIdentifier::Empty) => {
+            assert!(std::str::from_utf8(data).is_ok_and(|t| t.trim().is_empty()));
+        }
+        Err(InvalidIdentifier::NotVisible) => {
+            assert!(std::str::from_utf8(data).map_or(true, |t| t.chars().any(char::is_control)))
+        }
+        Err(other) => panic!("unknown refusal {other:?}"),
+    }
+    let Some((&trusted, rest)) = data.split_first() else {
+        return;
+    };
+    let values: Vec<&[u8]> = rest.split(|b| *b == b'\n').collect();
+    let peer: IpAddr = [127, 0, 0, 1].into();
+    if let Some(ip) = web::client_ip(Some(peer), &values, usize::from(trusted % 4)) {
+        let text = web::ip_text(ip);
+        assert_eq!(text.parse::<IpAddr>().ok(), Some(ip), "{text}");
+        let written = values
+            .iter()
+            .filter_map(|v| std::str::from_utf8(v).ok())
+            .flat_map(|v| v.split(','))
+            .any(|hop| hop.trim().parse::<IpAddr>().ok() == Some(ip));
+        assert!(
+            ip == peer || written,
+            "{ip} is neither the peer nor in the header"
+        );
+    }
+}
+
+/// The IETF `RateLimit-Policy` and `RateLimit` fields for any rule and decision: always both,
+/// valid header values, the policy name quoted with no quote or backslash inside, the numbers
+/// those of the rule and decision.
+pub fn ietf_fields(data: &[u8]) {
+    if data.len() < 26 {
+        return;
+    }
+    let number = |at: usize| u64::from_le_bytes(data[at..at + 8].try_into().unwrap_or_default());
+    let (burst, remaining, retry_ms) = (number(0), number(8), number(16));
+    let allowed = data[24] & 1 == 1;
+    let rest = &data[25..];
+    let split = rest.iter().position(|b| *b == 0).unwrap_or(rest.len());
+    let Ok(rate) = RefillRate::from_str(&String::from_utf8_lossy(&rest[..split])) else {
+        return;
+    };
+    let policy = String::from_utf8_lossy(rest.get(split + 1..).unwrap_or_default());
+    let headers = web::rate_limit_headers(
+        &policy,
+        burst,
+        rate,
+        remaining,
+        allowed,
+        Duration::from_millis(retry_ms),
+    );
+    let field = |name: &str| {
+        headers
+            .get(name)
+            .unwrap_or_else(|| panic!("{name} is written"))
+            .to_str()
+            .expect("a field is visible ASCII")
+            .to_owned()
+    };
+    let (policy_field, limit_field) = (field("ratelimit-policy"), field("ratelimit"));
+    let name_of = |value: &str| -> String {
+        let inner = value.strip_prefix('"').expect("the name is quoted");
+        let end = inner.find('"').expect("the name is closed");
+        assert!(!inner[..end].contains('\\'));
+        inner[..end].to_owned()
+    };
+    assert_eq!(name_of(&policy_field), name_of(&limit_field));
+    let params = |value: &str| -> Vec<(String, u64)> {
+        let after = &value[value[1..].find('"').expect("closed") + 2..];
+        after
+            .split(';')
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                let (k, v) = p.split_once('=').expect("key=value");
+                (k.to_owned(), v.parse().expect("a number"))
+            })
+            .collect()
+    };
+    let policy_params = params(&policy_field);
+    assert_eq!(policy_params[0], ("q".into(), burst));
+    assert_eq!(params(&limit_field)[0], ("r".into(), remaining));
+    assert_eq!(policy_params[1].0, "w");
+    assert!(policy_params[1].1 >= 1);
+    let limit_params = params(&limit_field);
+    assert_eq!(limit_params[0].0, "r");
+    assert_eq!(limit_params[1].0, "t");
+    if !allowed {
+        assert!(limit_params[1].1 >= 1, "a denial says when to retry");
+        assert_eq!(limit_params[1].1, retry_ms.div_ceil(1000).max(1));
+    }
 }

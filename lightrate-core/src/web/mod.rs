@@ -47,3 +47,61 @@ pub use view::{ReadExtension, RequestView};
 #[doc(hidden)]
 pub type AnswerBody = bytes::Bytes;
 
+/// Entry points for the fuzz targets (`lightrate-testing`'s `fuzzing` module): the web layer's
+/// parsers and writers of untrusted input, not an API for applications.
+#[doc(hidden)]
+pub mod fuzzing {
+    use std::net::IpAddr;
+    use std::time::Duration;
+
+    use http::HeaderMap;
+
+    use super::InvalidIdentifier;
+    use crate::limiter::{Decision, DecisionSource, RuleSummary};
+    use crate::RefillRate;
+
+    /// The check of a user identifier taken from a request.
+    pub fn validate_identifier(raw: &[u8]) -> Result<&str, InvalidIdentifier> {
+        super::identifier::validate_identifier(raw)
+    }
+
+    /// The client's address from the peer and `X-Forwarded-For` values.
+    pub fn client_ip(
+        peer: Option<IpAddr>,
+        forwarded_for: &[&[u8]],
+        trusted_proxies: usize,
+    ) -> Option<IpAddr> {
+        super::identifier::client_ip(peer, forwarded_for.iter().copied(), trusted_proxies)
+    }
+
+    /// An IP address as the identify step writes it.
+    pub fn ip_text(ip: IpAddr) -> String {
+        super::identifier::IpText::new(ip).as_str().to_owned()
+    }
+
+    /// The IETF `RateLimit-Policy` and `RateLimit` fields written for a decision on a rule of
+    /// `burst` and `refill`: allowed with `remaining` left, or denied for `retry_after`.
+    pub fn rate_limit_headers(
+        policy: &str,
+        burst: u64,
+        refill: RefillRate,
+        remaining: u64,
+        allowed: bool,
+        retry_after: Duration,
+    ) -> HeaderMap {
+        let rule = RuleSummary {
+            slot: 0,
+            burst_rate: burst,
+            refill_rate: refill,
+            is_default: false,
+        };
+        let decision = if allowed {
+            Decision::local(remaining, 0, rule)
+        } else {
+            Decision::denied(DecisionSource::TokenSource, retry_after, remaining, rule)
+        };
+        let mut headers = HeaderMap::new();
+        super::rejection::write_rate_limit_headers(&mut headers, &decision, policy);
+        headers
+    }
+}

@@ -269,13 +269,12 @@ pub(crate) fn write_rate_limit_headers(headers: &mut HeaderMap, decision: &Decis
         .collect();
     let window = rule.window_secs();
     let reset = if decision.is_allowed() {
+        // Exact at any rate (ten an hour too), rounded up to the second.
         let missing = rule.burst_rate().saturating_sub(decision.remaining());
-        let millis = rule.refill_rate().millitokens_per_second();
-        if millis == 0 || missing == 0 {
-            0
-        } else {
-            u64::try_from((u128::from(missing) * 1000).div_ceil(u128::from(millis)))
-                .unwrap_or(u64::MAX)
+        match rule.refill_rate().time_for(missing) {
+            _ if missing == 0 => 0,
+            Some(fill) => fill.as_secs() + u64::from(fill.subsec_nanos() > 0),
+            None => u64::from(u32::MAX),
         }
     } else {
         decision.retry_after_secs()
@@ -293,7 +292,9 @@ pub(crate) fn write_rate_limit_headers(headers: &mut HeaderMap, decision: &Decis
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{EmbeddedSource, Limiter, RuleSet, Target};
+    use std::time::Duration;
+
+    use crate::{EmbeddedSource, Limiter, RefillRate, RuleSet, Target};
 
     fn decision(allowed: bool) -> Decision {
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -376,6 +377,30 @@ mod tests {
                 .headers()["retry-after"],
             "7"
         );
+    }
+
+    #[test]
+    fn ietf_fields_are_exact_at_slow_rates() {
+        use crate::web::fuzzing::rate_limit_headers;
+        let ten_an_hour: RefillRate = "10/hour".parse().unwrap();
+        let allowed = rate_limit_headers("emails", 10, ten_an_hour, 9, true, Duration::ZERO);
+        assert_eq!(allowed["ratelimit-policy"], "\"emails\";q=10;w=3600");
+        // One token short of full: one token's time, 6 minutes (this was 0 at rates under
+        // a thousandth of a token per second).
+        assert_eq!(allowed["ratelimit"], "\"emails\";r=9;t=360");
+        let full = rate_limit_headers("emails", 10, ten_an_hour, 10, true, Duration::ZERO);
+        assert_eq!(full["ratelimit"], "\"emails\";r=10;t=0");
+        let never = rate_limit_headers("x", 5, RefillRate::ZERO, 4, true, Duration::ZERO);
+        assert_eq!(never["ratelimit"], format!("\"x\";r=4;t={}", u32::MAX));
+        let denied = rate_limit_headers(
+            "a\"b c",
+            10,
+            ten_an_hour,
+            0,
+            false,
+            Duration::from_millis(1),
+        );
+        assert_eq!(denied["ratelimit"], "\"abc\";r=0;t=1");
     }
 
     #[test]
