@@ -4,7 +4,9 @@
 //!
 //! ```text
 //! cargo run --example tonic_app            # the embedded token source with the demo rules
-//! grpcurl -plaintext -H 'x-user-id: alice' 127.0.0.1:3000 grpc.health.v1.Health/Check
+//! # the app serves no reflection: give grpcurl the service's schema (tonic-health ships it)
+//! grpcurl -plaintext -import-path ~/.cargo/registry/src/*/tonic-health-0.14.*/proto \
+//!     -proto health.proto -H 'x-user-id: alice' 127.0.0.1:3000 grpc.health.v1.Health/Check
 //! ```
 //!
 //! `grpc.health.v1.Health/Check` answers SERVING. Each gRPC method is limited by its path

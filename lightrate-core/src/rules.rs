@@ -487,8 +487,9 @@ impl RuleSetBuilder {
     }
 }
 
-/// Which part of a [`RuleSetBuilder`] an error is about.
+/// Which part of a [`RuleSetBuilder`] an error is about (read by the rules files' errors).
 #[derive(Clone, Copy, Debug)]
+#[cfg_attr(not(feature = "toml"), allow(dead_code))]
 enum At {
     Default,
     /// The rule added `n`th (from 0).

@@ -15,8 +15,11 @@ use lightrate_core::web::fuzzing as web;
 use lightrate_core::web::{InvalidIdentifier, MAX_IDENTIFIER_BYTES};
 use lightrate_core::{ConsumeTokensResponse, RefillRate, RuleSet, Target};
 
-/// Every target: its name (the corpus folder) and its body.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+/// A fuzz target: its name (the corpus folder) and its body.
+pub type FuzzTarget = (&'static str, fn(&[u8]));
+
+/// Every target.
+pub const TARGETS: &[FuzzTarget] = &[
     ("consume_response", consume_response),
     ("rules_toml", rules_toml),
     ("refill_rate", refill_rate),

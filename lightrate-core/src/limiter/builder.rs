@@ -59,7 +59,8 @@ impl std::str::FromStr for OnUnavailable {
 pub const DEFAULT_LEASE_SIZE: u64 = 10_000;
 /// The largest lease cap.
 pub const MAX_LEASE_SIZE: u64 = 1_000_000;
-/// The default cap on live (user, rule) buckets: about 150 MB.
+/// The default cap on live (user, rule) buckets: about 65 MB with short identifiers (65 bytes
+/// a bucket, measured by the `memory` bench; see BENCHMARKS.md).
 pub const DEFAULT_MAX_LOCAL_BUCKETS: usize = 1_000_000;
 
 /// The default token horizon: how long a leased token can be spent after its lease started.
@@ -311,6 +312,7 @@ impl LimiterBuilder {
                     self.configuration_error_backoff,
                 ),
                 counters: Counters::default(),
+                #[allow(clippy::default_constructed_unit_structs)] // without `metrics`
                 tally: super::tally::Tally::default(),
                 last_sweep_ms: AtomicU64::new(0),
                 sweeping: AtomicBool::new(false),

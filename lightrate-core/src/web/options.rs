@@ -108,7 +108,10 @@ macro_rules! request_policy_options {
             /// Replaces the answers (429, 503, 400) with your own. The closure receives the
             /// [`Rejection`](lightrate_core::web::Rejection);
             /// [`Rejection::to_response`](lightrate_core::web::Rejection::to_response) is the
-            /// default answer.
+            /// default answer. gRPC requests (`content-type: application/grpc`) are always
+            /// refused the gRPC way
+            /// ([`Rejection::to_grpc_response`](lightrate_core::web::Rejection::to_grpc_response)),
+            /// never with this closure's answer, which a gRPC client could not read.
             pub fn respond_with(
                 self,
                 respond: impl Fn(

@@ -11,8 +11,10 @@ use crate::{Error, ErrorKind};
 ///
 /// In [`Shadow`](Mode::Shadow) mode every request is decided and counted as usual (tokens are
 /// consumed, so the figures are the ones enforcement would see), but none is refused: a
-/// request that would have got 429 (or 503, or 400) reaches its handler, whose
-/// [`Decision`](crate::Decision) says it would have been denied (`is_allowed()` is false).
+/// request that would have got 429 (or 503, or 400) reaches its handler. A request the limiter
+/// decided carries its [`Decision`](crate::Decision), which says it would have been denied
+/// (`is_allowed()` is false); one refused for its user identifier (a 400) was never decided
+/// and carries none.
 /// Such requests are counted as `shadow_denied` by the `metrics` feature, and logged at most
 /// once per ten seconds (how many, and the last rule), not once per request.
 ///
