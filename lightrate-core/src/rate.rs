@@ -326,6 +326,16 @@ fn from_ratio(num: u128, den: u128, fit: Fit) -> Option<RefillRate> {
         let h2 = a.checked_mul(h1)?.checked_add(h0)?;
         let k2 = a.checked_mul(k1).and_then(|x| x.checked_add(k0));
         let Some(k2) = k2.filter(|k| *k <= u128::from(MAX_PERIOD_MS)) else {
+            // The next convergent's period is too long. The best fraction under the longest
+            // period is then this convergent or the semiconvergent with the largest period
+            // that fits (a rate whose own period is near the longest comes back as itself).
+            let m = (u128::from(MAX_PERIOD_MS) - k0) / k1;
+            if m >= 1 && h1 > 0 {
+                let (h, k) = (m * h1 + h0, m * k1 + k0);
+                if closer((h, k), (h1, k1), num, den) {
+                    best = Some((h, k));
+                }
+            }
             break;
         };
         (h0, h1, k0, k1) = (h1, h2, k1, k2);
@@ -344,6 +354,19 @@ fn from_ratio(num: u128, den: u128, fit: Fit) -> Option<RefillRate> {
         return None;
     }
     RefillRate::new(u64::try_from(tokens).ok()?, u64::try_from(period).ok()?)
+}
+
+/// Whether `a` is closer than `b` to `num / den` (exact while the products fit in 128 bits).
+fn closer(a: (u128, u128), b: (u128, u128), num: u128, den: u128) -> bool {
+    // |num/den - h/k| = |num·k - h·den| / (den·k): compare the numerators over k.
+    let off = |(h, k): (u128, u128)| Some(num.checked_mul(k)?.abs_diff(h.checked_mul(den)?));
+    match (off(a), off(b)) {
+        (Some(ea), Some(eb)) => match (ea.checked_mul(b.1), eb.checked_mul(a.1)) {
+            (Some(x), Some(y)) => x < y,
+            _ => (ea as f64) * (b.1 as f64) < (eb as f64) * (a.1 as f64),
+        },
+        _ => false,
+    }
 }
 
 impl Default for RefillRate {
@@ -514,6 +537,26 @@ impl<'de> Deserialize<'de> for RefillRate {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn rates_with_periods_near_the_longest_survive_the_wire() {
+        // Found by fuzzing: 27143 tokens per 31.7 years went out as a float whose nearest
+        // convergent under the longest period was 2·10⁻¹⁴ off; the best fraction under it is
+        // the rate itself.
+        for rate in [
+            RefillRate::new(27_143, 999_999_491_699).unwrap(),
+            RefillRate::new(1, MAX_PERIOD_MS).unwrap(),
+            RefillRate::new(999_999_999_989, MAX_PERIOD_MS - 1).unwrap(),
+        ] {
+            let json = serde_json::to_string(&rate).unwrap();
+            let back: RefillRate = serde_json::from_str(&json).unwrap();
+            let (x, y) = (back.as_f64(), rate.as_f64());
+            assert!(
+                (x - y).abs() <= y * 4e-15,
+                "{rate:?} went out as {json}, came back {back:?}"
+            );
+        }
+    }
 
     fn rate(text: &str) -> RefillRate {
         text.parse().unwrap()

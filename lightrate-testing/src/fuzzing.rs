@@ -195,6 +195,9 @@ pub fn ietf_fields(data: &[u8]) {
     assert_eq!(limit_params[1].0, "t");
     if !allowed {
         assert!(limit_params[1].1 >= 1, "a denial says when to retry");
-        assert_eq!(limit_params[1].1, retry_ms.div_ceil(1000).max(1));
+        // Whole seconds, rounded up, at least 1; a decision holds at most 2⁶⁴ ns (584 years).
+        let retry = Duration::from_millis(retry_ms).min(Duration::from_nanos(u64::MAX));
+        let secs = retry.as_secs() + u64::from(retry.subsec_nanos() > 0);
+        assert_eq!(limit_params[1].1, secs.max(1));
     }
 }
