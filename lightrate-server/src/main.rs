@@ -337,6 +337,9 @@ fn announce_rules(rules: &RuleSet, origin: &str, format: LogFormat) {
     }
 }
 
+/// Keys shorter than this are warned about at start-up.
+const SHORT_KEY_BYTES: usize = 16;
+
 async fn run(args: &Args, settings: &Settings) -> Result<(), String> {
     let rules = match &args.config {
         Some(path) => {
@@ -351,6 +354,15 @@ async fn run(args: &Args, settings: &Settings) -> Result<(), String> {
     announce_rules(&rules, origin, settings.log_format);
     let api_key = env("LIGHTRATE_API_KEY")?;
     let application_id = env("LIGHTRATE_APPLICATION_ID")?;
+    if api_key.len() < SHORT_KEY_BYTES {
+        // Its length is all that is said of it.
+        tracing::warn!(
+            target: "lightrate::server",
+            key_bytes = api_key.len(),
+            "LIGHTRATE_API_KEY is shorter than {SHORT_KEY_BYTES} bytes: a key that short can be \
+             guessed; use a long random one"
+        );
+    }
     match store(args, optional_env)? {
         Store::Memory => {
             tracing::info!(target: "lightrate::server", "buckets in memory (this process only)");

@@ -65,7 +65,11 @@ struct Server {
 
 impl Server {
     fn start(config: &Path, extra: &[&str]) -> Server {
-        Server::spawn(Command::new(BIN), config, extra)
+        Server::spawn(Command::new(BIN), config, extra, API_KEY)
+    }
+
+    fn start_with_key(config: &Path, key: &str) -> Server {
+        Server::spawn(Command::new(BIN), config, &[], key)
     }
 
     /// Under a limit of `files` open descriptors (`ulimit -n`).
@@ -75,15 +79,15 @@ impl Server {
             .arg("-c")
             .arg(format!("ulimit -n {files} && exec \"$0\" \"$@\""))
             .arg(BIN);
-        Server::spawn(shell, config, extra)
+        Server::spawn(shell, config, extra, API_KEY)
     }
 
-    fn spawn(mut command: Command, config: &Path, extra: &[&str]) -> Server {
+    fn spawn(mut command: Command, config: &Path, extra: &[&str], key: &str) -> Server {
         let mut child = command
             .args(["--listen", "127.0.0.1:0", "--config"])
             .arg(config)
             .args(extra)
-            .env("LIGHTRATE_API_KEY", API_KEY)
+            .env("LIGHTRATE_API_KEY", key)
             .env("LIGHTRATE_APPLICATION_ID", APP_ID)
             .env_remove("LIGHTRATE_REDIS_URL")
             .env_remove("LIGHTRATE_REDIS_CLUSTER_URLS")
@@ -362,6 +366,30 @@ async fn sigterm_lets_a_slow_request_in_flight_finish_then_exits_0() {
     let status = server.exit();
     assert_eq!(status.code(), Some(0));
     server.log_line("stopped");
+}
+
+#[test]
+fn a_short_api_key_is_warned_about_by_its_length_alone() {
+    let dir = ScratchDir::new();
+    let config = dir.file("rules.toml", &rules(10));
+    let key = "k3y-0f-11";
+    let mut server = Server::start_with_key(&config, key);
+    let line = server.log_line("shorter than 16 bytes");
+    assert!(line.contains("key_bytes=9"), "{line}");
+    server.signal("TERM");
+    assert_eq!(server.exit().code(), Some(0));
+    let logs = server.all_logs();
+    assert!(logs.iter().all(|l| !l.contains(key)), "{logs:#?}");
+    // A key of 16 bytes and more is not warned about.
+    let mut long = Server::start(&config, &[]);
+    long.signal("TERM");
+    assert_eq!(long.exit().code(), Some(0));
+    let logs = long.all_logs();
+    assert!(
+        logs.iter().all(|l| !l.contains("shorter than")),
+        "{logs:#?}"
+    );
+    assert!(API_KEY.len() >= 16);
 }
 
 #[tokio::test]
