@@ -2,78 +2,35 @@
 //! keep their buckets in Redis, say so on stderr, and two instances share one bucket per user.
 #![allow(clippy::unwrap_used, clippy::print_stdout, missing_docs)]
 
-use std::io::{BufRead, BufReader, Read};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::io::Read;
+use std::process::Stdio;
 use std::time::Duration;
 
 use lightrate_redis::test_util::RedisServer;
+use lightrate_testing::{demo_app, Listening};
 use reqwest::StatusCode;
 
 /// An example binary on Redis; killed when dropped.
-struct App {
-    child: Child,
-    base_url: String,
-}
+type App = Listening;
 
-impl Drop for App {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+/// Kills the app and returns what it wrote on stderr.
+fn stop(mut app: App) -> String {
+    let child = app.child();
+    let _ = child.kill();
+    let _ = child.wait();
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        let _ = pipe.read_to_string(&mut stderr);
     }
-}
-
-impl App {
-    /// Kills the app and returns what it wrote on stderr.
-    fn stop(mut self) -> String {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let mut stderr = String::new();
-        if let Some(mut pipe) = self.child.stderr.take() {
-            let _ = pipe.read_to_string(&mut stderr);
-        }
-        stderr
-    }
-}
-
-/// `cargo test` builds the examples next to the test binaries: target/<profile>/examples.
-fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
-    let path = profile_dir.join("examples").join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo test`",
-        path.display()
-    );
-    path
+    stderr
 }
 
 fn start(name: &str, redis_url: &str) -> App {
-    let mut command = Command::new(binary(name));
-    for (key, _) in std::env::vars() {
-        if key.starts_with("LIGHTRATE_") {
-            command.env_remove(key);
-        }
-    }
-    let mut child = command
-        .env("PORT", "0")
-        .env("RUST_LOG", "warn")
+    let mut command = demo_app(name);
+    command
         .env("LIGHTRATE_REDIS_URL", redis_url)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let base_url = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("{name} printed {line:?} instead of its address"))
-        .to_owned();
-    App { child, base_url }
+        .stderr(Stdio::piped());
+    Listening::spawn(&mut command)
 }
 
 /// Alternates `GET /hello` for one user between two instances: together they admit what one
@@ -88,7 +45,7 @@ async fn share_one_bucket(a: &App, b: &App, user: &str) {
     for i in 0..40 {
         let app = if i % 2 == 0 { a } else { b };
         let response = client
-            .get(format!("{}/hello", app.base_url))
+            .get(format!("{}/hello", app.base_url()))
             .header("x-user-id", user)
             .send()
             .await
@@ -121,7 +78,7 @@ async fn two_demo_apps_on_one_redis_share_one_bucket_per_user() {
     share_one_bucket(&axum, &second_axum, "olga").await;
     let expected = format!("Redis at 127.0.0.1:{}", redis.port());
     for app in [axum, actix, second_axum] {
-        let stderr = app.stop();
+        let stderr = stop(app);
         assert!(stderr.contains(&expected), "{stderr}");
     }
 }

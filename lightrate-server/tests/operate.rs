@@ -4,10 +4,11 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use lightrate_testing::Listening;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -57,7 +58,7 @@ impl Drop for ScratchDir {
 /// A running `lightrate-server`, its log lines (stderr) arriving on a channel; killed when
 /// dropped.
 struct Server {
-    child: Child,
+    process: Listening,
     base_url: String,
     logs: mpsc::Receiver<String>,
     seen: Vec<String>,
@@ -83,7 +84,7 @@ impl Server {
     }
 
     fn spawn(mut command: Command, config: &Path, extra: &[&str], key: &str) -> Server {
-        let mut child = command
+        command
             .args(["--listen", "127.0.0.1:0", "--config"])
             .arg(config)
             .args(extra)
@@ -94,12 +95,10 @@ impl Server {
             .env_remove("LIGHTRATE_LOG_FORMAT")
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+            .stderr(Stdio::piped());
+        let mut process = Listening::spawn(&mut command);
         let (send, logs) = mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
+        let stderr = process.child().stderr.take().unwrap();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
@@ -108,18 +107,9 @@ impl Server {
                 }
             }
         });
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let base_url = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("the server printed {line:?}"))
-            .to_owned();
         Server {
-            child,
-            base_url,
+            base_url: process.base_url().to_owned(),
+            process,
             logs,
             seen: Vec::new(),
         }
@@ -127,7 +117,7 @@ impl Server {
 
     fn signal(&self, name: &str) {
         let status = Command::new("kill")
-            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .args([&format!("-{name}"), &self.process.id().to_string()])
             .status()
             .unwrap();
         assert!(status.success());
@@ -157,7 +147,7 @@ impl Server {
     fn exit(&mut self) -> ExitStatus {
         let end = Instant::now() + PATIENCE;
         loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
+            if let Some(status) = self.process.child().try_wait().unwrap() {
                 return status;
             }
             assert!(Instant::now() < end, "the server did not exit");
@@ -176,13 +166,6 @@ impl Server {
 
     fn addr(&self) -> String {
         self.base_url.trim_start_matches("http://").to_owned()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -3,11 +3,11 @@
 //! (consume and `/health`), and a Redis that is back is served with no restart.
 #![allow(clippy::unwrap_used, missing_docs)]
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use lightrate_redis::test_util::{RedisCluster, RedisServer};
+use lightrate_testing::Listening;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -28,19 +28,12 @@ refill_rate = 0.001
 burst_rate = 10
 ";
 
-/// A `lightrate-server` process; killed when dropped.
+/// A `lightrate-server` process; killed when dropped (before its directory is removed).
 struct Replica {
-    child: Child,
+    process: Listening,
     base_url: String,
     rules: std::path::PathBuf,
     _dir: ScratchDir,
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 struct ScratchDir(std::path::PathBuf);
@@ -62,32 +55,22 @@ fn replica(store_args: &[&str]) -> Replica {
     std::fs::create_dir_all(&dir).unwrap();
     let rules = dir.join("rules.toml");
     std::fs::write(&rules, RULES).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_lightrate-server"))
-        .args(["--listen", "127.0.0.1:0", "--config"])
-        .arg(&rules)
-        .args(store_args)
-        .env("LIGHTRATE_API_KEY", API_KEY)
-        .env("LIGHTRATE_APPLICATION_ID", APP_ID)
-        .env_remove("LIGHTRATE_REDIS_URL")
-        .env_remove("LIGHTRATE_REDIS_CLUSTER_URLS")
-        .env("RUST_LOG", "error")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let base_url = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("the server printed {line:?}"))
-        .to_owned();
+    let process = Listening::spawn(
+        Command::new(env!("CARGO_BIN_EXE_lightrate-server"))
+            .args(["--listen", "127.0.0.1:0", "--config"])
+            .arg(&rules)
+            .args(store_args)
+            .env("LIGHTRATE_API_KEY", API_KEY)
+            .env("LIGHTRATE_APPLICATION_ID", APP_ID)
+            .env_remove("LIGHTRATE_REDIS_URL")
+            .env_remove("LIGHTRATE_REDIS_CLUSTER_URLS")
+            .env("RUST_LOG", "error")
+            .stdin(Stdio::null())
+            .stderr(Stdio::null()),
+    );
     Replica {
-        child,
-        base_url,
+        base_url: process.base_url().to_owned(),
+        process,
         rules,
         _dir: ScratchDir(dir),
     }
@@ -261,7 +244,7 @@ async fn sighup_on_redis_applies_new_limits_and_keeps_the_buckets_in_redis() {
     )
     .unwrap();
     let kill = std::process::Command::new("kill")
-        .args(["-HUP", &server.child.id().to_string()])
+        .args(["-HUP", &server.process.id().to_string()])
         .status()
         .unwrap();
     assert!(kill.success());

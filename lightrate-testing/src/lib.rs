@@ -8,20 +8,23 @@
 //!   the tests that prove a local hit allocates nothing, and [`new_buckets`], what a live
 //!   bucket costs;
 //! - [`expect`]: what the adapters' tests expect of the answers, written once for both;
-//! - [`fuzzing`]: the bodies of the fuzz targets, for `cargo fuzz` and the corpus replay.
+//! - [`fuzzing`]: the bodies of the fuzz targets, for `cargo fuzz` and the corpus replay;
 //! - [`Logs`]: what lightrate logs on the test's thread, captured;
-//! - [`Scrape`]: Prometheus text parsed by a real parser, for the metrics tests.
+//! - [`Scrape`]: Prometheus text parsed by a real parser, for the metrics tests;
+//! - [`Listening`], [`demo_app`]: the demo apps and the server started as processes.
 
 mod alloc;
 mod buckets;
 pub mod expect;
 pub mod fuzzing;
 mod logs;
+mod process;
 mod scrape;
 mod sources;
 
 pub use alloc::{allocations, live_bytes, Counting};
 pub use buckets::{new_buckets, BucketCost};
 pub use logs::Logs;
+pub use process::{demo_app, example_binary, Listening};
 pub use scrape::Scrape;
 pub use sources::{Recording, Unlimited};

@@ -1,9 +1,7 @@
 //! The example binaries themselves, as a new user runs them: `cargo run --example axum_app`
 //! (and `actix_app`) with no configuration, on a free port.
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 
 use lightrate::http::Method;
 use lightrate::metrics::{
@@ -11,36 +9,13 @@ use lightrate::metrics::{
 };
 use lightrate::{LightRateClient, RefillRate, RuleSet, RuleSpec, Target};
 use lightrate_server::faults::Fault;
-use lightrate_testing::Scrape;
+use lightrate_testing::{demo_app, Listening, Scrape};
 use reqwest::StatusCode;
 
 use crate::support::{http, TokenServer, API_KEY, APP_ID};
 
 /// An example binary, started with the embedded source; killed when dropped.
-struct Example {
-    child: Child,
-    base_url: String,
-}
-
-impl Drop for Example {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// `cargo test` builds the examples next to the test binaries: target/<profile>/examples.
-fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
-    let path = profile_dir.join("examples").join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run the whole test command (`cargo test`), which builds the examples",
-        path.display()
-    );
-    path
-}
+type Example = Listening;
 
 fn start(name: &str) -> Example {
     start_with(name, &[])
@@ -48,33 +23,19 @@ fn start(name: &str) -> Example {
 
 /// Starts an example binary with these `LIGHTRATE_*` variables (and no others).
 fn start_with(name: &str, vars: &[(&str, &str)]) -> Example {
-    let mut command = Command::new(binary(name));
-    command
-        .env("PORT", "0")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    for (key, _) in std::env::vars() {
-        if key.starts_with("LIGHTRATE_") {
-            command.env_remove(key);
-        }
-    }
-    command.envs(vars.iter().copied());
-    let mut child = command.spawn().unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).unwrap();
-    let base_url = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("{name} printed {line:?} instead of its address"))
-        .to_owned();
-    assert!(base_url.starts_with("http://127.0.0.1:"), "{base_url}");
-    Example { child, base_url }
+    let mut command = demo_app(name);
+    command.stderr(Stdio::null()).envs(vars.iter().copied());
+    let example = Listening::spawn(&mut command);
+    assert!(
+        example.base_url().starts_with("http://127.0.0.1:"),
+        "{}",
+        example.base_url()
+    );
+    example
 }
 
 async fn drive(example: &Example) {
-    let base = &example.base_url;
+    let base = example.base_url();
     let client = http();
     let text = |path: &'static str, user: Option<&'static str>| {
         let mut request = client.get(format!("{base}{path}"));
@@ -147,7 +108,7 @@ fn metrics_rules() -> RuleSet {
 
 /// `GET path` as `user` (none: no header) on the example: the status.
 async fn status(example: &Example, path: &str, user: Option<&str>) -> StatusCode {
-    let mut request = http().get(format!("{}{path}", example.base_url));
+    let mut request = http().get(format!("{}{path}", example.base_url()));
     if let Some(user) = user {
         request = request.header("x-user-id", user);
     }
@@ -157,7 +118,7 @@ async fn status(example: &Example, path: &str, user: Option<&str>) -> StatusCode
 /// The example's `/metrics`, parsed by a Prometheus text parser.
 async fn scrape(example: &Example) -> Scrape {
     let response = http()
-        .get(format!("{}/metrics", example.base_url))
+        .get(format!("{}/metrics", example.base_url()))
         .send()
         .await
         .unwrap();
@@ -370,7 +331,7 @@ async fn the_tonic_example_serves_the_demo_contract() {
     use tonic_health::pb::HealthCheckRequest;
 
     let example = start("tonic_app");
-    let channel = tonic::transport::Channel::from_shared(example.base_url.clone())
+    let channel = tonic::transport::Channel::from_shared(example.base_url().to_owned())
         .unwrap()
         .connect()
         .await
