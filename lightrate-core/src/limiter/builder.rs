@@ -258,7 +258,8 @@ impl LimiterBuilder {
     /// limiter forgets buckets until 90% of it is used: idle ones first, then those holding no
     /// live token, and only then others, whose tokens are lost. Forgetting never admits
     /// anything: a forgotten user's next request asks the source again. Counted in
-    /// [`Stats::evicted_buckets`](crate::Stats::evicted_buckets).
+    /// [`Stats::evicted_buckets`](crate::Stats::evicted_buckets). At least 10 (a smaller
+    /// value is taken as 10).
     pub fn max_buckets(mut self, max: usize) -> Self {
         self.max_buckets = max.max(10);
         self
