@@ -126,6 +126,25 @@ async fn scrape(example: &Example) -> Scrape {
     Scrape::parse(&response.text().await.unwrap())
 }
 
+/// Waits until the example has answered and counted every call the token server received
+/// from it (`others`: the calls other clients made), polling its `/metrics`.
+async fn settled(example: &Example, tokens: &TokenServer, others: usize) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let s = scrape(example).await;
+        let counted: f64 = s.all(SOURCE_CALLS_TOTAL).iter().map(|(_, n)| n).sum();
+        let received = tokens.calls();
+        if counted as usize + others == received {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the example counted {counted} calls, the server received {received}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
 fn decisions(scrape: &Scrape, outcome: &str, by: &str, rule: &str) -> u64 {
     scrape.count(
         DECISIONS_TOTAL,
@@ -186,6 +205,10 @@ async fn metrics_count_every_outcome(name: &str) {
             StatusCode::OK
         );
     }
+    // Refill-ahead leases run in the background: wait for the last one to be answered, so
+    // that the fault below meets eve's call and not one of them (the one other call the server
+    // received is the other client's).
+    settled(&example, &tokens, 1).await;
     let items_calls = tokens.calls() - calls_before - 4;
     // The source fails (a 500 is not retried): the outage policy (allow) decides.
     tokens
