@@ -10,7 +10,8 @@
 //! Every minute it prints one line: requests, 200s, 429s, errors (anything else, and failed
 //! connections), p50 and p99 latency, the resident memory of the app and the server (from
 //! `/proc`, when their pids are given), and the source calls per request (from the server's
-//! `lightrate_server_consume_requests_total` on `GET /metrics`, when it has one).
+//! `lightrate_server_consume_requests_total` on `GET /metrics`, when it has one); under a
+//! minute with errors, what they were (`HTTP 503`, `timeout`, or a failed request's cause).
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::process::ExitCode;
@@ -102,15 +103,33 @@ struct Minute {
     ok: AtomicU64,
     limited: AtomicU64,
     errors: AtomicU64,
+    /// What each error was ("HTTP 503", "timeout", the innermost cause of a failed request).
+    error_kinds: Mutex<std::collections::BTreeMap<String, u64>>,
     latencies_us: Mutex<Vec<u32>>,
 }
 
 impl Minute {
-    fn record(&self, status: Option<u16>, latency: Duration) {
-        let counter = match status {
-            Some(200) => &self.ok,
-            Some(429) => &self.limited,
-            _ => &self.errors,
+    fn error(&self, kind: String) {
+        *self
+            .error_kinds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(kind)
+            .or_default() += 1;
+    }
+
+    fn record(&self, status: Result<u16, String>, latency: Duration) {
+        let counter = match &status {
+            Ok(200) => &self.ok,
+            Ok(429) => &self.limited,
+            Ok(other) => {
+                self.error(format!("HTTP {other}"));
+                &self.errors
+            }
+            Err(kind) => {
+                self.error(kind.clone());
+                &self.errors
+            }
         };
         counter.fetch_add(1, Ordering::Relaxed);
         let us = u32::try_from(latency.as_micros()).unwrap_or(u32::MAX);
@@ -119,6 +138,21 @@ impl Minute {
             .unwrap_or_else(|p| p.into_inner())
             .push(us);
     }
+}
+
+/// What a failed request met: a timeout, a refused connection, or the innermost cause.
+fn failure(error: &reqwest::Error) -> String {
+    if error.is_timeout() {
+        return "timeout".into();
+    }
+    if error.is_connect() {
+        return "cannot connect".into();
+    }
+    let mut cause: &dyn std::error::Error = error;
+    while let Some(inner) = cause.source() {
+        cause = inner;
+    }
+    cause.to_string().chars().take(80).collect()
 }
 
 /// Resident memory of `pid` in MiB, from `/proc/<pid>/status`.
@@ -217,10 +251,12 @@ async fn soak(o: Options) -> Result<(), String> {
                 let status = match client.get(&url).header("x-user-id", user).send().await {
                     Ok(response) => {
                         let status = response.status().as_u16();
-                        let _ = response.bytes().await;
-                        Some(status)
+                        match response.bytes().await {
+                            Ok(_) => Ok(status),
+                            Err(e) => Err(failure(&e)),
+                        }
                     }
-                    Err(_) => None,
+                    Err(e) => Err(failure(&e)),
                 };
                 current.record(status, start.elapsed());
                 drop(permit);
@@ -258,6 +294,14 @@ async fn soak(o: Options) -> Result<(), String> {
             mib(o.app_pid),
             mib(o.server_pid),
         );
+        let kinds = current
+            .error_kinds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if !kinds.is_empty() {
+            let list: Vec<String> = kinds.iter().map(|(k, n)| format!("{k} ×{n}")).collect();
+            println!("        errors: {}", list.join("; "));
+        }
     }
     Ok(())
 }
