@@ -827,31 +827,18 @@ async fn shadow_mode_lets_refused_requests_through_counted_and_logged_at_a_limit
         assert_eq!(status, StatusCode::OK);
         seen.push(body);
     }
-    assert!(
-        seen[..20].iter().all(|s| s == "true TokenSource"),
-        "{seen:?}"
-    );
-    // The last lease said the source was empty: the denial cache decides, as it would.
-    assert!(
-        seen[20..].iter().all(|s| s == "false DenialCache"),
-        "{seen:?}"
-    );
-    assert_eq!(source.calls().len(), 20);
-    assert_eq!(limiter.stats().denied_by_denial_cache, 30);
-    let lines = logs.lines_with("shadow mode");
-    assert_eq!(lines.len(), 1, "{lines:?}");
-    assert!(
-        lines[0].contains("requests=1") && lines[0].contains("status=429"),
-        "{lines:?}"
+    expect::shadow_run(
+        &seen,
+        source.calls().len(),
+        &limiter,
+        &logs.lines_with("shadow mode"),
     );
     clock.advance(std::time::Duration::from_secs(10));
     assert_eq!(
         send!(app, Method::GET, "/hello", Some("ann")).0,
         StatusCode::OK
     );
-    let lines = logs.lines_with("shadow mode");
-    assert_eq!(lines.len(), 2, "{lines:?}");
-    assert!(lines[1].contains("requests=30"), "{lines:?}");
+    expect::shadow_second_line(&logs.lines_with("shadow mode"));
 }
 
 #[actix_rt::test]

@@ -69,3 +69,36 @@ pub fn all_charged(calls: &[(String, u64)], target: &str, tokens: u64) {
         "{calls:?}: not all {tokens} of {target}"
     );
 }
+
+/// Fifty `GET /hello` of one user in shadow mode (burst 20, leases of one token): what the
+/// handlers saw (`"<is_allowed> <source>"` each), the source's calls, and the log lines with
+/// "shadow mode". Twenty allowed by the source, thirty let through that the denial cache would
+/// have refused, the source asked exactly as often as under enforcement, and one log line for
+/// the thirty naming the rule and the status they would have got.
+pub fn shadow_run(seen: &[String], source_calls: usize, limiter: &Limiter, lines: &[String]) {
+    assert_eq!(seen.len(), 50, "{seen:?}");
+    assert!(
+        seen[..20].iter().all(|s| s == "true TokenSource"),
+        "{seen:?}"
+    );
+    // The last lease said the source was empty: the denial cache decides, as it would.
+    assert!(
+        seen[20..].iter().all(|s| s == "false DenialCache"),
+        "{seen:?}"
+    );
+    assert_eq!(source_calls, 20);
+    assert_eq!(limiter.stats().denied_by_denial_cache, 30);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].contains("requests=1") && lines[0].contains("status=429"),
+        "{lines:?}"
+    );
+    assert!(lines[0].contains("rule_hello"), "{lines:?}");
+}
+
+/// The shadow-mode log lines once ten seconds have passed and one more request came: a second
+/// line saying how many were let through meanwhile.
+pub fn shadow_second_line(lines: &[String]) {
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(lines[1].contains("requests=30"), "{lines:?}");
+}
