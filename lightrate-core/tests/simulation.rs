@@ -2,17 +2,22 @@
 //! simulated time: tokio's paused clock drives the traffic, the source's latency and every
 //! limiter's clock, so requests overlap and wait for leases as they would in production.
 //!
-//! For P = 1, 4, 16 and 64, sources 0, 20 and 50 ms away, and three kinds of traffic (hot,
-//! sparse, uneven), it checks what the design promises:
+//! For P = 1, 4, 16 and 64, sources 0, 20 and 50 ms away (with jitter: each answer takes
+//! 0.5 to 1.5 times that, and one in twenty five times longer), and five kinds of traffic, it
+//! checks what the design promises:
 //!
 //! - the fleet never admits more than the source granted;
 //! - per (user, rule), every window T holds at most `burst + refill·(T + H)` admissions,
 //!   whatever P is (H, the token horizon, bounds the age of a leased token);
 //! - no request is denied while the source held tokens for it (no false denials);
+//! - the rules people write (100/minute, 1000/hour, 10 000/day), paced and concurrent, under
+//!   the limit: nothing denied, at most one call per 5 admitted requests, at most one request
+//!   in 100 waiting for the source;
 //! - under sparse traffic, under 5% of the tokens granted expire unused;
 //! - uneven demand on a quota strands (almost) nothing: 990 to 1000 of 1000 admitted.
 //!
-//! It prints calls per admitted request for each run (see BENCHMARKS.md).
+//! It prints calls per admitted request and the share of requests that waited for each run,
+//! beside a fixed lease of 5 (the official SDKs' way) on the same traffic (see BENCHMARKS.md).
 #![allow(clippy::unwrap_used, clippy::print_stdout, missing_docs)]
 
 use std::collections::HashMap;
@@ -36,10 +41,29 @@ impl Clock for SimClock {
     }
 }
 
+/// How far away the source is: each answer takes 0.5 to 1.5 times `base`, and one in twenty
+/// five times that (a source under load, as the hosted API is).
+#[derive(Clone, Copy, Debug)]
+struct Latency {
+    base: Duration,
+}
+
+impl Latency {
+    fn sample(self, rng: &mut fastrand::Rng) -> Duration {
+        let jittered = self.base.mul_f64(0.5 + rng.f64());
+        if rng.u32(0..20) == 0 {
+            jittered * 5
+        } else {
+            jittered
+        }
+    }
+}
+
 /// The shared source: `latency` away (the grant happens half-way), counting what it grants.
 struct SimSource {
     inner: EmbeddedSource,
-    latency: Duration,
+    latency: Latency,
+    rng: Mutex<fastrand::Rng>,
     granted: AtomicU64,
     calls: AtomicU64,
 }
@@ -50,11 +74,12 @@ impl TokenSource for SimSource {
         request: ConsumeRequest<'_>,
     ) -> Result<ConsumeTokensResponse, Error> {
         self.calls.fetch_add(1, Ordering::SeqCst);
-        tokio::time::sleep(self.latency / 2).await;
+        let latency = self.latency.sample(&mut self.rng.lock().unwrap());
+        tokio::time::sleep(latency / 2).await;
         let answer = self.inner.consume_now(request)?;
         self.granted
             .fetch_add(answer.tokens_consumed, Ordering::SeqCst);
-        tokio::time::sleep(self.latency / 2).await;
+        tokio::time::sleep(latency / 2).await;
         Ok(answer)
     }
 }
@@ -81,6 +106,18 @@ fn rules() -> RuleSet {
         .rule(
             RuleSpec::operation("quota", "^quota$", RefillRate::per_hour(1), 1000).with_id("quota"),
         )
+        .rule(
+            RuleSpec::operation("per minute", "^minute$", RefillRate::per_minute(100), 100)
+                .with_id("minute"),
+        )
+        .rule(
+            RuleSpec::operation("per hour", "^hour$", RefillRate::per_hour(1000), 1000)
+                .with_id("hour"),
+        )
+        .rule(
+            RuleSpec::operation("per day", "^day$", RefillRate::per_day(10_000), 10_000)
+                .with_id("day"),
+        )
         .build()
         .unwrap()
 }
@@ -94,6 +131,42 @@ enum Traffic {
     Sparse,
     /// One user's quota of 1000: 5 requests on the first process, 300/s on the others.
     Uneven,
+    /// The rules people write, under the limit, open loop at a steady pace: on each process
+    /// three users of its own (sticky sessions), one per rule: 10/s for 8 s on 100/minute,
+    /// 20/s for 40 s on 1000/hour, 40/s for 60 s on 10 000/day; and one user of the daily
+    /// quota that every process serves, 2/s on each.
+    Paced,
+    /// The same users, each with 4 concurrent clients in a closed loop (a request, then a
+    /// pause of 0.5 to 1.5 times 400, 200 and 100 ms), and the shared user's 2/s per process.
+    Concurrent,
+}
+
+impl Traffic {
+    /// Whether every request is under its user's limit (nothing may be denied).
+    fn under_the_limit(self) -> bool {
+        matches!(self, Traffic::Paced | Traffic::Concurrent)
+    }
+}
+
+/// The pinned users of [`Traffic::Paced`] and [`Traffic::Concurrent`]: (operation, pace or
+/// pause, for how long).
+const PINNED: [(&str, Duration, Duration); 3] = [
+    ("minute", Duration::from_millis(100), Duration::from_secs(8)),
+    ("hour", Duration::from_millis(50), Duration::from_secs(40)),
+    ("day", Duration::from_millis(25), Duration::from_secs(60)),
+];
+
+/// The shared user of the daily quota: a request every 500 ms on every process, for 60 s
+/// (7 680 requests at P = 64, under the 10 000 of the day).
+const SHARED: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(60));
+
+/// How the limiters lease.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Leasing {
+    /// lightrate's defaults.
+    Sized,
+    /// A fixed lease of 5, without refill-ahead: the official SDKs' way.
+    FixedFive,
 }
 
 /// One request's fate.
@@ -104,6 +177,8 @@ struct Record {
     rule: String,
     allowed: bool,
     false_denial: bool,
+    /// It waited for an answer of the source.
+    waited: bool,
 }
 
 #[derive(Debug, Default)]
@@ -115,9 +190,160 @@ struct Outcome {
     calls: u64,
     false_denials: u64,
     quota_admitted: u64,
+    waited: u64,
 }
 
-fn simulate(traffic: Traffic, processes: usize, latency: Duration, seed: u64) -> Outcome {
+/// What every request shares: the fleet's source, where records go, simulated time.
+#[derive(Clone)]
+struct World {
+    source: Arc<SimSource>,
+    records: Arc<Mutex<Vec<Record>>>,
+    clock: SimClock,
+}
+
+impl World {
+    /// One request of `user` on `limiter`, recorded.
+    async fn request(&self, limiter: &Limiter, user: usize, target: Target<'static>) {
+        let name = format!("user-{user}");
+        let decision = limiter.check(&name, &target).await.unwrap();
+        assert_ne!(decision.source(), DecisionSource::Unavailable);
+        let rule = limiter
+            .rule_id(&decision.rule().unwrap())
+            .unwrap()
+            .to_string();
+        // A false denial: the source holds a token for it now, beyond what could have become
+        // whole since the answer that denied it was made (at most half the slowest answer
+        // ago, plus the millisecond its answer is rounded to: at most one more than the whole
+        // tokens the rate adds in that time, a fraction being already there).
+        let available = self.source.inner.available(&name, &target);
+        let window = self.source.latency.base.mul_f64(7.5 / 2.0) + Duration::from_millis(1);
+        let rate = decision.rule().unwrap().refill_rate();
+        let accrued = rate.tokens_in(window) + u64::from(!rate.is_zero());
+        let false_denial = !decision.is_allowed() && available > accrued;
+        self.records.lock().unwrap().push(Record {
+            at: self.clock.now(),
+            user,
+            rule,
+            allowed: decision.is_allowed(),
+            false_denial,
+            waited: decision.source() == DecisionSource::TokenSource,
+        });
+    }
+}
+
+/// Poisson arrivals of `traffic` (hot, sparse, uneven) on the fleet.
+async fn poisson(world: &World, limiters: &[Limiter], traffic: Traffic, rng: &mut fastrand::Rng) {
+    let processes = limiters.len();
+    let (duration, rate_per_s) = match traffic {
+        Traffic::Hot => (Duration::from_secs(5), 100.0 * processes as f64),
+        Traffic::Sparse => (Duration::from_secs(30 * 60), 0.8),
+        _ => (Duration::from_secs(10), 300.0),
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    let start = tokio::time::Instant::now();
+    let mut at = start;
+    let mut uneven_light = 0;
+    loop {
+        let gap = -(1.0 - rng.f64()).ln() / rate_per_s;
+        at += Duration::from_secs_f64(gap);
+        if at >= start + duration {
+            break;
+        }
+        tokio::time::sleep_until(at).await;
+        let (process, user, target) = match traffic {
+            Traffic::Hot => {
+                let target = match rng.u32(0..100) {
+                    0..=69 => Target::operation("search"),
+                    70..=79 => Target::operation("send_email"),
+                    _ => Target::path(Method::GET, "/hello"),
+                };
+                (rng.usize(0..processes), rng.usize(0..2), target)
+            }
+            Traffic::Sparse => {
+                let target = match rng.u32(0..3) {
+                    0 => Target::operation("send_email"),
+                    1 => Target::path(Method::GET, "/hello"),
+                    _ => Target::path(Method::GET, "/items/1"),
+                };
+                (rng.usize(0..processes), rng.usize(0..12), target)
+            }
+            _ => {
+                // The first process sees 5 requests, spread over the run; the others all the
+                // rest.
+                let light = processes > 1 && uneven_light < 5 && rng.u32(0..600) == 0;
+                let process = if processes == 1 || light {
+                    uneven_light += usize::from(light);
+                    0
+                } else {
+                    rng.usize(1..processes)
+                };
+                (process, 0, Target::operation("quota"))
+            }
+        };
+        let (world, limiter) = (world.clone(), limiters[process].clone());
+        tasks.spawn(async move { world.request(&limiter, user, target).await });
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+/// The rules people write, under the limit: paced (open loop) or concurrent (closed loop).
+async fn rules_people_write(
+    world: &World,
+    limiters: &[Limiter],
+    traffic: Traffic,
+    rng: &mut fastrand::Rng,
+) {
+    let mut tasks = tokio::task::JoinSet::new();
+    let start = tokio::time::Instant::now();
+    for (p, limiter) in limiters.iter().enumerate() {
+        let mut pinned: Vec<(usize, &str, Duration, Duration)> =
+            vec![(0, "day", SHARED.0, SHARED.1)];
+        for (k, (op, pace, length)) in PINNED.iter().enumerate() {
+            pinned.push((1 + 3 * p + k, op, *pace, *length));
+        }
+        for (user, op, pace, length) in pinned {
+            let clients = if traffic == Traffic::Concurrent && user != 0 {
+                4
+            } else {
+                1
+            };
+            for _ in 0..clients {
+                let (world, limiter) = (world.clone(), limiter.clone());
+                let mut rng = fastrand::Rng::with_seed(rng.u64(..));
+                let end = start + length;
+                tasks.spawn(async move {
+                    let mut requests = tokio::task::JoinSet::new();
+                    let mut at = start + pace.mul_f64(rng.f64());
+                    while at < end {
+                        tokio::time::sleep_until(at).await;
+                        let target = Target::operation(op);
+                        if clients == 1 {
+                            // Open loop: the next request does not wait for this one.
+                            let (world, limiter) = (world.clone(), limiter.clone());
+                            requests
+                                .spawn(async move { world.request(&limiter, user, target).await });
+                            at += pace;
+                        } else {
+                            world.request(&limiter, user, target).await;
+                            at = tokio::time::Instant::now()
+                                + (pace * clients as u32).mul_f64(0.5 + rng.f64());
+                        }
+                    }
+                    while requests.join_next().await.is_some() {}
+                });
+            }
+        }
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+fn simulate(
+    traffic: Traffic,
+    processes: usize,
+    latency: Duration,
+    leasing: Leasing,
+    seed: u64,
+) -> Outcome {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
@@ -125,99 +351,41 @@ fn simulate(traffic: Traffic, processes: usize, latency: Duration, seed: u64) ->
         .unwrap();
     runtime.block_on(async move {
         let clock = SimClock(tokio::time::Instant::now());
+        let mut rng = fastrand::Rng::with_seed(seed);
         let source = Arc::new(SimSource {
             inner: EmbeddedSource::new(rules()).with_clock(clock),
-            latency,
+            latency: Latency { base: latency },
+            rng: Mutex::new(fastrand::Rng::with_seed(rng.u64(..))),
             granted: AtomicU64::new(0),
             calls: AtomicU64::new(0),
         });
         let limiters: Vec<Limiter> = (0..processes)
-            .map(|_| Limiter::builder(source.clone()).clock(clock).build())
+            .map(|_| {
+                let builder = Limiter::builder(source.clone()).clock(clock);
+                match leasing {
+                    Leasing::Sized => builder.build(),
+                    Leasing::FixedFive => builder
+                        .lease_size(5)
+                        .min_lease_size(5)
+                        .refill_ahead(false)
+                        .build(),
+                }
+            })
             .collect();
-        let records = Arc::new(Mutex::new(Vec::<Record>::new()));
-        let mut rng = fastrand::Rng::with_seed(seed);
-        let mut tasks = tokio::task::JoinSet::new();
-
-        let (duration, rate_per_s) = match traffic {
-            Traffic::Hot => (Duration::from_secs(5), 100.0 * processes as f64),
-            Traffic::Sparse => (Duration::from_secs(30 * 60), 0.8),
-            Traffic::Uneven => (Duration::from_secs(10), 300.0),
+        let world = World {
+            source: source.clone(),
+            records: Arc::default(),
+            clock,
         };
-        let start = tokio::time::Instant::now();
-        let mut at = start;
-        let mut uneven_light = 0;
-        loop {
-            // Poisson arrivals.
-            let gap = -(1.0 - rng.f64()).ln() / rate_per_s;
-            at += Duration::from_secs_f64(gap);
-            if at >= start + duration {
-                break;
-            }
-            tokio::time::sleep_until(at).await;
-            let (process, user, target) = match traffic {
-                Traffic::Hot => {
-                    let target = match rng.u32(0..100) {
-                        0..=69 => Target::operation("search"),
-                        70..=79 => Target::operation("send_email"),
-                        _ => Target::path(Method::GET, "/hello"),
-                    };
-                    (rng.usize(0..processes), rng.usize(0..2), target)
-                }
-                Traffic::Sparse => {
-                    let target = match rng.u32(0..3) {
-                        0 => Target::operation("send_email"),
-                        1 => Target::path(Method::GET, "/hello"),
-                        _ => Target::path(Method::GET, "/items/1"),
-                    };
-                    (rng.usize(0..processes), rng.usize(0..12), target)
-                }
-                Traffic::Uneven => {
-                    // The first process sees 5 requests, spread over the run; the others
-                    // all the rest.
-                    let light = processes > 1 && uneven_light < 5 && rng.u32(0..600) == 0;
-                    let process = if processes == 1 || light {
-                        uneven_light += usize::from(light);
-                        0
-                    } else {
-                        rng.usize(1..processes)
-                    };
-                    (process, 0, Target::operation("quota"))
-                }
-            };
-            let limiter = limiters[process].clone();
-            let source = source.clone();
-            let records = records.clone();
-            tasks.spawn(async move {
-                let name = format!("user-{user}");
-                let decision = limiter.check(&name, &target).await.unwrap();
-                assert_ne!(decision.source(), DecisionSource::Unavailable);
-                let rule = limiter
-                    .rule_id(&decision.rule().unwrap())
-                    .unwrap()
-                    .to_string();
-                // A false denial: the source holds a token for it now, beyond what could have
-                // become whole since the answer that denied it was made (half a latency ago,
-                // plus the millisecond its answer is rounded to: at most one more than the
-                // whole tokens the rate adds in that time, a fraction being already there).
-                let available = source.inner.available(&name, &target);
-                let window = latency / 2 + Duration::from_millis(1);
-                let rate = decision.rule().unwrap().refill_rate();
-                let accrued = rate.tokens_in(window) + u64::from(!rate.is_zero());
-                let false_denial = !decision.is_allowed() && available > accrued;
-                records.lock().unwrap().push(Record {
-                    at: SimClock(clock.0).now(),
-                    user,
-                    rule,
-                    allowed: decision.is_allowed(),
-                    false_denial,
-                });
-            });
+        if traffic.under_the_limit() {
+            rules_people_write(&world, &limiters, traffic, &mut rng).await;
+        } else {
+            poisson(&world, &limiters, traffic, &mut rng).await;
         }
-        while tasks.join_next().await.is_some() {}
         // Let background leases land.
         tokio::time::sleep(Duration::from_secs(1)).await;
 
-        let records = records.lock().unwrap();
+        let records = world.records.lock().unwrap();
         check_window_bound(&records);
         let stats: Vec<_> = limiters.iter().map(Limiter::stats).collect();
         Outcome {
@@ -231,6 +399,7 @@ fn simulate(traffic: Traffic, processes: usize, latency: Duration, seed: u64) ->
                 .iter()
                 .filter(|r| r.allowed && r.rule == "quota")
                 .count() as u64,
+            waited: records.iter().filter(|r| r.waited).count() as u64,
         }
     })
 }
@@ -280,11 +449,20 @@ fn run(traffic: Traffic) -> Vec<(usize, Duration, Outcome)> {
     for (i, processes) in [1, 4, 16, 64].into_iter().enumerate() {
         for (j, latency_ms) in [0, 20, 50].into_iter().enumerate() {
             let latency = Duration::from_millis(latency_ms);
-            let o = simulate(traffic, processes, latency, (i * 10 + j) as u64 + 1);
+            let seed = (i * 10 + j) as u64 + 1;
+            let o = simulate(traffic, processes, latency, Leasing::Sized, seed);
+            // The official SDKs' fixed lease of 5 on the same traffic, for comparison (with a
+            // source 20 ms away).
+            let five = if latency_ms == 20 {
+                simulate(traffic, processes, latency, Leasing::FixedFive, seed)
+            } else {
+                Outcome::default()
+            };
             println!(
                 "{traffic:?}: P={processes:<2} latency {latency_ms:>2} ms: {} requests, {} \
                  admitted, {} granted, {} expired unused ({:.1}%), {} calls ({:.3} per admitted), \
-                 {} false denials",
+                 {:.2}% waited, {} false denials | fixed lease of 5: {} admitted, {:.3} calls \
+                 per admitted, {:.2}% waited",
                 o.requests,
                 o.admitted,
                 o.granted,
@@ -292,7 +470,11 @@ fn run(traffic: Traffic) -> Vec<(usize, Duration, Outcome)> {
                 100.0 * o.expired as f64 / o.granted.max(1) as f64,
                 o.calls,
                 o.calls as f64 / o.admitted.max(1) as f64,
+                100.0 * o.waited as f64 / o.requests.max(1) as f64,
                 o.false_denials,
+                five.admitted,
+                five.calls as f64 / five.admitted.max(1) as f64,
+                100.0 * five.waited as f64 / five.requests.max(1) as f64,
             );
             assert!(o.admitted <= o.granted, "admitted more than granted");
             assert!(o.admitted > 0);
@@ -335,6 +517,38 @@ fn uneven_demand_strands_nothing_of_a_quota() {
             (990..=1000).contains(&o.quota_admitted),
             "P={processes}, {latency:?}: {} of the quota of 1000 admitted",
             o.quota_admitted
+        );
+    }
+}
+
+#[test]
+fn the_rules_people_write_paced_under_the_limit_stay_local() {
+    under_the_limit(Traffic::Paced);
+}
+
+#[test]
+fn the_rules_people_write_concurrent_under_the_limit_stay_local() {
+    under_the_limit(Traffic::Concurrent);
+}
+
+fn under_the_limit(traffic: Traffic) {
+    for (processes, latency, o) in run(traffic) {
+        let at = format!("P={processes}, {latency:?}");
+        assert_eq!(
+            o.admitted, o.requests,
+            "{at}: a request under the limit was denied"
+        );
+        assert!(
+            o.calls * 5 <= o.admitted,
+            "{at}: {} calls for {} admitted",
+            o.calls,
+            o.admitted
+        );
+        assert!(
+            o.waited * 100 <= o.requests,
+            "{at}: {} of {} requests waited for the source",
+            o.waited,
+            o.requests
         );
     }
 }

@@ -11,6 +11,9 @@
 //! that as [`Take::Stale`] and the slow path drops the excess.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use super::learned::Learned;
 
 /// `state`: bits 0..24 tokens held; bits 24..63 the deadline of the newest tokens, in
 /// milliseconds since the clock's epoch (17 years); bit 63: removed from the map.
@@ -62,9 +65,9 @@ pub(crate) enum Take {
 /// Tokens of one (user, rule) in this process, inline in its map entry (which keeps its
 /// address until the entry is removed and no reader can see it any more).
 ///
-/// A hit reads `state`, `older` and `refill_below` and compare-and-swaps `state`: one cache
-/// line, no other write. The rest is the slow path's: the denial cache and what the lease
-/// sizing learns about demand.
+/// A hit reads `state`, `older`, `refill_below` and `source_remaining` and compare-and-swaps
+/// `state`: one cache line, no other write. The rest is the slow path's: the denial cache and
+/// what lease sizing learns ([`Learned`]).
 #[derive(Debug)]
 pub(crate) struct LocalBucket {
     /// Tokens and their deadline, packed: a hit is one compare-and-swap of this word.
@@ -76,19 +79,16 @@ pub(crate) struct LocalBucket {
     /// Refill-ahead: a take that leaves fewer than this many tokens (and started with at
     /// least this many) leases the next batch. 0: never.
     refill_below: AtomicU32,
-    /// Tokens per second this process asked of this bucket, as last estimated (`f32` bits).
-    rate: AtomicU32,
     /// Denial cache: no token can exist before this timestamp (nanoseconds; 0 = none).
     denied_until: AtomicU64,
     /// The last time the slow path used this bucket (ms): a lease, a denial, a take after
     /// waiting. Hits do not write it; they only happen while tokens are alive.
     touched_ms: AtomicU64,
-    /// When the last lease started (ms), and how many tokens had been consumed by then.
-    lease_started_ms: AtomicU64,
-    consumed_mark: AtomicU64,
     /// Every token deposited, and every token lost (expired, dropped), since creation.
     deposited: AtomicU64,
     lost: AtomicU64,
+    /// What lease sizing learns: demand, the others' take, the source's level (slow path).
+    learned: Mutex<Learned>,
 }
 
 impl LocalBucket {
@@ -98,13 +98,11 @@ impl LocalBucket {
             older: AtomicU64::new(0),
             source_remaining: AtomicU64::new(0),
             refill_below: AtomicU32::new(0),
-            rate: AtomicU32::new(0),
             denied_until: AtomicU64::new(0),
             touched_ms: AtomicU64::new(now_ms),
-            lease_started_ms: AtomicU64::new(0),
-            consumed_mark: AtomicU64::new(0),
             deposited: AtomicU64::new(0),
             lost: AtomicU64::new(0),
+            learned: Mutex::new(Learned::new(now_ms)),
         }
     }
 
@@ -353,47 +351,18 @@ impl LocalBucket {
             .store(u32::try_from(mark).unwrap_or(u32::MAX), Ordering::Relaxed);
     }
 
-    /// Whether a lease ever filed into this bucket.
-    pub(crate) fn has_leased(&self) -> bool {
-        self.lease_started_ms.load(Ordering::Relaxed) != 0
-            || self.deposited.load(Ordering::Relaxed) != 0
-    }
-
     /// Tokens consumed from this bucket so far: deposited, minus held, minus lost.
-    fn consumed(&self) -> u64 {
+    pub(crate) fn consumed(&self) -> u64 {
         self.deposited
             .load(Ordering::Relaxed)
             .saturating_sub(self.tokens())
             .saturating_sub(self.lost.load(Ordering::Relaxed))
     }
 
-    /// At the start of a lease: updates the demand estimate with what was consumed since the
-    /// last lease started plus what is `waiting` for this lease, and returns it (tokens per
-    /// second). It rises fast (older observations weigh `exp(-elapsed / 50 ms)`) so that a hot
-    /// key is served within a few leases, and falls slowly (`exp(-elapsed / 1 s)`) so that a
-    /// pause between bursts does not forget it, but demand that stops is forgotten within
-    /// seconds.
-    pub(crate) fn observe_demand(&self, now_ms: u64, waiting: u64) -> f64 {
-        let previous = f64::from(f32::from_bits(self.rate.load(Ordering::Relaxed)));
-        let since = self.lease_started_ms.load(Ordering::Relaxed);
-        if since != 0 && now_ms <= since {
-            // Leases less than a millisecond apart: keep counting until one has passed.
-            return previous;
-        }
-        let consumed = self.consumed();
-        let mark = self.consumed_mark.swap(consumed, Ordering::Relaxed);
-        self.lease_started_ms.store(now_ms, Ordering::Relaxed);
-        if since == 0 {
-            // The first lease: nothing to learn from yet.
-            return previous;
-        }
-        let elapsed_s = (now_ms - since) as f64 / 1000.0;
-        let sample = (consumed.saturating_sub(mark) + waiting) as f64 / elapsed_s;
-        let tau = if sample > previous { 0.05 } else { 1.0 };
-        let keep = (-elapsed_s / tau).exp();
-        let rate = previous * keep + sample * (1.0 - keep);
-        self.rate.store((rate as f32).to_bits(), Ordering::Relaxed);
-        rate
+    /// What lease sizing has learned about this bucket (the slow path's; leases of one bucket
+    /// never run concurrently, so this lock is not contended).
+    pub(crate) fn learned(&self) -> MutexGuard<'_, Learned> {
+        self.learned.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -404,7 +373,7 @@ mod tests {
     #[test]
     fn a_bucket_is_small() {
         // It lives inline in its map entry; what a hit reads is its first 32 bytes.
-        assert!(std::mem::size_of::<LocalBucket>() <= 80);
+        assert!(std::mem::size_of::<LocalBucket>() <= 144);
     }
 
     #[test]
@@ -523,29 +492,5 @@ mod tests {
         assert!(b.crosses_low_water(0, 5));
         b.set_refill_below(0);
         assert!(!b.crosses_low_water(0, 1));
-    }
-
-    #[test]
-    fn demand_follows_consumption_and_forgets() {
-        let b = LocalBucket::new(0);
-        b.deposit(1_000, 5_000, 0).unwrap();
-        assert_eq!(b.observe_demand(1, 1), 0.0);
-        for _ in 0..20 {
-            assert!(matches!(b.try_take(1, 20), Take::Taken(_)));
-        }
-        // 20 tokens and 20 waiting in 20 ms: 2000/s, reached within a few leases.
-        let rate = b.observe_demand(21, 20);
-        assert!((600.0..2000.0).contains(&rate), "{rate}");
-        for _ in 0..100 {
-            assert!(matches!(b.try_take(1, 60), Take::Taken(_)));
-        }
-        let rate = b.observe_demand(71, 0);
-        assert!(rate > 1400.0, "{rate}");
-        // A pause of 100 ms keeps most of it.
-        let rate = b.observe_demand(171, 0);
-        assert!(rate > 1250.0, "{rate}");
-        // Nothing for a minute: forgotten.
-        let rate = b.observe_demand(60_171, 0);
-        assert!(rate < 1.0, "{rate}");
     }
 }

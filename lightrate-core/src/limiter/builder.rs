@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use super::breaker::Breaker;
 use super::flight::Flights;
+use super::latency::Latencies;
+use super::sizing::Sizing;
 use super::stats::Counters;
 use super::{Hasher, Inner, Limiter};
 use crate::clock::{Clock, SystemClock, Timestamp};
@@ -283,9 +285,11 @@ impl LimiterBuilder {
                 generation: AtomicU64::new(0),
                 source: self.source,
                 clock: self.clock,
-                lease_size: self.lease_size,
-                min_lease_size: self.min_lease_size,
-                token_horizon: self.token_horizon,
+                sizing: Sizing {
+                    cap: self.lease_size,
+                    floor: self.min_lease_size,
+                    horizon: self.token_horizon,
+                },
                 bucket_ttl_ms: ms(self.bucket_ttl),
                 rule_ttl_ms: ms(self.rule_ttl),
                 max_cached_targets: self.max_cached_targets,
@@ -306,7 +310,7 @@ impl LimiterBuilder {
                 rule_slots: Mutex::new(HashMap::new()),
                 next_slot: AtomicU32::new(0),
                 flights: Arc::new(Flights::new()),
-                latency_nanos: AtomicU64::new(0),
+                latencies: Latencies::default(),
                 breaker: Breaker::new(
                     self.breaker_threshold,
                     self.breaker_cooldown,

@@ -1,13 +1,10 @@
 //! One call to the token source: timed, bounded by the limiter's own deadline when it has one,
 //! checked (a grant of more than was asked is not believed), and told to the breaker.
 
-use std::sync::atomic::Ordering;
-use std::time::Duration;
-
 use super::stats::bump;
 use super::tally::CallResult;
 use super::Inner;
-use crate::clock::{duration_to_nanos, Timestamp};
+use crate::clock::Timestamp;
 use crate::{ConsumeRequest, ConsumeTokensResponse, Error, ErrorKind, Target};
 
 impl Inner {
@@ -62,7 +59,8 @@ impl Inner {
             }
             Ok(answer) => {
                 self.breaker.success();
-                self.observe_latency(now.saturating_duration_since(started));
+                self.latencies
+                    .record(now.saturating_duration_since(started));
                 Ok(answer)
             }
             Err(error) => {
@@ -70,25 +68,6 @@ impl Inner {
                 Err(error)
             }
         }
-    }
-
-    /// Updates the source's latency estimate (an exponential average over ~8 calls).
-    fn observe_latency(&self, latency: Duration) {
-        let sample = duration_to_nanos(latency);
-        let _ = self
-            .latency_nanos
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
-                Some(if old == 0 {
-                    sample.max(1)
-                } else {
-                    (old * 7 + sample) / 8
-                })
-            });
-    }
-
-    /// The source's latency, as estimated.
-    pub(super) fn latency(&self) -> Duration {
-        Duration::from_nanos(self.latency_nanos.load(Ordering::Relaxed))
     }
 
     /// Counts and reports a failed call.

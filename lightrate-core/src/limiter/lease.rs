@@ -1,7 +1,7 @@
 //! Leases: how much to ask the token source for, and filing what it grants.
 //!
-//! A lease asks for what the waiting requests need plus, when the source has plenty, what this
-//! process is expected to use while the next lease travels ([`Inner::lease_size`]). Its grant
+//! A lease asks for what the waiting requests need plus, when the source has plenty next to
+//! this process's demand and the others', a speculative part ([`Sizing::plan`](super::sizing::Sizing::plan)). Its grant
 //! serves the waiters first, in the order they came; the rest goes to the bucket with its
 //! deadline (the token horizon). Waiters it could not serve while the source still had tokens
 //! move to a successor lease.
@@ -14,13 +14,11 @@ use super::bucket::LocalBucket;
 use super::decision::RuleSummary;
 use super::flight::{Answer, Flight, FlightGuard, FlightKey, Joined};
 use super::keys::TargetKey;
+use super::sizing::LeaseView;
 use super::stats::bump;
 use super::{millis, Inner};
 use crate::clock::{duration_to_nanos, Timestamp};
 use crate::ConsumeTokensResponse;
-
-/// The shortest time a speculative lease is sized to last.
-const MIN_LEASE_SPAN: Duration = Duration::from_millis(100);
 
 /// A lease that no runtime could take: driven by the request that started it.
 pub(super) type InlineLease = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -73,62 +71,30 @@ impl Inner {
     }
 
     /// How many tokens a lease for (user, `rule`) asks for, with `waiting` tokens needed by the
-    /// requests waiting for it:
-    ///
-    /// - what they need, plus, speculatively, what this process is expected to use while the
-    ///   next lease travels: demand × max(4 × source latency, 100 ms), less what it holds;
-    /// - the speculation at most half of what the source is thought to have left, and at most
-    ///   what the rule refills in that time, so that near the limit every process asks only
-    ///   for what it needs and none holds tokens another needs;
-    /// - at least `min_lease_size` when those limits allow it;
-    /// - at most `lease_size` (but never less than one request's cost).
-    ///
-    /// Also sets the bucket's refill-ahead mark: two source latencies of demand.
+    /// requests waiting for it ([`Sizing::plan`](super::sizing::Sizing::plan) over what the bucket has learned); also sets
+    /// the bucket's refill-ahead mark.
     fn lease_size(&self, user: &str, rule: RuleSummary, waiting: u64, first_cost: u64) -> u64 {
-        let now = self.clock.now();
-        let now_ms = millis(now);
+        let now_ms = millis(self.clock.now());
         let guard = self.buckets.guard();
         let bucket = self.bucket(user, rule, now_ms, &guard);
-        // What the source has left, as last heard plus what it has refilled since.
-        let estimated_remaining = if bucket.has_leased() {
-            let since = Duration::from_millis(now_ms.saturating_sub(bucket.touched_ms()));
-            bucket
-                .source_remaining()
-                .saturating_add(rule.refill_rate.tokens_in(since))
-                .min(rule.burst_rate)
-        } else {
-            rule.burst_rate
+        let view = {
+            let mut learned = bucket.learned();
+            let (demand, demand_age) =
+                learned.observe_demand(now_ms, bucket.consumed(), waiting, self.sizing.horizon);
+            LeaseView {
+                waiting,
+                first_cost,
+                held: bucket.live_tokens(now_ms),
+                demand,
+                demand_age,
+                others: learned.others(),
+                remaining: learned.remaining(now_ms, rule),
+                slow_latency: self.latencies.slow(),
+            }
         };
-        let demand = bucket.observe_demand(now_ms, waiting);
-        let latency = self.latency();
-        let span = (latency * 4)
-            .max(MIN_LEASE_SPAN)
-            .min(self.token_horizon / 2);
-        let projected = (demand * span.as_secs_f64()).floor();
-        let projected = if projected.is_finite() && projected > 0.0 {
-            projected.min(u64::MAX as f64) as u64
-        } else {
-            0
-        };
-        let held = bucket.live_tokens(now_ms);
-        let speculative = projected
-            .saturating_sub(held)
-            .max(self.min_lease_size.saturating_sub(waiting))
-            .min(estimated_remaining / 2)
-            .min(rule.refill_rate.tokens_in(span));
-        let size = waiting
-            .saturating_add(speculative)
-            .min(self.lease_size)
-            .max(first_cost.min(waiting.max(1)));
-        let mark = if speculative > 0 {
-            let travel = (demand * (latency * 2).as_secs_f64()).ceil();
-            let travel = if travel.is_finite() { travel as u64 } else { 0 };
-            (travel + 1).min(size / 2)
-        } else {
-            0
-        };
-        bucket.set_refill_below(mark);
-        size
+        let plan = self.sizing.plan(&view);
+        bucket.set_refill_below(plan.refill_below);
+        plan.ask
     }
 
     /// One lease: ask the source for tokens, learn the rule, serve the waiters, file the rest,
@@ -264,12 +230,17 @@ impl Inner {
         }
         // The rest is spendable for the horizon from the moment the call started (the source
         // granted it after that), less a margin for the coarse clock of the hot path.
-        let deadline_ms = millis(started + self.token_horizon).saturating_sub(2);
+        let deadline_ms = millis(started + self.sizing.horizon).saturating_sub(2);
         let buckets = self.buckets.guard();
         let bucket = self.file_tokens(user, rule, pool, deadline_ms, now_ms, &buckets);
         // Counted once the bucket holds its part: leased = admitted + held + lost, always.
         bump(&self.counters.leased_tokens, granted);
         bucket.set_source_remaining(remaining);
+        // The source made its answer about half-way through the call.
+        let answered_ms = millis(started) + now_ms.saturating_sub(millis(started)) / 2;
+        bucket
+            .learned()
+            .heard(answered_ms, granted, remaining, rule);
         bucket.touch(now_ms);
         if remaining == 0 {
             // No token can exist at the source before the next one accrues (a little before

@@ -49,11 +49,14 @@ mod call;
 mod decision;
 mod flight;
 mod keys;
+mod latency;
+mod learned;
 mod lease;
 mod memo;
 #[cfg(feature = "metrics")]
 mod publish;
 mod routing;
+mod sizing;
 mod slow;
 mod stats;
 mod tally;
@@ -80,7 +83,9 @@ use self::bucket::{LocalBucket, Take};
 use self::builder::ClockHandle;
 use self::flight::Flights;
 use self::keys::{BucketKey, BucketRef, TargetKey, TargetRef};
+use self::latency::Latencies;
 use self::routing::{RuleEntry, TargetEntry};
+use self::sizing::Sizing;
 use self::stats::{bump, read, Counters};
 use self::tally::{DecidedBy, Outcome, Tally, NO_RULE};
 use crate::clock::Timestamp;
@@ -125,12 +130,8 @@ struct Inner {
     generation: AtomicU64,
     source: Arc<dyn DynTokenSource>,
     clock: ClockHandle,
-    /// The most tokens one lease asks for.
-    lease_size: u64,
-    /// The least a lease asks for when the source has room.
-    min_lease_size: u64,
-    /// How long a leased token may be spent after its lease started (H).
-    token_horizon: Duration,
+    /// What lease sizing reads: the cap, the floor, the token horizon H.
+    sizing: Sizing,
     /// How long a bucket the slow path has not used is kept (its demand estimate, its
     /// denial cache).
     bucket_ttl_ms: u64,
@@ -152,8 +153,8 @@ struct Inner {
     next_slot: AtomicU32,
     /// Leases in flight, per (user, rule) and per (user, target) while the rule is unknown.
     flights: Arc<Flights>,
-    /// The source's latency (nanoseconds, an exponential average; 0 until known).
-    latency_nanos: AtomicU64,
+    /// The source's recent latencies.
+    latencies: Latencies,
     breaker: Breaker,
     counters: Counters,
     /// What the `metrics` feature publishes beyond the counters (nothing without it).
@@ -464,9 +465,9 @@ impl fmt::Debug for Limiter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let inner = &*self.inner;
         f.debug_struct("Limiter")
-            .field("lease_size", &inner.lease_size)
-            .field("min_lease_size", &inner.min_lease_size)
-            .field("token_horizon", &inner.token_horizon)
+            .field("lease_size", &inner.sizing.cap)
+            .field("min_lease_size", &inner.sizing.floor)
+            .field("token_horizon", &inner.sizing.horizon)
             .field("bucket_ttl_ms", &inner.bucket_ttl_ms)
             .field("rule_ttl_ms", &inner.rule_ttl_ms)
             .field("refill_ahead", &inner.refill_ahead)

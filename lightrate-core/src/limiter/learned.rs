@@ -1,0 +1,245 @@
+//! What a bucket learns on the slow path, lease after lease: this process's demand for it,
+//! what the other consumers of the source's bucket take, and the source's level as last heard.
+//!
+//! The others' take is read from the source's answers: between two answers the source's level
+//! rises by its refill and falls by what every consumer took. This process knows its own part
+//! (the grant of the second answer), so the rest is what the others took: the fleet's demand
+//! shows in `tokensRemaining`, with no coordination between processes.
+
+use std::time::Duration;
+
+use super::decision::RuleSummary;
+
+/// How fast the demand estimate rises to a higher sample, and falls to a lower one: a hot key
+/// is served within a few leases, a pause between bursts is not forgotten at once, demand that
+/// stops is forgotten within seconds.
+const DEMAND_RISE: f64 = 0.05;
+const DEMAND_FALL: f64 = 1.0;
+
+/// The same for the others' take: quick to see them come (so this process leaves them their
+/// share), slow to believe they left.
+const OTHERS_RISE: f64 = 0.1;
+const OTHERS_FALL: f64 = 2.0;
+
+/// The last answer of the source: what it had left after granting, and when it made the
+/// answer (ms; the middle of the call).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Heard {
+    remaining: u64,
+    at_ms: u64,
+}
+
+/// The estimates of one bucket (slow path only: behind the bucket's mutex).
+#[derive(Debug)]
+pub(crate) struct Learned {
+    /// This process's demand, in tokens per second.
+    demand: f64,
+    /// When the current run of demand began (ms).
+    demand_since_ms: u64,
+    /// When the last lease started (ms; the bucket's creation before that), and the tokens
+    /// this process had consumed from the bucket by then.
+    lease_started_ms: u64,
+    consumed_mark: u64,
+    /// What the bucket's other consumers take, in tokens per second (`None` before two
+    /// answers).
+    others: Option<f64>,
+    last: Option<Heard>,
+}
+
+/// An exponential average: `previous` moved towards `sample` over `elapsed_s`, quickly when
+/// the sample is higher.
+fn smooth(previous: f64, sample: f64, elapsed_s: f64, rise: f64, fall: f64) -> f64 {
+    let tau = if sample > previous { rise } else { fall };
+    let keep = (-elapsed_s / tau).exp();
+    previous * keep + sample * (1.0 - keep)
+}
+
+impl Learned {
+    pub(crate) fn new(now_ms: u64) -> Self {
+        Learned {
+            demand: 0.0,
+            demand_since_ms: now_ms,
+            lease_started_ms: now_ms,
+            consumed_mark: 0,
+            others: None,
+            last: None,
+        }
+    }
+
+    /// At the start of a lease: updates the demand estimate with what was `consumed` (in all,
+    /// from this bucket) since the last lease started plus what is `waiting` for this lease,
+    /// and returns it (tokens per second) with how long the demand has lasted. A gap longer
+    /// than `horizon` (nothing leased for that long) starts a new run of demand.
+    pub(crate) fn observe_demand(
+        &mut self,
+        now_ms: u64,
+        consumed: u64,
+        waiting: u64,
+        horizon: Duration,
+    ) -> (f64, Duration) {
+        let since = self.lease_started_ms;
+        if now_ms > since {
+            let taken = consumed.saturating_sub(self.consumed_mark) + waiting;
+            self.consumed_mark = consumed;
+            self.lease_started_ms = now_ms;
+            let elapsed_ms = now_ms - since;
+            if u128::from(elapsed_ms) > horizon.as_millis() {
+                self.demand_since_ms = now_ms;
+            }
+            let elapsed_s = elapsed_ms as f64 / 1000.0;
+            let sample = taken as f64 / elapsed_s;
+            self.demand = smooth(self.demand, sample, elapsed_s, DEMAND_RISE, DEMAND_FALL);
+        }
+        // (Leases less than a millisecond apart keep counting until one has passed.)
+        let age = Duration::from_millis(now_ms.saturating_sub(self.demand_since_ms));
+        (self.demand, age)
+    }
+
+    /// Files an answer made at `at_ms` that granted this process `granted` and left
+    /// `remaining`, learning from the one before it what the others took meanwhile.
+    pub(crate) fn heard(&mut self, at_ms: u64, granted: u64, remaining: u64, rule: RuleSummary) {
+        if let Some(previous) = self.last {
+            if at_ms > previous.at_ms {
+                let elapsed = Duration::from_millis(at_ms - previous.at_ms);
+                let expected = previous
+                    .remaining
+                    .saturating_add(rule.refill_rate.tokens_in(elapsed))
+                    .min(rule.burst_rate);
+                // The source counts whole tokens: a fraction it held may show as one more.
+                let level = remaining.saturating_add(granted).saturating_add(1);
+                let taken = expected.saturating_sub(level);
+                let elapsed_s = elapsed.as_secs_f64();
+                let sample = taken as f64 / elapsed_s;
+                self.others = Some(match self.others {
+                    Some(others) => smooth(others, sample, elapsed_s, OTHERS_RISE, OTHERS_FALL),
+                    None => sample,
+                });
+            }
+        }
+        if self.last.is_none_or(|previous| at_ms >= previous.at_ms) {
+            self.last = Some(Heard { remaining, at_ms });
+        }
+    }
+
+    /// What the others take (tokens per second), once two answers have shown it.
+    pub(crate) fn others(&self) -> Option<f64> {
+        self.others
+    }
+
+    /// What the source is thought to have left at `now_ms`: the last answer, plus what the
+    /// rule refilled since, less what the others are thought to have taken since (the burst
+    /// when nothing was heard).
+    pub(crate) fn remaining(&self, now_ms: u64, rule: RuleSummary) -> u64 {
+        let Some(last) = self.last else {
+            return rule.burst_rate;
+        };
+        let since = Duration::from_millis(now_ms.saturating_sub(last.at_ms));
+        let refilled = last
+            .remaining
+            .saturating_add(rule.refill_rate.tokens_in(since))
+            .min(rule.burst_rate);
+        let taken = self.others.unwrap_or(0.0) * since.as_secs_f64();
+        let taken = if taken.is_finite() && taken > 0.0 {
+            taken.min(u64::MAX as f64) as u64
+        } else {
+            0
+        };
+        refilled.saturating_sub(taken)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::RefillRate;
+
+    const H: Duration = Duration::from_secs(5);
+
+    fn rule(refill: RefillRate, burst: u64) -> RuleSummary {
+        RuleSummary {
+            slot: 0,
+            burst_rate: burst,
+            refill_rate: refill,
+            is_default: false,
+        }
+    }
+
+    #[test]
+    fn demand_follows_consumption_and_forgets() {
+        let mut l = Learned::new(0);
+        // A second request 50 ms after the bucket was made: one token in 50 ms.
+        let (rate, age) = l.observe_demand(50, 0, 1, H);
+        assert!((10.0..20.0).contains(&rate), "{rate}");
+        assert_eq!(age, Duration::from_millis(50));
+        // 20 tokens and 20 waiting in 20 ms: 2000/s, reached within a few leases.
+        let (rate, _) = l.observe_demand(70, 20, 20, H);
+        assert!((600.0..2000.0).contains(&rate), "{rate}");
+        let (rate, _) = l.observe_demand(120, 120, 0, H);
+        assert!(rate > 1400.0, "{rate}");
+        // A pause of 100 ms keeps most of it.
+        let (rate, age) = l.observe_demand(220, 120, 0, H);
+        assert!(rate > 1250.0, "{rate}");
+        assert_eq!(age, Duration::from_millis(220));
+        // Nothing for a minute: forgotten, and the next demand is a new run.
+        let (rate, age) = l.observe_demand(60_220, 120, 0, H);
+        assert!(rate < 1.0, "{rate}");
+        assert_eq!(age, Duration::ZERO);
+        let (_, age) = l.observe_demand(60_320, 130, 0, H);
+        assert_eq!(age, Duration::from_millis(100));
+    }
+
+    #[test]
+    fn the_others_take_converges_to_what_the_source_shows() {
+        // 100/minute, burst 100. This process takes 5 a second, the others 15: every second
+        // the source's level falls by 20 and rises by 1.67.
+        let r = rule(RefillRate::per_minute(100), 100);
+        let mut l = Learned::new(0);
+        let mut level = 100.0f64;
+        let mut estimates = Vec::new();
+        for second in 1..=4u64 {
+            level += 100.0 / 60.0 - 15.0; // refill, then the others
+            level -= 5.0; // this process's lease
+            l.heard(second * 1000, 5, level.floor() as u64, r);
+            estimates.push(l.others());
+        }
+        assert_eq!(estimates[0], None, "one answer shows nothing yet");
+        for others in &estimates[1..] {
+            let others = others.unwrap();
+            assert!((13.0..=15.5).contains(&others), "{estimates:?}");
+        }
+        // What is left now: the last answer, plus refill, less the others' take since.
+        let last = level.floor() as u64;
+        assert_eq!(l.remaining(4_000, r), last);
+        let later = l.remaining(5_000, r);
+        assert!(
+            (last - 15..=last - 12).contains(&later),
+            "{later} of {last}"
+        );
+    }
+
+    #[test]
+    fn alone_the_others_take_nothing() {
+        // 10/second, burst 20, this process alone at 20/s: the source's level falls by what
+        // it granted, less the refill.
+        let r = rule(RefillRate::per_second(10), 20);
+        let mut l = Learned::new(0);
+        l.heard(10, 1, 19, r);
+        l.heard(60, 1, 18, r);
+        l.heard(110, 4, 14, r);
+        l.heard(300, 6, 9, r);
+        assert_eq!(l.others(), Some(0.0));
+        assert_eq!(l.remaining(300, r), 9);
+        assert_eq!(l.remaining(400, r), 10);
+        assert_eq!(l.remaining(10_000, r), 20, "at most the burst");
+    }
+
+    #[test]
+    fn answers_out_of_order_are_not_mistaken_for_takes() {
+        let r = rule(RefillRate::per_hour(10), 10);
+        let mut l = Learned::new(0);
+        l.heard(2_000, 1, 5, r);
+        l.heard(1_000, 1, 7, r);
+        assert_eq!(l.others(), None);
+        assert_eq!(l.remaining(2_000, r), 5);
+    }
+}
