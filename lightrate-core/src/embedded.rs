@@ -109,15 +109,16 @@ impl Bucket {
         Some(u64::try_from(nanos.div_ceil(1_000_000)).unwrap_or(u64::MAX))
     }
 
-    /// The same level under another rule's scale: its tokens (and part token) kept, capped at
-    /// the new capacity.
+    /// The bucket under another rule's scale, keeping what its user *used* (the capacity
+    /// less the level, part tokens rounded up): a larger burst gives the room it adds at once,
+    /// a smaller one takes what was used from the new capacity (at least nothing left).
     fn rescale(&mut self, from: Scale, to: Scale) {
-        let whole = self.level / from.unit;
-        let part = self.level % from.unit;
-        let level = whole
+        let used = from.capacity.saturating_sub(self.level);
+        let used = used
             .saturating_mul(to.unit)
-            .saturating_add(part.saturating_mul(to.unit) / from.unit);
-        self.level = level.min(to.capacity);
+            .div_ceil(from.unit.max(1))
+            .min(to.capacity);
+        self.level = to.capacity - used;
     }
 
     /// Whether the bucket is full at its last update (indistinguishable from a new bucket).
@@ -235,8 +236,10 @@ impl EmbeddedSource {
         read(&self.rules).clone()
     }
 
-    /// Serves `rules` from now on, keeping every bucket whose rule (by id) is still there: its
-    /// tokens carry over (capped at the rule's new burst) and refill at the new rate. Buckets
+    /// Serves `rules` from now on, keeping every bucket whose rule (by id) is still there: what
+    /// its user used is kept, so a larger burst gives its new room at once (a user who used 3
+    /// of 3 has 97 of a new burst of 100) and a smaller one leaves `new burst − used` (never
+    /// less than nothing), refilled at the new rate. Buckets
     /// of rules that are gone are dropped. Requests see either the old rules or the new ones,
     /// never a mix.
     pub fn replace_rules(&self, rules: RuleSet) {
@@ -665,17 +668,46 @@ mod tests {
             .unwrap();
         s.replace_rules(rules);
         assert_eq!(s.rules().rules().count(), 2);
-        // 3.5 tokens carried over, at the new rate from now on.
-        assert_eq!(s.available("u", &email), 3);
+        // u had used 6.5 of 10: of the new burst of 8, 1.5 are left, refilled at the new rate
+        // from now on (half a token in 180 s).
+        assert_eq!(s.available("u", &email), 1);
         clock.advance(Duration::from_secs(179));
-        assert_eq!(s.available("u", &email), 3);
+        assert_eq!(s.available("u", &email), 1);
         clock.advance(Duration::from_secs(1));
-        assert_eq!(s.available("u", &email), 4);
+        assert_eq!(s.available("u", &email), 2);
         let r = take(&s, "u", &email, 10);
-        assert_eq!((r.tokens_consumed, r.rule.burst_rate), (4, 8));
+        assert_eq!((r.tokens_consumed, r.rule.burst_rate), (2, 8));
         // The hello bucket went with its rule: /hello is the default rule's now, full.
         assert!(take(&s, "u", &hello, 1).rule.is_default);
         assert_eq!(s.available("u", &hello), 4);
+    }
+
+    #[test]
+    fn raising_a_burst_gives_the_new_room_at_once() {
+        let clock = ManualClock::new();
+        let email = Target::operation("send_email");
+        let rules = |burst| {
+            RuleSet::builder()
+                .default_rule(RefillRate::per_second(1), 5)
+                .operation("Send Email", "^send_email$", RefillRate::per_hour(1), burst)
+                .build()
+                .unwrap()
+        };
+        let s = EmbeddedSource::new(rules(3)).with_clock(clock.clone());
+        assert_eq!(take(&s, "u", &email, 3).tokens_remaining, 0);
+        assert_eq!(take(&s, "u", &email, 1).tokens_consumed, 0);
+        // The limit goes from 3 to 100: u used 3, so 97 are there now.
+        s.replace_rules(rules(100));
+        assert_eq!(s.available("u", &email), 97);
+        let r = take(&s, "u", &email, 5);
+        assert_eq!((r.tokens_consumed, r.tokens_remaining), (5, 92));
+        // And back to 10: u has used 8 of them.
+        s.replace_rules(rules(10));
+        assert_eq!(s.available("u", &email), 2);
+        // Down to 5: more used than the new burst, nothing left (never less).
+        s.replace_rules(rules(5));
+        assert_eq!(s.available("u", &email), 0);
+        assert_eq!(s.available("v", &email), 5);
     }
 
     #[test]

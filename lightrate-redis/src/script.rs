@@ -51,7 +51,9 @@ impl BucketShape {
 /// partial grants (`1`/`0`), and optionally the time in ms (tests; Redis `TIME` otherwise).
 /// Returns `{granted, tokens remaining, ms until one more whole token (-1: never)}`.
 ///
-/// The stored value is `"<level>:<time ms>:<units per token>"`. A missing key is a full bucket.
+/// The stored value is `"<level>:<time ms>:<units per token>:<capacity>"` (values written
+/// before the capacity was stored have three fields). A missing key is a full bucket. A value
+/// written under another burst or rate keeps what the user used: `capacity − level`.
 /// A bucket that is full after the take is deleted; any other is written with an expiry at
 /// the moment it would be full again, so Redis holds only the buckets in use. Every value is an
 /// integer below 2⁵³ (checked at construction), where doubles are exact; a product that
@@ -74,12 +76,24 @@ end
 local level, t = cap, now
 local stored = redis.call('GET', KEYS[1])
 if stored then
-  local l, st, su = string.match(stored, '^(%d+):(%d+):(%d+)$')
+  local l, st, su, sc = string.match(stored, '^(%d+):(%d+):(%d+):?(%d*)$')
   if l then
     level, t = tonumber(l), tonumber(st)
     su = tonumber(su)
-    if su ~= unit then
-      -- Written under another rate: keep the whole tokens.
+    if sc ~= '' then
+      -- Written under a rule of another burst or rate: keep what the user used (whole tokens,
+      -- rounded up), so that a larger burst gives its room at once.
+      local used = tonumber(sc) - level
+      if used < 0 then used = 0 end
+      if su ~= unit then
+        local tokens = math.floor(used / su)
+        if tokens * su < used then tokens = tokens + 1 end
+        used = tokens * unit
+      end
+      if used > cap then used = cap end
+      level = cap - used
+    elseif su ~= unit then
+      -- Written without its capacity (before it was stored): keep the whole tokens.
       level = math.floor(level / su) * unit
     end
     if level > cap then level = cap end
@@ -105,7 +119,7 @@ level = level - granted * unit
 if level >= cap then
   redis.call('DEL', KEYS[1])
 else
-  local value = string.format('%d:%d:%d', level, t, unit)
+  local value = string.format('%d:%d:%d:%d', level, t, unit, cap)
   if per_ms > 0 then
     local missing = cap - level
     local ms = math.floor(missing / per_ms)

@@ -151,8 +151,9 @@ impl RedisSource {
     }
 
     /// Serves `rules` from now on. The buckets stay in Redis, keyed by rule id: a rule still
-    /// there (by id) keeps every bucket, whose tokens carry over (capped at the new burst) and
-    /// refill at the new rate from the next consume on; buckets of rules that are gone are
+    /// there (by id) keeps every bucket with what its user used (a larger burst gives its new
+    /// room at once; a smaller one leaves `new burst − used`, never less than nothing), which
+    /// refills at the new rate from the next consume on; buckets of rules that are gone are
     /// no longer read and expire on their own. Each consume sees either the old rules or the
     /// new ones, never a mix. Shared by every clone of this source.
     ///

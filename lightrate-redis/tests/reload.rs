@@ -1,6 +1,7 @@
-//! `RedisSource::replace_rules` against a real `redis-server`: new limits apply at once, every
-//! bucket of a rule still there is kept (clones included), and rules Lua cannot hold exactly
-//! are refused with the old ones kept.
+//! `RedisSource::replace_rules` against a real `redis-server`: new limits apply at once (what
+//! each user used is kept, so a larger burst gives its room at once), every bucket of a rule
+//! still there is kept (clones included), and rules Lua cannot hold exactly are refused with
+//! the old ones kept.
 #![allow(clippy::unwrap_used, missing_docs)]
 
 mod support;
@@ -32,21 +33,22 @@ async fn new_rules_keep_every_bucket_and_apply_their_limits() {
     let clone = s.clone();
     assert_eq!(grant(&s, "alice", &email, 3).await, (3, 7));
 
-    // A larger burst: alice keeps her 7 tokens (no new full bucket of 20).
+    // A larger burst: alice used 3, so she has the new room at once: 17 of 20.
     s.replace_rules(rules(RefillRate::per_second(1), 20))
         .unwrap();
     let r = take(&clone, "alice", &email, 1).await;
-    assert_eq!((r.tokens_consumed, r.tokens_remaining), (1, 6));
+    assert_eq!((r.tokens_consumed, r.tokens_remaining), (1, 16));
     assert_eq!(r.rule.burst_rate, 20, "the clone serves the new rules");
     // The new rate applies: one token a second.
     clock.advance(Duration::from_secs(2));
-    assert_eq!(grant(&s, "alice", &email, 1).await, (1, 7));
+    assert_eq!(grant(&s, "alice", &email, 1).await, (1, 17));
     // A new user gets the new burst.
     assert_eq!(grant(&s, "bob", &email, 1).await, (1, 19));
 
-    // A smaller burst caps what is carried over.
+    // A smaller burst keeps what was used: bob used 1 of the new 4, alice 3.
     s.replace_rules(rules(RefillRate::per_hour(1), 4)).unwrap();
-    assert_eq!(grant(&s, "bob", &email, 10).await, (4, 0));
+    assert_eq!(grant(&s, "bob", &email, 10).await, (3, 0));
+    assert_eq!(grant(&s, "alice", &email, 10).await, (1, 0));
     assert_eq!(s.rules().resolve(&email).burst_rate, 4);
 }
 

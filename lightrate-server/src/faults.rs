@@ -41,6 +41,17 @@ const MAX_RECORDED_BODY: usize = 1024 * 1024;
 pub enum Fault {
     /// Wait, then answer normally (the request is processed and charged).
     Delay(Duration),
+    /// Wait `delay`, give or take up to `jitter` (uniformly), and one request in `slow_one_in`
+    /// five times as long (a source under load), then answer normally. `slow_one_in` 0: never
+    /// slow.
+    Jitter {
+        /// The typical wait.
+        delay: Duration,
+        /// How far a wait may be from `delay`, either way.
+        jitter: Duration,
+        /// One request in this many waits five times as long.
+        slow_one_in: u32,
+    },
     /// Answer with this status and a JSON error body, without processing the request.
     Status(StatusCode),
     /// Answer with this status, a JSON error body and `Retry-After: <seconds>`, without
@@ -268,6 +279,18 @@ where
                 }
                 Some(Fault::Body(status, text)) => return respond(status, Body::from(text)),
                 Some(Fault::Delay(delay)) => tokio::time::sleep(delay).await,
+                Some(Fault::Jitter {
+                    delay,
+                    jitter,
+                    slow_one_in,
+                }) => {
+                    let offset = jitter.mul_f64(2.0 * fastrand::f64());
+                    let mut wait = (delay + offset).saturating_sub(jitter);
+                    if slow_one_in > 0 && fastrand::u32(0..slow_one_in) == 0 {
+                        wait *= 5;
+                    }
+                    tokio::time::sleep(wait).await;
+                }
                 None => {}
             }
             let request = Request::from_parts(parts, Body::from(body));

@@ -62,7 +62,9 @@ GET /metrics is the server's counters in the Prometheus text format (no key need
 #[cfg(feature = "test-util")]
 const FAULT_USAGE: &str = "
 built with the test-util feature:
-  --fault-delay-ms N       answer every request N ms late (a distant source, for load tests)";
+  --fault-delay-ms N       answer every request N ms late (a distant source, for load tests)
+  --fault-jitter-ms J      with --fault-delay-ms: N ms give or take up to J, uniformly
+  --fault-slow-one-in K    with --fault-delay-ms: one answer in K five times as late";
 #[cfg(not(feature = "test-util"))]
 const FAULT_USAGE: &str = "";
 
@@ -102,6 +104,10 @@ struct Args {
     no_metrics: bool,
     #[cfg(feature = "test-util")]
     fault_delay_ms: Option<String>,
+    #[cfg(feature = "test-util")]
+    fault_jitter_ms: Option<String>,
+    #[cfg(feature = "test-util")]
+    fault_slow_one_in: Option<String>,
 }
 
 fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command, String> {
@@ -137,6 +143,10 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command, String>
             "--no-metrics" => parsed.no_metrics = true,
             #[cfg(feature = "test-util")]
             "--fault-delay-ms" => parsed.fault_delay_ms = Some(value()?),
+            #[cfg(feature = "test-util")]
+            "--fault-jitter-ms" => parsed.fault_jitter_ms = Some(value()?),
+            #[cfg(feature = "test-util")]
+            "--fault-slow-one-in" => parsed.fault_slow_one_in = Some(value()?),
             "-h" | "--help" => return Ok(Command::Help),
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -431,15 +441,29 @@ async fn serve<S: TokenStore>(
     #[cfg(feature = "test-util")]
     let server = match &args.fault_delay_ms {
         Some(ms) => {
-            let ms: u64 = ms
-                .parse()
-                .map_err(|_| format!("--fault-delay-ms: {ms:?} is not a number"))?;
+            let number = |flag: &str, value: Option<&String>| -> Result<u64, String> {
+                value.map_or(Ok(0), |v| {
+                    v.parse()
+                        .map_err(|_| format!("{flag}: {v:?} is not a number"))
+                })
+            };
+            let delay = number("--fault-delay-ms", Some(ms))?;
+            let jitter = number("--fault-jitter-ms", args.fault_jitter_ms.as_ref())?;
+            let slow_one_in = number("--fault-slow-one-in", args.fault_slow_one_in.as_ref())?;
             let faults = lightrate_server::faults::Faults::new();
             faults.set_recording(false);
-            faults.set_always(Some(lightrate_server::faults::Fault::Delay(
-                Duration::from_millis(ms),
-            )));
-            tracing::warn!(target: "lightrate::server", delay_ms = ms, "every answer is delayed (--fault-delay-ms)");
+            faults.set_always(Some(lightrate_server::faults::Fault::Jitter {
+                delay: Duration::from_millis(delay),
+                jitter: Duration::from_millis(jitter),
+                slow_one_in: u32::try_from(slow_one_in).unwrap_or(u32::MAX),
+            }));
+            tracing::warn!(
+                target: "lightrate::server",
+                delay_ms = delay,
+                jitter_ms = jitter,
+                slow_one_in,
+                "every answer is delayed (--fault-delay-ms)"
+            );
             server.with_faults(faults)
         }
         None => server,

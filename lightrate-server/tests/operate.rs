@@ -270,8 +270,9 @@ async fn sighup_applies_a_good_file_keeping_buckets_and_refuses_a_bad_one() {
     std::fs::write(&config, rules(20)).unwrap();
     server.signal("HUP");
     server.log_line("rules reloaded");
-    // New limits apply; alice's bucket is kept (7 left, not a new bucket of 20).
-    assert_eq!(left_and_burst(&consume(&server, "alice").await), (6, 20));
+    // New limits apply; alice's bucket is kept, with what she used (3): the new room is hers
+    // at once, 17 of 20 (not 7, and not a new bucket of 20).
+    assert_eq!(left_and_burst(&consume(&server, "alice").await), (16, 20));
     assert_eq!(left_and_burst(&consume(&server, "bob").await), (19, 20));
     kept.write_all(b"GET /health HTTP/1.1\r\nhost: t\r\n\r\n")
         .await
@@ -288,7 +289,7 @@ async fn sighup_applies_a_good_file_keeping_buckets_and_refuses_a_bad_one() {
         "{refused}"
     );
     assert!(refused.contains("line 5"), "{refused}");
-    assert_eq!(left_and_burst(&consume(&server, "alice").await), (5, 20));
+    assert_eq!(left_and_burst(&consume(&server, "alice").await), (15, 20));
 
     let metrics = http()
         .get(format!("{}/metrics", server.base_url))

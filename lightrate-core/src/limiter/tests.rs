@@ -340,6 +340,62 @@ async fn refill_ahead_keeps_steady_traffic_local() {
     assert!(calls < 3000 / 20, "{calls} calls");
 }
 
+/// One user's 40 requests 50 ms apart on a rule (`GET /hello`) with the limiter's defaults
+/// and refill-ahead: the sizes of the leases asked for, how many requests waited for the
+/// source, and how many were allowed.
+async fn forty_paced(refill: RefillRate, burst: u64) -> (Vec<u64>, usize, usize) {
+    let rules = RuleSet::builder()
+        .default_rule(RefillRate::per_second(1), 5)
+        .path(Method::GET, "^/hello", refill, burst)
+        .build()
+        .unwrap();
+    let s = setup_with(rules, true, |b| b.refill_ahead(true));
+    let (mut waited, mut allowed) = (0, 0);
+    for _ in 0..40 {
+        let d = check(&s, "u", &get("/hello")).await;
+        allowed += usize::from(d.is_allowed());
+        waited += usize::from(d.source() == DecisionSource::TokenSource);
+        // Let a background lease run, as a server's other tasks would.
+        for _ in 0..4 {
+            tokio::task::yield_now().await;
+        }
+        s.clock.advance(Duration::from_millis(50));
+    }
+    (asks(&s), waited, allowed)
+}
+
+#[tokio::test]
+async fn slow_rules_far_from_their_limit_lease_ahead() {
+    // 100/minute, 1000/hour, 10 000/day: the refill is slow (1.7 a second down to one every
+    // 8.6 s), but what is left is plenty next to the demand: leases grow past one token and
+    // refill-ahead keeps the requests local. The SDKs' fixed lease of 5 makes 8 calls.
+    for (refill, burst) in [
+        (RefillRate::per_minute(100), 100),
+        (RefillRate::per_hour(1000), 1000),
+        (RefillRate::per_day(10_000), 10_000),
+    ] {
+        let (asked, waited, allowed) = forty_paced(refill, burst).await;
+        assert_eq!(allowed, 40, "{refill}: {asked:?}");
+        assert!(asked.len() <= 8, "{refill}: {asked:?}");
+        assert!(asked.iter().any(|&n| n > 5), "{refill}: {asked:?}");
+        // The rule, the others' take, the first speculative lease; then refill-ahead.
+        assert!(waited <= 4, "{refill}: {waited} waited, {asked:?}");
+        assert!(asked.len() > waited, "{refill}: no lease ahead, {asked:?}");
+    }
+}
+
+#[tokio::test]
+async fn near_its_limit_a_rule_leases_what_is_left_and_then_the_cost() {
+    // 10 a second, burst 20, 20 requests a second for 2 s: the demand drains the source, so
+    // leases follow what is left and end at one request's cost; every token the source has is
+    // admitted, nothing more.
+    let (asked, _, allowed) = forty_paced(RefillRate::per_second(10), 20).await;
+    assert!(asked.iter().any(|&n| n > 5), "{asked:?}");
+    assert_eq!(asked.last(), Some(&1), "{asked:?}");
+    // 20 + 10 a second over the 1.95 s from the first request to the last: 39 tokens.
+    assert_eq!(allowed, 39, "{asked:?}");
+}
+
 #[tokio::test]
 async fn default_rule_targets_are_leased() {
     let s = setup(|b| b);
