@@ -5,7 +5,14 @@
 //! lightrate-load soak --app URL [--server URL] [--app-pid PID] [--server-pid PID]
 //!                     [--minutes N] [--new-users-per-second N] [--hot-users N]
 //!                     [--hot-requests-per-second N] [--concurrency N] [--path /hello]
+//! lightrate-load user --app URL [--server URL] [--path /hello] [--method GET] [--user ID]
+//!                     [--requests N --interval-ms MS | --clients N --seconds S]
 //! ```
+//!
+//! `user` is one user's traffic: N requests one after the other with a pause between them
+//! (paced), or N clients each sending as fast as it is answered for S seconds (concurrent).
+//! It prints one line: requests, 200s, 429s, other answers, p50/p90/p99 latency, requests per
+//! second, and the source calls the server counted meanwhile, per request.
 //!
 //! Every minute it prints one line: requests, 200s, 429s, errors (anything else, and failed
 //! connections), p50 and p99 latency, the resident memory of the app and the server (from
@@ -21,6 +28,14 @@ use std::time::{Duration, Instant};
 
 const USAGE: &str = "\
 usage: lightrate-load soak --app URL [options]
+       lightrate-load user --app URL [--server URL] [--path P] [--method M] [--user ID]
+                           [--requests N --interval-ms MS | --clients N --seconds S]
+
+user: one user's requests, paced (N requests, each MS after the previous answer; default 40
+every 50 ms) or concurrent (N clients as fast as answered for S seconds); one line with the
+answers, p50/p90/p99 latency, requests per second and source calls per request.
+
+soak:
 
 Sends a steady stream of requests from new users (each seen once) plus a hot set of users
 (seen again and again) to an app, and prints one line a minute.
@@ -306,23 +321,187 @@ async fn soak(o: Options) -> Result<(), String> {
     Ok(())
 }
 
+/// One user's traffic (`lightrate-load user`).
+#[derive(Debug, PartialEq)]
+struct UserRun {
+    app: String,
+    server: Option<String>,
+    path: String,
+    method: String,
+    user: String,
+    requests: u64,
+    interval: Duration,
+    clients: usize,
+    seconds: u64,
+}
+
+fn parse_user(mut args: impl Iterator<Item = String>) -> Result<Option<UserRun>, String> {
+    let mut o = UserRun {
+        app: String::new(),
+        server: None,
+        path: "/hello".into(),
+        method: "GET".into(),
+        user: "paced".into(),
+        requests: 40,
+        interval: Duration::from_millis(50),
+        clients: 0,
+        seconds: 2,
+    };
+    while let Some(arg) = args.next() {
+        let mut value = || args.next().ok_or_else(|| format!("{arg} needs a value"));
+        let number = |v: String| {
+            v.parse::<u64>()
+                .map_err(|_| format!("{v:?} is not a number"))
+        };
+        match arg.as_str() {
+            "--app" => o.app = value()?,
+            "--server" => o.server = Some(value()?),
+            "--path" => o.path = value()?,
+            "--method" => o.method = value()?.to_ascii_uppercase(),
+            "--user" => o.user = value()?,
+            "--requests" => o.requests = number(value()?)?,
+            "--interval-ms" => o.interval = Duration::from_millis(number(value()?)?),
+            "--clients" => o.clients = number(value()?)?.max(1) as usize,
+            "--seconds" => o.seconds = number(value()?)?.max(1),
+            "-h" | "--help" => return Ok(None),
+            other => return Err(format!("unknown option {other:?}")),
+        }
+    }
+    if o.app.is_empty() {
+        return Err("--app is required".into());
+    }
+    Ok(Some(o))
+}
+
+/// Sends a copy of `request` and records its answer and latency.
+async fn send(client: &reqwest::Client, request: &reqwest::Request, seen: &Minute) {
+    let start = Instant::now();
+    let status = match request.try_clone() {
+        Some(request) => match client.execute(request).await {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                match response.bytes().await {
+                    Ok(_) => Ok(status),
+                    Err(e) => Err(failure(&e)),
+                }
+            }
+            Err(e) => Err(failure(&e)),
+        },
+        None => Err("the request cannot be copied".into()),
+    };
+    seen.record(status, start.elapsed());
+}
+
+async fn user(o: UserRun) -> Result<(), String> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .map_err(|e| format!("cannot build an HTTP client: {e}"))?;
+    let url = format!("{}{}", o.app.trim_end_matches('/'), o.path);
+    let method = reqwest::Method::from_bytes(o.method.as_bytes())
+        .map_err(|_| format!("{:?} is not a method", o.method))?;
+    let seen = Arc::new(Minute::default());
+    let calls_before = match &o.server {
+        Some(server) => consume_calls(&client, server).await,
+        None => None,
+    };
+    let request = Arc::new(
+        client
+            .request(method, &url)
+            .header("x-user-id", o.user.as_str())
+            .build()
+            .map_err(|e| format!("cannot build the request: {e}"))?,
+    );
+    let started = Instant::now();
+    if o.clients == 0 {
+        for i in 0..o.requests {
+            if i > 0 {
+                tokio::time::sleep(o.interval).await;
+            }
+            send(&client, &request, &seen).await;
+        }
+    } else {
+        let end = started + Duration::from_secs(o.seconds);
+        let mut tasks = Vec::new();
+        for _ in 0..o.clients {
+            let (client, seen, request) = (client.clone(), seen.clone(), request.clone());
+            tasks.push(tokio::spawn(async move {
+                while Instant::now() < end {
+                    send(&client, &request, &seen).await;
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.map_err(|e| e.to_string())?;
+        }
+    }
+    let elapsed = started.elapsed();
+    let mut latencies =
+        std::mem::take(&mut *seen.latencies_us.lock().unwrap_or_else(|p| p.into_inner()));
+    latencies.sort_unstable();
+    let sent = latencies.len() as u64;
+    let calls = match (&o.server, calls_before) {
+        (Some(server), Some(before)) => {
+            consume_calls(&client, server).await.map(|now| now - before)
+        }
+        _ => None,
+    };
+    let calls = calls.map_or_else(
+        || "calls n/a".into(),
+        |c| {
+            format!(
+                "{c} source calls ({:.3} per request)",
+                c / sent.max(1) as f64
+            )
+        },
+    );
+    println!(
+        "{sent} requests: {} 200, {} 429, {} other; p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms; \
+         {:.0} requests/s; {calls}",
+        seen.ok.load(Ordering::Relaxed),
+        seen.limited.load(Ordering::Relaxed),
+        seen.errors.load(Ordering::Relaxed),
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.9),
+        percentile(&latencies, 0.99),
+        sent as f64 / elapsed.as_secs_f64(),
+    );
+    let kinds = seen.error_kinds.lock().unwrap_or_else(|p| p.into_inner());
+    if !kinds.is_empty() {
+        let list: Vec<String> = kinds.iter().map(|(k, n)| format!("{k} ×{n}")).collect();
+        println!("errors: {}", list.join("; "));
+    }
+    Ok(())
+}
+
+type Run = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>>>>;
+
 #[tokio::main]
 async fn main() -> ExitCode {
-    match parse(std::env::args().skip(1)) {
-        Ok(Some(options)) => match soak(options).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(message) => {
-                eprintln!("lightrate-load: {message}");
-                ExitCode::FAILURE
-            }
-        },
-        Ok(None) => {
-            println!("{USAGE}");
-            ExitCode::SUCCESS
-        }
+    let mut args = std::env::args().skip(1).peekable();
+    let ran = if args.peek().map(String::as_str) == Some("user") {
+        args.next();
+        parse_user(args).map(|run| run.map(|run| Box::pin(user(run)) as Run))
+    } else {
+        parse(args).map(|options| options.map(|options| Box::pin(soak(options)) as Run))
+    };
+    let ran = match ran {
+        Ok(Some(run)) => Some(run.await),
+        Ok(None) => None,
         Err(message) => {
             eprintln!("lightrate-load: {message}\n\n{USAGE}");
-            ExitCode::from(2)
+            return ExitCode::from(2);
+        }
+    };
+    match ran {
+        Some(Ok(())) => ExitCode::SUCCESS,
+        Some(Err(message)) => {
+            eprintln!("lightrate-load: {message}");
+            ExitCode::FAILURE
+        }
+        None => {
+            println!("{USAGE}");
+            ExitCode::SUCCESS
         }
     }
 }

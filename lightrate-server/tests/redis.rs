@@ -263,6 +263,9 @@ async fn sighup_on_redis_applies_new_limits_and_keeps_the_buckets_in_redis() {
     }
     let (_, body, _) = consume(&server, "alice").await;
     // alice keeps what she used (3): the new room is hers at once, 17 of 20, less this one.
-    assert_eq!(body["tokensRemaining"], 16, "alice keeps her bucket: {body}");
+    assert_eq!(
+        body["tokensRemaining"], 16,
+        "alice keeps her bucket: {body}"
+    );
     assert_eq!(body["rule"]["burstRate"], 20);
 }

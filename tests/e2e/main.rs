@@ -10,3 +10,4 @@ mod hot_key;
 mod secrets;
 mod suite;
 mod support;
+mod typical_rules;

@@ -10,12 +10,14 @@
 //!   demand spends every token before it expires), and at most twice as long as the demand has
 //!   lasted so far
 //!   (a short burst does not lease seconds of tokens it may never use). Less what the bucket
-//!   still holds; nothing when that comes to fewer than 3 tokens.
+//!   still holds. Nothing, when either limit comes to fewer than 3 tokens: thin demand may be
+//!   a coincidence, and a little left is left for the others (near the limit, a lease is one
+//!   request's cost).
 //! - **Scarcity**: never more than this process's share of what the source has left, by
 //!   demand, with the other consumers' take (what the source's answers show beyond this
 //!   process's own use) counted twice: `remaining × own / (own + 2 × others)`. Alone on a
-//!   bucket a process may lease what is left; beside busy others, a small part of it; and
-//!   before two answers have shown how fast the source's level falls, nothing speculative.
+//!   bucket a process may lease what is left; beside busy others, a small part of it; before
+//!   two answers have shown how fast the source's level falls, an eighth of it.
 //!   The refill rate alone never decides: scarcity is what is left next to who takes it.
 //! - **Floor** (`min_lease_size`): a lease asks at least that many when the source has twice
 //!   that left, whatever the demand.
