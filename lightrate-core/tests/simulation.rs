@@ -458,11 +458,20 @@ fn run(traffic: Traffic) -> Vec<(usize, Duration, Outcome)> {
             } else {
                 Outcome::default()
             };
+            let compared = if five.requests > 0 {
+                format!(
+                    " | fixed lease of 5: {} admitted, {:.3} calls per admitted, {:.2}% waited",
+                    five.admitted,
+                    five.calls as f64 / five.admitted.max(1) as f64,
+                    100.0 * five.waited as f64 / five.requests.max(1) as f64,
+                )
+            } else {
+                String::new()
+            };
             println!(
                 "{traffic:?}: P={processes:<2} latency {latency_ms:>2} ms: {} requests, {} \
                  admitted, {} granted, {} expired unused ({:.1}%), {} calls ({:.3} per admitted), \
-                 {:.2}% waited, {} false denials | fixed lease of 5: {} admitted, {:.3} calls \
-                 per admitted, {:.2}% waited",
+                 {:.2}% waited, {} false denials{compared}",
                 o.requests,
                 o.admitted,
                 o.granted,
@@ -472,9 +481,6 @@ fn run(traffic: Traffic) -> Vec<(usize, Duration, Outcome)> {
                 o.calls as f64 / o.admitted.max(1) as f64,
                 100.0 * o.waited as f64 / o.requests.max(1) as f64,
                 o.false_denials,
-                five.admitted,
-                five.calls as f64 / five.admitted.max(1) as f64,
-                100.0 * five.waited as f64 / five.requests.max(1) as f64,
             );
             assert!(o.admitted <= o.granted, "admitted more than granted");
             assert!(o.admitted > 0);

@@ -171,10 +171,10 @@ impl LimiterBuilder {
     }
 
     /// The least a lease asks for when the source has room for it: no more than half of what
-    /// the source is thought to have left, nor more than the rule refills in a lease's span
-    /// (so near the limit leases still shrink to one request's cost). Default 1: leases are
-    /// sized by demand alone. A larger floor makes fewer calls for bursty traffic, at the cost
-    /// of tokens that may expire unused; [`lease_size`](Self::lease_size) still caps it.
+    /// the source is thought to have left, whatever the demand (so near the limit leases
+    /// still shrink towards one request's cost). Default 1: leases are sized by demand and
+    /// scarcity alone. A larger floor makes fewer calls for bursty traffic, at the cost of
+    /// tokens that may expire unused; [`lease_size`](Self::lease_size) still caps it.
     pub fn min_lease_size(mut self, tokens: u64) -> Self {
         self.min_lease_size = tokens.clamp(1, MAX_LEASE_SIZE);
         self
@@ -213,8 +213,9 @@ impl LimiterBuilder {
         self
     }
 
-    /// Whether a bucket in use that falls below two source latencies of demand leases the
-    /// next batch in the background. Default on (when a tokio runtime is running).
+    /// Whether a bucket in use that falls below two slow source latencies of demand (a high
+    /// percentile of recent calls) leases the next batch in the background. Default on (when
+    /// a tokio runtime is running).
     pub fn refill_ahead(mut self, on: bool) -> Self {
         self.refill_ahead = on;
         self

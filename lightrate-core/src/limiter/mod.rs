@@ -9,12 +9,14 @@
 //! - **Target → rule cache**: exact targets first (an operation, or method + path), then the
 //!   matchers of known rules for targets not seen yet; learned from the source's answers,
 //!   expiring after `rule_ttl` (so rule changes on the server are picked up), bounded in size.
-//! - **Leases sized by demand and scarcity**: a lease asks for what the requests waiting for
-//!   it need, plus what this process is expected to use while the next lease travels (its
-//!   demand for the bucket × max(4 × the source's latency, 100 ms)) when the source has
-//!   plenty: never more than half of what the source is thought to have left, nor more than
-//!   the rule refills in that time, nor more than `lease_size` (the cap). With nothing known,
-//!   a lease asks for one request's cost.
+//! - **Leases sized by what is left and who takes it**: a lease asks for what the requests
+//!   waiting for it need, plus what this process's demand uses in a span (up to three quarters
+//!   of the token horizon, at most twice as long as the demand has lasted), but never more than
+//!   its demand's share of what the source has left with the others' take (read from how fast
+//!   the source's `tokensRemaining` falls beyond this process's own use) counted twice, and
+//!   nothing speculative under 3 tokens: near the limit a lease is one request's cost
+//!   (`sizing`). With nothing known, a lease asks for one request's cost; `lease_size` caps
+//!   it.
 //! - **Single flight, no false denials**: at most one lease in flight per (user, rule), and
 //!   per (user, target) while the rule is unknown. Requests that find no token register what
 //!   they need on it and wait; those it cannot serve while the source still had tokens ride a
@@ -23,8 +25,9 @@
 //! - **Denial cache**: when the source has nothing left, the (user, rule) is denied locally
 //!   until a token can exist again (what lightrate's own sources say, `retryAfterMs`; else
 //!   `1 / refillRate`), without calls.
-//! - **Refill-ahead**: a bucket in use that falls below two source latencies of demand leases
-//!   the next batch in the background, so steady traffic does not wait for the source.
+//! - **Refill-ahead**: a bucket in use that falls below two slow source latencies of demand
+//!   (a high percentile of recent calls) leases the next batch in the background, so steady
+//!   traffic does not wait for the source.
 //! - **Token horizon**: a leased token can be spent for `token_horizon` (H, default 5 s) after
 //!   its lease started, never later; so the fleet size drops out of the bound below.
 //! - **Default-rule leasing**: targets that fall to the default rule are leased like any other
