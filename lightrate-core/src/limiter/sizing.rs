@@ -152,6 +152,7 @@ impl Sizing {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     const H: Duration = Duration::from_secs(5);
 
@@ -343,5 +344,59 @@ mod tests {
         let plan = sizing().plan(&view);
         assert_eq!(plan.ask, 10_000);
         assert_eq!(plan.refill_below, 5_000);
+    }
+
+    proptest! {
+        /// Whatever a bucket knows: the first waiting request is always asked for; nothing
+        /// speculative past the cap, past this process's share of what is left (but for the
+        /// floor), or when the share is under 3 tokens; and the refill-ahead mark is within
+        /// the lease.
+        #[test]
+        fn leases_keep_their_bounds(
+            waiting in 0u64..50,
+            first_cost in 1u64..10,
+            held in 0u64..1_000,
+            demand in 0.0f64..100_000.0,
+            age_ms in 0u64..60_000,
+            others in proptest::option::of(0.0f64..100_000.0),
+            remaining in 0u64..10_000_000,
+            latency_ms in 0u64..2_000,
+            cap in 1u64..100_000,
+            floor in 1u64..100,
+        ) {
+            let sizing = Sizing { cap, floor, horizon: H };
+            let view = LeaseView {
+                waiting,
+                first_cost: first_cost.min(waiting.max(1)),
+                held,
+                demand,
+                demand_age: Duration::from_millis(age_ms),
+                others,
+                remaining,
+                slow_latency: Duration::from_millis(latency_ms),
+            };
+            let plan = sizing.plan(&view);
+            let first = view.first_cost.min(waiting.max(1));
+            if waiting > 0 {
+                prop_assert!(plan.ask >= first);
+            }
+            prop_assert!(plan.ask <= cap.max(first));
+            let speculative = plan.ask.saturating_sub(waiting);
+            let share = match others {
+                _ if demand <= 0.0 => 0.0,
+                Some(o) => demand / (demand + OTHERS_WEIGHT * o),
+                None => UNKNOWN_SHARE,
+            };
+            let room = (remaining as f64 * share).floor() as u64;
+            let floored = floor.saturating_sub(waiting.max(1)).min(remaining / 2);
+            let by_demand = (demand * sizing.span(&view).as_secs_f64()) as u64;
+            prop_assert!(speculative <= room.max(floored), "{speculative} > {room}");
+            prop_assert!(speculative <= by_demand.saturating_sub(held).max(floored));
+            if room < MIN_SPECULATION {
+                prop_assert!(speculative <= floored);
+            }
+            prop_assert!(plan.refill_below <= plan.ask / 2);
+            prop_assert!(plan.refill_below == 0 || speculative > 0);
+        }
     }
 }
