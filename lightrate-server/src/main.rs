@@ -473,9 +473,12 @@ async fn serve<S: TokenStore>(
         .bind(listen.as_str())
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
-    println!("listening on {}", server.base_url());
-    let _ = std::io::stdout().flush();
-    let signal = until_stopped(&server, args.config.as_deref()).await?;
+    // Ready once the signals are handled: a SIGTERM sent at once drains, it does not kill.
+    let ready = || {
+        println!("listening on {}", server.base_url());
+        let _ = std::io::stdout().flush();
+    };
+    let signal = until_stopped(&server, args.config.as_deref(), ready).await?;
     tracing::info!(target: "lightrate::server", signal, "stopping: no new connections; draining requests in flight");
     server.shutdown().await;
     tracing::info!(target: "lightrate::server", "stopped");
@@ -483,16 +486,19 @@ async fn serve<S: TokenStore>(
 }
 
 /// Reloads the rules on SIGHUP until SIGTERM or SIGINT; the name of the signal that stopped it.
+/// Calls `ready` once the signals are handled.
 #[cfg(unix)]
 async fn until_stopped<S: TokenStore>(
     server: &RunningServer<S>,
     config: Option<&str>,
+    ready: impl FnOnce(),
 ) -> Result<&'static str, String> {
     use tokio::signal::unix::{signal, SignalKind};
     let listen = |kind| signal(kind).map_err(|e| format!("cannot handle signals: {e}"));
     let mut hangup = listen(SignalKind::hangup())?;
     let mut terminate = listen(SignalKind::terminate())?;
     let mut interrupt = listen(SignalKind::interrupt())?;
+    ready();
     loop {
         tokio::select! {
             _ = hangup.recv() => reload(server, config),
@@ -507,7 +513,9 @@ async fn until_stopped<S: TokenStore>(
 async fn until_stopped<S: TokenStore>(
     _server: &RunningServer<S>,
     _config: Option<&str>,
+    ready: impl FnOnce(),
 ) -> Result<&'static str, String> {
+    ready();
     tokio::signal::ctrl_c()
         .await
         .map_err(|e| format!("cannot handle Ctrl-C: {e}"))?;
