@@ -291,6 +291,7 @@ impl LocalBucket {
         }
     }
 
+    #[inline]
     pub(crate) fn is_dead(&self) -> bool {
         self.state.load(Ordering::Acquire) & DEAD != 0
     }
@@ -329,6 +330,7 @@ impl LocalBucket {
         self.touched_ms.fetch_max(now_ms, Ordering::Relaxed);
     }
 
+    #[inline]
     pub(crate) fn source_remaining(&self) -> u64 {
         self.source_remaining.load(Ordering::Relaxed)
     }

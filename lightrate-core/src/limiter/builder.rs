@@ -1,17 +1,13 @@
 //! [`LimiterBuilder`] and the outage policy.
 
-use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use super::breaker::Breaker;
-use super::flight::Flights;
-use super::latency::Latencies;
-use super::sizing::Sizing;
-use super::stats::Counters;
-use super::{Hasher, Inner, Limiter};
+use super::inner::Inner;
+use super::settings::{millis_of, Settings};
+use super::Limiter;
 use crate::clock::{Clock, SystemClock, Timestamp};
 use crate::source::DynTokenSource;
 use crate::{Error, ErrorKind};
@@ -68,26 +64,30 @@ pub const DEFAULT_MAX_LOCAL_BUCKETS: usize = 1_000_000;
 /// The default token horizon: how long a leased token can be spent after its lease started.
 pub const DEFAULT_TOKEN_HORIZON: Duration = Duration::from_secs(5);
 
-/// The limiter's clock: the system clock's cached reading is read inline on the hot path;
-/// any other clock through a pointer.
+/// The limiter's clock: the system clock's cached reading is read inline on the hot path (one
+/// load, the reference kept); any other clock through a pointer.
 #[derive(Clone, Debug)]
 pub(super) enum ClockHandle {
-    System(SystemClock),
+    System(&'static AtomicU64),
     Other(Arc<dyn Clock>),
 }
 
 impl ClockHandle {
+    fn system() -> Self {
+        ClockHandle::System(SystemClock::coarse_reading())
+    }
+
     #[inline]
     pub(super) fn coarse_now(&self) -> Timestamp {
         match self {
-            ClockHandle::System(clock) => clock.coarse_now(),
+            ClockHandle::System(coarse) => Timestamp::from_nanos(coarse.load(Ordering::Relaxed)),
             ClockHandle::Other(clock) => clock.coarse_now(),
         }
     }
 
     pub(super) fn now(&self) -> Timestamp {
         match self {
-            ClockHandle::System(clock) => clock.now(),
+            ClockHandle::System(_) => SystemClock::new().now(),
             ClockHandle::Other(clock) => clock.now(),
         }
     }
@@ -97,34 +97,13 @@ impl ClockHandle {
 pub struct LimiterBuilder {
     source: Arc<dyn DynTokenSource>,
     clock: ClockHandle,
-    lease_size: u64,
-    min_lease_size: u64,
-    token_horizon: Duration,
-    bucket_ttl: Duration,
-    rule_ttl: Duration,
-    max_cached_targets: usize,
-    refill_ahead: bool,
-    lease_default_rule: bool,
-    on_unavailable: OnUnavailable,
-    breaker_threshold: u32,
-    breaker_cooldown: Duration,
-    configuration_error_backoff: Duration,
-    source_timeout: Option<Duration>,
-    sweep_interval: Duration,
-    max_buckets: usize,
+    settings: Settings,
 }
 
 impl fmt::Debug for LimiterBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LimiterBuilder")
-            .field("lease_size", &self.lease_size)
-            .field("min_lease_size", &self.min_lease_size)
-            .field("token_horizon", &self.token_horizon)
-            .field("bucket_ttl", &self.bucket_ttl)
-            .field("rule_ttl", &self.rule_ttl)
-            .field("refill_ahead", &self.refill_ahead)
-            .field("lease_default_rule", &self.lease_default_rule)
-            .field("on_unavailable", &self.on_unavailable)
+            .field("settings", &self.settings)
             .finish_non_exhaustive()
     }
 }
@@ -133,22 +112,8 @@ impl LimiterBuilder {
     pub(super) fn new(source: Arc<dyn DynTokenSource>) -> Self {
         LimiterBuilder {
             source,
-            clock: ClockHandle::System(SystemClock::new()),
-            lease_size: DEFAULT_LEASE_SIZE,
-            min_lease_size: 1,
-            token_horizon: DEFAULT_TOKEN_HORIZON,
-            bucket_ttl: Duration::from_secs(60),
-            rule_ttl: Duration::from_secs(60),
-            max_cached_targets: 10_000,
-            refill_ahead: true,
-            lease_default_rule: true,
-            on_unavailable: OnUnavailable::Allow,
-            breaker_threshold: 5,
-            breaker_cooldown: Duration::from_secs(5),
-            configuration_error_backoff: Duration::from_secs(10),
-            source_timeout: None,
-            sweep_interval: Duration::from_secs(10),
-            max_buckets: DEFAULT_MAX_LOCAL_BUCKETS,
+            clock: ClockHandle::system(),
+            settings: Settings::default(),
         }
     }
 
@@ -166,7 +131,7 @@ impl LimiterBuilder {
     /// A lower cap bounds what one process holds at the cost of calls: a hot key is served at
     /// most `cap / source latency` requests per second by one process without waiting.
     pub fn lease_size(mut self, tokens: u64) -> Self {
-        self.lease_size = tokens.clamp(1, MAX_LEASE_SIZE);
+        self.settings.sizing.cap = tokens.clamp(1, MAX_LEASE_SIZE);
         self
     }
 
@@ -176,7 +141,7 @@ impl LimiterBuilder {
     /// scarcity alone. A larger floor makes fewer calls for bursty traffic, at the cost of
     /// tokens that may expire unused; [`lease_size`](Self::lease_size) still caps it.
     pub fn min_lease_size(mut self, tokens: u64) -> Self {
-        self.min_lease_size = tokens.clamp(1, MAX_LEASE_SIZE);
+        self.settings.sizing.floor = tokens.clamp(1, MAX_LEASE_SIZE);
         self
     }
 
@@ -188,28 +153,28 @@ impl LimiterBuilder {
     /// any window T. A shorter horizon tightens that bound and loses more tokens when traffic
     /// stops; it should stay well above the source's latency.
     pub fn token_horizon(mut self, horizon: Duration) -> Self {
-        self.token_horizon = horizon.max(Duration::from_millis(10));
+        self.settings.sizing.horizon = horizon.max(Duration::from_millis(10));
         self
     }
 
     /// How long a bucket that the slow path has not used (no lease, no denial) is kept, with
     /// its demand estimate and denial cache, before a sweep removes it. Default 60 s.
     pub fn bucket_ttl(mut self, ttl: Duration) -> Self {
-        self.bucket_ttl = ttl;
+        self.settings.bucket_ttl_ms = millis_of(ttl);
         self
     }
 
     /// How long a learned target → rule mapping (and a learned rule's matcher) is trusted
     /// before the source is asked again. Default 60 s.
     pub fn rule_ttl(mut self, ttl: Duration) -> Self {
-        self.rule_ttl = ttl;
+        self.settings.rule_ttl_ms = millis_of(ttl);
         self
     }
 
     /// The most targets the target → rule cache holds (concrete paths are unbounded).
     /// Default 10 000.
     pub fn max_cached_targets(mut self, max: usize) -> Self {
-        self.max_cached_targets = max.max(1);
+        self.settings.max_cached_targets = max.max(1);
         self
     }
 
@@ -217,35 +182,35 @@ impl LimiterBuilder {
     /// percentile of recent calls) leases the next batch in the background. Default on (when
     /// a tokio runtime is running).
     pub fn refill_ahead(mut self, on: bool) -> Self {
-        self.refill_ahead = on;
+        self.settings.refill_ahead = on;
         self
     }
 
     /// Whether targets that fall to the application's default rule are leased in batches
     /// like any other (default), or charged one call per request as the official SDKs do.
     pub fn lease_default_rule(mut self, on: bool) -> Self {
-        self.lease_default_rule = on;
+        self.settings.lease_default_rule = on;
         self
     }
 
     /// What requests get when the source cannot answer. Default [`OnUnavailable::Allow`].
     pub fn on_unavailable(mut self, policy: OnUnavailable) -> Self {
-        self.on_unavailable = policy;
+        self.settings.on_unavailable = policy;
         self
     }
 
     /// Opens the circuit after `failures` consecutive outage failures, for `cooldown`.
     /// Default 5 failures, 5 s.
     pub fn circuit_breaker(mut self, failures: u32, cooldown: Duration) -> Self {
-        self.breaker_threshold = failures.max(1);
-        self.breaker_cooldown = cooldown;
+        self.settings.breaker.threshold = failures.max(1);
+        self.settings.breaker.cooldown = cooldown;
         self
     }
 
     /// After a configuration error (401/403/404), how long the source is not called (requests
     /// follow the outage policy), and how often the error is logged. Default 10 s.
     pub fn configuration_error_backoff(mut self, backoff: Duration) -> Self {
-        self.configuration_error_backoff = backoff;
+        self.settings.breaker.configuration_backoff = backoff;
         self
     }
 
@@ -253,7 +218,7 @@ impl LimiterBuilder {
     /// with time enabled). Default none: [`LightRateClient`](crate::LightRateClient) has its
     /// own; set it for sources that do not.
     pub fn source_timeout(mut self, timeout: Duration) -> Self {
-        self.source_timeout = Some(timeout);
+        self.settings.source_timeout = Some(timeout);
         self
     }
 
@@ -264,67 +229,20 @@ impl LimiterBuilder {
     /// [`Stats::evicted_buckets`](crate::Stats::evicted_buckets). At least 10 (a smaller
     /// value is taken as 10).
     pub fn max_buckets(mut self, max: usize) -> Self {
-        self.max_buckets = max.max(10);
+        self.settings.max_buckets = max.max(10);
         self
     }
 
     /// How often idle buckets and stale cache entries are swept away. Default 10 s.
     pub fn sweep_interval(mut self, interval: Duration) -> Self {
-        self.sweep_interval = interval;
+        self.settings.sweep_interval_ms = millis_of(interval);
         self
     }
 
     /// Builds the limiter.
     pub fn build(self) -> Limiter {
-        // The two maps of the hot path share one epoch collector: one guard serves a hit.
-        let collector = Arc::new(seize::Collector::new());
-        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1);
-        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         Limiter {
-            inner: Arc::new(Inner {
-                id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-                generation: AtomicU64::new(0),
-                source: self.source,
-                clock: self.clock,
-                sizing: Sizing {
-                    cap: self.lease_size,
-                    floor: self.min_lease_size,
-                    horizon: self.token_horizon,
-                },
-                bucket_ttl_ms: ms(self.bucket_ttl),
-                rule_ttl_ms: ms(self.rule_ttl),
-                max_cached_targets: self.max_cached_targets,
-                refill_ahead: self.refill_ahead,
-                lease_default_rule: self.lease_default_rule,
-                on_unavailable: self.on_unavailable,
-                source_timeout: self.source_timeout,
-                sweep_interval_ms: ms(self.sweep_interval),
-                targets: papaya::HashMap::builder()
-                    .hasher(Hasher::default())
-                    .shared_collector(collector.clone())
-                    .build(),
-                buckets: papaya::HashMap::builder()
-                    .hasher(Hasher::default())
-                    .shared_collector(collector)
-                    .build(),
-                rules: papaya::HashMap::default(),
-                rule_slots: Mutex::new(HashMap::new()),
-                next_slot: AtomicU32::new(0),
-                flights: Arc::new(Flights::new()),
-                latencies: Latencies::default(),
-                breaker: Breaker::new(
-                    self.breaker_threshold,
-                    self.breaker_cooldown,
-                    self.configuration_error_backoff,
-                ),
-                counters: Counters::default(),
-                #[allow(clippy::default_constructed_unit_structs)] // without `metrics`
-                tally: super::tally::Tally::default(),
-                last_sweep_ms: AtomicU64::new(0),
-                sweeping: AtomicBool::new(false),
-                max_buckets: self.max_buckets,
-                evicting: AtomicBool::new(false),
-            }),
+            inner: Arc::new(Inner::new(self.source, self.clock, self.settings)),
         }
     }
 }

@@ -40,13 +40,32 @@ impl TargetKey {
     #[inline]
     pub(crate) fn matches(&self, target: &Target<'_>) -> bool {
         match (self, target) {
-            (TargetKey::Operation(a), Target::Operation(b)) => **a == **b,
+            (TargetKey::Operation(a), Target::Operation(b)) => {
+                same_bytes(a.as_bytes(), b.as_bytes())
+            }
             (TargetKey::Path { method, path }, Target::Path { method: m, path: p }) => {
-                **path == **p && method == m
+                same_bytes(path.as_bytes(), p.as_bytes()) && method == m
             }
             (TargetKey::Default, Target::Default) => true,
             _ => false,
         }
+    }
+}
+
+/// Whether two byte strings are equal: for the short ones of routes and identifiers, two
+/// overlapping word compares instead of a call to `memcmp`.
+#[inline]
+pub(crate) fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    let word = |s: &[u8], at: usize| u64::from_le_bytes(s[at..at + 8].try_into().unwrap_or([0; 8]));
+    let half = |s: &[u8], at: usize| u32::from_le_bytes(s[at..at + 4].try_into().unwrap_or([0; 4]));
+    match n {
+        8..=16 => word(a, 0) == word(b, 0) && word(a, n - 8) == word(b, n - 8),
+        4..=7 => half(a, 0) == half(b, 0) && half(a, n - 4) == half(b, n - 4),
+        _ => a == b,
     }
 }
 
@@ -189,7 +208,7 @@ impl Hash for BucketRef<'_> {
 impl Equivalent<BucketKey> for BucketRef<'_> {
     #[inline]
     fn equivalent(&self, key: &BucketKey) -> bool {
-        key.slot == self.slot && key.user.as_bytes() == self.user.as_bytes()
+        key.slot == self.slot && same_bytes(key.user.as_bytes(), self.user.as_bytes())
     }
 }
 
@@ -197,6 +216,28 @@ impl Equivalent<BucketKey> for BucketRef<'_> {
 mod tests {
     use super::*;
     use std::hash::BuildHasher;
+
+    #[test]
+    fn short_and_long_byte_strings_compare_exactly() {
+        let samples: Vec<String> = (0..40)
+            .map(|n| (0..n).map(|i| char::from(b'a' + (i % 26) as u8)).collect())
+            .collect();
+        for a in &samples {
+            for b in &samples {
+                assert_eq!(
+                    same_bytes(a.as_bytes(), b.as_bytes()),
+                    a == b,
+                    "{a:?} {b:?}"
+                );
+            }
+            // One byte changed anywhere is seen.
+            for at in 0..a.len() {
+                let mut c = a.clone().into_bytes();
+                c[at] ^= 1;
+                assert!(!same_bytes(a.as_bytes(), &c), "{a:?} at {at}");
+            }
+        }
+    }
 
     #[test]
     fn borrowed_and_owned_forms_hash_and_compare_alike() {

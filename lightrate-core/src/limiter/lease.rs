@@ -1,10 +1,10 @@
-//! Leases: how much to ask the token source for, and filing what it grants.
+//! [`Lease`]: one call to the source for a bucket's tokens, and filing what it grants.
 //!
 //! A lease asks for what the waiting requests need plus, when the source has plenty next to
-//! this process's demand and the others', a speculative part ([`Sizing::plan`](super::sizing::Sizing::plan)). Its grant
-//! serves the waiters first, in the order they came; the rest goes to the bucket with its
-//! deadline (the token horizon). Waiters it could not serve while the source still had tokens
-//! move to a successor lease.
+//! this process's demand and the others', a speculative part
+//! ([`Sizing::plan`](super::sizing::Sizing::plan)). Its grant serves the waiters first, in the
+//! order they came; the rest goes to the bucket with its deadline (the token horizon). Waiters
+//! it could not serve while the source still had tokens move to a successor lease.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -13,37 +13,51 @@ use std::time::Duration;
 use super::bucket::LocalBucket;
 use super::decision::RuleSummary;
 use super::flight::{Answer, Flight, FlightGuard, FlightKey, Joined};
+use super::inner::Inner;
 use super::keys::TargetKey;
 use super::sizing::LeaseView;
-use super::stats::bump;
-use super::{millis, Inner};
+use super::{millis, Gate};
 use crate::clock::{duration_to_nanos, Timestamp};
-use crate::ConsumeTokensResponse;
+use crate::{ConsumeTokensResponse, Target};
 
 /// A lease that no runtime could take: driven by the request that started it.
 pub(super) type InlineLease = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
 
-impl Inner {
+/// A lease in progress: for a (user, rule) bucket, or for a (user, target) whose rule is not
+/// known yet (then it asks for what the waiting requests need, and learns the rule).
+pub(super) struct Lease {
+    inner: Arc<Inner>,
+    target: Arc<TargetKey>,
+    rule: Option<RuleSummary>,
+    guard: FlightGuard,
+}
+
+impl Lease {
     /// Starts a background lease for a bucket that crossed its low-water mark.
     #[cold]
-    pub(super) fn refill_ahead(self: &Arc<Self>, user: &str, slot: u32, target: &Arc<TargetKey>) {
+    pub(super) fn refill_ahead(inner: &Arc<Inner>, user: &str, slot: u32, target: &Target<'_>) {
         if tokio::runtime::Handle::try_current().is_err() {
             return;
         }
-        let Some(rule) = self.summary(slot) else {
+        let Some(rule) = inner.routes.summary(slot) else {
             return;
         };
+        let guard = inner.buckets.guard();
+        let Some(target) = inner.routes.key(target, &guard) else {
+            return;
+        };
+        drop(guard);
         let key = FlightKey::Bucket {
             user: user.into(),
             slot,
         };
-        let now = self.clock.now();
+        let now = inner.clock.now();
         // Already in flight, or the breaker says no: nothing to do.
-        let joined = self.flights.join(&key, Vec::new(), || {
-            matches!(self.breaker.gate(now), super::breaker::Gate::Call)
+        let joined = inner.flights.join(&key, Vec::new(), || {
+            matches!(inner.upstream.gate(now), Gate::Call)
         });
         if let Joined::Started(flight) = joined {
-            let inline = self.start(key, target.clone(), Some(rule), flight);
+            let inline = Lease::start(inner, key, target, Some(rule), flight);
             debug_assert!(inline.is_none(), "a runtime is running");
         }
     }
@@ -53,14 +67,19 @@ impl Inner {
     /// without a runtime, returned for the caller to drive.
     #[must_use]
     pub(super) fn start(
-        self: &Arc<Self>,
+        inner: &Arc<Inner>,
         key: FlightKey,
         target: Arc<TargetKey>,
         rule: Option<RuleSummary>,
         flight: Arc<Flight>,
     ) -> Option<InlineLease> {
-        let guard = FlightGuard::new(flight, key, self.flights.clone());
-        let lease = self.clone().lease(target, rule, guard);
+        let lease = Lease {
+            inner: inner.clone(),
+            target,
+            rule,
+            guard: FlightGuard::new(flight, key, inner.flights.clone()),
+        }
+        .run();
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
                 runtime.spawn(lease);
@@ -71,16 +90,20 @@ impl Inner {
     }
 
     /// How many tokens a lease for (user, `rule`) asks for, with `waiting` tokens needed by the
-    /// requests waiting for it ([`Sizing::plan`](super::sizing::Sizing::plan) over what the bucket has learned); also sets
-    /// the bucket's refill-ahead mark.
-    fn lease_size(&self, user: &str, rule: RuleSummary, waiting: u64, first_cost: u64) -> u64 {
-        let now_ms = millis(self.clock.now());
-        let guard = self.buckets.guard();
-        let bucket = self.bucket(user, rule, now_ms, &guard);
+    /// requests waiting for it (what the bucket has learned, sized by
+    /// [`Sizing::plan`](super::sizing::Sizing::plan)); also sets the bucket's refill-ahead
+    /// mark.
+    fn size(&self, user: &str, rule: RuleSummary, waiting: u64, first_cost: u64) -> u64 {
+        let inner = &*self.inner;
+        let now = inner.clock.now();
+        let now_ms = millis(now);
+        let guard = inner.buckets.guard();
+        let bucket = inner.bucket(user, rule.slot, now, &guard);
+        let sizing = &inner.settings.sizing;
         let view = {
             let mut learned = bucket.learned();
             let (demand, demand_age) =
-                learned.observe_demand(now_ms, bucket.consumed(), waiting, self.sizing.horizon);
+                learned.observe_demand(now_ms, bucket.consumed(), waiting, sizing.horizon);
             LeaseView {
                 waiting,
                 first_cost,
@@ -89,38 +112,42 @@ impl Inner {
                 demand_age,
                 others: learned.others(),
                 remaining: learned.remaining(now_ms, rule),
-                slow_latency: self.latencies.slow(),
+                slow_latency: inner.upstream.slow_latency(),
             }
         };
-        let plan = self.sizing.plan(&view);
+        let plan = sizing.plan(&view);
         bucket.set_refill_below(plan.refill_below);
         plan.ask
     }
 
-    /// One lease: ask the source for tokens, learn the rule, serve the waiters, file the rest,
-    /// move the waiters it cannot serve to a successor.
-    async fn lease(
-        self: Arc<Self>,
-        target: Arc<TargetKey>,
-        rule: Option<RuleSummary>,
-        guard: FlightGuard,
-    ) {
-        let user: Box<str> = guard.key().user().into();
-        let started = self.clock.now();
-        let waiting = guard.flight().demand();
-        let first_cost = guard.flight().first_cost().unwrap_or(1);
-        let asked = match rule {
-            Some(rule) => self.lease_size(&user, rule, waiting, first_cost),
+    /// Asks the source, learns the rule, serves the waiters, files the rest, moves the waiters
+    /// it cannot serve to a successor.
+    async fn run(self) {
+        let inner = &*self.inner;
+        let user: Box<str> = self.guard.key().user().into();
+        let started = inner.clock.now();
+        let waiting = self.guard.flight().demand();
+        let first_cost = self.guard.flight().first_cost().unwrap_or(1);
+        let asked = match self.rule {
+            Some(rule) => self.size(&user, rule, waiting, first_cost),
             // Nothing known yet: just what the waiting requests need.
             None => waiting.max(1),
         };
         if asked == 0 {
             // A refill-ahead lease that found nothing worth asking for; anyone who came
             // meanwhile gets a lease of their own.
-            let waiters = guard.close();
+            let waiters = self.guard.close();
             if !waiters.is_empty() {
-                if let Joined::Started(flight) = self.flights.join(guard.key(), waiters, || true) {
-                    if let Some(lease) = self.start(guard.key().clone(), target, rule, flight) {
+                let key = self.guard.key();
+                if let Joined::Started(flight) = inner.flights.join(key, waiters, || true) {
+                    let next = Lease::start(
+                        &self.inner,
+                        key.clone(),
+                        self.target.clone(),
+                        self.rule,
+                        flight,
+                    );
+                    if let Some(lease) = next {
                         lease.await;
                     }
                 }
@@ -129,19 +156,16 @@ impl Inner {
         }
         // What the default rule is charged (`tokensRequestedForDefaultBucketMatch`): the lease
         // when the default rule is leased, else one request's cost, as the SDKs do.
-        let default_match = if self.lease_default_rule {
+        let default_match = if inner.settings.lease_default_rule {
             asked
         } else {
             first_cost
         };
-        let target_ref = target.as_target();
-        let mut answer = match self
-            .call(&user, &target_ref, asked, Some(default_match))
-            .await
-        {
+        let target = self.target.as_target();
+        let mut answer = match inner.call(&user, &target, asked, default_match).await {
             Ok(answer) => answer,
             Err(error) => {
-                for waiter in guard.close() {
+                for waiter in self.guard.close() {
                     let _ = waiter.reply.send(Answer::Failed(error.clone()));
                 }
                 return;
@@ -153,56 +177,61 @@ impl Inner {
         if answer.tokens_consumed == 0
             && answer.tokens_remaining > 0
             && answer.tokens_remaining < asked
-            && (!answer.rule.is_default || self.lease_default_rule)
+            && (!answer.rule.is_default || inner.settings.lease_default_rule)
         {
             let again = answer.tokens_remaining;
-            if let Ok(second) = self.call(&user, &target_ref, again, Some(again)).await {
+            if let Ok(second) = inner.call(&user, &target, again, again).await {
                 answer = second;
                 asked = again;
             }
         }
-        if let Some(successor) = self.file(&user, &target, asked, answer, started, &guard) {
+        if let Some(successor) = self.file(&user, asked, answer, started) {
             // No runtime: the request driving this lease drives its successor too.
             successor.await;
         }
     }
 
-    /// Files a lease's answer: learns the rule and the target, hands the waiters their tokens,
+    /// Files the answer: learns the rule and the target, hands the waiters their tokens,
     /// deposits the rest with its deadline, sets the denial cache, and moves the waiters left
     /// over to a successor (returned to drive when there is no runtime) or denies them.
     fn file(
-        self: &Arc<Self>,
+        &self,
         user: &str,
-        target: &Arc<TargetKey>,
         asked: u64,
         answer: ConsumeTokensResponse,
         started: Timestamp,
-        guard: &FlightGuard,
     ) -> Option<InlineLease> {
-        let now = self.clock.now();
+        let inner = &*self.inner;
+        let now = inner.clock.now();
         let now_ms = millis(now);
-        let rule = self.learn(&answer.rule, now_ms);
-        self.remember(target.clone(), rule, now_ms);
+        let rule = inner.routes.learn(&answer.rule, now_ms);
+        let buckets = inner.buckets.guard();
+        inner.routes.remember(
+            self.target.clone(),
+            rule,
+            now_ms,
+            inner.settings.rule_ttl_ms,
+            inner.settings.max_cached_targets,
+            &buckets,
+        );
         // `call` refuses answers granting more than asked; a second ask asks for less.
         let granted = answer.tokens_consumed.min(asked);
         let remaining = answer.tokens_remaining;
         let next = next_token(&answer, rule);
-        let waiters = guard.close();
-        if rule.is_default && !self.lease_default_rule {
+        let waiters = self.guard.close();
+        if rule.is_default && !inner.settings.lease_default_rule {
             // The SDKs' way for the default rule: no local bucket; the grant is for the first
             // request, the others ask for themselves.
-            bump(&self.counters.per_request_tokens, granted);
+            inner.counters.per_request(rule.slot, granted);
             let mut waiters = waiters.into_iter();
             if let Some(first) = waiters.next() {
                 let answer = if granted >= first.cost {
-                    bump(&self.counters.allowed_by_source, 1);
                     Answer::Granted {
                         rule,
                         source_remaining: remaining,
                         tokens_left: 0,
                     }
                 } else {
-                    bump(&self.counters.denied_by_source, 1);
                     Answer::Denied {
                         rule,
                         source_remaining: remaining,
@@ -230,18 +259,15 @@ impl Inner {
         }
         // The rest is spendable for the horizon from the moment the call started (the source
         // granted it after that), less a margin for the coarse clock of the hot path.
-        let deadline_ms = millis(started + self.sizing.horizon).saturating_sub(2);
-        let buckets = self.buckets.guard();
-        let bucket = self.file_tokens(user, rule, pool, deadline_ms, now_ms, &buckets);
-        // Counted once the bucket holds its part: leased = admitted + held + lost, always.
-        bump(&self.counters.leased_tokens, granted);
+        let deadline_ms = millis(started + inner.settings.sizing.horizon).saturating_sub(2);
+        let bucket = self.file_tokens(user, rule, pool, deadline_ms, now, &buckets);
         bucket.set_source_remaining(remaining);
+        bucket.touch(now_ms);
         // The source made its answer about half-way through the call.
         let answered_ms = millis(started) + now_ms.saturating_sub(millis(started)) / 2;
         bucket
             .learned()
             .heard(answered_ms, granted, remaining, rule);
-        bucket.touch(now_ms);
         if remaining == 0 {
             // No token can exist at the source before the next one accrues (a little before
             // it, to be safe: the source computed `next` at some time after `started`).
@@ -261,16 +287,13 @@ impl Inner {
                 tokens_left,
             };
             match waiter.reply.send(answer) {
-                Ok(()) => {
-                    bump(&self.counters.allowed_by_source, 1);
-                    bump(&self.counters.taken_after_lease, waiter.cost);
-                }
+                Ok(()) => inner.counters.served(rule.slot, waiter.cost),
                 // It stopped waiting: its tokens go to the bucket.
                 Err(_) => returned += waiter.cost,
             }
         }
         if returned > 0 {
-            self.file_tokens(user, rule, returned, deadline_ms, now_ms, &buckets);
+            self.file_tokens(user, rule, returned, deadline_ms, now, &buckets);
         }
         drop(buckets);
         if unserved.is_empty() {
@@ -279,7 +302,6 @@ impl Inner {
         if granted < asked {
             // The source had less than was asked: nothing for these.
             for waiter in unserved {
-                bump(&self.counters.denied_by_source, 1);
                 let retry_after = wait_for(rule, waiter.cost, remaining, next);
                 let _ = waiter.reply.send(Answer::Denied {
                     rule,
@@ -294,8 +316,10 @@ impl Inner {
             user: user.into(),
             slot: rule.slot,
         };
-        match self.flights.join(&key, unserved, || true) {
-            Joined::Started(flight) => self.start(key, target.clone(), Some(rule), flight),
+        match inner.flights.join(&key, unserved, || true) {
+            Joined::Started(flight) => {
+                Lease::start(&self.inner, key, self.target.clone(), Some(rule), flight)
+            }
             Joined::Waiting | Joined::Refused => None,
         }
     }
@@ -308,22 +332,27 @@ impl Inner {
         rule: RuleSummary,
         tokens: u64,
         deadline_ms: u64,
-        now_ms: u64,
+        now: Timestamp,
         guard: &'g papaya::LocalGuard<'_>,
     ) -> &'g LocalBucket {
-        let mut bucket = self.bucket(user, rule, now_ms, guard);
-        self.tally.deposited(rule.slot, tokens);
+        let inner = &*self.inner;
+        let now_ms = millis(now);
+        let mut bucket = inner.bucket(user, rule.slot, now, guard);
         let mut deposit = tokens;
         loop {
             match bucket.deposit(deposit, deadline_ms, now_ms) {
                 Ok(dropped) => {
-                    self.lose(rule.slot, dropped);
+                    // Counted once the bucket holds them: deposited = taken + held + lost.
+                    inner.counters.deposited(rule.slot, deposit);
+                    inner.counters.expired(rule.slot, dropped);
                     return bucket;
                 }
                 Err(back) => {
                     deposit = back;
-                    self.retire(user, rule.slot, bucket, guard);
-                    bucket = self.bucket(user, rule, now_ms, guard);
+                    inner
+                        .buckets
+                        .retire(user, rule.slot, bucket, &inner.counters, guard);
+                    bucket = inner.bucket(user, rule.slot, now, guard);
                 }
             }
         }

@@ -1,22 +1,32 @@
-//! A per-thread memo of recently resolved targets, in front of the target → rule map.
+//! Per-thread memos in front of the maps of the hot path: the targets this thread resolved
+//! last, and the buckets of the users it served twice in a row.
 //!
-//! A server's requests hit a handful of routes over and over; comparing a request's target with
-//! the last few resolved on this thread is cheaper than hashing it and probing the shared map.
-//! The map stays the truth: a memo entry is used only while its limiter's generation (bumped
-//! whenever a cached mapping may change) is the one it was filled at and its own copy of the
-//! expiry has not passed.
+//! A server's requests hit a handful of routes over and over, and a busy user's requests come
+//! one after the other: comparing a request's target and user with the last few seen on this
+//! thread is cheaper than hashing them, entering the maps' epoch and probing. The maps stay the
+//! truth:
+//!
+//! - a target memo is used only while its limiter's generation (bumped whenever a cached
+//!   mapping may change) is the one it was filled at, and its own copy of the expiry has not
+//!   passed;
+//! - a bucket memo holds the bucket itself (buckets are shared, `Arc`): a bucket removed from
+//!   its map is dead first, and a dead bucket never answers, so a memo of one only sends the
+//!   request to the map. A bucket is memoized on the second request of its user in a row, so
+//!   that traffic from many users touches no reference count.
 
 use std::cell::RefCell;
 use std::sync::Arc;
 
+use super::bucket::LocalBucket;
 use super::decision::RuleSummary;
-use super::keys::TargetKey;
+use super::keys::{same_bytes, TargetKey, UserKey};
 use crate::Target;
 
-const SLOTS: usize = 4;
+const TARGETS: usize = 4;
+const BUCKETS: usize = 2;
 
 /// One remembered resolution.
-struct Memo {
+struct TargetMemo {
     limiter: u64,
     generation: u64,
     expires_ms: u64,
@@ -24,46 +34,65 @@ struct Memo {
     key: Arc<TargetKey>,
 }
 
+/// One remembered bucket.
+struct BucketMemo {
+    limiter: u64,
+    slot: u32,
+    user: UserKey,
+    bucket: Arc<LocalBucket>,
+}
+
+/// The last bucket key looked up in a map, not memoized (yet).
+struct Candidate {
+    limiter: u64,
+    slot: u32,
+    user: UserKey,
+}
+
 struct Memos {
-    slots: [Option<Memo>; SLOTS],
-    next: usize,
+    targets: [Option<TargetMemo>; TARGETS],
+    next_target: usize,
+    buckets: [Option<BucketMemo>; BUCKETS],
+    next_bucket: usize,
+    candidate: Option<Candidate>,
 }
 
 thread_local! {
     static MEMOS: RefCell<Memos> = const {
         RefCell::new(Memos {
-            slots: [const { None }; SLOTS],
-            next: 0,
+            targets: [const { None }; TARGETS],
+            next_target: 0,
+            buckets: [const { None }; BUCKETS],
+            next_bucket: 0,
+            candidate: None,
         })
     };
 }
 
 /// What a memo (or the map behind it) says about a target.
+#[derive(Clone, Copy, Debug)]
 pub(super) struct Resolved {
     pub(super) rule: RuleSummary,
     pub(super) expires_ms: u64,
 }
 
-/// Looks `target` up in this thread's memo for `limiter` at `generation`; on a hit, calls
-/// `hit` with the resolution and the target's shared key.
+/// Looks `target` up in this thread's memo for `limiter` at `generation`.
 #[inline]
-pub(super) fn with_memo<R>(
-    limiter: u64,
-    generation: u64,
-    target: &Target<'_>,
-    hit: impl FnOnce(Resolved, &Arc<TargetKey>) -> R,
-) -> Option<R> {
+pub(super) fn find(limiter: u64, generation: u64, target: &Target<'_>) -> Option<Resolved> {
     MEMOS
         .try_with(|memos| {
             let memos = memos.try_borrow().ok()?;
-            let memo = memos.slots.iter().flatten().find(|m| {
-                m.limiter == limiter && m.generation == generation && m.key.matches(target)
-            })?;
-            let resolved = Resolved {
-                rule: memo.rule,
-                expires_ms: memo.expires_ms,
-            };
-            Some(hit(resolved, &memo.key))
+            memos
+                .targets
+                .iter()
+                .flatten()
+                .find(|m| {
+                    m.limiter == limiter && m.generation == generation && m.key.matches(target)
+                })
+                .map(|memo| Resolved {
+                    rule: memo.rule,
+                    expires_ms: memo.expires_ms,
+                })
         })
         .ok()
         .flatten()
@@ -71,29 +100,95 @@ pub(super) fn with_memo<R>(
 
 /// Remembers a resolution on this thread (replacing the oldest, or the same target's).
 #[cold]
-pub(super) fn remember(limiter: u64, generation: u64, resolved: &Resolved, key: &Arc<TargetKey>) {
+pub(super) fn remember(limiter: u64, generation: u64, resolved: Resolved, key: &Arc<TargetKey>) {
     let _ = MEMOS.try_with(|memos| {
         let Ok(mut memos) = memos.try_borrow_mut() else {
             return;
         };
-        let memo = Memo {
+        let memo = TargetMemo {
             limiter,
             generation,
             expires_ms: resolved.expires_ms,
             rule: resolved.rule,
             key: key.clone(),
         };
-        let same = memos.slots.iter().position(|m| {
+        let same = memos.targets.iter().position(|m| {
             m.as_ref()
                 .is_some_and(|m| m.limiter == limiter && *m.key == **key)
         });
         let at = same.unwrap_or_else(|| {
-            let at = memos.next;
-            memos.next = (at + 1) % SLOTS;
+            let at = memos.next_target;
+            memos.next_target = (at + 1) % TARGETS;
             at
         });
-        memos.slots[at] = Some(memo);
+        memos.targets[at] = Some(memo);
     });
+}
+
+/// Calls `take` with this thread's memo of the bucket of (user, slot) of `limiter`, if it has
+/// one and it is alive; `None` otherwise (a dead one is forgotten).
+#[inline]
+pub(super) fn with_bucket<R>(
+    limiter: u64,
+    user: &str,
+    slot: u32,
+    take: impl FnOnce(&LocalBucket) -> R,
+) -> Option<R> {
+    MEMOS
+        .try_with(|memos| {
+            let mut memos = memos.try_borrow_mut().ok()?;
+            let at = memos.buckets.iter().position(|m| {
+                m.as_ref().is_some_and(|m| {
+                    m.slot == slot
+                        && m.limiter == limiter
+                        && same_bytes(m.user.as_bytes(), user.as_bytes())
+                })
+            })?;
+            let memo = memos.buckets[at].as_ref()?;
+            if memo.bucket.is_dead() {
+                memos.buckets[at] = None;
+                return None;
+            }
+            Some(take(&memo.bucket))
+        })
+        .ok()
+        .flatten()
+}
+
+/// Notes that (user, slot) of `limiter` was found in its map: its bucket is memoized if the
+/// last one found was the same.
+#[inline]
+pub(super) fn found_bucket(limiter: u64, user: &str, slot: u32, bucket: &Arc<LocalBucket>) {
+    let _ = MEMOS.try_with(|memos| {
+        let Ok(mut memos) = memos.try_borrow_mut() else {
+            return;
+        };
+        let again = memos.candidate.as_ref().is_some_and(|c| {
+            c.slot == slot && c.limiter == limiter && same_bytes(c.user.as_bytes(), user.as_bytes())
+        });
+        if again {
+            memoize(&mut memos, limiter, user, slot, bucket);
+        } else {
+            memos.candidate = Some(Candidate {
+                limiter,
+                slot,
+                user: UserKey::new(user),
+            });
+        }
+    });
+}
+
+#[cold]
+fn memoize(memos: &mut Memos, limiter: u64, user: &str, slot: u32, bucket: &Arc<LocalBucket>) {
+    let at = memos.next_bucket;
+    memos.next_bucket = (at + 1) % BUCKETS;
+    memos.buckets[at] = Some(BucketMemo {
+        limiter,
+        slot,
+        user: UserKey::new(user),
+        bucket: bucket.clone(),
+    });
+    memos.candidate = None;
 }
 
 #[cfg(test)]
@@ -119,10 +214,9 @@ mod tests {
             rule: rule(7),
             expires_ms: 100,
         };
-        remember(1_000_001, 5, &resolved, &key);
-        let slot = |limiter, generation, t: &Target<'_>| {
-            with_memo(limiter, generation, t, |r, _| r.rule.slot)
-        };
+        remember(1_000_001, 5, resolved, &key);
+        let slot =
+            |limiter, generation, t: &Target<'_>| find(limiter, generation, t).map(|r| r.rule.slot);
         assert_eq!(slot(1_000_001, 5, &target), Some(7));
         assert_eq!(slot(1_000_001, 6, &target), None, "another generation");
         assert_eq!(slot(1_000_002, 5, &target), None, "another limiter");
@@ -134,7 +228,7 @@ mod tests {
         remember(
             1_000_001,
             6,
-            &Resolved {
+            Resolved {
                 rule: rule(8),
                 expires_ms: 200,
             },
@@ -146,7 +240,7 @@ mod tests {
 
     #[test]
     fn holds_a_few_targets() {
-        let keys: Vec<_> = (0..SLOTS + 1)
+        let keys: Vec<_> = (0..TARGETS + 1)
             .map(|i| Arc::new(TargetKey::from_target(&Target::operation(format!("op{i}")))))
             .collect();
         for (i, key) in keys.iter().enumerate() {
@@ -154,11 +248,29 @@ mod tests {
                 rule: rule(i as u32),
                 expires_ms: 100,
             };
-            remember(2_000_001, 1, &resolved, key);
+            remember(2_000_001, 1, resolved, key);
         }
-        let found =
-            |i: usize| with_memo(2_000_001, 1, &keys[i].as_target(), |r, _| r.rule.slot).is_some();
+        let found = |i: usize| find(2_000_001, 1, &keys[i].as_target()).is_some();
         assert!(!found(0), "the oldest was replaced");
-        assert!((1..=SLOTS).all(found));
+        assert!((1..=TARGETS).all(found));
+    }
+
+    #[test]
+    fn a_bucket_is_memoized_on_its_second_find_and_forgotten_dead() {
+        let bucket = Arc::new(LocalBucket::new(0));
+        bucket.deposit(5, 1_000, 0).unwrap();
+        let tokens = |user: &str| with_bucket(3_000_001, user, 1, |b| b.tokens());
+        found_bucket(3_000_001, "alice", 1, &bucket);
+        assert_eq!(tokens("alice"), None, "seen once");
+        found_bucket(3_000_001, "bob", 1, &bucket);
+        found_bucket(3_000_001, "alice", 1, &bucket);
+        assert_eq!(tokens("alice"), None, "not twice in a row");
+        found_bucket(3_000_001, "alice", 1, &bucket);
+        assert_eq!(tokens("alice"), Some(5));
+        assert_eq!(with_bucket(3_000_001, "alice", 2, |b| b.tokens()), None);
+        assert_eq!(with_bucket(3_000_002, "alice", 1, |b| b.tokens()), None);
+        bucket.kill();
+        assert_eq!(tokens("alice"), None, "a dead bucket is not used");
+        assert_eq!(Arc::strong_count(&bucket), 1, "and not kept");
     }
 }

@@ -47,10 +47,12 @@
 
 mod breaker;
 mod bucket;
+mod buckets;
 mod builder;
-mod call;
+mod counters;
 mod decision;
 mod flight;
+mod inner;
 mod keys;
 mod latency;
 mod learned;
@@ -58,20 +60,16 @@ mod lease;
 mod memo;
 #[cfg(feature = "metrics")]
 mod publish;
-mod routing;
+mod routes;
+mod settings;
 mod sizing;
-mod slow;
 mod stats;
-mod tally;
+mod upstream;
 
-use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
-
-use papaya::{Compute, Operation};
 
 pub use self::breaker::BreakerState;
 pub use self::builder::{
@@ -81,18 +79,11 @@ pub use self::builder::{
 pub use self::decision::{Decision, DecisionSource, RuleSummary};
 pub use self::stats::Stats;
 
-use self::breaker::Breaker;
-use self::bucket::{LocalBucket, Take};
-use self::builder::ClockHandle;
-use self::flight::Flights;
-use self::keys::{BucketKey, BucketRef, TargetKey, TargetRef};
-use self::latency::Latencies;
-use self::routing::{RuleEntry, TargetEntry};
-use self::sizing::Sizing;
-use self::stats::{bump, read, Counters};
-use self::tally::{DecidedBy, Outcome, Tally, NO_RULE};
+use self::breaker::Gate;
+use self::bucket::LocalBucket;
+use self::counters::{Counted, NO_RULE};
+use self::inner::Inner;
 use crate::clock::Timestamp;
-use crate::source::DynTokenSource;
 use crate::{Error, Target, TokenSource};
 
 type Hasher = foldhash::fast::RandomState;
@@ -124,49 +115,6 @@ type Hasher = foldhash::fast::RandomState;
 #[derive(Clone)]
 pub struct Limiter {
     inner: Arc<Inner>,
-}
-
-struct Inner {
-    /// Unique per limiter, for the per-thread memo of targets.
-    id: u64,
-    /// Bumped whenever a cached target → rule mapping may change (invalidates the memos).
-    generation: AtomicU64,
-    source: Arc<dyn DynTokenSource>,
-    clock: ClockHandle,
-    /// What lease sizing reads: the cap, the floor, the token horizon H.
-    sizing: Sizing,
-    /// How long a bucket the slow path has not used is kept (its demand estimate, its
-    /// denial cache).
-    bucket_ttl_ms: u64,
-    rule_ttl_ms: u64,
-    max_cached_targets: usize,
-    refill_ahead: bool,
-    lease_default_rule: bool,
-    on_unavailable: OnUnavailable,
-    source_timeout: Option<Duration>,
-    sweep_interval_ms: u64,
-    /// Target → rule. Shares its epoch collector with `buckets`: one guard serves a hit.
-    targets: papaya::HashMap<TargetKey, TargetEntry, Hasher>,
-    /// (user, rule) → bucket, inline in the entry.
-    buckets: papaya::HashMap<BucketKey, LocalBucket, Hasher>,
-    /// Rule slot → rule.
-    rules: papaya::HashMap<u32, Arc<RuleEntry>>,
-    /// Rule id → slot.
-    rule_slots: Mutex<HashMap<String, u32>>,
-    next_slot: AtomicU32,
-    /// Leases in flight, per (user, rule) and per (user, target) while the rule is unknown.
-    flights: Arc<Flights>,
-    /// The source's recent latencies.
-    latencies: Latencies,
-    breaker: Breaker,
-    counters: Counters,
-    /// What the `metrics` feature publishes beyond the counters (nothing without it).
-    tally: Tally,
-    last_sweep_ms: AtomicU64,
-    sweeping: AtomicBool,
-    /// The most live buckets.
-    max_buckets: usize,
-    evicting: AtomicBool,
 }
 
 #[inline]
@@ -226,66 +174,7 @@ impl Limiter {
         cost: u64,
         shadow: bool,
     ) -> Option<Decision> {
-        let inner = &*self.inner;
-        let cost = cost.max(1);
-        let now_ms = millis(inner.clock.coarse_now());
-        let generation = inner.generation.load(Ordering::Acquire);
-        let guard = inner.buckets.guard();
-        // The routes this thread served last: no hashing of the target.
-        let memoized = memo::with_memo(inner.id, generation, target, |resolved, key| {
-            (now_ms < resolved.expires_ms)
-                .then(|| self.take_local(user, resolved.rule, key, cost, now_ms, shadow, &guard))
-        });
-        if let Some(Some(decision)) = memoized {
-            return decision;
-        }
-        let entry = inner.targets.get(&TargetRef(target), &guard)?;
-        if now_ms >= entry.expires_ms {
-            return None;
-        }
-        let resolved = memo::Resolved {
-            rule: entry.rule,
-            expires_ms: entry.expires_ms,
-        };
-        memo::remember(inner.id, generation, &resolved, &entry.key);
-        self.take_local(user, entry.rule, &entry.key, cost, now_ms, shadow, &guard)
-    }
-
-    /// The local part of a hit, once the target's rule is known.
-    #[inline]
-    #[allow(clippy::too_many_arguments)]
-    fn take_local(
-        &self,
-        user: &str,
-        rule: RuleSummary,
-        target: &Arc<TargetKey>,
-        cost: u64,
-        now_ms: u64,
-        shadow: bool,
-        guard: &papaya::LocalGuard<'_>,
-    ) -> Option<Decision> {
-        let inner = &*self.inner;
-        let key = BucketRef {
-            user,
-            slot: rule.slot,
-        };
-        let bucket = inner.buckets.get(&key, guard)?;
-        match bucket.try_take(cost, now_ms) {
-            Take::Taken(left) => {
-                if inner.refill_ahead && bucket.crosses_low_water(left, cost) {
-                    self.inner.refill_ahead(user, rule.slot, target);
-                }
-                Some(Decision::local(left, bucket.source_remaining(), rule))
-            }
-            Take::Empty => {
-                let denied = inner.denied_locally(bucket, rule);
-                if denied.is_some() {
-                    inner.count(&Ok(denied), shadow);
-                }
-                denied
-            }
-            Take::Expired | Take::Stale => None,
-        }
+        self.inner.check_local(user, target, cost, shadow)
     }
 
     /// Decides, calling the source when needed. The future owns its arguments, so it can be
@@ -316,7 +205,7 @@ impl Limiter {
         let user = user.into();
         async move {
             let checked = inner.clone().check_slow(user, target, cost.max(1)).await;
-            inner.count(&checked.as_ref().map(|d| Some(*d)), shadow);
+            inner.count(&checked.as_ref().copied(), shadow);
             checked
         }
     }
@@ -324,9 +213,7 @@ impl Limiter {
     /// Counts a request refused for its user identifier before it reached the limiter (the
     /// web policy's 400s), for the `metrics` feature.
     pub(crate) fn count_invalid(&self) {
-        self.inner
-            .tally
-            .decision(NO_RULE, Outcome::Invalid, DecidedBy::Local);
+        self.inner.counters.decision(NO_RULE, Counted::Invalid);
     }
 
     /// The limiter's clock, precisely.
@@ -357,91 +244,50 @@ impl Limiter {
 
     /// The policy for an unavailable source.
     pub fn on_unavailable(&self) -> OnUnavailable {
-        self.inner.on_unavailable
+        self.inner.settings.on_unavailable
     }
 
     /// The id of a rule a decision names.
     pub fn rule_id(&self, rule: &RuleSummary) -> Option<Arc<str>> {
-        let guard = self.inner.rules.guard();
-        self.inner
-            .rules
-            .get(&rule.slot, &guard)
-            .map(|entry| entry.id.clone())
+        self.inner.routes.id_of(rule.slot)
     }
 
     /// The counters.
     pub fn stats(&self) -> Stats {
-        let inner = &*self.inner;
-        let c = &inner.counters;
-        let guard = inner.buckets.guard();
-        let (mut held, mut live) = (0u64, 0u64);
-        for (_, bucket) in inner.buckets.iter(&guard) {
-            held += bucket.tokens();
-            live += 1;
-        }
-        let leased = read(&c.leased_tokens);
-        let expired = read(&c.expired_tokens);
-        Stats {
-            // Every leased token is taken locally, taken by a request that waited for its
-            // lease, held, or lost: no counter on the hot path.
-            local_hits: leased
-                .saturating_sub(held)
-                .saturating_sub(expired)
-                .saturating_sub(read(&c.taken_after_lease)),
-            source_calls: read(&c.source_calls),
-            leased_tokens: leased,
-            per_request_tokens: read(&c.per_request_tokens),
-            expired_tokens: expired,
-            allowed_by_source: read(&c.allowed_by_source),
-            denied_by_source: read(&c.denied_by_source),
-            denied_by_denial_cache: read(&c.denied_by_denial_cache),
-            allowed_unavailable: read(&c.allowed_unavailable),
-            denied_unavailable: read(&c.denied_unavailable),
-            outage_errors: read(&c.outage_errors),
-            configuration_errors: read(&c.configuration_errors),
-            other_errors: read(&c.other_errors),
-            live_buckets: live,
-            evicted_buckets: read(&c.evicted_buckets),
-            cached_targets: inner.targets.len() as u64,
-            known_rules: inner.rules.len() as u64,
-            breaker: inner.breaker.state(inner.clock.now()),
-        }
+        Stats::of(&self.inner)
     }
 
     /// Tokens held in local buckets, alive or not yet counted lost (for accounting in tests:
     /// leased = admitted + held + expired).
     #[cfg(test)]
     pub(crate) fn held_tokens(&self) -> u64 {
-        let guard = self.inner.buckets.guard();
-        self.inner
-            .buckets
-            .iter(&guard)
-            .map(|(_, b)| b.tokens())
-            .sum()
+        self.inner.buckets.held().0.values().sum()
     }
 
     /// Every live bucket.
     pub fn bucket_statuses(&self) -> Vec<BucketStatus> {
         let inner = &*self.inner;
-        let guard = inner.buckets.guard();
-        inner
-            .buckets
-            .iter(&guard)
-            .filter(|(_, b)| !b.is_dead())
-            .map(|(key, b)| inner.status(&key.user.to_str_lossy(), key.slot, b))
-            .collect()
+        let now = inner.clock.now();
+        let mut statuses = Vec::new();
+        inner.buckets.for_each_live(|user, slot, bucket| {
+            statuses.push(BucketStatus::of(
+                user,
+                inner.routes.id_of(slot),
+                bucket,
+                now,
+            ));
+        });
+        statuses
     }
 
     /// The bucket of (user, rule), if there is a live one.
     pub fn bucket_status(&self, user: &str, rule: &RuleSummary) -> Option<BucketStatus> {
         let inner = &*self.inner;
         let guard = inner.buckets.guard();
-        let key = BucketRef {
-            user,
-            slot: rule.slot,
-        };
-        let bucket = inner.buckets.get(&key, &guard)?;
-        (!bucket.is_dead()).then(|| inner.status(user, rule.slot, bucket))
+        let bucket = inner.buckets.get(user, rule.slot, &guard)?;
+        let now = inner.clock.now();
+        (!bucket.is_dead())
+            .then(|| BucketStatus::of(user, inner.routes.id_of(rule.slot), bucket, now))
     }
 
     /// Removes idle buckets and stale cache entries now (this also happens on its own).
@@ -452,279 +298,40 @@ impl Limiter {
     /// Removes every local bucket; their tokens are lost (counted in `expired_tokens`).
     /// Learned rules and the target cache are kept.
     pub fn reset(&self) {
-        let inner = &*self.inner;
-        let guard = inner.buckets.guard();
-        inner.buckets.retain(
-            |key, bucket| {
-                inner.lose(key.slot, bucket.kill());
-                false
-            },
-            &guard,
-        );
+        self.inner.buckets.clear(&self.inner.counters);
     }
 }
 
 impl fmt::Debug for Limiter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let inner = &*self.inner;
+        let s = &self.inner.settings;
         f.debug_struct("Limiter")
-            .field("lease_size", &inner.sizing.cap)
-            .field("min_lease_size", &inner.sizing.floor)
-            .field("token_horizon", &inner.sizing.horizon)
-            .field("bucket_ttl_ms", &inner.bucket_ttl_ms)
-            .field("rule_ttl_ms", &inner.rule_ttl_ms)
-            .field("refill_ahead", &inner.refill_ahead)
-            .field("lease_default_rule", &inner.lease_default_rule)
-            .field("on_unavailable", &inner.on_unavailable)
-            .field("live_buckets", &inner.buckets.len())
+            .field("lease_size", &s.sizing.cap)
+            .field("min_lease_size", &s.sizing.floor)
+            .field("token_horizon", &s.sizing.horizon)
+            .field("bucket_ttl_ms", &s.bucket_ttl_ms)
+            .field("rule_ttl_ms", &s.rule_ttl_ms)
+            .field("refill_ahead", &s.refill_ahead)
+            .field("lease_default_rule", &s.lease_default_rule)
+            .field("on_unavailable", &s.on_unavailable)
+            .field("live_buckets", &self.inner.buckets.len())
             .finish_non_exhaustive()
     }
 }
 
-impl Inner {
-    /// Counts `tokens` of the rule in `slot` lost unspent.
-    fn lose(&self, slot: u32, tokens: u64) {
-        bump(&self.counters.expired_tokens, tokens);
-        self.tally.expired(slot, tokens);
-    }
-
-    /// Counts a decision handed out (`None`: none), for the `metrics` feature. An allowed
-    /// local hit is not counted: it is derived from the tokens of the rule's buckets.
-    fn count(&self, checked: &Result<Option<Decision>, &Error>, shadow: bool) {
-        let denied = if shadow {
-            Outcome::ShadowDenied
-        } else {
-            Outcome::Denied
-        };
-        let (outcome, by) = match checked {
-            Ok(None) => return,
-            Ok(Some(decision)) => match (decision.source(), decision.is_allowed()) {
-                (DecisionSource::LocalBucket, _) => return,
-                (DecisionSource::Unavailable, _) => (Outcome::Unavailable, DecidedBy::Source),
-                (DecisionSource::TokenSource, true) => (Outcome::Allowed, DecidedBy::Source),
-                (DecisionSource::TokenSource, false) => (denied, DecidedBy::Source),
-                (DecisionSource::DenialCache, _) => (denied, DecidedBy::DenialCache),
-            },
-            Err(error) if error.kind() == crate::ErrorKind::InvalidInput => {
-                (Outcome::Invalid, DecidedBy::Local)
-            }
-            Err(_) => (Outcome::Unavailable, DecidedBy::Source),
-        };
-        let slot = match checked {
-            Ok(Some(decision)) => decision.rule().map_or(NO_RULE, |rule| rule.slot),
-            _ => NO_RULE,
-        };
-        self.tally.decision(slot, outcome, by);
-    }
-
-    fn status(&self, user: &str, slot: u32, bucket: &LocalBucket) -> BucketStatus {
-        let now = self.clock.now();
+impl BucketStatus {
+    fn of(user: &str, rule_id: Option<Arc<str>>, bucket: &LocalBucket, now: Timestamp) -> Self {
         let now_ms = millis(now);
-        let idle_ms = now_ms.saturating_sub(bucket.touched_ms());
         let until = bucket.denied_until();
-        let rules = self.rules.guard();
         BucketStatus {
             user_identifier: user.to_owned(),
-            rule_id: self
-                .rules
-                .get(&slot, &rules)
-                .map(|e| e.id.to_string())
-                .unwrap_or_default(),
+            rule_id: rule_id.map(|id| id.to_string()).unwrap_or_default(),
             tokens: bucket.live_tokens(now_ms),
-            idle_for: Duration::from_millis(idle_ms),
+            idle_for: Duration::from_millis(now_ms.saturating_sub(bucket.touched_ms())),
             expired: now_ms >= bucket.deadline_ms(),
             denied_for: (until > now.as_nanos())
                 .then(|| Duration::from_nanos(until - now.as_nanos())),
         }
-    }
-
-    /// The denial cache: `Some` while no token can exist for this bucket yet.
-    fn denied_locally(&self, bucket: &LocalBucket, rule: RuleSummary) -> Option<Decision> {
-        let until = bucket.denied_until();
-        if until == 0 {
-            return None;
-        }
-        let now = self.clock.now();
-        if now.as_nanos() >= until {
-            return None;
-        }
-        let now_ms = millis(now);
-        if bucket.touched_ms() < now_ms {
-            bucket.touch(now_ms);
-        }
-        bump(&self.counters.denied_by_denial_cache, 1);
-        Some(Decision::denied(
-            DecisionSource::DenialCache,
-            Duration::from_nanos(until - now.as_nanos()),
-            bucket.source_remaining(),
-            rule,
-        ))
-    }
-
-    /// The bucket of (user, rule), created empty if there is none (or only a removed one).
-    fn bucket<'g>(
-        &self,
-        user: &str,
-        rule: RuleSummary,
-        now_ms: u64,
-        guard: &'g papaya::LocalGuard<'_>,
-    ) -> &'g LocalBucket {
-        let key = BucketRef {
-            user,
-            slot: rule.slot,
-        };
-        if let Some(bucket) = self.buckets.get(&key, guard) {
-            if !bucket.is_dead() {
-                return bucket;
-            }
-            self.remove_dead(user, rule.slot, bucket, guard);
-        }
-        if self.buckets.len() >= self.max_buckets {
-            self.make_room(now_ms);
-        }
-        let computed = self.buckets.compute(
-            BucketKey::new(user, rule.slot),
-            |existing| match existing {
-                Some((_, bucket)) if !bucket.is_dead() => Operation::Abort(bucket),
-                _ => Operation::Insert(LocalBucket::new(now_ms)),
-            },
-            guard,
-        );
-        match computed {
-            Compute::Aborted(bucket) => bucket,
-            Compute::Inserted(_, bucket) => bucket,
-            Compute::Updated {
-                new: (_, bucket), ..
-            } => bucket,
-            Compute::Removed(..) => unreachable!("the computation never removes"),
-        }
-    }
-
-    /// Kills the bucket of (user, slot), counting what it loses, and removes it if it is
-    /// still the one there.
-    fn retire(&self, user: &str, slot: u32, bucket: &LocalBucket, guard: &papaya::LocalGuard<'_>) {
-        self.lose(slot, bucket.kill());
-        self.remove_dead(user, slot, bucket, guard);
-    }
-
-    /// Removes the dead bucket of (user, slot) from the map if it is still the one there.
-    fn remove_dead(
-        &self,
-        user: &str,
-        slot: u32,
-        bucket: &LocalBucket,
-        guard: &papaya::LocalGuard<'_>,
-    ) {
-        self.buckets.compute(
-            BucketKey::new(user, slot),
-            |existing| match existing {
-                Some((_, current)) if std::ptr::eq(current, bucket) => Operation::Remove,
-                _ => Operation::Abort(()),
-            },
-            guard,
-        );
-    }
-
-    /// Sweeps when one is due: inline for small maps, on the blocking pool for large ones.
-    fn maybe_sweep(self: &Arc<Self>) {
-        let now_ms = millis(self.clock.coarse_now());
-        let last = self.last_sweep_ms.load(Ordering::Relaxed);
-        if now_ms < last.saturating_add(self.sweep_interval_ms) {
-            return;
-        }
-        if self.sweeping.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        self.last_sweep_ms.store(now_ms, Ordering::Relaxed);
-        let large = self.buckets.len() > 10_000;
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) if large => {
-                let inner = self.clone();
-                runtime.spawn_blocking(move || {
-                    inner.sweep();
-                    inner.sweeping.store(false, Ordering::Release);
-                });
-            }
-            _ => {
-                self.sweep();
-                self.sweeping.store(false, Ordering::Release);
-            }
-        }
-    }
-
-    /// At the cap of live buckets: forgets buckets until 90% of the cap is used, those safe to
-    /// forget first. Forgetting a bucket never admits anything: what it loses is a demand
-    /// estimate, a denial (the source is asked again, and says no again), or leased tokens
-    /// (counted lost).
-    #[cold]
-    fn make_room(&self, now_ms: u64) {
-        if self.evicting.swap(true, Ordering::AcqRel) {
-            // Another request is making room; this one may go a little past the cap.
-            return;
-        }
-        let target = self.max_buckets - self.max_buckets / 10;
-        let before = self.buckets.len();
-        // Idle buckets first: what a sweep removes.
-        self.sweep();
-        let now_nanos = self.clock.now().as_nanos();
-        let guard = self.buckets.guard();
-        // Then, at random, buckets holding no live token and no denial, then those holding no
-        // live token, then any. At random: removing a run of neighbouring entries leaves a run
-        // of tombstones that papaya (0.2.5) can fail to copy past, spinning forever.
-        let passes: [&dyn Fn(&LocalBucket) -> bool; 3] = [
-            &|b| b.live_tokens(now_ms) == 0 && b.denied_until() <= now_nanos,
-            &|b| b.live_tokens(now_ms) == 0,
-            &|_| true,
-        ];
-        let mut rng = fastrand::Rng::new();
-        for forget in passes {
-            for _ in 0..4 {
-                let len = self.buckets.len();
-                if len <= target {
-                    break;
-                }
-                let mut excess = len - target;
-                let odds = (1.5 * excess as f64 / len as f64).min(1.0);
-                self.buckets.retain(
-                    |key, bucket| {
-                        if excess == 0 || rng.f64() >= odds || !forget(bucket) {
-                            return true;
-                        }
-                        excess -= 1;
-                        self.lose(key.slot, bucket.kill());
-                        false
-                    },
-                    &guard,
-                );
-            }
-        }
-        let evicted = before.saturating_sub(self.buckets.len());
-        bump(&self.counters.evicted_buckets, evicted as u64);
-        tracing::debug!(
-            target: "lightrate::limiter",
-            evicted,
-            max_buckets = self.max_buckets,
-            "at the cap of live buckets: forgot some to make room"
-        );
-        self.evicting.store(false, Ordering::Release);
-    }
-
-    fn sweep(&self) {
-        let now = self.clock.now();
-        let now_ms = millis(now);
-        let guard = self.buckets.guard();
-        self.buckets.retain(
-            |key, bucket| match bucket.kill_if_idle(now_ms, now.as_nanos(), self.bucket_ttl_ms) {
-                Some(lost) => {
-                    self.lose(key.slot, lost);
-                    false
-                }
-                None => true,
-            },
-            &guard,
-        );
-        self.targets.retain(|_, e| now_ms < e.expires_ms, &guard);
-        self.last_sweep_ms.fetch_max(now_ms, Ordering::Relaxed);
     }
 }
 

@@ -2,31 +2,25 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, Unit};
 
-use super::tally::{DecidedBy, Outcome, CALL_RESULTS, DECISIONS, NO_RULE};
-use super::{lock, BreakerState, Limiter};
+use super::counters::{read, Counted, NO_RULE};
+use super::{BreakerState, Limiter};
 use crate::metrics::*;
 
-fn outcome_label(outcome: Outcome) -> &'static str {
-    match outcome {
-        Outcome::Allowed => "allowed",
-        Outcome::Denied => "denied",
-        Outcome::ShadowDenied => "shadow_denied",
-        Outcome::Unavailable => "unavailable",
-        Outcome::Invalid => "invalid",
-    }
-}
-
-fn decided_by_label(by: DecidedBy) -> &'static str {
-    match by {
-        DecidedBy::Local => "local",
-        DecidedBy::Source => "source",
-        DecidedBy::DenialCache => "denial_cache",
+/// The `outcome` and `decided_by` labels of a counted decision.
+fn labels(counted: Counted) -> (&'static str, &'static str) {
+    match counted {
+        Counted::AllowedBySource => ("allowed", "source"),
+        Counted::DeniedBySource => ("denied", "source"),
+        Counted::DeniedByCache => ("denied", "denial_cache"),
+        Counted::ShadowDeniedBySource => ("shadow_denied", "source"),
+        Counted::ShadowDeniedByCache => ("shadow_denied", "denial_cache"),
+        Counted::AllowedUnavailable | Counted::DeniedUnavailable => ("unavailable", "source"),
+        Counted::Invalid => ("invalid", "local"),
     }
 }
 
@@ -71,49 +65,42 @@ impl Limiter {
         let inner = &*self.inner;
         let stats = self.stats();
         // Tokens held per rule, for the local hits derived per rule.
-        let mut held: HashMap<u32, u64> = HashMap::new();
-        {
-            let guard = inner.buckets.guard();
-            for (key, bucket) in inner.buckets.iter(&guard) {
-                *held.entry(key.slot).or_default() += bucket.tokens();
-            }
-        }
-        let names: HashMap<u32, String> = lock(&inner.rule_slots)
-            .iter()
-            .map(|(id, slot)| (*slot, id.clone()))
-            .collect();
-        let tallies = inner.tally.rules.pin();
-        for (slot, tally) in tallies.iter() {
-            let rule = if *slot == NO_RULE {
+        let (held, _) = inner.buckets.held();
+        let names = inner.routes.ids();
+        inner.counters.for_each_rule(|slot, counters| {
+            let rule = if slot == NO_RULE {
                 String::new()
             } else {
-                names.get(slot).cloned().unwrap_or_default()
+                names.get(&slot).cloned().unwrap_or_default()
             };
-            if *slot != NO_RULE {
-                let local = tally
-                    .deposited
-                    .load(Ordering::Relaxed)
-                    .saturating_sub(tally.expired.load(Ordering::Relaxed))
-                    .saturating_sub(held.get(slot).copied().unwrap_or(0));
+            if slot != NO_RULE {
+                let local = read(&counters.deposited)
+                    .saturating_sub(read(&counters.expired))
+                    .saturating_sub(held.get(&slot).copied().unwrap_or(0));
                 counter!(DECISIONS_TOTAL,
                     "outcome" => "allowed", "decided_by" => "local", "rule" => rule.clone())
                 .absolute(local);
             }
-            for ((outcome, by), count) in DECISIONS.iter().zip(&tally.decisions) {
-                let count = count.load(Ordering::Relaxed);
+            // Both unavailable kinds are one series.
+            let mut series: HashMap<(&str, &str), u64> = HashMap::new();
+            for counted in Counted::ALL {
+                *series.entry(labels(counted)).or_default() += counters.decided(counted);
+            }
+            for ((outcome, by), count) in series {
                 if count > 0 {
                     counter!(DECISIONS_TOTAL,
-                        "outcome" => outcome_label(*outcome),
-                        "decided_by" => decided_by_label(*by),
-                        "rule" => rule.clone())
+                        "outcome" => outcome, "decided_by" => by, "rule" => rule.clone())
                     .absolute(count);
                 }
             }
-        }
-        for (result, count) in CALL_RESULTS.iter().zip(&inner.tally.calls) {
-            let count = count.load(Ordering::Relaxed);
+        });
+        let mut calls: HashMap<&'static str, u64> = HashMap::new();
+        inner.counters.for_each_call(|result, count| {
+            *calls.entry(result).or_default() += count;
+        });
+        for (result, count) in calls {
             if count > 0 {
-                counter!(SOURCE_CALLS_TOTAL, "result" => *result).absolute(count);
+                counter!(SOURCE_CALLS_TOTAL, "result" => result).absolute(count);
             }
         }
         gauge!(LIVE_BUCKETS).set(stats.live_buckets as f64);

@@ -1,14 +1,15 @@
 //! Counters a user can read.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use super::breaker::BreakerState;
+use super::counters::Counted;
+use super::inner::Inner;
 
 /// A snapshot of a limiter's counters. No key material, no user identifiers.
 ///
-/// A local hit touches no counter: `local_hits` is derived from the others (every leased
-/// token is taken locally, taken by a request that waited for its lease, still held, or
-/// lost), so it is exact when the limiter is quiet and approximate while requests run.
+/// A local hit touches no counter: `local_hits` is derived from the others (every token put
+/// in a local bucket is taken locally, still held, or lost), so it is exact when the limiter
+/// is quiet and approximate while requests run. Stats and the `metrics` feature read the same
+/// counters.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
@@ -53,29 +54,36 @@ pub struct Stats {
     pub breaker: BreakerState,
 }
 
-#[derive(Debug, Default)]
-pub(crate) struct Counters {
-    pub(crate) source_calls: AtomicU64,
-    pub(crate) leased_tokens: AtomicU64,
-    pub(crate) expired_tokens: AtomicU64,
-    pub(crate) per_request_tokens: AtomicU64,
-    /// Tokens taken from buckets by requests that waited for a lease.
-    pub(crate) taken_after_lease: AtomicU64,
-    pub(crate) allowed_by_source: AtomicU64,
-    pub(crate) denied_by_source: AtomicU64,
-    pub(crate) denied_by_denial_cache: AtomicU64,
-    pub(crate) allowed_unavailable: AtomicU64,
-    pub(crate) denied_unavailable: AtomicU64,
-    pub(crate) outage_errors: AtomicU64,
-    pub(crate) configuration_errors: AtomicU64,
-    pub(crate) other_errors: AtomicU64,
-    pub(crate) evicted_buckets: AtomicU64,
-}
-
-pub(crate) fn bump(counter: &AtomicU64, by: u64) {
-    counter.fetch_add(by, Ordering::Relaxed);
-}
-
-pub(crate) fn read(counter: &AtomicU64) -> u64 {
-    counter.load(Ordering::Relaxed)
+impl Stats {
+    /// What `inner`'s counters and buckets say now.
+    pub(super) fn of(inner: &Inner) -> Stats {
+        let t = inner.counters.totals();
+        let (held, live) = inner.buckets.held();
+        let held: u64 = held.values().sum();
+        let (cached_targets, known_rules) = inner.routes.counts();
+        Stats {
+            // Every token put in a bucket is taken locally, held, or lost: no counter on the
+            // hot path.
+            local_hits: t.deposited.saturating_sub(held).saturating_sub(t.expired),
+            source_calls: t.calls,
+            leased_tokens: t.deposited + t.served,
+            per_request_tokens: t.per_request,
+            expired_tokens: t.expired,
+            allowed_by_source: t.decided(Counted::AllowedBySource),
+            denied_by_source: t.decided(Counted::DeniedBySource)
+                + t.decided(Counted::ShadowDeniedBySource),
+            denied_by_denial_cache: t.decided(Counted::DeniedByCache)
+                + t.decided(Counted::ShadowDeniedByCache),
+            allowed_unavailable: t.decided(Counted::AllowedUnavailable),
+            denied_unavailable: t.decided(Counted::DeniedUnavailable),
+            outage_errors: t.outage_errors,
+            configuration_errors: t.configuration_errors,
+            other_errors: t.other_errors,
+            live_buckets: live,
+            evicted_buckets: t.evicted_buckets,
+            cached_targets: cached_targets as u64,
+            known_rules: known_rules as u64,
+            breaker: inner.upstream.breaker_state(inner.clock.now()),
+        }
+    }
 }
