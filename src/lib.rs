@@ -46,7 +46,7 @@ pub use lightrate_core::{Clock, Error, ErrorKind, ManualClock, SystemClock, Time
 #[cfg(feature = "client")]
 pub use lightrate_core::{
     ClientBuilder, Configuration, LightRateClient, LocalBucketResponse, DEFAULT_BASE_URL,
-    DEFAULT_LOCAL_BUCKET_SIZE, DEFAULT_RETRY_ATTEMPTS, DEFAULT_TIMEOUT,
+    DEFAULT_RETRY_ATTEMPTS, DEFAULT_TIMEOUT,
 };
 
 /// The `http` crate, whose `Method` and `StatusCode` appear in this API.

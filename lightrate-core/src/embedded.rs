@@ -12,9 +12,6 @@ use crate::{
     ConsumeRequest, ConsumeTokensResponse, Error, ErrorKind, RefillRate, RuleSet, TokenSource,
 };
 
-/// The longest user identifier the embedded source stores. Longer ones are rejected.
-pub const MAX_USER_IDENTIFIER_BYTES: usize = 1024;
-
 /// The default cap on the (user, rule) buckets an embedded source holds. A bucket costs about
 /// 190 bytes with short identifiers, the tables' slack included (the flood test of
 /// `tests/allocations.rs`: 1.93 MB for 10 000 buckets), so the cap is about 190 MB.
@@ -275,7 +272,7 @@ impl EmbeddedSource {
     /// Errors (kind [`ErrorKind::InvalidInput`]): a blank or over-long user identifier, zero
     /// tokens requested, or a zero `tokens_requested_for_default_bucket_match`.
     pub fn consume_now(&self, request: ConsumeRequest<'_>) -> Result<ConsumeTokensResponse, Error> {
-        validate(&request)?;
+        request.validate()?;
         let now = self.clock.now();
         let mut shard = self.shard(request.user_identifier);
         // Under the shard's lock: a replacement of the rules waits for it.
@@ -424,25 +421,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-fn validate(request: &ConsumeRequest<'_>) -> Result<(), Error> {
-    let invalid = |msg: &str| Err(Error::new(ErrorKind::InvalidInput, msg));
-    if request.user_identifier.trim().is_empty() {
-        return invalid("userIdentifier must not be blank");
-    }
-    if request.user_identifier.len() > MAX_USER_IDENTIFIER_BYTES {
-        return invalid(&format!(
-            "userIdentifier is longer than {MAX_USER_IDENTIFIER_BYTES} bytes"
-        ));
-    }
-    if request.tokens_requested == 0 {
-        return invalid("tokensRequested must be at least 1");
-    }
-    if request.tokens_requested_for_default_bucket_match == Some(0) {
-        return invalid("tokensRequestedForDefaultBucketMatch must be at least 1");
-    }
-    Ok(())
-}
-
 impl TokenSource for EmbeddedSource {
     fn consume_tokens(
         &self,
@@ -580,7 +558,7 @@ mod tests {
                 ErrorKind::InvalidInput
             );
         }
-        let long = "x".repeat(MAX_USER_IDENTIFIER_BYTES + 1);
+        let long = "x".repeat(crate::MAX_USER_IDENTIFIER_BYTES + 1);
         assert!(s.consume_now(ConsumeRequest::new(&long, &t, 1)).is_err());
         assert_eq!(s.bucket_count(), 0);
     }

@@ -1,5 +1,6 @@
-//! The `LIGHTRATE_*` environment variables the library reads: each name once, and one parser
-//! per value, whoever reads it (the API client, `Limiter::builder_from_env`).
+//! The `LIGHTRATE_*` environment variables of lightrate: each name once, for every crate that
+//! reads it (the API client, [`Limiter::builder_from_env`](crate::Limiter::builder_from_env),
+//! `lightrate_redis::builder_from_env`, `lightrate-server`), and one parser per value.
 
 #[cfg(feature = "client")]
 use std::time::Duration;
@@ -7,22 +8,23 @@ use std::time::Duration;
 use crate::{Error, ErrorKind};
 
 /// The API key; with [`APPLICATION_ID`], tokens come from the LightRate API.
-pub(crate) const API_KEY: &str = "LIGHTRATE_API_KEY";
+pub const API_KEY: &str = "LIGHTRATE_API_KEY";
 /// The application id.
-pub(crate) const APPLICATION_ID: &str = "LIGHTRATE_APPLICATION_ID";
+pub const APPLICATION_ID: &str = "LIGHTRATE_APPLICATION_ID";
 /// The API base URL.
-#[cfg(feature = "client")]
-pub(crate) const BASE_URL: &str = "LIGHTRATE_BASE_URL";
+pub const BASE_URL: &str = "LIGHTRATE_BASE_URL";
 /// The deadline of one API call, in milliseconds.
-#[cfg(feature = "client")]
-pub(crate) const TIMEOUT_MS: &str = "LIGHTRATE_TIMEOUT_MS";
+pub const TIMEOUT_MS: &str = "LIGHTRATE_TIMEOUT_MS";
 /// The most tokens one call may lease.
-pub(crate) const LOCAL_BUCKET_SIZE: &str = "LIGHTRATE_LOCAL_BUCKET_SIZE";
+pub const LOCAL_BUCKET_SIZE: &str = "LIGHTRATE_LOCAL_BUCKET_SIZE";
 /// What requests get when the source cannot answer.
-pub(crate) const ON_UNAVAILABLE: &str = "LIGHTRATE_ON_UNAVAILABLE";
+pub const ON_UNAVAILABLE: &str = "LIGHTRATE_ON_UNAVAILABLE";
 
 /// Whether the demo apps' middleware enforces or only counts (`enforce`, `shadow`).
-pub(crate) const MODE: &str = "LIGHTRATE_MODE";
+pub const MODE: &str = "LIGHTRATE_MODE";
+/// With no API key: the Redis that holds the buckets (`lightrate_redis::builder_from_env`,
+/// `lightrate-server`).
+pub const REDIS_URL: &str = "LIGHTRATE_REDIS_URL";
 
 /// `LIGHTRATE_MODE`: `enforce` or `shadow`.
 pub(crate) fn mode(value: &str) -> Result<crate::web::Mode, Error> {

@@ -31,7 +31,7 @@
 mod client;
 mod clock;
 mod embedded;
-mod env_vars;
+pub mod env_vars;
 mod error;
 mod from_env;
 mod limiter;
@@ -46,10 +46,10 @@ pub mod web;
 #[cfg(feature = "client")]
 pub use client::{
     ClientBuilder, Configuration, LightRateClient, LocalBucketResponse, DEFAULT_BASE_URL,
-    DEFAULT_LOCAL_BUCKET_SIZE, DEFAULT_RETRY_ATTEMPTS, DEFAULT_TIMEOUT,
+    DEFAULT_RETRY_ATTEMPTS, DEFAULT_TIMEOUT,
 };
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
-pub use embedded::{EmbeddedSource, EmbeddedStats, DEFAULT_MAX_BUCKETS, MAX_USER_IDENTIFIER_BYTES};
+pub use embedded::{EmbeddedSource, EmbeddedStats, DEFAULT_MAX_BUCKETS};
 pub use error::{Error, ErrorKind};
 pub use from_env::EnvSource;
 pub use limiter::{
@@ -57,7 +57,9 @@ pub use limiter::{
     RuleSummary, Stats, DEFAULT_LEASE_SIZE, DEFAULT_MAX_LOCAL_BUCKETS, DEFAULT_TOKEN_HORIZON,
     MAX_LEASE_SIZE,
 };
-pub use protocol::{ConsumeRequest, ConsumeTokensResponse, RefillRate, Rule, Target};
+pub use protocol::{
+    ConsumeRequest, ConsumeTokensResponse, RefillRate, Rule, Target, MAX_USER_IDENTIFIER_BYTES,
+};
 pub use rules::{RuleSet, RuleSetBuilder, RuleSpec};
 pub use source::TokenSource;
 

@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize, Serializer};
 use std::borrow::Cow;
 use std::fmt;
 
+use crate::{Error, ErrorKind};
+
 pub use crate::rate::RefillRate;
 
 /// The path of the consume endpoint, appended to the API base URL.
@@ -133,6 +135,55 @@ impl<'a> ConsumeRequest<'a> {
         self.tokens_requested_for_default_bucket_match = Some(tokens);
         self
     }
+
+    /// Whether a source may serve this request: a user identifier that is not blank and at
+    /// most [`MAX_USER_IDENTIFIER_BYTES`] bytes, at least one token, and, when given, at least
+    /// one token for a default-rule match. Every source of this crate refuses the same
+    /// requests with the same messages (an [`ErrorKind::InvalidInput`] error).
+    ///
+    /// ```
+    /// use lightrate_core::{ConsumeRequest, Target};
+    ///
+    /// let target = Target::operation("send_email");
+    /// assert!(ConsumeRequest::new("alice", &target, 1).validate().is_ok());
+    /// let blank = ConsumeRequest::new(" ", &target, 1).validate().unwrap_err();
+    /// assert_eq!(blank.message(), "userIdentifier must not be blank");
+    /// assert!(ConsumeRequest::new("alice", &target, 0).validate().is_err());
+    /// ```
+    pub fn validate(&self) -> Result<(), Error> {
+        check_user_identifier(self.user_identifier)?;
+        let invalid = |message: &str| Err(Error::new(ErrorKind::InvalidInput, message));
+        if self.tokens_requested == 0 {
+            return invalid("tokensRequested must be at least 1");
+        }
+        if self.tokens_requested_for_default_bucket_match == Some(0) {
+            return invalid("tokensRequestedForDefaultBucketMatch must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// The most bytes of a user identifier a token source accepts (the embedded and Redis
+/// sources, `lightrate-server`, the limiter). The web adapters hold headers to a stricter
+/// limit, [`web::MAX_IDENTIFIER_BYTES`](crate::web::MAX_IDENTIFIER_BYTES).
+pub const MAX_USER_IDENTIFIER_BYTES: usize = 1024;
+
+/// Whether `user` is an identifier a source accepts: not blank, at most
+/// [`MAX_USER_IDENTIFIER_BYTES`] bytes (an [`ErrorKind::InvalidInput`] error saying which).
+pub fn check_user_identifier(user: &str) -> Result<(), Error> {
+    if user.trim().is_empty() {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            "userIdentifier must not be blank",
+        ));
+    }
+    if user.len() > MAX_USER_IDENTIFIER_BYTES {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!("userIdentifier is longer than {MAX_USER_IDENTIFIER_BYTES} bytes"),
+        ));
+    }
+    Ok(())
 }
 
 /// The JSON body of `POST /api/v1/tokens/consume`, as the client sends it.

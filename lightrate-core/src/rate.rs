@@ -411,7 +411,7 @@ impl fmt::Display for RefillRate {
             }
         }
         for (names, unit_ms) in UNITS[2..].iter().rev() {
-            if self.period_ms % unit_ms == 0 {
+            if self.period_ms.is_multiple_of(*unit_ms) {
                 let count = self.period_ms / unit_ms;
                 return write!(f, "{}/{count}{}", self.tokens, names[0]);
             }

@@ -1,6 +1,6 @@
 //! The demo apps' choice of token source from the environment, with Redis among the choices.
 
-use lightrate_core::{EnvSource, Error, Limiter, LimiterBuilder, RuleSet};
+use lightrate_core::{env_vars, EnvSource, Error, Limiter, LimiterBuilder, RuleSet};
 
 use crate::RedisSource;
 
@@ -38,8 +38,8 @@ fn redis_from_lookup(
     var: impl Fn(&str) -> Option<String>,
 ) -> Result<Option<(LimiterBuilder, EnvSource)>, Error> {
     let var = |name: &str| var(name).filter(|v| !v.trim().is_empty());
-    let api = var("LIGHTRATE_API_KEY").is_some() || var("LIGHTRATE_APPLICATION_ID").is_some();
-    let Some(url) = var("LIGHTRATE_REDIS_URL").filter(|_| !api) else {
+    let api = var(env_vars::API_KEY).is_some() || var(env_vars::APPLICATION_ID).is_some();
+    let Some(url) = var(env_vars::REDIS_URL).filter(|_| !api) else {
         return Ok(None);
     };
     let source = RedisSource::connect(&url, rules.clone())?;

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use lightrate_core::{
     ConsumeRequest, ConsumeTokensResponse, Error, ErrorKind, RuleSet, Target, TokenSource,
-    MAX_USER_IDENTIFIER_BYTES,
 };
 
 use crate::connection::{Connection, Handle};
@@ -249,7 +248,7 @@ impl RedisSource {
 
     /// Consumes tokens: resolves the rule in the process, then runs the script on its bucket.
     async fn consume(&self, request: ConsumeRequest<'_>) -> Result<ConsumeTokensResponse, Error> {
-        validate(&request)?;
+        request.validate()?;
         let rules = self.current();
         let rule = rules.set.resolve(request.target);
         let buckets = rules.shapes.get(&rule.id).ok_or_else(|| {
@@ -474,24 +473,4 @@ fn script() -> redis::Script {
     SCRIPT
         .get_or_init(|| redis::Script::new(CONSUME_LUA))
         .clone()
-}
-
-/// The checks of the embedded source, so that both sources refuse the same requests.
-fn validate(request: &ConsumeRequest<'_>) -> Result<(), Error> {
-    let invalid = |msg: String| Err(Error::new(ErrorKind::InvalidInput, msg));
-    if request.user_identifier.trim().is_empty() {
-        return invalid("userIdentifier must not be blank".into());
-    }
-    if request.user_identifier.len() > MAX_USER_IDENTIFIER_BYTES {
-        return invalid(format!(
-            "userIdentifier is longer than {MAX_USER_IDENTIFIER_BYTES} bytes"
-        ));
-    }
-    if request.tokens_requested == 0 {
-        return invalid("tokensRequested must be at least 1".into());
-    }
-    if request.tokens_requested_for_default_bucket_match == Some(0) {
-        return invalid("tokensRequestedForDefaultBucketMatch must be at least 1".into());
-    }
-    Ok(())
 }

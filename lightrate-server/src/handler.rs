@@ -12,8 +12,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
+use lightrate_core::protocol::check_user_identifier;
 use lightrate_core::protocol::CONSUME_PATH;
-use lightrate_core::{ConsumeRequest, ErrorKind, Target, MAX_USER_IDENTIFIER_BYTES};
+use lightrate_core::{ConsumeRequest, ErrorKind, Target};
 use serde_json::{json, Map, Value};
 use subtle::ConstantTimeEq;
 
@@ -326,14 +327,7 @@ impl<'a> Parsed<'a> {
                 .ok_or("applicationId is required")?,
         };
         let user = string("userIdentifier")?.ok_or("userIdentifier is required")?;
-        if user.trim().is_empty() {
-            return Err("userIdentifier must not be blank".into());
-        }
-        if user.len() > MAX_USER_IDENTIFIER_BYTES {
-            return Err(format!(
-                "userIdentifier must be at most {MAX_USER_IDENTIFIER_BYTES} bytes"
-            ));
-        }
+        check_user_identifier(user).map_err(|e| e.message().to_owned())?;
         let tokens = positive("tokensRequested")?.ok_or("tokensRequested is required")?;
         let default_match = positive("tokensRequestedForDefaultBucketMatch")?;
         let target = match (string("operation")?, string("path")?, string("httpMethod")?) {
@@ -475,7 +469,7 @@ mod tests {
             let e = parse(body.clone()).unwrap_err();
             assert!(e.contains(expected), "{body}: {e}");
         }
-        let long = "x".repeat(MAX_USER_IDENTIFIER_BYTES + 1);
+        let long = "x".repeat(lightrate_core::MAX_USER_IDENTIFIER_BYTES + 1);
         assert!(
             parse(json!({"applicationId": "a", "userIdentifier": long, "tokensRequested": 1}))
                 .is_err()

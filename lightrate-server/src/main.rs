@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use lightrate_core::{EmbeddedSource, RuleSet};
+use lightrate_core::{env_vars, EmbeddedSource, RuleSet};
 use lightrate_redis::RedisSource;
 use lightrate_server::{LightRateServer, RunningServer, ServerConfig, TokenStore};
 
@@ -173,6 +173,14 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         .ok_or_else(invalid)
 }
 
+/// The server's own variables (those it shares with the library are in
+/// `lightrate_core::env_vars`).
+const REDIS_CLUSTER_URLS_VAR: &str = "LIGHTRATE_REDIS_CLUSTER_URLS";
+const REQUEST_TIMEOUT_VAR: &str = "LIGHTRATE_REQUEST_TIMEOUT";
+const MAX_CONNECTIONS_VAR: &str = "LIGHTRATE_MAX_CONNECTIONS";
+const DRAIN_TIMEOUT_VAR: &str = "LIGHTRATE_DRAIN_TIMEOUT";
+const LOG_FORMAT_VAR: &str = "LIGHTRATE_LOG_FORMAT";
+
 /// A value from its flag, else from its environment variable.
 fn flag_or_env(
     flag: &Option<String>,
@@ -198,7 +206,7 @@ fn settings(args: &Args, var: impl Fn(&str) -> Option<String>) -> Result<Setting
             .map(|v| parse_duration(&v).map_err(|e| format!("{what}: {e}")))
             .transpose()
     };
-    let max_connections = flag_or_env(&args.max_connections, "LIGHTRATE_MAX_CONNECTIONS", &var)
+    let max_connections = flag_or_env(&args.max_connections, MAX_CONNECTIONS_VAR, &var)
         .map(|v| match v.trim().parse::<usize>() {
             Ok(n) if n > 0 => Ok(n),
             _ => Err(format!(
@@ -206,7 +214,7 @@ fn settings(args: &Args, var: impl Fn(&str) -> Option<String>) -> Result<Setting
             )),
         })
         .transpose()?;
-    let log_format = match flag_or_env(&args.log_format, "LIGHTRATE_LOG_FORMAT", &var).as_deref() {
+    let log_format = match flag_or_env(&args.log_format, LOG_FORMAT_VAR, &var).as_deref() {
         None | Some("text") => LogFormat::Text,
         Some("json") => LogFormat::Json,
         Some(other) => return Err(format!("--log-format: {other:?} is not text or json")),
@@ -218,15 +226,11 @@ fn settings(args: &Args, var: impl Fn(&str) -> Option<String>) -> Result<Setting
             .unwrap_or_else(|| "127.0.0.1:8080".into()),
         request_timeout: duration(
             &args.request_timeout,
-            "LIGHTRATE_REQUEST_TIMEOUT",
+            REQUEST_TIMEOUT_VAR,
             "--request-timeout",
         )?,
         max_connections,
-        drain_timeout: duration(
-            &args.drain_timeout,
-            "LIGHTRATE_DRAIN_TIMEOUT",
-            "--drain-timeout",
-        )?,
+        drain_timeout: duration(&args.drain_timeout, DRAIN_TIMEOUT_VAR, "--drain-timeout")?,
         log_format,
     })
 }
@@ -244,10 +248,7 @@ fn store(args: &Args, var: impl Fn(&str) -> Option<String>) -> Result<Store, Str
     let (redis, cluster) = if args.redis.is_some() || args.redis_cluster.is_some() {
         (args.redis.clone(), args.redis_cluster.clone())
     } else {
-        (
-            var("LIGHTRATE_REDIS_URL"),
-            var("LIGHTRATE_REDIS_CLUSTER_URLS"),
-        )
+        (var(env_vars::REDIS_URL), var(REDIS_CLUSTER_URLS_VAR))
     };
     match (redis, cluster) {
         (None, None) => Ok(Store::Memory),
@@ -362,8 +363,8 @@ async fn run(args: &Args, settings: &Settings) -> Result<(), String> {
         .as_deref()
         .unwrap_or("demo rules, no --config given");
     announce_rules(&rules, origin, settings.log_format);
-    let api_key = env("LIGHTRATE_API_KEY")?;
-    let application_id = env("LIGHTRATE_APPLICATION_ID")?;
+    let api_key = env(env_vars::API_KEY)?;
+    let application_id = env(env_vars::APPLICATION_ID)?;
     if api_key.len() < SHORT_KEY_BYTES {
         // Its length is all that is said of it.
         tracing::warn!(

@@ -60,7 +60,7 @@ async fn typical_rules(framework: Framework) {
     for (route, refill, burst) in RULES {
         rules = rules.rule(RuleSpec::path(
             Method::GET,
-            &format!("^/items/{route}$"),
+            format!("^/items/{route}$"),
             refill,
             burst,
         ));

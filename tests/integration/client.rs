@@ -374,8 +374,8 @@ async fn local_buckets_like_the_sdks_with_leases_up_to_the_bucket_size() {
     let email = || Target::operation("send_email");
 
     // send_email refills 1 per second with a burst of 10. The first lease learns the rule, the
-    // second the others' take (none); then leases grow with demand, up to the SDKs' bucket size
-    // of 5, and shrink to one request's cost when fewer than three tokens would be left over.
+    // second the others' take (none); then leases grow with demand, within what is left, and
+    // shrink to one request's cost when fewer than three tokens would be left over.
     let mut local = 0;
     for _ in 0..10 {
         let r = client
@@ -394,7 +394,10 @@ async fn local_buckets_like_the_sdks_with_leases_up_to_the_bucket_size() {
         .map(|r| r.json()["tokensRequested"].as_u64().unwrap())
         .collect();
     assert_eq!(asked[..2], [1, 1], "{asked:?}");
-    assert!(asked.iter().all(|&n| n <= 5), "{asked:?}");
+    assert!(
+        asked.iter().all(|&n| n <= 8),
+        "{asked:?}: never more than what is left"
+    );
     assert_eq!(
         asked.len() + local,
         10,

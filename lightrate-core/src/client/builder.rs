@@ -12,6 +12,7 @@ use super::transport::Api;
 use crate::protocol::CONSUME_PATH;
 use crate::{
     ConsumeRequest, ConsumeTokensResponse, Error, ErrorKind, Limiter, Target, TokenSource,
+    DEFAULT_LEASE_SIZE,
 };
 
 /// The hosted API's base URL.
@@ -20,8 +21,6 @@ pub const DEFAULT_BASE_URL: &str = "https://api.lightrate.lightbournetechnologie
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// The default number of retries after a first attempt that may be retried.
 pub const DEFAULT_RETRY_ATTEMPTS: u32 = 3;
-/// The default number of tokens leased per API call by local buckets.
-pub const DEFAULT_LOCAL_BUCKET_SIZE: u64 = 5;
 
 /// The client of the LightRate token API.
 ///
@@ -82,8 +81,9 @@ pub struct Configuration {
     pub timeout: Duration,
     /// How many times a call that certainly was not processed is retried.
     pub retry_attempts: u32,
-    /// Tokens leased per API call by local buckets.
-    pub default_local_bucket_size: u64,
+    /// The most tokens one API call of the local buckets may lease
+    /// ([`LimiterBuilder::lease_size`](crate::LimiterBuilder::lease_size)).
+    pub lease_size: u64,
     /// The `User-Agent` header.
     pub user_agent: String,
 }
@@ -118,7 +118,7 @@ impl LightRateClient {
             base_url: api.base_url.clone(),
             timeout: api.timeout,
             retry_attempts: api.retry_attempts,
-            default_local_bucket_size: api.default_local_bucket_size,
+            lease_size: api.lease_size,
             user_agent: api.user_agent.clone(),
         }
     }
@@ -168,7 +168,7 @@ pub struct ClientBuilder {
     base_url: String,
     timeout: Duration,
     retry_attempts: u32,
-    default_local_bucket_size: u64,
+    lease_size: u64,
     user_agent: String,
     send_x_api_key: bool,
 }
@@ -181,7 +181,7 @@ impl fmt::Debug for ClientBuilder {
             .field("base_url", &self.base_url)
             .field("timeout", &self.timeout)
             .field("retry_attempts", &self.retry_attempts)
-            .field("default_local_bucket_size", &self.default_local_bucket_size)
+            .field("lease_size", &self.lease_size)
             .field("user_agent", &self.user_agent)
             .field("send_x_api_key", &self.send_x_api_key)
             .finish()
@@ -199,7 +199,7 @@ impl ClientBuilder {
             base_url: DEFAULT_BASE_URL.into(),
             timeout: DEFAULT_TIMEOUT,
             retry_attempts: DEFAULT_RETRY_ATTEMPTS,
-            default_local_bucket_size: DEFAULT_LOCAL_BUCKET_SIZE,
+            lease_size: DEFAULT_LEASE_SIZE,
             user_agent: concat!("lightrate-rust/", env!("CARGO_PKG_VERSION")).into(),
             send_x_api_key: true,
         }
@@ -224,9 +224,15 @@ impl ClientBuilder {
         self
     }
 
-    /// Tokens leased per API call by local buckets. Default 5.
-    pub fn default_local_bucket_size(mut self, size: u64) -> Self {
-        self.default_local_bucket_size = size;
+    /// The most tokens one API call of
+    /// [`consume_local_bucket_token`](LightRateClient::consume_local_bucket_token) may lease
+    /// (the SDKs' `default_local_bucket_size`, there the size of every lease; here leases are
+    /// sized by demand and scarcity up to it, as a [`Limiter`](crate::Limiter)'s are: the same
+    /// knob, [`LimiterBuilder::lease_size`](crate::LimiterBuilder::lease_size), the same
+    /// variable, `LIGHTRATE_LOCAL_BUCKET_SIZE`). Default
+    /// [`DEFAULT_LEASE_SIZE`](crate::DEFAULT_LEASE_SIZE).
+    pub fn lease_size(mut self, size: u64) -> Self {
+        self.lease_size = size;
         self
     }
 
@@ -259,8 +265,8 @@ impl ClientBuilder {
         if self.timeout.is_zero() {
             return Err(config("the timeout must be greater than zero"));
         }
-        if self.default_local_bucket_size == 0 {
-            return Err(config("the local bucket size must be at least 1"));
+        if self.lease_size == 0 {
+            return Err(config("the lease size must be at least 1"));
         }
         let endpoint = endpoint(&self.base_url)?;
         if self.api_key.len() < SHORT_KEY_BYTES {
@@ -310,7 +316,7 @@ impl ClientBuilder {
                 application_id: self.application_id,
                 timeout: self.timeout,
                 retry_attempts: self.retry_attempts,
-                default_local_bucket_size: self.default_local_bucket_size,
+                lease_size: self.lease_size,
                 base_url: self.base_url,
                 user_agent: self.user_agent,
             }),
@@ -373,7 +379,7 @@ mod tests {
         assert_eq!(c.base_url, DEFAULT_BASE_URL);
         assert_eq!(c.timeout, Duration::from_secs(30));
         assert_eq!(c.retry_attempts, 3);
-        assert_eq!(c.default_local_bucket_size, 5);
+        assert_eq!(c.lease_size, crate::DEFAULT_LEASE_SIZE);
         assert_eq!(
             c.user_agent,
             format!("lightrate-rust/{}", env!("CARGO_PKG_VERSION"))
@@ -418,7 +424,7 @@ mod tests {
             .build()
             .is_err());
         assert!(LightRateClient::builder("k", "a")
-            .default_local_bucket_size(0)
+            .lease_size(0)
             .build()
             .is_err());
         assert!(LightRateClient::builder("k\n", "a").build().is_err());

@@ -28,7 +28,7 @@ impl ClientBuilder {
             builder = builder.timeout(env_vars::timeout(&ms)?);
         }
         if let Some(size) = var(env_vars::LOCAL_BUCKET_SIZE).filter(|v| !v.is_empty()) {
-            builder = builder.default_local_bucket_size(env_vars::local_bucket_size(&size)?);
+            builder = builder.lease_size(env_vars::local_bucket_size(&size)?);
         }
         Ok(builder)
     }
@@ -54,7 +54,7 @@ mod tests {
         let c = b.build().unwrap().get_configuration();
         assert_eq!(c.base_url, "http://127.0.0.1:1");
         assert_eq!(c.timeout, Duration::from_millis(250));
-        assert_eq!(c.default_local_bucket_size, 9);
+        assert_eq!(c.lease_size, 9);
 
         let missing =
             ClientBuilder::from_lookup(lookup(&[("LIGHTRATE_API_KEY", "k")])).unwrap_err();

@@ -19,8 +19,9 @@ pub struct LocalBucketResponse {
 }
 
 impl LightRateClient {
-    /// Takes one token of `user_identifier` for `target` from a local bucket, leasing
-    /// `default_local_bucket_size` tokens per API call: the SDKs' method, with single flight, a
+    /// Takes one token of `user_identifier` for `target` from a local bucket, leasing up to
+    /// [`lease_size`](crate::ClientBuilder::lease_size) tokens per API call (sized by demand
+    /// and scarcity): the SDKs' method, with single flight, a
     /// denial cache, refill-ahead, default-rule leasing and bounded memory (see
     /// [`Limiter`]). Errors when the API cannot answer, as the SDKs do; for an outage policy,
     /// use a [`Limiter`] over the client instead.
@@ -71,7 +72,7 @@ impl LightRateClient {
     fn local_buckets(&self) -> &Limiter {
         self.local.get_or_init(|| {
             Limiter::builder(self.api.clone())
-                .lease_size(self.api.default_local_bucket_size)
+                .lease_size(self.api.lease_size)
                 .on_unavailable(OnUnavailable::Error)
                 .build()
         })

@@ -14,7 +14,7 @@ mod local;
 mod transport;
 
 pub use builder::{
-    ClientBuilder, Configuration, LightRateClient, DEFAULT_BASE_URL, DEFAULT_LOCAL_BUCKET_SIZE,
-    DEFAULT_RETRY_ATTEMPTS, DEFAULT_TIMEOUT,
+    ClientBuilder, Configuration, LightRateClient, DEFAULT_BASE_URL, DEFAULT_RETRY_ATTEMPTS,
+    DEFAULT_TIMEOUT,
 };
 pub use local::LocalBucketResponse;

@@ -26,7 +26,7 @@ pub(crate) struct Api {
     pub(super) application_id: String,
     pub(super) timeout: Duration,
     pub(super) retry_attempts: u32,
-    pub(super) default_local_bucket_size: u64,
+    pub(super) lease_size: u64,
     pub(super) base_url: String,
     pub(super) user_agent: String,
 }
@@ -61,6 +61,8 @@ impl Api {
         &self,
         request: ConsumeRequest<'_>,
     ) -> Result<ConsumeTokensResponse, Error> {
+        // What no LightRate server would accept; the identifier's length is the server's to
+        // judge (the hosted API's limit is its own).
         if request.user_identifier.trim().is_empty() {
             return Err(Error::new(
                 ErrorKind::InvalidInput,

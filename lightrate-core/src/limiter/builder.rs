@@ -125,8 +125,10 @@ impl LimiterBuilder {
 
     /// The cap of a lease: the most tokens one call to the source may ask for (the SDKs'
     /// `default_local_bucket_size`, there the size of every lease; here leases are sized by
-    /// demand and scarcity up to it). Default [`DEFAULT_LEASE_SIZE`]; at most
-    /// [`MAX_LEASE_SIZE`]; 0 counts as 1. 1 makes one call per request, as the SDKs do with 1.
+    /// demand and scarcity up to it). Its environment variable is the SDKs' too,
+    /// `LIGHTRATE_LOCAL_BUCKET_SIZE` ([`env_settings`](Self::env_settings)). Default
+    /// [`DEFAULT_LEASE_SIZE`]; at most [`MAX_LEASE_SIZE`]; 0 counts as 1. 1 makes one call per
+    /// request, as the SDKs do with 1.
     ///
     /// A lower cap bounds what one process holds at the cost of calls: a hot key is served at
     /// most `cap / source latency` requests per second by one process without waiting.

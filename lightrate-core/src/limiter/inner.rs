@@ -30,9 +30,7 @@ use super::upstream::Upstream;
 use super::{millis, Gate};
 use crate::clock::Timestamp;
 use crate::source::DynTokenSource;
-use crate::{
-    ConsumeRequest, ConsumeTokensResponse, Error, ErrorKind, Target, MAX_USER_IDENTIFIER_BYTES,
-};
+use crate::{ConsumeRequest, ConsumeTokensResponse, Error, ErrorKind, Target};
 
 /// How many times a request may go round (the SDKs' per-request mode, where a grant serves one
 /// request, or a rule that keeps changing) before it is denied.
@@ -258,15 +256,7 @@ impl Inner {
         target: Target<'static>,
         cost: u64,
     ) -> Result<Decision, Error> {
-        if user.trim().is_empty() || user.len() > MAX_USER_IDENTIFIER_BYTES {
-            return Err(Error::new(
-                ErrorKind::InvalidInput,
-                format!(
-                    "the user identifier must be non-blank and at most \
-                     {MAX_USER_IDENTIFIER_BYTES} bytes"
-                ),
-            ));
-        }
+        crate::protocol::check_user_identifier(&user)?;
         self.maybe_sweep();
         let mut last_rule = None;
         for _ in 0..ROUNDS {

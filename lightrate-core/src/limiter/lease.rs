@@ -42,8 +42,9 @@ impl Lease {
         let Some(rule) = inner.routes.summary(slot) else {
             return;
         };
+        let now = inner.clock.now();
         let guard = inner.buckets.guard();
-        let Some(target) = inner.routes.key(target, &guard) else {
+        let Some(target) = inner.routes.key(target, millis(now), &guard) else {
             return;
         };
         drop(guard);
@@ -51,7 +52,6 @@ impl Lease {
             user: user.into(),
             slot,
         };
-        let now = inner.clock.now();
         // Already in flight, or the breaker says no: nothing to do.
         let joined = inner.flights.join(&key, Vec::new(), || {
             matches!(inner.upstream.gate(now), Gate::Call)

@@ -84,10 +84,7 @@ impl Routes {
         guard: &papaya::LocalGuard<'_>,
     ) -> Option<RuleSummary> {
         let generation = self.generation.load(Ordering::Acquire);
-        let entry = self.targets.get(&TargetRef(target), guard)?;
-        if now_ms >= entry.expires_ms {
-            return None;
-        }
+        let entry = self.fresh(target, now_ms, guard)?;
         let resolved = Resolved {
             rule: entry.rule,
             expires_ms: entry.expires_ms,
@@ -96,14 +93,26 @@ impl Routes {
         Some(entry.rule)
     }
 
+    /// The cache's entry for `target`, if it is fresh at `now_ms`: the one lookup of the map.
+    fn fresh<'g>(
+        &self,
+        target: &Target<'_>,
+        now_ms: u64,
+        guard: &'g papaya::LocalGuard<'_>,
+    ) -> Option<&'g TargetEntry> {
+        self.targets
+            .get(&TargetRef(target), guard)
+            .filter(|entry| now_ms < entry.expires_ms)
+    }
+
     /// The shared key of a target known exactly (for a lease made for it).
     pub(super) fn key(
         &self,
         target: &Target<'_>,
+        now_ms: u64,
         guard: &papaya::LocalGuard<'_>,
     ) -> Option<Arc<TargetKey>> {
-        self.targets
-            .get(&TargetRef(target), guard)
+        self.fresh(target, now_ms, guard)
             .map(|entry| entry.key.clone())
     }
 
@@ -118,10 +127,8 @@ impl Routes {
         max_targets: usize,
         guard: &papaya::LocalGuard<'_>,
     ) -> Option<(RuleSummary, Arc<TargetKey>)> {
-        if let Some(entry) = self.targets.get(&TargetRef(target), guard) {
-            if now_ms < entry.expires_ms {
-                return Some((entry.rule, entry.key.clone()));
-            }
+        if let Some(entry) = self.fresh(target, now_ms, guard) {
+            return Some((entry.rule, entry.key.clone()));
         }
         let rules = self.rules.guard();
         let mut found: Option<RuleSummary> = None;
