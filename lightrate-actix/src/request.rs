@@ -88,6 +88,11 @@ impl RequestView for ActixRequest {
     fn insert<T: Clone + Send + Sync + 'static>(extensions: &mut Extensions, value: T) {
         extensions.insert(value);
     }
+
+    #[inline]
+    fn insert_into<T: Clone + Send + Sync + 'static>(req: &mut ServiceRequest, value: T) {
+        req.extensions_mut().insert(value);
+    }
 }
 
 /// Actix's extensions hold any `'static` value (`req.extensions_mut().insert(claims)`, what

@@ -85,6 +85,11 @@ impl RequestView for TowerRequest {
     fn insert<T: Clone + Send + Sync + 'static>(extensions: &mut Extensions, value: T) {
         extensions.insert(value);
     }
+
+    #[inline]
+    fn insert_into<T: Clone + Send + Sync + 'static>(req: &mut Parts, value: T) {
+        req.extensions.insert(value);
+    }
 }
 
 impl<T: Send + Sync + 'static> ReadExtension<T> for TowerRequest {

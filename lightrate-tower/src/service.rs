@@ -76,18 +76,11 @@ where
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let (mut parts, body) = request.into_parts();
         // Each arm builds the future where it is returned: no copy of the inner future.
-        match self.policy.plan(&parts) {
-            Plan::Pass => ResponseFuture::new(Stage::inner(
+        match self.policy.plan(&mut parts) {
+            Plan::Call(headers) => ResponseFuture::new(Stage::inner(
                 self.inner.call(Request::from_parts(parts, body)),
-                None,
+                headers,
             )),
-            Plan::Allowed(allowed) => {
-                let headers = allowed.mark::<TowerRequest>(&mut parts.extensions);
-                ResponseFuture::new(Stage::inner(
-                    self.inner.call(Request::from_parts(parts, body)),
-                    headers,
-                ))
-            }
             Plan::Refused(answer) => ResponseFuture::new(Stage::answer(answer)),
             Plan::Check(check) => {
                 // The service that was polled ready serves this request; a clone stays.

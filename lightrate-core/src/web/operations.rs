@@ -79,8 +79,9 @@ pub enum PathTarget {
 
 /// The target and cost of a request: its operation if it has one, else method + path (the
 /// route's template with [`PathTarget::Template`], when the route is known).
+#[inline]
 pub(crate) fn target_for<'a>(
-    method: &Method,
+    method: Method,
     path: &'a str,
     template: Option<&'a str>,
     operation: Option<&'a Operation>,
@@ -93,7 +94,7 @@ pub(crate) fn target_for<'a>(
                 (PathTarget::Template, Some(template)) => template,
                 _ => path,
             };
-            (Target::path(method.clone(), path), 1)
+            (Target::path(method, path), 1)
         }
     }
 }
@@ -228,7 +229,7 @@ mod tests {
         let op = Operation::new("send_email");
         assert_eq!(
             target_for(
-                &Method::POST,
+                Method::POST,
                 "/emails",
                 None,
                 Some(&op),
@@ -238,7 +239,7 @@ mod tests {
         );
         assert_eq!(
             target_for(
-                &Method::GET,
+                Method::GET,
                 "/items/42",
                 Some("/items/{id}"),
                 None,
@@ -248,7 +249,7 @@ mod tests {
         );
         assert_eq!(
             target_for(
-                &Method::GET,
+                Method::GET,
                 "/items/42",
                 Some("/items/{id}"),
                 None,
@@ -257,7 +258,7 @@ mod tests {
             (Target::path(Method::GET, "/items/42"), 1)
         );
         assert_eq!(
-            target_for(&Method::GET, "/nowhere", None, None, PathTarget::Template),
+            target_for(Method::GET, "/nowhere", None, None, PathTarget::Template),
             (Target::path(Method::GET, "/nowhere"), 1)
         );
     }

@@ -1,7 +1,6 @@
 //! [`RequestPolicy`]: every option of the adapters, and [`plan`](RequestPolicy::plan), what
 //! a request gets, written once for every framework.
 
-use std::borrow::Cow;
 use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
@@ -12,7 +11,7 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, Response};
 
 use super::identifier::{client_ip, validate_identifier, IpText};
-use super::identify::{Identify, Kind, MissingIdentifier};
+use super::identify::{ExtensionFn, Identify, Kind, MissingIdentifier};
 use super::operations::{target_for, Operation, PathTarget, RouteOperations};
 use super::rejection::{write_rate_limit_headers, RateLimitHeaders, Rejection};
 use super::shadow::{Mode, ShadowLog};
@@ -104,16 +103,16 @@ impl<V: RequestView> fmt::Debug for RequestPolicy<V> {
 /// What to do with a request, decided before the inner service is called.
 #[must_use]
 pub enum Plan {
-    /// Not limited (excluded, already decided by another LightRate middleware, or no
-    /// identifier and the policy lets it through): call the inner service as is.
-    Pass,
-    /// Allowed by a local bucket: mark the request, call the inner service.
-    Allowed(Allowed),
+    /// Call the inner service, then add these IETF fields to its response, if any. The
+    /// request is not limited (excluded, already decided by another LightRate middleware, or
+    /// no identifier and the policy lets it through), or a local bucket allowed it and
+    /// [`plan`](RequestPolicy::plan) has marked it.
+    Call(Option<Box<HeaderMap>>),
     /// Refused (429, 503, 400): answer this, without calling the inner service. Boxed, so
     /// that the common plans stay small.
     Refused(Box<Response<Bytes>>),
     /// The token source must be asked: await this, then do what it says. The only case
-    /// that allocates.
+    /// that allocates (besides the `Decision` a request keeps).
     Check(Check),
 }
 
@@ -129,8 +128,7 @@ pub enum Verdict {
 impl fmt::Debug for Plan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Plan::Pass => f.write_str("Pass"),
-            Plan::Allowed(allowed) => f.debug_tuple("Allowed").field(allowed).finish(),
+            Plan::Call(headers) => f.debug_tuple("Call").field(headers).finish(),
             Plan::Refused(answer) => f.debug_tuple("Refused").field(answer).finish(),
             Plan::Check(_) => f.write_str("Check(..)"),
         }
@@ -218,24 +216,96 @@ impl<V: RequestView> RequestPolicy<V> {
         route
     }
 
-    /// What `req` gets: everything up to asking the limiter for a local decision. Allocates
-    /// only when the source must be asked, when the IETF fields are sent on allowed
-    /// responses, or where the adapter's [`route_template`](RequestView::route_template)
-    /// does (only asked when a declared operation or [`PathTarget::Template`] needs it).
-    pub fn plan(self: &Arc<Self>, req: &V::Request) -> Plan {
+    /// What `req` gets: everything up to asking the limiter for a local decision. An allowed
+    /// request is marked here (its `Decision`, or [`Decided`], put in its extensions), so that
+    /// no later LightRate middleware decides it again. Allocates only when the source must be
+    /// asked, for the `Decision` the request keeps (unless `insert_decision(false)`), when
+    /// the IETF fields are sent on allowed responses, or where the adapter's
+    /// [`route_template`](RequestView::route_template) does (only asked when a declared
+    /// operation or [`PathTarget::Template`] needs it).
+    pub fn plan(self: &Arc<Self>, req: &mut V::Request) -> Plan {
+        // The limiter's answer is written here and read here: a local hit moves the decision
+        // once (into the extensions), or never.
+        let mut decision = None;
+        let asked = match self.identify.kind() {
+            Kind::Extension(get) => self.decide_by_extension(req, &**get, &mut decision),
+            kind => self.with_target(req, |target, cost| {
+                let with;
+                let found = match kind {
+                    Kind::Header(name) => V::header(req, name),
+                    Kind::With(f) => {
+                        with = f(req);
+                        with.as_deref().map(str::as_bytes)
+                    }
+                    Kind::PeerIp | Kind::Extension(_) => None,
+                };
+                self.ask(req, found, target, cost, &mut decision)
+            }),
+        };
+        if let Err(plan) = asked {
+            return plan;
+        }
+        let Some(decision) = &decision else {
+            // Shadow mode lets a request without a usable identifier through, undecided.
+            V::insert_into(req, Decided);
+            return Plan::Call(None);
+        };
+        match self.admit(decision) {
+            Some(headers) => {
+                self.mark(req, decision);
+                Plan::Call(headers)
+            }
+            None => Plan::Refused(self.refuse(decision, V::is_grpc(req))),
+        }
+    }
+
+    /// Marks an allowed request decided: puts its `Decision` in its extensions for the
+    /// handler, or [`Decided`] when it is not kept.
+    #[inline(always)]
+    fn mark(&self, req: &mut V::Request, decision: &Decision) {
+        if self.insert_decision {
+            V::insert_into(req, *decision);
+        } else {
+            V::insert_into(req, Decided);
+        }
+    }
+
+    /// [`plan`](Self::plan)'s question to the limiter when the identifier is an extension
+    /// (read where the adapter lends its extensions).
+    #[inline(never)]
+    fn decide_by_extension(
+        self: &Arc<Self>,
+        req: &V::Request,
+        get: &ExtensionFn<V>,
+        decision: &mut Option<Decision>,
+    ) -> Result<(), Plan> {
+        self.with_target(req, |target, cost| {
+            V::with_extensions(req, |extensions| {
+                self.ask(
+                    req,
+                    get(extensions).map(str::as_bytes),
+                    target,
+                    cost,
+                    decision,
+                )
+            })
+        })
+    }
+
+    /// Calls `then` with the target and cost of `req`, unless it is not limited (excluded, or
+    /// decided already by another LightRate middleware).
+    #[inline(always)]
+    fn with_target<O>(
+        &self,
+        req: &V::Request,
+        then: impl FnOnce(&Target<'_>, u64) -> Result<O, Plan>,
+    ) -> Result<O, Plan> {
         let path = V::path(req);
         if V::with_extensions(req, is_decided::<V>) || self.is_excluded(req, path) {
-            return Plan::Pass;
+            return Err(Plan::Call(None));
         }
-        // HEAD is charged as GET: a route answers it with its GET handler, so a GET rule (or a
-        // GET route's operation) must cover it.
-        let method = V::method(req).map(|m| {
-            if *m == Method::HEAD {
-                Cow::Owned(Method::GET)
-            } else {
-                m
-            }
-        });
+        let shown = V::method(req);
+        let method = shown.as_deref().map(charged);
         let routes = self.routes.served();
         // The route's template, only when it is used.
         let look_up = self.operation.is_none()
@@ -251,7 +321,7 @@ impl<V: RequestView> RequestPolicy<V> {
             None
         };
         let operation = self.operation.as_ref().or_else(|| {
-            let method = method.as_deref()?;
+            let method = method?;
             match &template {
                 Some(template) => routes.get(method, template),
                 // No route template where one was looked for (a layer outside the router:
@@ -265,10 +335,10 @@ impl<V: RequestView> RequestPolicy<V> {
             None if self.names_as_operations => V::route_name(req, path),
             _ => None,
         };
-        let (target, cost) = match (name, method.as_deref()) {
+        let (target, cost) = match (name, method) {
             (Some(name), _) => (Target::operation(name), 1),
             (None, Some(method)) => target_for(
-                method,
+                method.clone(),
                 path,
                 template.as_deref(),
                 operation,
@@ -280,36 +350,30 @@ impl<V: RequestView> RequestPolicy<V> {
                 None => (Target::Default, 1),
             },
         };
-
-        match self.identify.kind() {
-            Kind::Header(name) => self.decide(req, V::header(req, name), &target, cost),
-            Kind::PeerIp => self.decide(req, None, &target, cost),
-            Kind::Extension(get) => V::with_extensions(req, |extensions| {
-                self.decide(req, get(extensions).map(str::as_bytes), &target, cost)
-            }),
-            Kind::With(f) => {
-                let found = f(req);
-                self.decide(req, found.as_deref().map(str::as_bytes), &target, cost)
-            }
-        }
+        then(&target, cost)
     }
 
     /// `path` is the request's path, as its framework routes it.
+    #[inline]
     fn is_excluded(&self, req: &V::Request, path: &str) -> bool {
         (!self.exclude_paths.is_empty() && self.exclude_paths.iter().any(|p| p == path))
             || self.exclude.as_ref().is_some_and(|f| f(req))
     }
 
-    /// The plan for a request whose identifier is `found` (raw, not yet validated).
-    #[inline]
-    fn decide(
+    /// Asks the limiter for a local decision on a request whose identifier is `found` (raw,
+    /// not yet validated), into `decision` (left `None` when shadow mode lets the request
+    /// through without one), or returns the plan when there is none: not limited, refused
+    /// before the limiter, or the token source to ask.
+    #[inline(always)]
+    fn ask(
         self: &Arc<Self>,
         req: &V::Request,
         found: Option<&[u8]>,
         target: &Target<'_>,
         cost: u64,
-    ) -> Plan {
-        let ip_text;
+        decision: &mut Option<Decision>,
+    ) -> Result<(), Plan> {
+        let mut ip_text = IpText::EMPTY;
         let user: &str = match found {
             Some(raw) => match validate_identifier(raw) {
                 Ok(user) => user,
@@ -330,53 +394,54 @@ impl<V: RequestView> RequestPolicy<V> {
                         };
                         let Some(ip) = ip else {
                             // No address known (not served over a socket): nothing to limit by.
-                            return Plan::Pass;
+                            return Err(Plan::Call(None));
                         };
-                        ip_text = IpText::new(ip);
+                        ip_text.write(ip);
                         ip_text.as_str()
                     }
                     MissingIdentifier::Reject => {
                         return self.refuse_unidentified(Rejection::MissingIdentifier, req)
                     }
-                    _ => return Plan::Pass,
+                    _ => return Err(Plan::Call(None)),
                 }
             }
         };
-
         let shadow = self.mode == Mode::Shadow;
-        match self.limiter.check_local_in(user, target, cost, shadow) {
-            Some(decision) => match self.verdict(decision, || V::is_grpc(req)) {
-                Verdict::Allowed(allowed) => Plan::Allowed(allowed),
-                Verdict::Refused(answer) => Plan::Refused(answer),
-            },
-            None => {
-                let check = self.limiter.check_with_source_in(
-                    user,
-                    target.clone().into_owned(),
-                    cost,
-                    shadow,
-                );
-                let policy = Arc::clone(self);
-                let grpc = V::is_grpc(req);
-                Plan::Check(Box::pin(async move { policy.settle(check.await, grpc) }))
-            }
+        *decision = self.limiter.check_local_in(user, target, cost, shadow);
+        if decision.is_none() {
+            return Err(self.check_with_source(user, target, cost, shadow, V::is_grpc(req)));
         }
+        Ok(())
     }
 
-    /// The plan for a request refused before the limiter (400): counted, and answered, or
-    /// let through in shadow mode.
+    /// The plan of a request the limiter cannot decide locally: ask the token source.
     #[cold]
-    fn refuse_unidentified(&self, rejection: Rejection, req: &V::Request) -> Plan {
+    #[inline(never)]
+    fn check_with_source(
+        self: &Arc<Self>,
+        user: &str,
+        target: &Target<'_>,
+        cost: u64,
+        shadow: bool,
+        grpc: bool,
+    ) -> Plan {
+        let check =
+            self.limiter
+                .check_with_source_in(user, target.clone().into_owned(), cost, shadow);
+        let policy = Arc::clone(self);
+        Plan::Check(Box::pin(async move { policy.settle(check.await, grpc) }))
+    }
+
+    /// A request refused before the limiter (400): counted, and answered, or let through
+    /// (`Ok`, undecided) in shadow mode.
+    #[cold]
+    fn refuse_unidentified(&self, rejection: Rejection, req: &V::Request) -> Result<(), Plan> {
         self.limiter.count_invalid();
         if self.mode == Mode::Shadow {
             self.let_through(&rejection);
-            return Plan::Allowed(Allowed {
-                decision: None,
-                keep: false,
-                headers: None,
-            });
+            return Ok(());
         }
-        Plan::Refused(self.respond(&rejection, V::is_grpc(req)))
+        Err(Plan::Refused(self.respond(&rejection, V::is_grpc(req))))
     }
 
     /// Logs (at a limited rate) a request shadow mode let through instead of `rejection`.
@@ -394,13 +459,13 @@ impl<V: RequestView> RequestPolicy<V> {
     /// What the source's answer means for the request.
     fn settle(&self, checked: Result<Decision, Error>, grpc: bool) -> Verdict {
         match checked {
-            Ok(decision) => self.verdict(decision, || grpc),
+            Ok(decision) => self.verdict(decision, grpc),
             // Shadow mode: through, with the decision the outage policy would have enforced.
             Err(error) if self.mode == Mode::Shadow => {
                 let retry_after = error.retry_after().unwrap_or(std::time::Duration::ZERO);
                 self.verdict(
                     Decision::unavailable(false, error.kind(), retry_after),
-                    || grpc,
+                    grpc,
                 )
             }
             // The policy is to surface the source's failure: answer 503.
@@ -408,40 +473,68 @@ impl<V: RequestView> RequestPolicy<V> {
         }
     }
 
-    /// What a decision means for the request; `grpc` tells whether it is a gRPC request (asked
-    /// only to refuse it).
-    #[inline]
-    fn verdict(&self, decision: Decision, grpc: impl FnOnce() -> bool) -> Verdict {
-        let policy = || decision.rule().and_then(|rule| self.limiter.rule_id(&rule));
-        if decision.is_allowed() || self.mode == Mode::Shadow {
-            if !decision.is_allowed() {
-                self.let_through(&Rejection::from_decision(decision, policy()));
-            }
-            let headers = (self.headers == RateLimitHeaders::Always && decision.rule().is_some())
-                .then(|| {
-                    let mut fields = HeaderMap::new();
-                    write_rate_limit_headers(
-                        &mut fields,
-                        &decision,
-                        policy().as_deref().unwrap_or("default"),
-                    );
-                    Box::new(fields)
-                });
-            Verdict::Allowed(Allowed {
+    /// What a decision the token source made means for the request (a gRPC one when
+    /// `grpc`).
+    fn verdict(&self, decision: Decision, grpc: bool) -> Verdict {
+        match self.admit(&decision) {
+            Some(headers) => Verdict::Allowed(Allowed {
                 decision: Some(decision),
                 keep: self.insert_decision,
                 headers,
-            })
-        } else {
-            tracing::debug!(
-                target: "lightrate::web",
-                retry_after = decision.retry_after_secs(),
-                source = ?decision.source(),
-                "request limited"
-            );
-            let rejection = Rejection::from_decision(decision, policy());
-            Verdict::Refused(self.respond(&rejection, grpc()))
+            }),
+            None => Verdict::Refused(self.refuse(&decision, grpc)),
         }
+    }
+
+    /// Whether `decision` lets its request through (`None`: refuse it; in shadow mode every
+    /// decision does, a denial being logged), with the IETF fields its response gets.
+    #[inline(always)]
+    fn admit(&self, decision: &Decision) -> Option<Option<Box<HeaderMap>>> {
+        if !decision.is_allowed() {
+            if self.mode != Mode::Shadow {
+                return None;
+            }
+            self.let_through(&Rejection::from_decision(*decision, self.rule_id(decision)));
+        }
+        Some(
+            if self.headers == RateLimitHeaders::Always && decision.rule().is_some() {
+                self.allowed_fields(decision)
+            } else {
+                None
+            },
+        )
+    }
+
+    /// The id of the rule `decision` was charged to.
+    fn rule_id(&self, decision: &Decision) -> Option<Arc<str>> {
+        decision.rule().and_then(|rule| self.limiter.rule_id(&rule))
+    }
+
+    /// The IETF fields of an allowed response.
+    #[inline(never)]
+    fn allowed_fields(&self, decision: &Decision) -> Option<Box<HeaderMap>> {
+        let mut fields = HeaderMap::new();
+        let policy = self.rule_id(decision);
+        write_rate_limit_headers(
+            &mut fields,
+            decision,
+            policy.as_deref().unwrap_or("default"),
+        );
+        Some(Box::new(fields))
+    }
+
+    /// The answer to a request `decision` denies.
+    #[cold]
+    #[inline(never)]
+    fn refuse(&self, decision: &Decision, grpc: bool) -> Box<Response<Bytes>> {
+        tracing::debug!(
+            target: "lightrate::web",
+            retry_after = decision.retry_after_secs(),
+            source = ?decision.source(),
+            "request limited"
+        );
+        let rejection = Rejection::from_decision(*decision, self.rule_id(decision));
+        self.respond(&rejection, grpc)
     }
 
     /// The answer to a rejection: the gRPC one to a gRPC request, else the user's, or the
@@ -453,6 +546,17 @@ impl<V: RequestView> RequestPolicy<V> {
             Some(f) => f(rejection),
             None => rejection.to_response(self.headers),
         })
+    }
+}
+
+/// The method a request is charged as: HEAD as GET, since a route answers it with its GET
+/// handler, so a GET rule (or a GET route's operation) must cover it.
+#[inline]
+fn charged(method: &Method) -> &Method {
+    if *method == Method::HEAD {
+        &Method::GET
+    } else {
+        method
     }
 }
 

@@ -72,6 +72,9 @@ pub trait RequestView: Sized + 'static {
 
     /// Puts `value` in `extensions`.
     fn insert<T: Clone + Send + Sync + 'static>(extensions: &mut Self::Extensions, value: T);
+
+    /// Puts `value` in the request's extensions.
+    fn insert_into<T: Clone + Send + Sync + 'static>(req: &mut Self::Request, value: T);
 }
 
 /// Reads a `T` from the request's extensions, for
