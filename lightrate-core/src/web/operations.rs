@@ -160,6 +160,12 @@ impl RouteOperations {
         declared.push((method, op));
     }
 
+    /// The declarations as served to requests, once frozen (by [`served`](Self::served)).
+    #[inline]
+    pub(crate) fn frozen(&self) -> Option<&Served> {
+        self.inner.served.get()
+    }
+
     /// The declarations as served to requests. The first call (the first request's) freezes
     /// them: later declarations are ignored.
     #[inline]

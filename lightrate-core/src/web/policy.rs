@@ -12,7 +12,7 @@ use http::{HeaderMap, Method, Response};
 
 use super::identifier::{client_ip, validate_identifier, IpText};
 use super::identify::{ExtensionFn, Identify, Kind, MissingIdentifier};
-use super::operations::{target_for, Operation, PathTarget, RouteOperations};
+use super::operations::{target_for, Operation, PathTarget, RouteOperations, Served};
 use super::rejection::{write_rate_limit_headers, RateLimitHeaders, Rejection};
 use super::shadow::{Mode, ShadowLog};
 use super::view::RequestView;
@@ -25,7 +25,9 @@ pub(crate) type RespondFn = dyn Fn(&Rejection) -> Response<Bytes> + Send + Sync;
 /// `Arc`), and what a request gets: [`plan`](Self::plan).
 ///
 /// Adapter plumbing: applications set these options through the builder methods that
-/// `request_policy_options!` writes into each adapter's layer, where they are documented.
+/// `request_policy_options!` writes into each adapter's layer, where they are documented;
+/// they change them through [`configure`](Self::configure), which keeps what the policy
+/// derives from them.
 pub struct RequestPolicy<V: RequestView> {
     limiter: Limiter,
     /// Where the user identifier comes from.
@@ -50,6 +52,9 @@ pub struct RequestPolicy<V: RequestView> {
     pub insert_decision: bool,
     /// Whether refusals are enforced, or only counted (shadow mode).
     pub mode: Mode,
+    /// Whether the options are the default configuration's, but for declared operations
+    /// (see [`is_simple`](Self::is_simple)); kept by [`configure`](Self::configure).
+    simple: bool,
     /// Shadow mode's log, shared by every clone.
     shadow_log: Arc<ShadowLog>,
     /// Declared per-route operations (shared by every clone).
@@ -76,6 +81,7 @@ impl<V: RequestView> Clone for RequestPolicy<V> {
             names_as_operations: self.names_as_operations,
             insert_decision: self.insert_decision,
             mode: self.mode,
+            simple: self.simple,
             shadow_log: self.shadow_log.clone(),
             view: PhantomData,
         }
@@ -182,7 +188,7 @@ impl<V: RequestView> RequestPolicy<V> {
     /// The defaults: the user is the client's IP address, nothing excluded, no IETF fields,
     /// the decision kept for the handler.
     pub fn new(limiter: Limiter) -> Self {
-        RequestPolicy {
+        let mut policy = RequestPolicy {
             limiter,
             identify: Identify::peer_ip(),
             missing: MissingIdentifier::default(),
@@ -197,9 +203,27 @@ impl<V: RequestView> RequestPolicy<V> {
             names_as_operations: false,
             insert_decision: true,
             mode: Mode::default(),
+            simple: false,
             shadow_log: Arc::default(),
             view: PhantomData,
-        }
+        };
+        policy.configure(|_| {});
+        policy
+    }
+
+    /// Changes options (what the adapters' builder methods do), and what the policy derives
+    /// from them: whether its requests take the default configuration's path.
+    pub fn configure(&mut self, change: impl FnOnce(&mut Self)) {
+        change(self);
+        self.simple = matches!(self.identify.kind(), Kind::PeerIp)
+            && self.trusted_proxies == 0
+            && self.exclude_paths.is_empty()
+            && self.exclude.is_none()
+            && self.operation.is_none()
+            && self.path_target == PathTarget::Concrete
+            && !self.names_as_operations
+            && self.mode == Mode::Enforce
+            && self.headers != RateLimitHeaders::Always;
     }
 
     /// The limiter.
@@ -212,7 +236,7 @@ impl<V: RequestView> RequestPolicy<V> {
     pub fn declare(&self, method: Option<Method>, template: &str, op: Operation) -> Self {
         self.routes.insert(method, template, op.clone());
         let mut route = self.clone();
-        route.operation = Some(op);
+        route.configure(|route| route.operation = Some(op));
         route
     }
 
@@ -224,6 +248,69 @@ impl<V: RequestView> RequestPolicy<V> {
     /// [`route_template`](RequestView::route_template) does (only asked when a declared
     /// operation or [`PathTarget::Template`] needs it).
     pub fn plan(self: &Arc<Self>, req: &mut V::Request) -> Plan {
+        if self.is_simple() {
+            self.plan_simple::<V>(req)
+        } else {
+            self.plan_with_options(req)
+        }
+    }
+
+    /// Whether this policy is the default configuration: the user is the client's IP address
+    /// (no forwarded headers), the target is the method and the concrete path, nothing is
+    /// excluded, no operation is declared (the declarations frozen by a first request without
+    /// any), refusals are enforced, and allowed responses get no IETF fields. Its requests
+    /// skip every step those options add.
+    #[inline]
+    pub fn is_simple(&self) -> bool {
+        self.simple && self.routes.frozen().is_some_and(Served::is_empty)
+    }
+
+    /// [`plan`](Self::plan) in the default configuration ([`is_simple`](Self::is_simple)):
+    /// what [`plan_with_options`](Self::plan_with_options) does there, without the branches
+    /// of the options that are off. It reads no more than any view of a request shows, so
+    /// an adapter may call it on a view `W` of the whole request where [`plan`](Self::plan)
+    /// takes the part of it that [`Identify::with`] and `exclude` closures see.
+    #[inline(never)]
+    pub fn plan_simple<W: RequestView>(self: &Arc<Self>, req: &mut W::Request) -> Plan {
+        // Written by the limiter, read here: a local hit moves the decision once (into the
+        // extensions), or never.
+        let decision;
+        {
+            let req = &*req;
+            if W::with_extensions(req, is_decided::<W>) {
+                return Plan::Call(None);
+            }
+            let Some(ip) = W::peer_ip(req) else {
+                // No address known (not served over a socket): nothing to limit by.
+                return Plan::Call(None);
+            };
+            let mut ip_text = IpText::EMPTY;
+            ip_text.write(ip);
+            let user = ip_text.as_str();
+            let path = W::path(req);
+            let target = match W::method(req).as_deref() {
+                Some(method) => Target::path(charged(method).clone(), path),
+                // A method `http` refuses: still limited.
+                None => Target::Default,
+            };
+            decision = self.limiter.check_local_in(user, &target, 1, false);
+            if decision.is_none() {
+                return self.check_with_source(user, &target, 1, false, W::is_grpc(req));
+            }
+        }
+        let Some(decision) = &decision else {
+            unreachable!("asked the source when there was no local decision")
+        };
+        if !decision.is_allowed() {
+            return Plan::Refused(self.refuse(decision, W::is_grpc(req)));
+        }
+        self.mark::<W>(req, decision);
+        Plan::Call(None)
+    }
+
+    /// [`plan`](Self::plan) with any options.
+    #[inline(never)]
+    fn plan_with_options(self: &Arc<Self>, req: &mut V::Request) -> Plan {
         // The limiter's answer is written here and read here: a local hit moves the decision
         // once (into the extensions), or never.
         let mut decision = None;
@@ -252,7 +339,7 @@ impl<V: RequestView> RequestPolicy<V> {
         };
         match self.admit(decision) {
             Some(headers) => {
-                self.mark(req, decision);
+                self.mark::<V>(req, decision);
                 Plan::Call(headers)
             }
             None => Plan::Refused(self.refuse(decision, V::is_grpc(req))),
@@ -262,11 +349,11 @@ impl<V: RequestView> RequestPolicy<V> {
     /// Marks an allowed request decided: puts its `Decision` in its extensions for the
     /// handler, or [`Decided`] when it is not kept.
     #[inline(always)]
-    fn mark(&self, req: &mut V::Request, decision: &Decision) {
+    fn mark<W: RequestView>(&self, req: &mut W::Request, decision: &Decision) {
         if self.insert_decision {
-            V::insert_into(req, *decision);
+            W::insert_into(req, *decision);
         } else {
-            V::insert_into(req, Decided);
+            W::insert_into(req, Decided);
         }
     }
 
