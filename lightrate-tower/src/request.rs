@@ -161,6 +161,21 @@ macro_rules! tower_view {
             fn insert_into<T: Clone + Send + Sync + 'static>(req: &mut $request, value: T) {
                 Head::extensions_mut(req).insert(value);
             }
+
+            #[inline]
+            fn insert_new<T: Clone + Send + Sync + 'static>(req: &mut $request, value: T) -> bool {
+                let mut inserted = false;
+                Head::extensions_mut(req).get_or_insert_with(|| {
+                    inserted = true;
+                    value
+                });
+                inserted
+            }
+
+            #[inline]
+            fn remove_from<T: Clone + Send + Sync + 'static>(req: &mut $request) {
+                Head::extensions_mut(req).remove::<T>();
+            }
         }
     };
 }

@@ -272,18 +272,30 @@ impl<V: RequestView> RequestPolicy<V> {
     /// takes the part of it that [`Identify::with`] and `exclude` closures see.
     #[inline(never)]
     pub fn plan_simple<W: RequestView>(self: &Arc<Self>, req: &mut W::Request) -> Plan {
+        // A request that keeps no decision is marked first: one look-up asks whether another
+        // LightRate middleware decided it and marks it. Unmarked where it turns out not to be
+        // limited; a refused one is never served, and one the source must decide is marked
+        // again by its verdict.
+        let marked = !self.insert_decision;
+        if marked {
+            if W::with_extensions(req, W::contains::<Decision>) || !W::insert_new(req, Decided) {
+                return Plan::Call(None);
+            }
+        } else if W::with_extensions(req, is_decided::<W>) {
+            return Plan::Call(None);
+        }
+        let Some(ip) = W::peer_ip(req) else {
+            // No address known (not served over a socket): nothing to limit by.
+            if marked {
+                W::remove_from::<Decided>(req);
+            }
+            return Plan::Call(None);
+        };
         // Written by the limiter, read here: a local hit moves the decision once (into the
         // extensions), or never.
         let decision;
         {
             let req = &*req;
-            if W::with_extensions(req, is_decided::<W>) {
-                return Plan::Call(None);
-            }
-            let Some(ip) = W::peer_ip(req) else {
-                // No address known (not served over a socket): nothing to limit by.
-                return Plan::Call(None);
-            };
             let mut ip_text = IpText::EMPTY;
             ip_text.write(ip);
             let user = ip_text.as_str();
@@ -304,7 +316,9 @@ impl<V: RequestView> RequestPolicy<V> {
         if !decision.is_allowed() {
             return Plan::Refused(self.refuse(decision, W::is_grpc(req)));
         }
-        self.mark::<W>(req, decision);
+        if !marked {
+            self.mark::<W>(req, decision);
+        }
         Plan::Call(None)
     }
 
