@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{forward_ready, Service, ServiceRequest, ServiceResponse};
-use actix_web::HttpMessage;
 use lightrate_core::web::{Plan, RequestPolicy, Stage};
 
 use crate::convert::to_actix_response;
@@ -50,13 +49,9 @@ where
 
     forward_ready!(service);
 
-    fn call(&self, req: ServiceRequest) -> Self::Future {
-        ResponseFuture::new(match self.policy.plan(&req) {
-            Plan::Pass => Stage::inner(self.service.call(req), None),
-            Plan::Allowed(allowed) => {
-                let headers = allowed.mark::<ActixRequest>(&mut req.extensions_mut());
-                Stage::inner(self.service.call(req), headers)
-            }
+    fn call(&self, mut req: ServiceRequest) -> Self::Future {
+        ResponseFuture::new(match self.policy.plan(&mut req) {
+            Plan::Call(headers) => Stage::inner(self.service.call(req), headers),
             Plan::Refused(answer) => {
                 Stage::answer(Box::new(req.into_response(to_actix_response(*answer))))
             }

@@ -88,6 +88,26 @@ impl RequestView for ActixRequest {
     fn insert<T: Clone + Send + Sync + 'static>(extensions: &mut Extensions, value: T) {
         extensions.insert(value);
     }
+
+    #[inline]
+    fn insert_into<T: Clone + Send + Sync + 'static>(req: &mut ServiceRequest, value: T) {
+        req.extensions_mut().insert(value);
+    }
+
+    #[inline]
+    fn insert_new<T: Clone + Send + Sync + 'static>(req: &mut ServiceRequest, value: T) -> bool {
+        let mut inserted = false;
+        req.extensions_mut().get_or_insert_with(|| {
+            inserted = true;
+            value
+        });
+        inserted
+    }
+
+    #[inline]
+    fn remove_from<T: Clone + Send + Sync + 'static>(req: &mut ServiceRequest) {
+        req.extensions_mut().remove::<T>();
+    }
 }
 
 /// Actix's extensions hold any `'static` value (`req.extensions_mut().insert(claims)`, what

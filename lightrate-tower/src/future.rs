@@ -63,13 +63,12 @@ where
                 }
                 Verdict::Refused(answer) => Stage::answer(answer),
             },
-            |output, headers| {
-                output.map(|mut response| {
-                    if let Some(fields) = headers {
-                        response.headers_mut().extend(*fields);
-                    }
+            |output, headers| match headers {
+                None => output,
+                Some(fields) => output.map(|mut response| {
+                    response.headers_mut().extend(*fields);
                     response
-                })
+                }),
             },
             |answer| match answer {
                 Some(answer) => Ok(answer.map(ResBody::from)),

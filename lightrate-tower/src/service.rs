@@ -9,7 +9,7 @@ use lightrate_core::web::{Plan, RequestPolicy, Stage};
 use tower::Service;
 
 use crate::future::ResponseFuture;
-use crate::request::TowerRequest;
+use crate::request::{TowerRequest, WholeRequest};
 
 /// The service of [`LightRateLayer`](crate::LightRateLayer).
 pub struct LightRate<S> {
@@ -73,27 +73,29 @@ where
     // Not inlined into the caller's poll: there, building the future would take a copy of
     // it (counted with callgrind: 64 instructions a request).
     #[inline(never)]
-    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let (mut parts, body) = request.into_parts();
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        // The default configuration reads no more than the whole request shows: no split into
+        // head and body (two copies of the head).
+        let plan = if self.policy.is_simple() {
+            self.policy
+                .plan_simple::<WholeRequest<ReqBody>>(&mut request)
+        } else {
+            let (mut parts, body) = request.into_parts();
+            let plan = self.policy.plan(&mut parts);
+            request = Request::from_parts(parts, body);
+            plan
+        };
         // Each arm builds the future where it is returned: no copy of the inner future.
-        match self.policy.plan(&parts) {
-            Plan::Pass => ResponseFuture::new(Stage::inner(
-                self.inner.call(Request::from_parts(parts, body)),
-                None,
-            )),
-            Plan::Allowed(allowed) => {
-                let headers = allowed.mark::<TowerRequest>(&mut parts.extensions);
-                ResponseFuture::new(Stage::inner(
-                    self.inner.call(Request::from_parts(parts, body)),
-                    headers,
-                ))
+        match plan {
+            Plan::Call(headers) => {
+                ResponseFuture::new(Stage::inner(self.inner.call(request), headers))
             }
             Plan::Refused(answer) => ResponseFuture::new(Stage::answer(answer)),
             Plan::Check(check) => {
                 // The service that was polled ready serves this request; a clone stays.
                 let clone = self.inner.clone();
                 let inner = std::mem::replace(&mut self.inner, clone);
-                let call = (inner, Request::from_parts(parts, body));
+                let call = (inner, request);
                 ResponseFuture::new(Stage::checking(check, call))
             }
         }

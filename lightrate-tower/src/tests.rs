@@ -264,6 +264,56 @@ async fn without_the_decision_extension_a_request_is_still_decided_once() {
     assert_eq!(calls, vec![("operation send_email".to_owned(), 1); 3]);
 }
 
+/// The default configuration (the client's address; method and path) decides a request once,
+/// whether or not it keeps the `Decision`, local hits included; a request it cannot limit (no
+/// address known) it leaves unmarked, for a later LightRate layer to decide.
+#[tokio::test]
+async fn the_default_configuration_decides_once_and_leaves_unaddressed_requests_to_later_layers() {
+    for keep in [true, false] {
+        let by_address = Recording::ample();
+        let by_header = Recording::ample();
+        let outer = LightRateLayer::new(by_address.builder(100).min_lease_size(100).build())
+            .insert_decision(keep);
+        let inner = LightRateLayer::new(by_header.builder(100).build())
+            .identify(user_header())
+            .insert_decision(keep);
+        let app = Router::new()
+            .route("/hello", get(|| async { "hi" }))
+            .layer(inner.clone())
+            .layer(outer.clone())
+            .layer(outer.clone());
+        let request = |address: bool| {
+            let mut r = Request::get("/hello")
+                .header("x-user-id", "u")
+                .body(Body::empty())
+                .unwrap();
+            if address {
+                r.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(SocketAddr::from((
+                        [10, 0, 0, 1],
+                        9,
+                    ))));
+            }
+            r
+        };
+        let decided = |limit: &LightRateLayer| {
+            let stats = limit.limiter().stats();
+            stats.local_hits + stats.allowed_by_source
+        };
+        for _ in 0..20 {
+            let response = app.clone().oneshot(request(true)).await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+        }
+        assert_eq!((decided(&outer), decided(&inner)), (20, 0), "keep {keep}");
+        assert!(outer.limiter().stats().local_hits > 0, "keep {keep}");
+        for _ in 0..5 {
+            let response = app.clone().oneshot(request(false)).await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+        }
+        assert_eq!((decided(&outer), decided(&inner)), (20, 5), "keep {keep}");
+    }
+}
+
 #[tokio::test]
 async fn operations_can_cost_more_than_one() {
     let source = Recording::demo();

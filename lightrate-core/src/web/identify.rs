@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::view::{ReadExtension, RequestView};
 
-type ExtensionFn<V> =
+pub(crate) type ExtensionFn<V> =
     dyn for<'a> Fn(&'a <V as RequestView>::Extensions) -> Option<&'a str> + Send + Sync;
 type WithFn<V> =
     dyn for<'a> Fn(&'a <V as RequestView>::Request) -> Option<Cow<'a, str>> + Send + Sync;

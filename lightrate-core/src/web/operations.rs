@@ -79,8 +79,9 @@ pub enum PathTarget {
 
 /// The target and cost of a request: its operation if it has one, else method + path (the
 /// route's template with [`PathTarget::Template`], when the route is known).
+#[inline]
 pub(crate) fn target_for<'a>(
-    method: &Method,
+    method: Method,
     path: &'a str,
     template: Option<&'a str>,
     operation: Option<&'a Operation>,
@@ -93,7 +94,7 @@ pub(crate) fn target_for<'a>(
                 (PathTarget::Template, Some(template)) => template,
                 _ => path,
             };
-            (Target::path(method.clone(), path), 1)
+            (Target::path(method, path), 1)
         }
     }
 }
@@ -157,6 +158,12 @@ impl RouteOperations {
         let declared = table.entry(template.to_owned()).or_default();
         declared.retain(|(m, _)| *m != method);
         declared.push((method, op));
+    }
+
+    /// The declarations as served to requests, once frozen (by [`served`](Self::served)).
+    #[inline]
+    pub(crate) fn frozen(&self) -> Option<&Served> {
+        self.inner.served.get()
     }
 
     /// The declarations as served to requests. The first call (the first request's) freezes
@@ -228,7 +235,7 @@ mod tests {
         let op = Operation::new("send_email");
         assert_eq!(
             target_for(
-                &Method::POST,
+                Method::POST,
                 "/emails",
                 None,
                 Some(&op),
@@ -238,7 +245,7 @@ mod tests {
         );
         assert_eq!(
             target_for(
-                &Method::GET,
+                Method::GET,
                 "/items/42",
                 Some("/items/{id}"),
                 None,
@@ -248,7 +255,7 @@ mod tests {
         );
         assert_eq!(
             target_for(
-                &Method::GET,
+                Method::GET,
                 "/items/42",
                 Some("/items/{id}"),
                 None,
@@ -257,7 +264,7 @@ mod tests {
             (Target::path(Method::GET, "/items/42"), 1)
         );
         assert_eq!(
-            target_for(&Method::GET, "/nowhere", None, None, PathTarget::Template),
+            target_for(Method::GET, "/nowhere", None, None, PathTarget::Template),
             (Target::path(Method::GET, "/nowhere"), 1)
         );
     }

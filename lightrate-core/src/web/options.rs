@@ -25,7 +25,7 @@ macro_rules! request_policy_options {
                 mut self,
                 change: impl FnOnce(&mut $crate::web::RequestPolicy<$View>),
             ) -> Self {
-                change(::std::sync::Arc::make_mut(&mut self.policy));
+                ::std::sync::Arc::make_mut(&mut self.policy).configure(change);
                 self
             }
 

@@ -1,7 +1,6 @@
 //! [`RequestPolicy`]: every option of the adapters, and [`plan`](RequestPolicy::plan), what
 //! a request gets, written once for every framework.
 
-use std::borrow::Cow;
 use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
@@ -12,8 +11,8 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, Response};
 
 use super::identifier::{client_ip, validate_identifier, IpText};
-use super::identify::{Identify, Kind, MissingIdentifier};
-use super::operations::{target_for, Operation, PathTarget, RouteOperations};
+use super::identify::{ExtensionFn, Identify, Kind, MissingIdentifier};
+use super::operations::{target_for, Operation, PathTarget, RouteOperations, Served};
 use super::rejection::{write_rate_limit_headers, RateLimitHeaders, Rejection};
 use super::shadow::{Mode, ShadowLog};
 use super::view::RequestView;
@@ -26,7 +25,9 @@ pub(crate) type RespondFn = dyn Fn(&Rejection) -> Response<Bytes> + Send + Sync;
 /// `Arc`), and what a request gets: [`plan`](Self::plan).
 ///
 /// Adapter plumbing: applications set these options through the builder methods that
-/// `request_policy_options!` writes into each adapter's layer, where they are documented.
+/// `request_policy_options!` writes into each adapter's layer, where they are documented;
+/// they change them through [`configure`](Self::configure), which keeps what the policy
+/// derives from them.
 pub struct RequestPolicy<V: RequestView> {
     limiter: Limiter,
     /// Where the user identifier comes from.
@@ -51,6 +52,9 @@ pub struct RequestPolicy<V: RequestView> {
     pub insert_decision: bool,
     /// Whether refusals are enforced, or only counted (shadow mode).
     pub mode: Mode,
+    /// Whether the options are the default configuration's, but for declared operations
+    /// (see [`is_simple`](Self::is_simple)); kept by [`configure`](Self::configure).
+    simple: bool,
     /// Shadow mode's log, shared by every clone.
     shadow_log: Arc<ShadowLog>,
     /// Declared per-route operations (shared by every clone).
@@ -77,6 +81,7 @@ impl<V: RequestView> Clone for RequestPolicy<V> {
             names_as_operations: self.names_as_operations,
             insert_decision: self.insert_decision,
             mode: self.mode,
+            simple: self.simple,
             shadow_log: self.shadow_log.clone(),
             view: PhantomData,
         }
@@ -104,16 +109,16 @@ impl<V: RequestView> fmt::Debug for RequestPolicy<V> {
 /// What to do with a request, decided before the inner service is called.
 #[must_use]
 pub enum Plan {
-    /// Not limited (excluded, already decided by another LightRate middleware, or no
-    /// identifier and the policy lets it through): call the inner service as is.
-    Pass,
-    /// Allowed by a local bucket: mark the request, call the inner service.
-    Allowed(Allowed),
+    /// Call the inner service, then add these IETF fields to its response, if any. The
+    /// request is not limited (excluded, already decided by another LightRate middleware, or
+    /// no identifier and the policy lets it through), or a local bucket allowed it and
+    /// [`plan`](RequestPolicy::plan) has marked it.
+    Call(Option<Box<HeaderMap>>),
     /// Refused (429, 503, 400): answer this, without calling the inner service. Boxed, so
     /// that the common plans stay small.
     Refused(Box<Response<Bytes>>),
     /// The token source must be asked: await this, then do what it says. The only case
-    /// that allocates.
+    /// that allocates (besides the `Decision` a request keeps).
     Check(Check),
 }
 
@@ -129,8 +134,7 @@ pub enum Verdict {
 impl fmt::Debug for Plan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Plan::Pass => f.write_str("Pass"),
-            Plan::Allowed(allowed) => f.debug_tuple("Allowed").field(allowed).finish(),
+            Plan::Call(headers) => f.debug_tuple("Call").field(headers).finish(),
             Plan::Refused(answer) => f.debug_tuple("Refused").field(answer).finish(),
             Plan::Check(_) => f.write_str("Check(..)"),
         }
@@ -184,7 +188,7 @@ impl<V: RequestView> RequestPolicy<V> {
     /// The defaults: the user is the client's IP address, nothing excluded, no IETF fields,
     /// the decision kept for the handler.
     pub fn new(limiter: Limiter) -> Self {
-        RequestPolicy {
+        let mut policy = RequestPolicy {
             limiter,
             identify: Identify::peer_ip(),
             missing: MissingIdentifier::default(),
@@ -199,9 +203,27 @@ impl<V: RequestView> RequestPolicy<V> {
             names_as_operations: false,
             insert_decision: true,
             mode: Mode::default(),
+            simple: false,
             shadow_log: Arc::default(),
             view: PhantomData,
-        }
+        };
+        policy.configure(|_| {});
+        policy
+    }
+
+    /// Changes options (what the adapters' builder methods do), and what the policy derives
+    /// from them: whether its requests take the default configuration's path.
+    pub fn configure(&mut self, change: impl FnOnce(&mut Self)) {
+        change(self);
+        self.simple = matches!(self.identify.kind(), Kind::PeerIp)
+            && self.trusted_proxies == 0
+            && self.exclude_paths.is_empty()
+            && self.exclude.is_none()
+            && self.operation.is_none()
+            && self.path_target == PathTarget::Concrete
+            && !self.names_as_operations
+            && self.mode == Mode::Enforce
+            && self.headers != RateLimitHeaders::Always;
     }
 
     /// The limiter.
@@ -214,28 +236,177 @@ impl<V: RequestView> RequestPolicy<V> {
     pub fn declare(&self, method: Option<Method>, template: &str, op: Operation) -> Self {
         self.routes.insert(method, template, op.clone());
         let mut route = self.clone();
-        route.operation = Some(op);
+        route.configure(|route| route.operation = Some(op));
         route
     }
 
-    /// What `req` gets: everything up to asking the limiter for a local decision. Allocates
-    /// only when the source must be asked, when the IETF fields are sent on allowed
-    /// responses, or where the adapter's [`route_template`](RequestView::route_template)
-    /// does (only asked when a declared operation or [`PathTarget::Template`] needs it).
-    pub fn plan(self: &Arc<Self>, req: &V::Request) -> Plan {
+    /// What `req` gets: everything up to asking the limiter for a local decision. An allowed
+    /// request is marked here (its `Decision`, or [`Decided`], put in its extensions), so that
+    /// no later LightRate middleware decides it again. Allocates only when the source must be
+    /// asked, for the `Decision` the request keeps (unless `insert_decision(false)`), when
+    /// the IETF fields are sent on allowed responses, or where the adapter's
+    /// [`route_template`](RequestView::route_template) does (only asked when a declared
+    /// operation or [`PathTarget::Template`] needs it).
+    pub fn plan(self: &Arc<Self>, req: &mut V::Request) -> Plan {
+        if self.is_simple() {
+            self.plan_simple::<V>(req)
+        } else {
+            self.plan_with_options(req)
+        }
+    }
+
+    /// Whether this policy is the default configuration: the user is the client's IP address
+    /// (no forwarded headers), the target is the method and the concrete path, nothing is
+    /// excluded, no operation is declared (the declarations frozen by a first request without
+    /// any), refusals are enforced, and allowed responses get no IETF fields. Its requests
+    /// skip every step those options add.
+    #[inline]
+    pub fn is_simple(&self) -> bool {
+        self.simple && self.routes.frozen().is_some_and(Served::is_empty)
+    }
+
+    /// [`plan`](Self::plan) in the default configuration ([`is_simple`](Self::is_simple)):
+    /// what [`plan_with_options`](Self::plan_with_options) does there, without the branches
+    /// of the options that are off. It reads no more than any view of a request shows, so
+    /// an adapter may call it on a view `W` of the whole request where [`plan`](Self::plan)
+    /// takes the part of it that [`Identify::with`] and `exclude` closures see.
+    #[inline(never)]
+    pub fn plan_simple<W: RequestView>(self: &Arc<Self>, req: &mut W::Request) -> Plan {
+        // A request that keeps no decision is marked first: one look-up asks whether another
+        // LightRate middleware decided it and marks it. Unmarked where it turns out not to be
+        // limited; a refused one is never served, and one the source must decide is marked
+        // again by its verdict.
+        let marked = !self.insert_decision;
+        if marked {
+            if W::with_extensions(req, W::contains::<Decision>) || !W::insert_new(req, Decided) {
+                return Plan::Call(None);
+            }
+        } else if W::with_extensions(req, is_decided::<W>) {
+            return Plan::Call(None);
+        }
+        let Some(ip) = W::peer_ip(req) else {
+            // No address known (not served over a socket): nothing to limit by.
+            if marked {
+                W::remove_from::<Decided>(req);
+            }
+            return Plan::Call(None);
+        };
+        // Written by the limiter, read here: a local hit moves the decision once (into the
+        // extensions), or never.
+        let decision;
+        {
+            let req = &*req;
+            let mut ip_text = IpText::EMPTY;
+            ip_text.write(ip);
+            let user = ip_text.as_str();
+            let path = W::path(req);
+            let target = match W::method(req).as_deref() {
+                Some(method) => Target::path(charged(method).clone(), path),
+                // A method `http` refuses: still limited.
+                None => Target::Default,
+            };
+            decision = self.limiter.check_local_in(user, &target, 1, false);
+            if decision.is_none() {
+                return self.check_with_source(user, &target, 1, false, W::is_grpc(req));
+            }
+        }
+        let Some(decision) = &decision else {
+            unreachable!("asked the source when there was no local decision")
+        };
+        if !decision.is_allowed() {
+            return Plan::Refused(self.refuse(decision, W::is_grpc(req)));
+        }
+        if !marked {
+            self.mark::<W>(req, decision);
+        }
+        Plan::Call(None)
+    }
+
+    /// [`plan`](Self::plan) with any options.
+    #[inline(never)]
+    fn plan_with_options(self: &Arc<Self>, req: &mut V::Request) -> Plan {
+        // The limiter's answer is written here and read here: a local hit moves the decision
+        // once (into the extensions), or never.
+        let mut decision = None;
+        let asked = match self.identify.kind() {
+            Kind::Extension(get) => self.decide_by_extension(req, &**get, &mut decision),
+            kind => self.with_target(req, |target, cost| {
+                let with;
+                let found = match kind {
+                    Kind::Header(name) => V::header(req, name),
+                    Kind::With(f) => {
+                        with = f(req);
+                        with.as_deref().map(str::as_bytes)
+                    }
+                    Kind::PeerIp | Kind::Extension(_) => None,
+                };
+                self.ask(req, found, target, cost, &mut decision)
+            }),
+        };
+        if let Err(plan) = asked {
+            return plan;
+        }
+        let Some(decision) = &decision else {
+            // Shadow mode lets a request without a usable identifier through, undecided.
+            V::insert_into(req, Decided);
+            return Plan::Call(None);
+        };
+        match self.admit(decision) {
+            Some(headers) => {
+                self.mark::<V>(req, decision);
+                Plan::Call(headers)
+            }
+            None => Plan::Refused(self.refuse(decision, V::is_grpc(req))),
+        }
+    }
+
+    /// Marks an allowed request decided: puts its `Decision` in its extensions for the
+    /// handler, or [`Decided`] when it is not kept.
+    #[inline(always)]
+    fn mark<W: RequestView>(&self, req: &mut W::Request, decision: &Decision) {
+        if self.insert_decision {
+            W::insert_into(req, *decision);
+        } else {
+            W::insert_into(req, Decided);
+        }
+    }
+
+    /// [`plan`](Self::plan)'s question to the limiter when the identifier is an extension
+    /// (read where the adapter lends its extensions).
+    #[inline(never)]
+    fn decide_by_extension(
+        self: &Arc<Self>,
+        req: &V::Request,
+        get: &ExtensionFn<V>,
+        decision: &mut Option<Decision>,
+    ) -> Result<(), Plan> {
+        self.with_target(req, |target, cost| {
+            V::with_extensions(req, |extensions| {
+                self.ask(
+                    req,
+                    get(extensions).map(str::as_bytes),
+                    target,
+                    cost,
+                    decision,
+                )
+            })
+        })
+    }
+
+    /// Calls `then` with the target and cost of `req`, unless it is not limited (excluded, or
+    /// decided already by another LightRate middleware).
+    #[inline(always)]
+    fn with_target<O>(
+        &self,
+        req: &V::Request,
+        then: impl FnOnce(&Target<'_>, u64) -> Result<O, Plan>,
+    ) -> Result<O, Plan> {
         let path = V::path(req);
         if V::with_extensions(req, is_decided::<V>) || self.is_excluded(req, path) {
-            return Plan::Pass;
+            return Err(Plan::Call(None));
         }
-        // HEAD is charged as GET: a route answers it with its GET handler, so a GET rule (or a
-        // GET route's operation) must cover it.
-        let method = V::method(req).map(|m| {
-            if *m == Method::HEAD {
-                Cow::Owned(Method::GET)
-            } else {
-                m
-            }
-        });
+        let shown = V::method(req);
+        let method = shown.as_deref().map(charged);
         let routes = self.routes.served();
         // The route's template, only when it is used.
         let look_up = self.operation.is_none()
@@ -251,7 +422,7 @@ impl<V: RequestView> RequestPolicy<V> {
             None
         };
         let operation = self.operation.as_ref().or_else(|| {
-            let method = method.as_deref()?;
+            let method = method?;
             match &template {
                 Some(template) => routes.get(method, template),
                 // No route template where one was looked for (a layer outside the router:
@@ -265,10 +436,10 @@ impl<V: RequestView> RequestPolicy<V> {
             None if self.names_as_operations => V::route_name(req, path),
             _ => None,
         };
-        let (target, cost) = match (name, method.as_deref()) {
+        let (target, cost) = match (name, method) {
             (Some(name), _) => (Target::operation(name), 1),
             (None, Some(method)) => target_for(
-                method,
+                method.clone(),
                 path,
                 template.as_deref(),
                 operation,
@@ -280,36 +451,30 @@ impl<V: RequestView> RequestPolicy<V> {
                 None => (Target::Default, 1),
             },
         };
-
-        match self.identify.kind() {
-            Kind::Header(name) => self.decide(req, V::header(req, name), &target, cost),
-            Kind::PeerIp => self.decide(req, None, &target, cost),
-            Kind::Extension(get) => V::with_extensions(req, |extensions| {
-                self.decide(req, get(extensions).map(str::as_bytes), &target, cost)
-            }),
-            Kind::With(f) => {
-                let found = f(req);
-                self.decide(req, found.as_deref().map(str::as_bytes), &target, cost)
-            }
-        }
+        then(&target, cost)
     }
 
     /// `path` is the request's path, as its framework routes it.
+    #[inline]
     fn is_excluded(&self, req: &V::Request, path: &str) -> bool {
         (!self.exclude_paths.is_empty() && self.exclude_paths.iter().any(|p| p == path))
             || self.exclude.as_ref().is_some_and(|f| f(req))
     }
 
-    /// The plan for a request whose identifier is `found` (raw, not yet validated).
-    #[inline]
-    fn decide(
+    /// Asks the limiter for a local decision on a request whose identifier is `found` (raw,
+    /// not yet validated), into `decision` (left `None` when shadow mode lets the request
+    /// through without one), or returns the plan when there is none: not limited, refused
+    /// before the limiter, or the token source to ask.
+    #[inline(always)]
+    fn ask(
         self: &Arc<Self>,
         req: &V::Request,
         found: Option<&[u8]>,
         target: &Target<'_>,
         cost: u64,
-    ) -> Plan {
-        let ip_text;
+        decision: &mut Option<Decision>,
+    ) -> Result<(), Plan> {
+        let mut ip_text = IpText::EMPTY;
         let user: &str = match found {
             Some(raw) => match validate_identifier(raw) {
                 Ok(user) => user,
@@ -330,53 +495,54 @@ impl<V: RequestView> RequestPolicy<V> {
                         };
                         let Some(ip) = ip else {
                             // No address known (not served over a socket): nothing to limit by.
-                            return Plan::Pass;
+                            return Err(Plan::Call(None));
                         };
-                        ip_text = IpText::new(ip);
+                        ip_text.write(ip);
                         ip_text.as_str()
                     }
                     MissingIdentifier::Reject => {
                         return self.refuse_unidentified(Rejection::MissingIdentifier, req)
                     }
-                    _ => return Plan::Pass,
+                    _ => return Err(Plan::Call(None)),
                 }
             }
         };
-
         let shadow = self.mode == Mode::Shadow;
-        match self.limiter.check_local_in(user, target, cost, shadow) {
-            Some(decision) => match self.verdict(decision, || V::is_grpc(req)) {
-                Verdict::Allowed(allowed) => Plan::Allowed(allowed),
-                Verdict::Refused(answer) => Plan::Refused(answer),
-            },
-            None => {
-                let check = self.limiter.check_with_source_in(
-                    user,
-                    target.clone().into_owned(),
-                    cost,
-                    shadow,
-                );
-                let policy = Arc::clone(self);
-                let grpc = V::is_grpc(req);
-                Plan::Check(Box::pin(async move { policy.settle(check.await, grpc) }))
-            }
+        *decision = self.limiter.check_local_in(user, target, cost, shadow);
+        if decision.is_none() {
+            return Err(self.check_with_source(user, target, cost, shadow, V::is_grpc(req)));
         }
+        Ok(())
     }
 
-    /// The plan for a request refused before the limiter (400): counted, and answered, or
-    /// let through in shadow mode.
+    /// The plan of a request the limiter cannot decide locally: ask the token source.
     #[cold]
-    fn refuse_unidentified(&self, rejection: Rejection, req: &V::Request) -> Plan {
+    #[inline(never)]
+    fn check_with_source(
+        self: &Arc<Self>,
+        user: &str,
+        target: &Target<'_>,
+        cost: u64,
+        shadow: bool,
+        grpc: bool,
+    ) -> Plan {
+        let check =
+            self.limiter
+                .check_with_source_in(user, target.clone().into_owned(), cost, shadow);
+        let policy = Arc::clone(self);
+        Plan::Check(Box::pin(async move { policy.settle(check.await, grpc) }))
+    }
+
+    /// A request refused before the limiter (400): counted, and answered, or let through
+    /// (`Ok`, undecided) in shadow mode.
+    #[cold]
+    fn refuse_unidentified(&self, rejection: Rejection, req: &V::Request) -> Result<(), Plan> {
         self.limiter.count_invalid();
         if self.mode == Mode::Shadow {
             self.let_through(&rejection);
-            return Plan::Allowed(Allowed {
-                decision: None,
-                keep: false,
-                headers: None,
-            });
+            return Ok(());
         }
-        Plan::Refused(self.respond(&rejection, V::is_grpc(req)))
+        Err(Plan::Refused(self.respond(&rejection, V::is_grpc(req))))
     }
 
     /// Logs (at a limited rate) a request shadow mode let through instead of `rejection`.
@@ -394,13 +560,13 @@ impl<V: RequestView> RequestPolicy<V> {
     /// What the source's answer means for the request.
     fn settle(&self, checked: Result<Decision, Error>, grpc: bool) -> Verdict {
         match checked {
-            Ok(decision) => self.verdict(decision, || grpc),
+            Ok(decision) => self.verdict(decision, grpc),
             // Shadow mode: through, with the decision the outage policy would have enforced.
             Err(error) if self.mode == Mode::Shadow => {
                 let retry_after = error.retry_after().unwrap_or(std::time::Duration::ZERO);
                 self.verdict(
                     Decision::unavailable(false, error.kind(), retry_after),
-                    || grpc,
+                    grpc,
                 )
             }
             // The policy is to surface the source's failure: answer 503.
@@ -408,40 +574,68 @@ impl<V: RequestView> RequestPolicy<V> {
         }
     }
 
-    /// What a decision means for the request; `grpc` tells whether it is a gRPC request (asked
-    /// only to refuse it).
-    #[inline]
-    fn verdict(&self, decision: Decision, grpc: impl FnOnce() -> bool) -> Verdict {
-        let policy = || decision.rule().and_then(|rule| self.limiter.rule_id(&rule));
-        if decision.is_allowed() || self.mode == Mode::Shadow {
-            if !decision.is_allowed() {
-                self.let_through(&Rejection::from_decision(decision, policy()));
-            }
-            let headers = (self.headers == RateLimitHeaders::Always && decision.rule().is_some())
-                .then(|| {
-                    let mut fields = HeaderMap::new();
-                    write_rate_limit_headers(
-                        &mut fields,
-                        &decision,
-                        policy().as_deref().unwrap_or("default"),
-                    );
-                    Box::new(fields)
-                });
-            Verdict::Allowed(Allowed {
+    /// What a decision the token source made means for the request (a gRPC one when
+    /// `grpc`).
+    fn verdict(&self, decision: Decision, grpc: bool) -> Verdict {
+        match self.admit(&decision) {
+            Some(headers) => Verdict::Allowed(Allowed {
                 decision: Some(decision),
                 keep: self.insert_decision,
                 headers,
-            })
-        } else {
-            tracing::debug!(
-                target: "lightrate::web",
-                retry_after = decision.retry_after_secs(),
-                source = ?decision.source(),
-                "request limited"
-            );
-            let rejection = Rejection::from_decision(decision, policy());
-            Verdict::Refused(self.respond(&rejection, grpc()))
+            }),
+            None => Verdict::Refused(self.refuse(&decision, grpc)),
         }
+    }
+
+    /// Whether `decision` lets its request through (`None`: refuse it; in shadow mode every
+    /// decision does, a denial being logged), with the IETF fields its response gets.
+    #[inline(always)]
+    fn admit(&self, decision: &Decision) -> Option<Option<Box<HeaderMap>>> {
+        if !decision.is_allowed() {
+            if self.mode != Mode::Shadow {
+                return None;
+            }
+            self.let_through(&Rejection::from_decision(*decision, self.rule_id(decision)));
+        }
+        Some(
+            if self.headers == RateLimitHeaders::Always && decision.rule().is_some() {
+                self.allowed_fields(decision)
+            } else {
+                None
+            },
+        )
+    }
+
+    /// The id of the rule `decision` was charged to.
+    fn rule_id(&self, decision: &Decision) -> Option<Arc<str>> {
+        decision.rule().and_then(|rule| self.limiter.rule_id(&rule))
+    }
+
+    /// The IETF fields of an allowed response.
+    #[inline(never)]
+    fn allowed_fields(&self, decision: &Decision) -> Option<Box<HeaderMap>> {
+        let mut fields = HeaderMap::new();
+        let policy = self.rule_id(decision);
+        write_rate_limit_headers(
+            &mut fields,
+            decision,
+            policy.as_deref().unwrap_or("default"),
+        );
+        Some(Box::new(fields))
+    }
+
+    /// The answer to a request `decision` denies.
+    #[cold]
+    #[inline(never)]
+    fn refuse(&self, decision: &Decision, grpc: bool) -> Box<Response<Bytes>> {
+        tracing::debug!(
+            target: "lightrate::web",
+            retry_after = decision.retry_after_secs(),
+            source = ?decision.source(),
+            "request limited"
+        );
+        let rejection = Rejection::from_decision(*decision, self.rule_id(decision));
+        self.respond(&rejection, grpc)
     }
 
     /// The answer to a rejection: the gRPC one to a gRPC request, else the user's, or the
@@ -453,6 +647,17 @@ impl<V: RequestView> RequestPolicy<V> {
             Some(f) => f(rejection),
             None => rejection.to_response(self.headers),
         })
+    }
+}
+
+/// The method a request is charged as: HEAD as GET, since a route answers it with its GET
+/// handler, so a GET rule (or a GET route's operation) must cover it.
+#[inline]
+fn charged(method: &Method) -> &Method {
+    if *method == Method::HEAD {
+        &Method::GET
+    } else {
+        method
     }
 }
 

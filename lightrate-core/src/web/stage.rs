@@ -91,6 +91,10 @@ impl<F: Future, A, C> Stage<F, A, C> {
         match state.as_mut().project() {
             // The hot path, kept small: the rare states are polled out of line.
             StateProj::Inner { future, headers } => {
+                if headers.is_none() {
+                    // Nothing to add: the inner service's output goes straight through.
+                    return future.poll(cx).map(|output| respond(output, None));
+                }
                 let output = ready!(future.poll(cx));
                 Poll::Ready(respond(output, headers.take()))
             }

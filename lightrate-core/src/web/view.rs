@@ -72,6 +72,16 @@ pub trait RequestView: Sized + 'static {
 
     /// Puts `value` in `extensions`.
     fn insert<T: Clone + Send + Sync + 'static>(extensions: &mut Self::Extensions, value: T);
+
+    /// Puts `value` in the request's extensions.
+    fn insert_into<T: Clone + Send + Sync + 'static>(req: &mut Self::Request, value: T);
+
+    /// Puts `value` in the request's extensions unless they hold a `T` already: whether it
+    /// did.
+    fn insert_new<T: Clone + Send + Sync + 'static>(req: &mut Self::Request, value: T) -> bool;
+
+    /// Takes the `T` out of the request's extensions.
+    fn remove_from<T: Clone + Send + Sync + 'static>(req: &mut Self::Request);
 }
 
 /// Reads a `T` from the request's extensions, for
