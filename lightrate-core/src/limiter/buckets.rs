@@ -49,7 +49,7 @@ impl Buckets {
     #[inline]
     pub(super) fn get<'g>(
         &self,
-        user: &str,
+        user: &[u8],
         slot: u32,
         guard: &'g papaya::LocalGuard<'_>,
     ) -> Option<&'g Arc<LocalBucket>> {
@@ -67,7 +67,7 @@ impl Buckets {
         counters: &Counters,
         guard: &'g papaya::LocalGuard<'_>,
     ) -> &'g LocalBucket {
-        if let Some(bucket) = self.get(user, slot, guard) {
+        if let Some(bucket) = self.get(user.as_bytes(), slot, guard) {
             if !bucket.is_dead() {
                 return bucket;
             }

@@ -32,6 +32,17 @@ use crate::clock::Timestamp;
 use crate::source::DynTokenSource;
 use crate::{ConsumeRequest, ConsumeTokensResponse, Error, ErrorKind, Target};
 
+/// What a bucket of the memo said to a hit.
+#[derive(Clone, Copy, Debug)]
+enum Tap {
+    /// Taken: this many left, and what the source said it had left.
+    Taken { left: u32, remaining: u64 },
+    /// Fewer tokens than the cost (the denial cache may answer).
+    Empty,
+    /// The source must be asked (tokens past their deadline).
+    Ask,
+}
+
 /// How many times a request may go round (the SDKs' per-request mode, where a grant serves one
 /// request, or a rule that keeps changing) before it is denied.
 const ROUNDS: usize = 16;
@@ -78,30 +89,62 @@ impl Inner {
     #[inline]
     pub(super) fn check_local(
         self: &Arc<Self>,
-        user: &str,
+        user: &[u8],
         target: &Target<'_>,
         cost: u64,
         shadow: bool,
     ) -> Option<Decision> {
         let cost = cost.max(1);
         let now_ms = millis(self.clock.coarse_now());
-        let id = self.routes.id();
         if let Some(rule) = self.routes.memoized(target, now_ms) {
-            let hit = memo::with_bucket(id, user, rule.slot, |bucket| {
-                self.take_local(bucket, user, target, rule, cost, now_ms, shadow)
+            let tap = memo::with_bucket(self.routes.id(), user, rule.slot, |bucket| {
+                self.tap(bucket, user, target, rule.slot, cost, now_ms)
             });
-            if let Some(decided) = hit {
-                return decided;
+            match tap {
+                Some(Tap::Taken { left, remaining }) => {
+                    return Some(Decision::local(u64::from(left), remaining, rule))
+                }
+                Some(Tap::Ask) => return None,
+                // Empty (the denial cache may answer), or no live bucket in the memo.
+                Some(Tap::Empty) | None => {}
             }
         }
         self.check_maps(user, target, cost, now_ms, shadow)
+    }
+
+    /// One take from a bucket of the memo: what it says, small enough to come back in
+    /// registers (the hit's `Decision` is built once, by the caller).
+    #[inline]
+    fn tap(
+        self: &Arc<Self>,
+        bucket: &LocalBucket,
+        user: &[u8],
+        target: &Target<'_>,
+        slot: u32,
+        cost: u64,
+        now_ms: u64,
+    ) -> Tap {
+        match bucket.try_take(cost, now_ms) {
+            Take::Taken(left) => {
+                if self.settings.refill_ahead && bucket.crosses_low_water(left, cost) {
+                    Lease::refill_ahead(self, user, slot, target);
+                }
+                Tap::Taken {
+                    // A bucket holds at most 2^24 - 1 tokens.
+                    left: u32::try_from(left).unwrap_or(u32::MAX),
+                    remaining: bucket.source_remaining(),
+                }
+            }
+            Take::Empty => Tap::Empty,
+            Take::Expired | Take::Stale => Tap::Ask,
+        }
     }
 
     /// [`check_local`](Self::check_local) past the memos.
     #[inline(never)]
     fn check_maps(
         self: &Arc<Self>,
-        user: &str,
+        user: &[u8],
         target: &Target<'_>,
         cost: u64,
         now_ms: u64,
@@ -120,7 +163,7 @@ impl Inner {
     fn take_local(
         self: &Arc<Self>,
         bucket: &LocalBucket,
-        user: &str,
+        user: &[u8],
         target: &Target<'_>,
         rule: RuleSummary,
         cost: u64,

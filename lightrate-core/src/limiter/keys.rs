@@ -133,14 +133,19 @@ const INLINE: usize = 22;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum UserKey {
     Inline { len: u8, bytes: [u8; INLINE] },
-    Heap(Box<str>),
+    Heap(Box<[u8]>),
 }
 
 impl UserKey {
     pub(crate) fn new(user: &str) -> Self {
+        Self::from_bytes(user.as_bytes())
+    }
+
+    /// The key of an identifier's bytes (UTF-8, as every identifier is).
+    pub(crate) fn from_bytes(user: &[u8]) -> Self {
         if user.len() <= INLINE {
             let mut bytes = [0u8; INLINE];
-            bytes[..user.len()].copy_from_slice(user.as_bytes());
+            bytes[..user.len()].copy_from_slice(user);
             UserKey::Inline {
                 len: user.len() as u8,
                 bytes,
@@ -154,7 +159,7 @@ impl UserKey {
     pub(crate) fn as_bytes(&self) -> &[u8] {
         match self {
             UserKey::Inline { len, bytes } => &bytes[..usize::from(*len)],
-            UserKey::Heap(s) => s.as_bytes(),
+            UserKey::Heap(s) => s,
         }
     }
 
@@ -194,21 +199,21 @@ impl Hash for BucketKey {
 /// A borrowed bucket key.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct BucketRef<'a> {
-    pub(crate) user: &'a str,
+    pub(crate) user: &'a [u8],
     pub(crate) slot: u32,
 }
 
 impl Hash for BucketRef<'_> {
     #[inline]
     fn hash<H: Hasher>(&self, state: &mut H) {
-        hash_bucket(self.user.as_bytes(), self.slot, state);
+        hash_bucket(self.user, self.slot, state);
     }
 }
 
 impl Equivalent<BucketKey> for BucketRef<'_> {
     #[inline]
     fn equivalent(&self, key: &BucketKey) -> bool {
-        key.slot == self.slot && same_bytes(key.user.as_bytes(), self.user.as_bytes())
+        key.slot == self.slot && same_bytes(key.user.as_bytes(), self.user)
     }
 }
 
@@ -269,14 +274,17 @@ mod tests {
             "a much longer identifier than that",
         ] {
             let key = BucketKey::new(user, 3);
-            let r = BucketRef { user, slot: 3 };
+            let r = BucketRef {
+                user: user.as_bytes(),
+                slot: 3,
+            };
             assert_eq!(hasher.hash_one(&key), hasher.hash_one(r));
             assert!(r.equivalent(&key));
             assert!(!BucketRef { slot: 4, ..r }.equivalent(&key));
             assert_eq!(key.user.to_str_lossy(), user);
         }
         assert!(!BucketRef {
-            user: "alicf",
+            user: b"alicf",
             slot: 3
         }
         .equivalent(&BucketKey::new("alice", 3)));

@@ -35,7 +35,10 @@ pub(super) struct Lease {
 impl Lease {
     /// Starts a background lease for a bucket that crossed its low-water mark.
     #[cold]
-    pub(super) fn refill_ahead(inner: &Arc<Inner>, user: &str, slot: u32, target: &Target<'_>) {
+    pub(super) fn refill_ahead(inner: &Arc<Inner>, user: &[u8], slot: u32, target: &Target<'_>) {
+        let Ok(user) = std::str::from_utf8(user) else {
+            return;
+        };
         if tokio::runtime::Handle::try_current().is_err() {
             return;
         }

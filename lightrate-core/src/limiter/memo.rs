@@ -19,11 +19,38 @@ use std::sync::Arc;
 
 use super::bucket::LocalBucket;
 use super::decision::RuleSummary;
-use super::keys::{same_bytes, TargetKey, UserKey};
+use super::keys::{same_bytes, TargetKey};
 use crate::Target;
 
 const TARGETS: usize = 4;
 const BUCKETS: usize = 2;
+
+/// The longest identifier whose bucket is memoized (an IPv6 address, a UUID fit): the memos
+/// hold identifiers inline, so that filling them never allocates.
+const USER_BYTES: usize = 48;
+
+/// An identifier of at most [`USER_BYTES`] bytes, inline.
+#[derive(Clone, Copy)]
+struct User {
+    len: u8,
+    bytes: [u8; USER_BYTES],
+}
+
+impl User {
+    fn new(user: &[u8]) -> Option<Self> {
+        let mut bytes = [0; USER_BYTES];
+        bytes.get_mut(..user.len())?.copy_from_slice(user);
+        Some(User {
+            len: user.len() as u8,
+            bytes,
+        })
+    }
+
+    #[inline]
+    fn is(&self, user: &[u8]) -> bool {
+        same_bytes(&self.bytes[..usize::from(self.len)], user)
+    }
+}
 
 /// One remembered resolution.
 struct TargetMemo {
@@ -38,7 +65,7 @@ struct TargetMemo {
 struct BucketMemo {
     limiter: u64,
     slot: u32,
-    user: UserKey,
+    user: User,
     bucket: Arc<LocalBucket>,
 }
 
@@ -46,7 +73,7 @@ struct BucketMemo {
 struct Candidate {
     limiter: u64,
     slot: u32,
-    user: UserKey,
+    user: User,
 }
 
 struct Memos {
@@ -130,7 +157,7 @@ pub(super) fn remember(limiter: u64, generation: u64, resolved: Resolved, key: &
 #[inline]
 pub(super) fn with_bucket<R>(
     limiter: u64,
-    user: &str,
+    user: &[u8],
     slot: u32,
     take: impl FnOnce(&LocalBucket) -> R,
 ) -> Option<R> {
@@ -138,11 +165,8 @@ pub(super) fn with_bucket<R>(
         .try_with(|memos| {
             let mut memos = memos.try_borrow_mut().ok()?;
             let at = memos.buckets.iter().position(|m| {
-                m.as_ref().is_some_and(|m| {
-                    m.slot == slot
-                        && m.limiter == limiter
-                        && same_bytes(m.user.as_bytes(), user.as_bytes())
-                })
+                m.as_ref()
+                    .is_some_and(|m| m.slot == slot && m.limiter == limiter && m.user.is(user))
             })?;
             let memo = memos.buckets[at].as_ref()?;
             if memo.bucket.is_dead() {
@@ -158,34 +182,39 @@ pub(super) fn with_bucket<R>(
 /// Notes that (user, slot) of `limiter` was found in its map: its bucket is memoized if the
 /// last one found was the same.
 #[inline]
-pub(super) fn found_bucket(limiter: u64, user: &str, slot: u32, bucket: &Arc<LocalBucket>) {
+pub(super) fn found_bucket(limiter: u64, user: &[u8], slot: u32, bucket: &Arc<LocalBucket>) {
     let _ = MEMOS.try_with(|memos| {
         let Ok(mut memos) = memos.try_borrow_mut() else {
             return;
         };
-        let again = memos.candidate.as_ref().is_some_and(|c| {
-            c.slot == slot && c.limiter == limiter && same_bytes(c.user.as_bytes(), user.as_bytes())
-        });
+        let again = memos
+            .candidate
+            .as_ref()
+            .is_some_and(|c| c.slot == slot && c.limiter == limiter && c.user.is(user));
         if again {
             memoize(&mut memos, limiter, user, slot, bucket);
         } else {
-            memos.candidate = Some(Candidate {
+            // An identifier too long for the memos is not memoized.
+            memos.candidate = User::new(user).map(|user| Candidate {
                 limiter,
                 slot,
-                user: UserKey::new(user),
+                user,
             });
         }
     });
 }
 
 #[cold]
-fn memoize(memos: &mut Memos, limiter: u64, user: &str, slot: u32, bucket: &Arc<LocalBucket>) {
+fn memoize(memos: &mut Memos, limiter: u64, user: &[u8], slot: u32, bucket: &Arc<LocalBucket>) {
+    let Some(user) = User::new(user) else {
+        return;
+    };
     let at = memos.next_bucket;
     memos.next_bucket = (at + 1) % BUCKETS;
     memos.buckets[at] = Some(BucketMemo {
         limiter,
         slot,
-        user: UserKey::new(user),
+        user,
         bucket: bucket.clone(),
     });
     memos.candidate = None;
@@ -259,18 +288,25 @@ mod tests {
     fn a_bucket_is_memoized_on_its_second_find_and_forgotten_dead() {
         let bucket = Arc::new(LocalBucket::new(0));
         bucket.deposit(5, 1_000, 0).unwrap();
-        let tokens = |user: &str| with_bucket(3_000_001, user, 1, |b| b.tokens());
-        found_bucket(3_000_001, "alice", 1, &bucket);
-        assert_eq!(tokens("alice"), None, "seen once");
-        found_bucket(3_000_001, "bob", 1, &bucket);
-        found_bucket(3_000_001, "alice", 1, &bucket);
-        assert_eq!(tokens("alice"), None, "not twice in a row");
-        found_bucket(3_000_001, "alice", 1, &bucket);
-        assert_eq!(tokens("alice"), Some(5));
-        assert_eq!(with_bucket(3_000_001, "alice", 2, |b| b.tokens()), None);
-        assert_eq!(with_bucket(3_000_002, "alice", 1, |b| b.tokens()), None);
+        let tokens = |user: &[u8]| with_bucket(3_000_001, user, 1, |b| b.tokens());
+        found_bucket(3_000_001, b"alice", 1, &bucket);
+        assert_eq!(tokens(b"alice"), None, "seen once");
+        found_bucket(3_000_001, b"bob", 1, &bucket);
+        found_bucket(3_000_001, b"alice", 1, &bucket);
+        assert_eq!(tokens(b"alice"), None, "not twice in a row");
+        found_bucket(3_000_001, b"alice", 1, &bucket);
+        assert_eq!(tokens(b"alice"), Some(5));
+        assert_eq!(with_bucket(3_000_001, b"alice", 2, |b| b.tokens()), None);
+        assert_eq!(with_bucket(3_000_002, b"alice", 1, |b| b.tokens()), None);
         bucket.kill();
-        assert_eq!(tokens("alice"), None, "a dead bucket is not used");
+        assert_eq!(tokens(b"alice"), None, "a dead bucket is not used");
         assert_eq!(Arc::strong_count(&bucket), 1, "and not kept");
+        // An identifier longer than the memos hold is never memoized.
+        let long = [b'x'; USER_BYTES + 1];
+        let alive = Arc::new(LocalBucket::new(0));
+        found_bucket(3_000_001, &long, 1, &alive);
+        found_bucket(3_000_001, &long, 1, &alive);
+        assert_eq!(with_bucket(3_000_001, &long, 1, |b| b.tokens()), None);
+        assert_eq!(Arc::strong_count(&alive), 1);
     }
 }

@@ -177,6 +177,20 @@ impl Limiter {
         cost: u64,
         shadow: bool,
     ) -> Option<Decision> {
+        self.inner
+            .check_local(user.as_bytes(), target, cost, shadow)
+    }
+
+    /// [`check_local_in`](Self::check_local_in) for an identifier given as its bytes (UTF-8,
+    /// as every identifier is): what the web adapters have for a peer address, unchecked.
+    #[inline]
+    pub(crate) fn check_local_bytes(
+        &self,
+        user: &[u8],
+        target: &Target<'_>,
+        cost: u64,
+        shadow: bool,
+    ) -> Option<Decision> {
         self.inner.check_local(user, target, cost, shadow)
     }
 
@@ -287,7 +301,7 @@ impl Limiter {
     pub fn bucket_status(&self, user: &str, rule: &RuleSummary) -> Option<BucketStatus> {
         let inner = &*self.inner;
         let guard = inner.buckets.guard();
-        let bucket = inner.buckets.get(user, rule.slot, &guard)?;
+        let bucket = inner.buckets.get(user.as_bytes(), rule.slot, &guard)?;
         let now = inner.clock.now();
         (!bucket.is_dead())
             .then(|| BucketStatus::of(user, inner.routes.id_of(rule.slot), bucket, now))

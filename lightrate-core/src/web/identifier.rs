@@ -161,6 +161,12 @@ impl IpText {
         }
     }
 
+    /// The text's bytes (ASCII), unchecked: what the limiter's hot path compares and hashes.
+    #[inline]
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        self.buf.0.get(..self.len).unwrap_or_default()
+    }
+
     /// The text.
     #[inline]
     pub(crate) fn as_str(&self) -> &str {
