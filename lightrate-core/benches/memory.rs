@@ -18,6 +18,8 @@ fn main() {
         .refill_ahead(false)
         .bucket_ttl(Duration::from_secs(3600))
         .sweep_interval(Duration::from_secs(3600))
+        // Past the default cap of a million: every bucket stays.
+        .max_buckets(2 * BUCKETS)
         .build();
     let cost = new_buckets(
         &limiter,

@@ -23,7 +23,6 @@ use super::decision::{Decision, DecisionSource, RuleSummary};
 use super::flight::{Answer, FlightKey, Flights, Joined, Waiter};
 use super::keys::TargetKey;
 use super::lease::{next_token, wait_for, InlineLease, Lease};
-use super::memo;
 use super::routes::Routes;
 use super::settings::Settings;
 use super::upstream::Upstream;
@@ -83,9 +82,9 @@ impl Inner {
         }
     }
 
-    /// The local hit: the target's rule and the (user, rule) bucket (this thread's memos,
-    /// else the maps), one compare-and-swap; or the denial cache. `None` when the source must
-    /// be asked. No lock, no allocation, no clock call.
+    /// The local hit: the target's rule (this thread's memo, else the map), the (user, rule)
+    /// bucket, one compare-and-swap; or the denial cache. `None` when the source must be
+    /// asked. No lock, no allocation, no clock call.
     #[inline]
     pub(super) fn check_local(
         self: &Arc<Self>,
@@ -96,24 +95,23 @@ impl Inner {
     ) -> Option<Decision> {
         let cost = cost.max(1);
         let now_ms = millis(self.clock.coarse_now());
-        if let Some(rule) = self.routes.memoized(target, now_ms) {
-            let tap = memo::with_bucket(self.routes.id(), user, rule.slot, |bucket| {
-                self.tap(bucket, user, target, rule.slot, cost, now_ms)
-            });
-            match tap {
-                Some(Tap::Taken { left, remaining }) => {
-                    return Some(Decision::local(u64::from(left), remaining, rule))
-                }
-                Some(Tap::Ask) => return None,
-                // Empty (the denial cache may answer), or no live bucket in the memo.
-                Some(Tap::Empty) | None => {}
+        let guard = self.buckets.guard();
+        let rule = match self.routes.memoized(target, now_ms) {
+            Some(rule) => rule,
+            None => self.routes.lookup(target, now_ms, &guard)?,
+        };
+        let bucket = self.buckets.get(user, rule.slot, &guard)?;
+        match self.tap(bucket, user, target, rule.slot, cost, now_ms) {
+            Tap::Taken { left, remaining } => {
+                Some(Decision::local(u64::from(left), remaining, rule))
             }
+            Tap::Ask => None,
+            Tap::Empty => self.denied_here(bucket, rule, shadow),
         }
-        self.check_maps(user, target, cost, now_ms, shadow)
     }
 
-    /// One take from a bucket of the memo: what it says, small enough to come back in
-    /// registers (the hit's `Decision` is built once, by the caller).
+    /// One take: what the bucket says, small enough to come back in registers (the hit's
+    /// `Decision` is built once, by the caller).
     #[inline]
     fn tap(
         self: &Arc<Self>,
@@ -137,48 +135,6 @@ impl Inner {
             }
             Take::Empty => Tap::Empty,
             Take::Expired | Take::Stale => Tap::Ask,
-        }
-    }
-
-    /// [`check_local`](Self::check_local) past the memos.
-    #[inline(never)]
-    fn check_maps(
-        self: &Arc<Self>,
-        user: &[u8],
-        target: &Target<'_>,
-        cost: u64,
-        now_ms: u64,
-        shadow: bool,
-    ) -> Option<Decision> {
-        let guard = self.buckets.guard();
-        let rule = self.routes.lookup(target, now_ms, &guard)?;
-        let bucket = self.buckets.get(user, rule.slot, &guard)?;
-        memo::found_bucket(self.routes.id(), user, rule.slot, bucket);
-        self.take_local(bucket, user, target, rule, cost, now_ms, shadow)
-    }
-
-    /// The local part of a hit, once the bucket is found.
-    #[inline]
-    #[allow(clippy::too_many_arguments)]
-    fn take_local(
-        self: &Arc<Self>,
-        bucket: &LocalBucket,
-        user: &[u8],
-        target: &Target<'_>,
-        rule: RuleSummary,
-        cost: u64,
-        now_ms: u64,
-        shadow: bool,
-    ) -> Option<Decision> {
-        match bucket.try_take(cost, now_ms) {
-            Take::Taken(left) => {
-                if self.settings.refill_ahead && bucket.crosses_low_water(left, cost) {
-                    Lease::refill_ahead(self, user, rule.slot, target);
-                }
-                Some(Decision::local(left, bucket.source_remaining(), rule))
-            }
-            Take::Empty => self.denied_here(bucket, rule, shadow),
-            Take::Expired | Take::Stale => None,
         }
     }
 

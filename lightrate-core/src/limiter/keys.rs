@@ -87,6 +87,7 @@ fn method_code(method: &Method) -> u64 {
 }
 
 /// One hash for both forms of a target: a word for the kind (and method), then the bytes.
+#[inline]
 fn hash_target<H: Hasher>(target: &Target<'_>, state: &mut H) {
     match target {
         Target::Operation(op) => {
@@ -185,6 +186,7 @@ impl BucketKey {
     }
 }
 
+#[inline]
 fn hash_bucket<H: Hasher>(user: &[u8], slot: u32, state: &mut H) {
     state.write_u32(slot);
     state.write(user);

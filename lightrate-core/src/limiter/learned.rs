@@ -22,28 +22,29 @@ const OTHERS_RISE: f64 = 0.1;
 const OTHERS_FALL: f64 = 2.0;
 
 /// The last answer of the source: what it had left after granting, and when it made the
-/// answer (ms; the middle of the call).
+/// answer (ms; the middle of the call). `at_ms == NEVER`: nothing heard yet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Heard {
     remaining: u64,
     at_ms: u64,
 }
 
+const NEVER: u64 = u64::MAX;
+
 /// The estimates of one bucket (slow path only: behind the bucket's mutex).
 #[derive(Debug)]
 pub(crate) struct Learned {
-    /// This process's demand, in tokens per second.
-    demand: f64,
+    /// This process's demand, in tokens per second (`f32`: estimates, kept small).
+    demand: f32,
     /// When the current run of demand began (ms).
     demand_since_ms: u64,
     /// When the last lease started (ms; the bucket's creation before that), and the tokens
     /// this process had consumed from the bucket by then.
     lease_started_ms: u64,
     consumed_mark: u64,
-    /// What the bucket's other consumers take, in tokens per second (`None` before two
-    /// answers).
-    others: Option<f64>,
-    last: Option<Heard>,
+    /// What the bucket's other consumers take, in tokens per second (NaN before two answers).
+    others: f32,
+    last: Heard,
 }
 
 /// An exponential average: `previous` moved towards `sample` over `elapsed_s`, quickly when
@@ -61,8 +62,11 @@ impl Learned {
             demand_since_ms: now_ms,
             lease_started_ms: now_ms,
             consumed_mark: 0,
-            others: None,
-            last: None,
+            others: f32::NAN,
+            last: Heard {
+                remaining: 0,
+                at_ms: NEVER,
+            },
         }
     }
 
@@ -88,57 +92,65 @@ impl Learned {
             }
             let elapsed_s = elapsed_ms as f64 / 1000.0;
             let sample = taken as f64 / elapsed_s;
-            self.demand = smooth(self.demand, sample, elapsed_s, DEMAND_RISE, DEMAND_FALL);
+            let demand = smooth(
+                f64::from(self.demand),
+                sample,
+                elapsed_s,
+                DEMAND_RISE,
+                DEMAND_FALL,
+            );
+            self.demand = demand as f32;
         }
         // (Leases less than a millisecond apart keep counting until one has passed.)
         let age = Duration::from_millis(now_ms.saturating_sub(self.demand_since_ms));
-        (self.demand, age)
+        (f64::from(self.demand), age)
     }
 
     /// Files an answer made at `at_ms` that granted this process `granted` and left
     /// `remaining`, learning from the one before it what the others took meanwhile.
     pub(crate) fn heard(&mut self, at_ms: u64, granted: u64, remaining: u64, rule: RuleSummary) {
-        if let Some(previous) = self.last {
-            if at_ms > previous.at_ms {
-                let elapsed = Duration::from_millis(at_ms - previous.at_ms);
-                let expected = previous
-                    .remaining
-                    .saturating_add(rule.refill_rate.tokens_in(elapsed))
-                    .min(rule.burst_rate);
-                // The source counts whole tokens: a fraction it held may show as one more.
-                let level = remaining.saturating_add(granted).saturating_add(1);
-                let taken = expected.saturating_sub(level);
-                let elapsed_s = elapsed.as_secs_f64();
-                let sample = taken as f64 / elapsed_s;
-                self.others = Some(match self.others {
-                    Some(others) => smooth(others, sample, elapsed_s, OTHERS_RISE, OTHERS_FALL),
-                    None => sample,
-                });
-            }
+        let previous = self.last;
+        if previous.at_ms != NEVER && at_ms > previous.at_ms {
+            let elapsed = Duration::from_millis(at_ms - previous.at_ms);
+            let expected = previous
+                .remaining
+                .saturating_add(rule.refill_rate.tokens_in(elapsed))
+                .min(rule.burst_rate);
+            // The source counts whole tokens: a fraction it held may show as one more.
+            let level = remaining.saturating_add(granted).saturating_add(1);
+            let taken = expected.saturating_sub(level);
+            let elapsed_s = elapsed.as_secs_f64();
+            let sample = taken as f64 / elapsed_s;
+            let others = match self.others() {
+                Some(others) => smooth(others, sample, elapsed_s, OTHERS_RISE, OTHERS_FALL),
+                None => sample,
+            };
+            self.others = others as f32;
         }
-        if self.last.is_none_or(|previous| at_ms >= previous.at_ms) {
-            self.last = Some(Heard { remaining, at_ms });
+        if previous.at_ms == NEVER || at_ms >= previous.at_ms {
+            self.last = Heard { remaining, at_ms };
         }
     }
 
     /// What the others take (tokens per second), once two answers have shown it.
     pub(crate) fn others(&self) -> Option<f64> {
-        self.others
+        (!self.others.is_nan()).then_some(f64::from(self.others))
     }
 
     /// What the source is thought to have left at `now_ms`: the last answer, plus what the
     /// rule refilled since, less what the others are thought to have taken since (the burst
     /// when nothing was heard).
     pub(crate) fn remaining(&self, now_ms: u64, rule: RuleSummary) -> u64 {
-        let Some(last) = self.last else {
+        let last = self.last;
+        if last.at_ms == NEVER {
             return rule.burst_rate;
-        };
+        }
         let since = Duration::from_millis(now_ms.saturating_sub(last.at_ms));
         let refilled = last
             .remaining
             .saturating_add(rule.refill_rate.tokens_in(since))
             .min(rule.burst_rate);
-        let taken = self.others.unwrap_or(0.0) * since.as_secs_f64();
+        let taken = self.others().unwrap_or(0.0) * since.as_secs_f64();
         let taken = if taken.is_finite() && taken > 0.0 {
             taken.min(u64::MAX as f64) as u64
         } else {

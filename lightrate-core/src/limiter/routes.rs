@@ -60,12 +60,6 @@ impl Routes {
         }
     }
 
-    /// This limiter's id (for the per-thread memos).
-    #[inline]
-    pub(super) fn id(&self) -> u64 {
-        self.id
-    }
-
     /// The rule of a target known exactly and fresh at `now_ms`, from this thread's memo: no
     /// lock, no hashing, no epoch.
     #[inline]
