@@ -57,8 +57,9 @@ impl std::str::FromStr for OnUnavailable {
 pub const DEFAULT_LEASE_SIZE: u64 = 10_000;
 /// The largest lease cap.
 pub const MAX_LEASE_SIZE: u64 = 1_000_000;
-/// The default cap on live (user, rule) buckets: about 65 MB with short identifiers (65 bytes
-/// a bucket, measured by the `memory` bench; see BENCHMARKS.md).
+/// The default cap on live (user, rule) buckets: about 171 MB with short identifiers (171
+/// bytes a bucket, with what lease sizing learns of each; measured by the `memory` bench, see
+/// BENCHMARKS.md).
 pub const DEFAULT_MAX_LOCAL_BUCKETS: usize = 1_000_000;
 
 /// The default token horizon: how long a leased token can be spent after its lease started.

@@ -39,6 +39,21 @@
 //!   configuration errors, logged as such and never counted as an outage. An answer that
 //!   grants more than was asked is not believed (an unreadable answer).
 //!
+//! # Where the state lives
+//!
+//! | file | type | what it owns |
+//! |---|---|---|
+//! | `mod.rs` | [`Limiter`] | the public API, over one `Arc<Inner>` |
+//! | `inner.rs` | `Inner` | the parts below, and the path of a request: the local hit, the slow path |
+//! | `settings.rs` | `Settings` | every knob, set by [`LimiterBuilder`] and moved in whole |
+//! | `routes.rs`, `memo.rs` | `Routes` | targets → rules (the map, the per-thread memo), the learned rules |
+//! | `buckets.rs`, `bucket.rs` | `Buckets`, `LocalBucket` | the (user, rule) buckets, sweeps, the cap |
+//! | `learned.rs` | `Learned` | what a bucket learns: its demand, the others' take, the source's level |
+//! | `sizing.rs` | `Sizing` | how big a lease is: a pure function of what the bucket learned |
+//! | `lease.rs`, `flight.rs` | `Lease`, `Flights` | one call for a bucket's tokens and filing its answer; single flight |
+//! | `upstream.rs`, `breaker.rs`, `latency.rs` | `Upstream` | the source, its circuit breaker, its recent latency |
+//! | `counters.rs`, `stats.rs` | `Counters`, [`Stats`] | the one set of counters, per rule, that [`Stats`] and the metrics read |
+//!
 //! # Bounds
 //!
 //! The limiter never admits more than the source granted. Every token admitted at time t was
