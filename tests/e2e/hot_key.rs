@@ -9,11 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Method, StatusCode};
-use lightrate_core::{EmbeddedSource, LightRateClient, Limiter, RefillRate, RuleSet, RuleSpec};
-use lightrate_server::faults::{Fault, Faults};
-use lightrate_server::{LightRateServer, ServerConfig};
+use lightrate_core::{RefillRate, RuleSet, RuleSpec};
+use lightrate_server::faults::Fault;
 
-use crate::support::{http, Framework, API_KEY, APP_ID};
+use crate::support::{distant_source, http, Framework};
 
 const CLIENTS: usize = 32;
 const REQUESTS_PER_CLIENT: usize = 150;
@@ -29,20 +28,8 @@ async fn hot_key(framework: Framework) {
         ))
         .build()
         .unwrap();
-    let faults = Faults::new();
-    faults.set_always(Some(Fault::Delay(Duration::from_millis(20))));
-    let config = ServerConfig::new(API_KEY, APP_ID, EmbeddedSource::new(rules)).unwrap();
-    let server = LightRateServer::new(config)
-        .with_faults(faults.clone())
-        .bind("127.0.0.1:0")
-        .await
-        .unwrap();
-    // What the demo apps build from the environment: the library's defaults.
-    let client = LightRateClient::builder(API_KEY, APP_ID)
-        .base_url(server.base_url())
-        .build()
-        .unwrap();
-    let limiter = Limiter::new(client);
+    let (_server, faults, limiter) =
+        distant_source(rules, Fault::Delay(Duration::from_millis(20))).await;
     let app = framework.start(limiter.clone());
 
     let too_many = Arc::new(AtomicUsize::new(0));

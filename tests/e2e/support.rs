@@ -90,6 +90,28 @@ impl TokenServer {
     }
 }
 
+/// A real `lightrate-server` with `rules` on the real clock, answering through `fault`
+/// (a delay, say: a distant source), and a limiter as the demo apps build it from the
+/// environment (the library's defaults) over a client of it.
+pub async fn distant_source(
+    rules: RuleSet,
+    fault: lightrate_server::faults::Fault,
+) -> (RunningServer, Faults, Limiter) {
+    let faults = Faults::new();
+    faults.set_always(Some(fault));
+    let config = ServerConfig::new(API_KEY, APP_ID, EmbeddedSource::new(rules)).unwrap();
+    let server = LightRateServer::new(config)
+        .with_faults(faults.clone())
+        .bind("127.0.0.1:0")
+        .await
+        .unwrap();
+    let client = LightRateClient::builder(API_KEY, APP_ID)
+        .base_url(server.base_url())
+        .build()
+        .unwrap();
+    (server, faults, Limiter::new(client))
+}
+
 /// How a test's limiter differs from the default.
 #[derive(Clone, Debug)]
 pub struct LimiterOptions {

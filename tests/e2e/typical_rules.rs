@@ -10,11 +10,10 @@
 use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode};
-use lightrate_core::{EmbeddedSource, LightRateClient, Limiter, RefillRate, RuleSet, RuleSpec};
-use lightrate_server::faults::{Fault, Faults};
-use lightrate_server::{LightRateServer, ServerConfig};
+use lightrate_core::{RefillRate, RuleSet, RuleSpec};
+use lightrate_server::faults::Fault;
 
-use crate::support::{http, Framework, API_KEY, APP_ID};
+use crate::support::{distant_source, http, Framework};
 
 /// (route, refill, burst): each a rule on `GET /items/<route>`.
 const RULES: [(&str, RefillRate, u64); 5] = [
@@ -65,25 +64,13 @@ async fn typical_rules(framework: Framework) {
             burst,
         ));
     }
-    let faults = Faults::new();
-    faults.set_always(Some(Fault::Jitter {
+    let jittery = Fault::Jitter {
         delay: Duration::from_millis(20),
         jitter: Duration::from_millis(10),
         slow_one_in: 20,
-    }));
-    let config =
-        ServerConfig::new(API_KEY, APP_ID, EmbeddedSource::new(rules.build().unwrap())).unwrap();
-    let server = LightRateServer::new(config)
-        .with_faults(faults.clone())
-        .bind("127.0.0.1:0")
-        .await
-        .unwrap();
-    // What the demo apps build from the environment: the library's defaults.
-    let client = LightRateClient::builder(API_KEY, APP_ID)
-        .base_url(server.base_url())
-        .build()
-        .unwrap();
-    let app = framework.start(Limiter::new(client));
+    };
+    let (_server, faults, limiter) = distant_source(rules.build().unwrap(), jittery).await;
+    let app = framework.start(limiter);
 
     let users: Vec<_> = RULES
         .iter()
