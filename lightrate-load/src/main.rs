@@ -67,6 +67,12 @@ struct Options {
     concurrency: usize,
 }
 
+/// A flag's value as a whole number.
+fn number(v: String) -> Result<u64, String> {
+    v.parse::<u64>()
+        .map_err(|_| format!("{v:?} is not a number"))
+}
+
 fn parse(mut args: impl Iterator<Item = String>) -> Result<Option<Options>, String> {
     match args.next().as_deref() {
         Some("soak") => {}
@@ -87,10 +93,6 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Option<Options>, Stri
     };
     while let Some(arg) = args.next() {
         let mut value = || args.next().ok_or_else(|| format!("{arg} needs a value"));
-        let number = |v: String| {
-            v.parse::<u64>()
-                .map_err(|_| format!("{v:?} is not a number"))
-        };
         match arg.as_str() {
             "--app" => o.app = value()?,
             "--path" => o.path = value()?,
@@ -349,10 +351,6 @@ fn parse_user(mut args: impl Iterator<Item = String>) -> Result<Option<UserRun>,
     };
     while let Some(arg) = args.next() {
         let mut value = || args.next().ok_or_else(|| format!("{arg} needs a value"));
-        let number = |v: String| {
-            v.parse::<u64>()
-                .map_err(|_| format!("{v:?} is not a number"))
-        };
         match arg.as_str() {
             "--app" => o.app = value()?,
             "--server" => o.server = Some(value()?),
