@@ -7,6 +7,9 @@
 //! valgrind --tool=callgrind target/release/examples/hit_instructions 300000 [governor]
 //! # (difference of the two totals) / 200000 = instructions per decision
 //! ```
+//!
+//! `... 100000 many [users]` hits 10 000 users (or `users`) in turn instead of one, each hit
+//! through the map.
 #![allow(missing_docs, clippy::unwrap_used, clippy::print_stdout)]
 use lightrate_core::http::Method;
 use lightrate_core::*;
@@ -40,6 +43,27 @@ fn main() {
         .refill_ahead(false)
         .build();
     let target = Target::path(Method::GET, "/bench/items");
+    if std::env::args().nth(2).as_deref() == Some("many") {
+        // Many users (10 000, or the third argument) in turn: every hit goes through the map.
+        let count: usize = std::env::args()
+            .nth(3)
+            .map(|s| s.parse().unwrap())
+            .unwrap_or(10_000);
+        let users: Vec<String> = (0..count).map(|i| format!("user-{i:08}")).collect();
+        for user in &users {
+            rt.block_on(limiter.check(user, &target)).unwrap();
+            rt.block_on(limiter.check(user, &target)).unwrap();
+        }
+        let mut allowed = 0u64;
+        for i in 0..n as usize {
+            let user = &users[i % users.len()];
+            if let Some(d) = limiter.check_local(black_box(user), black_box(&target), 1) {
+                allowed += u64::from(d.is_allowed());
+            }
+        }
+        println!("{allowed}");
+        return;
+    }
     // The first request learns the rule; the second leases the bucket full.
     rt.block_on(limiter.check("user-1", &target)).unwrap();
     rt.block_on(limiter.check("user-1", &target)).unwrap();

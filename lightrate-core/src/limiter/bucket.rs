@@ -65,10 +65,13 @@ pub(crate) enum Take {
 /// Tokens of one (user, rule) in this process, inline in its map entry (which keeps its
 /// address until the entry is removed and no reader can see it any more).
 ///
-/// A hit reads `state`, `older`, `refill_below` and `source_remaining` and compare-and-swaps
-/// `state`: one cache line, no other write. The rest is the slow path's: the denial cache and
-/// what lease sizing learns ([`Learned`]).
+/// A hit reads `state`, `older`, `refill_below`, `source_remaining` and `shared` (what its map
+/// entry is told by) and compare-and-swaps `state`: the first 32 bytes, in this order
+/// (`repr(C)`: left to the compiler, `shared` went last, and a hit among many users paid a
+/// second cache line for it), and no other write. The rest is the slow path's: the denial
+/// cache and what lease sizing learns ([`Learned`]).
 #[derive(Debug)]
+#[repr(C)]
 pub(crate) struct LocalBucket {
     /// Tokens and their deadline, packed: a hit is one compare-and-swap of this word.
     state: AtomicU64,
@@ -79,6 +82,10 @@ pub(crate) struct LocalBucket {
     /// Refill-ahead: a take that leaves fewer than this many tokens (and started with at
     /// least this many) leases the next batch. 0: never.
     refill_below: AtomicU32,
+    /// Whether this bucket was moved out of its map entry, to be shared with the per-thread
+    /// memos. (Never changed: a plain `bool`, whose spare values let the map's entry tell an
+    /// inline bucket from a shared one without a byte more.)
+    shared: bool,
     /// Denial cache: no token can exist before this timestamp (nanoseconds; 0 = none).
     denied_until: AtomicU64,
     /// The last time the slow path used this bucket (ms): a lease, a denial, a take after
@@ -103,6 +110,7 @@ impl LocalBucket {
             deposited: AtomicU64::new(0),
             lost: AtomicU64::new(0),
             learned: Mutex::new(Learned::new(now_ms)),
+            shared: false,
         }
     }
 
@@ -157,12 +165,19 @@ impl LocalBucket {
     /// bucket was removed meanwhile (the caller files them into a new one). `Ok` holds the
     /// tokens lost on the way: held ones past their deadline, and any past [`MAX_TOKENS`].
     ///
-    /// Deposits of one bucket never run concurrently (one lease in flight per bucket).
+    /// Deposits of one bucket never run concurrently (one lease in flight per bucket), and
+    /// never while the bucket [moves](Self::moved): both hold the bucket's lock, so that
+    /// `older` always goes with the `state` a move sees.
     pub(crate) fn deposit(&self, tokens: u64, deadline_ms: u64, now_ms: u64) -> Result<u64, u64> {
-        let current = self.state.load(Ordering::Acquire);
-        if current & DEAD != 0 {
+        let _moving = self.learned();
+        if self.is_dead() {
             return Err(tokens);
         }
+        // What is left of the older generation past its deadline is lost before anything is
+        // computed from `older`: carried into the new generation, it would live on until the
+        // newer deadline (a hit that saw it stale would have dropped it; none may have come).
+        let stale = self.drop_stale(now_ms);
+        let current = self.state.load(Ordering::Acquire);
         let held_alive = tokens_of(current) > 0 && now_ms < deadline_of(current);
         let older = self.older.load(Ordering::Acquire);
         let older_deadline = if !held_alive {
@@ -201,7 +216,7 @@ impl LocalBucket {
                     self.deposited.fetch_add(tokens, Ordering::Relaxed);
                     let lost = expired + total.saturating_sub(MAX_TOKENS);
                     self.lost.fetch_add(lost, Ordering::Relaxed);
-                    return Ok(lost);
+                    return Ok(lost + stale);
                 }
                 Err(actual) => current = actual,
             }
@@ -289,6 +304,37 @@ impl LocalBucket {
         } else {
             tokens_of(previous)
         }
+    }
+
+    /// Kills this bucket and returns a live copy of it, marked shared: its tokens with their deadlines, its
+    /// denial, and what it learned, for a bucket that moves out of its map entry. `None` if it
+    /// was dead already. A take on this one after the move fails, as on any removed bucket.
+    pub(crate) fn moved(&self) -> Option<LocalBucket> {
+        // No deposit runs while the lock is held: `older` is the one of the state killed.
+        let learned = self.learned();
+        let state = self.state.fetch_or(DEAD, Ordering::AcqRel);
+        if state & DEAD != 0 {
+            return None;
+        }
+        let copy = |word: &AtomicU64| AtomicU64::new(word.load(Ordering::Acquire));
+        Some(LocalBucket {
+            state: AtomicU64::new(state),
+            older: copy(&self.older),
+            source_remaining: copy(&self.source_remaining),
+            refill_below: AtomicU32::new(self.refill_below.load(Ordering::Relaxed)),
+            denied_until: copy(&self.denied_until),
+            touched_ms: copy(&self.touched_ms),
+            deposited: copy(&self.deposited),
+            lost: copy(&self.lost),
+            learned: Mutex::new(learned.clone()),
+            shared: true,
+        })
+    }
+
+    /// Whether this bucket was moved out of its map entry ([`moved`](Self::moved)).
+    #[cfg(test)]
+    pub(crate) fn is_shared(&self) -> bool {
+        self.shared
     }
 
     #[inline]
@@ -448,6 +494,40 @@ mod tests {
         assert_eq!(b.live_tokens(6_000), 3);
         assert_eq!(b.lost.load(Ordering::Relaxed), 5);
         assert_eq!(b.try_take(3, 6_000), Take::Taken(0));
+    }
+
+    #[test]
+    fn a_deposit_does_not_revive_stale_tokens() {
+        let b = LocalBucket::new(0);
+        b.deposit(5, 5_000, 0).unwrap();
+        b.deposit(10, 7_000, 2_000).unwrap();
+        // 3 of the first lease are left, 10 of the second.
+        assert_eq!(b.try_take(2, 3_000), Take::Taken(13));
+        // At 6 s the first lease's 3 are past their deadline; no hit saw them stale before a
+        // third lease lands: they are lost, not carried to the second lease's deadline.
+        assert_eq!(b.deposit(10, 9_000, 6_000), Ok(3));
+        assert_eq!(b.live_tokens(6_500), 20);
+        assert_eq!(b.try_take(21, 6_500), Take::Empty);
+        assert_eq!(b.try_take(20, 6_500), Take::Taken(0));
+    }
+
+    #[test]
+    fn a_moved_bucket_keeps_its_tokens_and_their_deadlines() {
+        let b = LocalBucket::new(0);
+        b.deposit(5, 5_000, 0).unwrap();
+        b.deposit(10, 7_000, 2_000).unwrap();
+        b.set_denied_until(9);
+        let m = b.moved().unwrap();
+        assert!(b.is_dead() && !m.is_dead());
+        assert!(m.is_shared() && !b.is_shared());
+        assert!(b.moved().is_none(), "a dead bucket does not move");
+        assert_eq!(b.try_take(1, 3_000), Take::Expired);
+        assert_eq!(m.live_tokens(4_999), 15);
+        assert_eq!(m.live_tokens(5_000), 10);
+        assert_eq!(m.denied_until(), 9);
+        assert_eq!(m.consumed(), 0);
+        assert_eq!(m.try_take(15, 4_000), Take::Taken(0));
+        assert_eq!(b.deposit(1, 8_000, 4_000), Err(1));
     }
 
     #[test]

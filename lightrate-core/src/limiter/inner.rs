@@ -16,13 +16,14 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 use super::bucket::{LocalBucket, Take};
-use super::buckets::Buckets;
+use super::buckets::{Buckets, Held};
 use super::builder::{ClockHandle, OnUnavailable};
 use super::counters::{Counted, Counters};
 use super::decision::{Decision, DecisionSource, RuleSummary};
 use super::flight::{Answer, FlightKey, Flights, Joined, Waiter};
 use super::keys::TargetKey;
 use super::lease::{next_token, wait_for, InlineLease, Lease};
+use super::memo;
 use super::routes::Routes;
 use super::settings::Settings;
 use super::upstream::Upstream;
@@ -82,8 +83,8 @@ impl Inner {
         }
     }
 
-    /// The local hit: the target's rule (this thread's memo, else the map), the (user, rule)
-    /// bucket, one compare-and-swap; or the denial cache. `None` when the source must be
+    /// The local hit: the target's rule and the (user, rule) bucket (this thread's memos, else
+    /// the maps), one compare-and-swap; or the denial cache. `None` when the source must be
     /// asked. No lock, no allocation, no clock call.
     #[inline]
     pub(super) fn check_local(
@@ -95,19 +96,105 @@ impl Inner {
     ) -> Option<Decision> {
         let cost = cost.max(1);
         let now_ms = millis(self.clock.coarse_now());
-        let guard = self.buckets.guard();
-        let rule = match self.routes.memoized(target, now_ms) {
-            Some(rule) => rule,
-            None => self.routes.lookup(target, now_ms, &guard)?,
-        };
-        let bucket = self.buckets.get(user, rule.slot, &guard)?;
-        match self.tap(bucket, user, target, rule.slot, cost, now_ms) {
-            Tap::Taken { left, remaining } => {
-                Some(Decision::local(u64::from(left), remaining, rule))
+        let (limiter, generation) = self.routes.memo_key();
+        // What is decided, written in place (a `Decision` moved out of the memo's closure was
+        // copied four times), and a bucket to memoize once the memos are free.
+        let mut decided = None;
+        let mut shared = None;
+        let known = memo::hit(limiter, generation, now_ms, target, user, |rule, bucket| {
+            if let Some(bucket) = bucket {
+                match self.tap(bucket, user, target, rule.slot, cost, now_ms) {
+                    Tap::Taken { left, remaining } => {
+                        decided = Some(Decision::local(u64::from(left), remaining, *rule));
+                        return true;
+                    }
+                    Tap::Ask => return true,
+                    // The denial cache is read on the way through the map (the same bucket).
+                    Tap::Empty => {}
+                }
             }
-            Tap::Ask => None,
-            Tap::Empty => self.denied_here(bucket, rule, shadow),
+            let guard = self.buckets.guard();
+            self.from_map(
+                rule,
+                user,
+                target,
+                cost,
+                now_ms,
+                shadow,
+                &guard,
+                &mut decided,
+                &mut shared,
+            );
+            true
+        });
+        if !known {
+            let guard = self.buckets.guard();
+            let rule = self.routes.lookup(target, now_ms, &guard)?;
+            self.from_map(
+                &rule,
+                user,
+                target,
+                cost,
+                now_ms,
+                shadow,
+                &guard,
+                &mut decided,
+                &mut shared,
+            );
         }
+        if let Some((slot, bucket)) = shared {
+            memo::memoize(limiter, user, slot, bucket);
+        }
+        decided
+    }
+
+    /// The hit through the map: the (user, rule) bucket, one take, or the denial cache; and
+    /// the bucket shared to be memoized if this thread served its user twice in a row.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn from_map(
+        self: &Arc<Self>,
+        rule: &RuleSummary,
+        user: &[u8],
+        target: &Target<'_>,
+        cost: u64,
+        now_ms: u64,
+        shadow: bool,
+        guard: &papaya::LocalGuard<'_>,
+        decided: &mut Option<Decision>,
+        shared: &mut Option<(u32, Arc<LocalBucket>)>,
+    ) {
+        let Some(held) = self.buckets.get(user, rule.slot, guard) else {
+            return;
+        };
+        match self.tap(held, user, target, rule.slot, cost, now_ms) {
+            Tap::Taken { left, remaining } => {
+                *decided = Some(Decision::local(u64::from(left), remaining, *rule));
+            }
+            Tap::Ask => return,
+            Tap::Empty => {
+                *decided = self.denied_here(held, *rule, shadow);
+                return;
+            }
+        }
+        if memo::found_again(held) && memo::fits(user) {
+            *shared = self.share(user, rule.slot, held, guard);
+        }
+    }
+
+    /// The bucket of a user this thread served twice in a row, shared (moved out of its entry,
+    /// if it is inline), with its rule slot.
+    #[cold]
+    fn share(
+        &self,
+        user: &[u8],
+        slot: u32,
+        held: &Held,
+        guard: &papaya::LocalGuard<'_>,
+    ) -> Option<(u32, Arc<LocalBucket>)> {
+        self.buckets
+            .share(user, slot, held, &self.counters, guard)
+            .map(|bucket| (slot, bucket))
     }
 
     /// One take: what the bucket says, small enough to come back in registers (the hit's

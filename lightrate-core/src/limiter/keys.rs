@@ -184,6 +184,13 @@ impl BucketKey {
             slot,
         }
     }
+
+    pub(crate) fn from_bytes(user: &[u8], slot: u32) -> Self {
+        BucketKey {
+            user: UserKey::from_bytes(user),
+            slot,
+        }
+    }
 }
 
 #[inline]

@@ -32,7 +32,7 @@ struct Heard {
 const NEVER: u64 = u64::MAX;
 
 /// The estimates of one bucket (slow path only: behind the bucket's mutex).
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct Learned {
     /// This process's demand, in tokens per second (`f32`: estimates, kept small).
     demand: f32,

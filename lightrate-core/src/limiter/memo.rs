@@ -1,26 +1,62 @@
-//! A per-thread memo of recently resolved targets, in front of the target → rule map.
+//! Per-thread memos in front of the maps of the hot path: the targets this thread resolved
+//! last, and the buckets of the users it served twice in a row.
 //!
-//! A server's requests hit a handful of routes over and over; comparing a request's target with
-//! the last few resolved on this thread is cheaper than hashing it and probing the shared map.
-//! The map stays the truth: a memo entry is used only while its limiter's generation (bumped
-//! whenever a cached mapping may change) is the one it was filled at and its own copy of the
-//! expiry has not passed.
+//! A server's requests hit a handful of routes over and over, and a busy user's requests come
+//! one after the other: comparing a request's target and user with the last few seen on this
+//! thread is cheaper than hashing them, entering the maps' epoch and probing. The maps stay the
+//! truth:
 //!
-//! (Buckets are not memoized: a bucket shared with a memo would have to live apart from its map
-//! entry, and among many users that costs every hit one more cache miss than the memo saves
-//! for a few.)
+//! - a target memo is used only while its limiter's generation (bumped whenever a cached
+//!   mapping may change) is the one it was filled at, and its own copy of the expiry has not
+//!   passed;
+//! - a bucket memo holds the bucket itself, shared with its map entry
+//!   ([`Held::Hot`](super::buckets::Held)): a bucket leaves its map dead, and a dead one is
+//!   never used, so a memo of one only sends the request to the map.
+//!
+//! Buckets start inline in their entries, where a hit among many users finds them with one
+//! cache miss; only the bucket of a user this thread served twice in a row is moved out to be
+//! shared (once), so that traffic from many users pays for no memo but a compare of addresses.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::sync::Arc;
 
+use super::bucket::LocalBucket;
 use super::decision::RuleSummary;
-use super::keys::TargetKey;
+use super::keys::{same_bytes, TargetKey};
 use crate::Target;
 
-const SLOTS: usize = 4;
+const TARGETS: usize = 4;
+const BUCKETS: usize = 2;
+
+/// The longest identifier whose bucket is memoized (an IPv6 address, a UUID fit): the memos
+/// hold identifiers inline, so that filling them never allocates.
+const USER_BYTES: usize = 48;
+
+/// An identifier of at most [`USER_BYTES`] bytes, inline.
+#[derive(Clone, Copy)]
+struct User {
+    len: u8,
+    bytes: [u8; USER_BYTES],
+}
+
+impl User {
+    fn new(user: &[u8]) -> Option<Self> {
+        let mut bytes = [0; USER_BYTES];
+        bytes.get_mut(..user.len())?.copy_from_slice(user);
+        Some(User {
+            len: user.len() as u8,
+            bytes,
+        })
+    }
+
+    #[inline]
+    fn is(&self, user: &[u8]) -> bool {
+        same_bytes(&self.bytes[..usize::from(self.len)], user)
+    }
+}
 
 /// One remembered resolution.
-struct Memo {
+struct TargetMemo {
     limiter: u64,
     generation: u64,
     expires_ms: u64,
@@ -28,18 +64,32 @@ struct Memo {
     key: Arc<TargetKey>,
 }
 
+/// One remembered bucket.
+struct BucketMemo {
+    limiter: u64,
+    slot: u32,
+    user: User,
+    bucket: Arc<LocalBucket>,
+}
+
 struct Memos {
-    slots: [Option<Memo>; SLOTS],
-    next: usize,
+    targets: [Option<TargetMemo>; TARGETS],
+    next_target: usize,
+    buckets: [Option<BucketMemo>; BUCKETS],
+    next_bucket: usize,
 }
 
 thread_local! {
     static MEMOS: RefCell<Memos> = const {
         RefCell::new(Memos {
-            slots: [const { None }; SLOTS],
-            next: 0,
+            targets: [const { None }; TARGETS],
+            next_target: 0,
+            buckets: [const { None }; BUCKETS],
+            next_bucket: 0,
         })
     };
+    /// The address of the bucket this thread last found in a map (not memoized).
+    static LAST_FOUND: Cell<usize> = const { Cell::new(0) };
 }
 
 /// What a memo (or the map behind it) says about a target.
@@ -49,26 +99,45 @@ pub(super) struct Resolved {
     pub(super) expires_ms: u64,
 }
 
-/// Looks `target` up in this thread's memo for `limiter` at `generation`.
+/// Looks `target` and (`user`, its rule) up in this thread's memos for `limiter` at
+/// `generation`: if the target is there (and its rule fresh at `now_ms`), calls `take` with the
+/// rule and the bucket, if that is there too (and alive), and returns what `take` returns;
+/// `false` if the target is not there.
+///
+/// `take` gets references and writes what it decides where its caller wants it: a value
+/// returned through this closure and the thread-local's was copied several times over.
 #[inline]
-pub(super) fn find(limiter: u64, generation: u64, target: &Target<'_>) -> Option<Resolved> {
+pub(super) fn hit(
+    limiter: u64,
+    generation: u64,
+    now_ms: u64,
+    target: &Target<'_>,
+    user: &[u8],
+    take: impl FnOnce(&RuleSummary, Option<&LocalBucket>) -> bool,
+) -> bool {
     MEMOS
         .try_with(|memos| {
-            let memos = memos.try_borrow().ok()?;
-            memos
-                .slots
-                .iter()
-                .flatten()
-                .find(|m| {
-                    m.limiter == limiter && m.generation == generation && m.key.matches(target)
-                })
-                .map(|memo| Resolved {
-                    rule: memo.rule,
-                    expires_ms: memo.expires_ms,
-                })
+            let Ok(memos) = memos.try_borrow() else {
+                return false;
+            };
+            let Some(memo) = memos.targets.iter().flatten().find(|m| {
+                m.limiter == limiter && m.generation == generation && m.key.matches(target)
+            }) else {
+                return false;
+            };
+            if now_ms >= memo.expires_ms {
+                return false;
+            }
+            let rule = &memo.rule;
+            let bucket = memos.buckets.iter().flatten().find(|m| {
+                m.slot == rule.slot
+                    && m.limiter == limiter
+                    && m.user.is(user)
+                    && !m.bucket.is_dead()
+            });
+            take(rule, bucket.map(|memo| &*memo.bucket))
         })
-        .ok()
-        .flatten()
+        .unwrap_or(false)
 }
 
 /// Remembers a resolution on this thread (replacing the oldest, or the same target's).
@@ -78,29 +147,79 @@ pub(super) fn remember(limiter: u64, generation: u64, resolved: Resolved, key: &
         let Ok(mut memos) = memos.try_borrow_mut() else {
             return;
         };
-        let memo = Memo {
+        let memo = TargetMemo {
             limiter,
             generation,
             expires_ms: resolved.expires_ms,
             rule: resolved.rule,
             key: key.clone(),
         };
-        let same = memos.slots.iter().position(|m| {
+        let same = memos.targets.iter().position(|m| {
             m.as_ref()
                 .is_some_and(|m| m.limiter == limiter && *m.key == **key)
         });
         let at = same.unwrap_or_else(|| {
-            let at = memos.next;
-            memos.next = (at + 1) % SLOTS;
+            let at = memos.next_target;
+            memos.next_target = (at + 1) % TARGETS;
             at
         });
-        memos.slots[at] = Some(memo);
+        memos.targets[at] = Some(memo);
     });
+}
+
+/// Notes that this thread found `bucket` in a map: whether it found the same one last time
+/// (its user is served twice in a row, and its bucket is worth memoizing).
+#[inline]
+pub(super) fn found_again(bucket: &LocalBucket) -> bool {
+    let address = std::ptr::from_ref(bucket) as usize;
+    LAST_FOUND
+        .try_with(|last| last.replace(address) == address)
+        .unwrap_or(false)
+}
+
+/// Whether the bucket of `user` may be memoized (its identifier fits a memo).
+#[inline]
+pub(super) fn fits(user: &[u8]) -> bool {
+    user.len() <= USER_BYTES
+}
+
+/// Memoizes the bucket of (`user`, `slot`) of `limiter` on this thread, replacing the oldest.
+#[cold]
+pub(super) fn memoize(limiter: u64, user: &[u8], slot: u32, bucket: Arc<LocalBucket>) {
+    let Some(user) = User::new(user) else {
+        return;
+    };
+    let _ = MEMOS.try_with(|memos| {
+        let Ok(mut memos) = memos.try_borrow_mut() else {
+            return;
+        };
+        let memo = BucketMemo {
+            limiter,
+            slot,
+            user,
+            bucket,
+        };
+        let same = memos.buckets.iter().position(|m| {
+            m.as_ref().is_some_and(|m| {
+                m.limiter == limiter
+                    && m.slot == slot
+                    && m.user.is(&user.bytes[..usize::from(user.len)])
+            })
+        });
+        let at = same.unwrap_or_else(|| {
+            let at = memos.next_bucket;
+            memos.next_bucket = (at + 1) % BUCKETS;
+            at
+        });
+        memos.buckets[at] = Some(memo);
+    });
+    let _ = LAST_FOUND.try_with(|last| last.set(0));
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::limiter::bucket::Take;
     use crate::RefillRate;
     use http::Method;
 
@@ -113,6 +232,51 @@ mod tests {
         }
     }
 
+    /// The rule slot the memos know for `target`.
+    fn slot_of(limiter: u64, generation: u64, target: &Target<'_>) -> Option<u32> {
+        let mut slot = None;
+        hit(limiter, generation, 0, target, b"u", |rule, _| {
+            slot = Some(rule.slot);
+            true
+        });
+        slot
+    }
+
+    #[test]
+    fn a_bucket_is_memoized_for_its_limiter_rule_and_user_while_alive() {
+        let target = Target::operation("memo-bucket");
+        let key = Arc::new(TargetKey::from_target(&target));
+        let resolved = Resolved {
+            rule: rule(3),
+            expires_ms: 100,
+        };
+        remember(3_000_001, 1, resolved, &key);
+        let bucket = Arc::new(LocalBucket::new(0));
+        bucket.deposit(5, 10_000, 0).unwrap();
+        let found = |user: &[u8], now_ms| {
+            let mut found = None;
+            hit(3_000_001, 1, now_ms, &target, user, |rule, b| {
+                found = b.map(|b| (rule.slot, b.try_take(1, now_ms)));
+                true
+            });
+            found
+        };
+        assert_eq!(found(b"alice", 0), None, "nothing memoized yet");
+        let b = LocalBucket::new(0);
+        assert!(!found_again(&b), "first time found");
+        assert!(found_again(&b), "found twice in a row");
+        assert!(fits(b"alice") && !fits(&[b'x'; USER_BYTES + 1]));
+        memoize(3_000_001, b"alice", 3, bucket.clone());
+        assert!(!found_again(&b), "memoizing forgets the last found");
+        assert_eq!(found(b"alice", 0), Some((3, Take::Taken(4))));
+        assert_eq!(found(b"alicf", 0), None, "another user");
+        assert_eq!(found(b"alice", 100), None, "the rule expired");
+        memoize(3_000_001, b"bob", 4, bucket.clone());
+        assert_eq!(found(b"bob", 0), None, "another rule's bucket");
+        bucket.kill();
+        assert_eq!(found(b"alice", 0), None, "a dead bucket is never used");
+    }
+
     #[test]
     fn hits_only_for_the_same_limiter_generation_and_target() {
         let target = Target::path(Method::GET, "/memo/a");
@@ -122,8 +286,7 @@ mod tests {
             expires_ms: 100,
         };
         remember(1_000_001, 5, resolved, &key);
-        let slot =
-            |limiter, generation, t: &Target<'_>| find(limiter, generation, t).map(|r| r.rule.slot);
+        let slot = slot_of;
         assert_eq!(slot(1_000_001, 5, &target), Some(7));
         assert_eq!(slot(1_000_001, 6, &target), None, "another generation");
         assert_eq!(slot(1_000_002, 5, &target), None, "another limiter");
@@ -147,7 +310,7 @@ mod tests {
 
     #[test]
     fn holds_a_few_targets() {
-        let keys: Vec<_> = (0..SLOTS + 1)
+        let keys: Vec<_> = (0..TARGETS + 1)
             .map(|i| Arc::new(TargetKey::from_target(&Target::operation(format!("op{i}")))))
             .collect();
         for (i, key) in keys.iter().enumerate() {
@@ -157,8 +320,8 @@ mod tests {
             };
             remember(2_000_001, 1, resolved, key);
         }
-        let found = |i: usize| find(2_000_001, 1, &keys[i].as_target()).is_some();
+        let found = |i: usize| slot_of(2_000_001, 1, &keys[i].as_target()).is_some();
         assert!(!found(0), "the oldest was replaced");
-        assert!((1..=SLOTS).all(found));
+        assert!((1..=TARGETS).all(found));
     }
 }

@@ -167,6 +167,44 @@ fn ample() -> RuleSet {
 }
 
 #[tokio::test]
+async fn a_hot_bucket_moves_to_the_memo_with_every_token_and_dies_there_as_anywhere() {
+    let s = setup_with(ample(), true, |b| b.lease_size(100).min_lease_size(100));
+    let hot = get("/hot");
+    // Learning the rule, then a lease.
+    assert!(check(&s, "alice", &hot).await.is_allowed());
+    assert!(check(&s, "alice", &hot).await.is_allowed());
+    assert_eq!(s.limiter.inner.buckets.shared(), 0);
+    let granted = s.source.granted();
+    assert!(granted > 50, "a lease of many: {granted}");
+    // Every token is spent locally: through the map twice, then through this thread's memo.
+    let mut admitted = 2;
+    while let Some(decision) = s.limiter.check_local("alice", &hot, 1) {
+        assert!(decision.is_allowed());
+        assert_eq!(decision.source(), DecisionSource::LocalBucket);
+        admitted += 1;
+    }
+    assert_eq!(s.limiter.inner.buckets.shared(), 1, "served twice in a row: moved");
+    assert_eq!(admitted, granted, "no token lost or doubled by the move");
+    assert_eq!(s.source.call_count(), 2);
+    let stats = s.limiter.stats();
+    assert_eq!((stats.expired_tokens, stats.leased_tokens), (0, granted));
+
+    // Refilled, the memoized bucket's tokens still die at their horizon...
+    assert!(check(&s, "alice", &hot).await.is_allowed());
+    assert!(s.limiter.check_local("alice", &hot, 1).is_some());
+    s.clock.advance(Duration::from_secs(3600));
+    assert!(s.limiter.check_local("alice", &hot, 1).is_none());
+    // ...and once swept, the memo of a dead bucket answers nothing: the source is asked.
+    s.limiter.sweep();
+    assert!(s.limiter.check_local("alice", &hot, 1).is_none());
+    let calls = s.source.call_count();
+    assert!(check(&s, "alice", &hot).await.is_allowed());
+    assert_eq!(s.source.call_count(), calls + 1);
+    let stats = s.limiter.stats();
+    assert_eq!(stats.leased_tokens, s.source.granted());
+}
+
+#[tokio::test]
 async fn with_nothing_known_a_lease_asks_for_one_request() {
     let s = setup(|b| b);
     let d = check(&s, "alice", &email()).await;
