@@ -2,8 +2,9 @@
 //! request through it: the local hit, then the slow path (the bucket again, the denial cache, a
 //! lease joined or started, and the answer it brings).
 //!
-//! A bucket lives inline in the map and is borrowed under an epoch guard, which cannot be held
-//! across an `.await`: every block that borrows a bucket ends before the next await.
+//! A bucket lives inline in the map (or, once hot, shared with the memos) and is borrowed under
+//! an epoch guard, which cannot be held across an `.await`: every block that borrows a bucket
+//! ends before the next await.
 //!
 //! A request that finds no token registers on the lease in flight for its bucket (or starts
 //! one) and waits for its own [`Answer`]: its tokens handed over from the grant, a denial
@@ -32,7 +33,7 @@ use crate::clock::Timestamp;
 use crate::source::DynTokenSource;
 use crate::{ConsumeRequest, ConsumeTokensResponse, Error, ErrorKind, Target};
 
-/// What a bucket of the memo said to a hit.
+/// What a bucket said to a hit.
 #[derive(Clone, Copy, Debug)]
 enum Tap {
     /// Taken: this many left, and what the source said it had left.

@@ -46,8 +46,9 @@
 //! | `mod.rs` | [`Limiter`] | the public API, over one `Arc<Inner>` |
 //! | `inner.rs` | `Inner` | the parts below, and the path of a request: the local hit, the slow path |
 //! | `settings.rs` | `Settings` | every knob, set by [`LimiterBuilder`] and moved in whole |
-//! | `routes.rs`, `memo.rs` | `Routes` | targets → rules (the map, the per-thread memo), the learned rules |
-//! | `buckets.rs`, `bucket.rs` | `Buckets`, `LocalBucket` | the (user, rule) buckets, sweeps, the cap |
+//! | `routes.rs` | `Routes` | targets → rules (the map), the learned rules |
+//! | `buckets.rs`, `bucket.rs` | `Buckets`, `LocalBucket` | the (user, rule) buckets, inline or shared once hot; sweeps, the cap |
+//! | `memo.rs` | (thread-locals) | each thread's memos of the last targets resolved and of its hot users' buckets |
 //! | `learned.rs` | `Learned` | what a bucket learns: its demand, the others' take, the source's level |
 //! | `sizing.rs` | `Sizing` | how big a lease is: a pure function of what the bucket learned |
 //! | `lease.rs`, `flight.rs` | `Lease`, `Flights` | one call for a bucket's tokens and filing its answer; single flight |
