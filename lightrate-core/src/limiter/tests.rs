@@ -183,7 +183,11 @@ async fn a_hot_bucket_moves_to_the_memo_with_every_token_and_dies_there_as_anywh
         assert_eq!(decision.source(), DecisionSource::LocalBucket);
         admitted += 1;
     }
-    assert_eq!(s.limiter.inner.buckets.shared(), 1, "served twice in a row: moved");
+    assert_eq!(
+        s.limiter.inner.buckets.shared(),
+        1,
+        "served twice in a row: moved"
+    );
     assert_eq!(admitted, granted, "no token lost or doubled by the move");
     assert_eq!(s.source.call_count(), 2);
     let stats = s.limiter.stats();
