@@ -12,7 +12,7 @@ use super::bucket::LocalBucket;
 use super::counters::Counters;
 use super::keys::{BucketKey, BucketRef};
 use super::settings::Settings;
-use super::{millis, Hasher};
+use super::{hot_map, millis, Hasher};
 use crate::clock::Timestamp;
 
 /// A bucket in its map entry: inline (one allocation, one cache miss less than a shared
@@ -51,14 +51,7 @@ impl Buckets {
     /// Buckets whose map shares `collector` with the target cache: one guard serves a hit.
     pub(super) fn new(collector: Arc<seize::Collector>) -> Self {
         Buckets {
-            map: papaya::HashMap::builder()
-                .hasher(Hasher::default())
-                .shared_collector(collector)
-                // Not papaya's default incremental resize: a table left part-copied (no
-                // writes after a burst of new users) makes every read search both tables
-                // to the old one's probe limit: ~3 900 instructions a hit instead of ~350.
-                .resize_mode(papaya::ResizeMode::Blocking)
-                .build(),
+            map: hot_map(collector),
             last_sweep_ms: AtomicU64::new(0),
             sweeping: AtomicBool::new(false),
             evicting: AtomicBool::new(false),

@@ -44,6 +44,17 @@ enum Tap {
     Ask,
 }
 
+/// What a local hit is asked: the user, the target, the cost, the time (the coarse clock's
+/// milliseconds), and whether a denial counts as shadow mode's.
+#[derive(Clone, Copy)]
+struct Hit<'a, 'b> {
+    user: &'a [u8],
+    target: &'a Target<'b>,
+    cost: u64,
+    now_ms: u64,
+    shadow: bool,
+}
+
 /// How many times a request may go round (the SDKs' per-request mode, where a grant serves one
 /// request, or a rule that keeps changing) before it is denied.
 const ROUNDS: usize = 16;
@@ -102,6 +113,13 @@ impl Inner {
         // copied four times), and a bucket to memoize once the memos are free.
         let mut decided = None;
         let mut shared = None;
+        let hit = Hit {
+            user,
+            target,
+            cost,
+            now_ms,
+            shadow,
+        };
         let known = memo::hit(limiter, generation, now_ms, target, user, |rule, bucket| {
             if let Some(bucket) = bucket {
                 match self.tap(bucket, user, target, rule.slot, cost, now_ms) {
@@ -115,33 +133,13 @@ impl Inner {
                 }
             }
             let guard = self.buckets.guard();
-            self.from_map(
-                rule,
-                user,
-                target,
-                cost,
-                now_ms,
-                shadow,
-                &guard,
-                &mut decided,
-                &mut shared,
-            );
+            self.from_map(rule, &hit, &guard, &mut decided, &mut shared);
             true
         });
         if !known {
             let guard = self.buckets.guard();
             let rule = self.routes.lookup(target, now_ms, &guard)?;
-            self.from_map(
-                &rule,
-                user,
-                target,
-                cost,
-                now_ms,
-                shadow,
-                &guard,
-                &mut decided,
-                &mut shared,
-            );
+            self.from_map(&rule, &hit, &guard, &mut decided, &mut shared);
         }
         if let Some((slot, bucket)) = shared {
             memo::memoize(limiter, user, slot, bucket);
@@ -151,20 +149,22 @@ impl Inner {
 
     /// The hit through the map: the (user, rule) bucket, one take, or the denial cache; and
     /// the bucket shared to be memoized if this thread served its user twice in a row.
-    #[allow(clippy::too_many_arguments)]
     #[inline(always)]
     fn from_map(
         self: &Arc<Self>,
         rule: &RuleSummary,
-        user: &[u8],
-        target: &Target<'_>,
-        cost: u64,
-        now_ms: u64,
-        shadow: bool,
+        hit: &Hit<'_, '_>,
         guard: &papaya::LocalGuard<'_>,
         decided: &mut Option<Decision>,
         shared: &mut Option<(u32, Arc<LocalBucket>)>,
     ) {
+        let Hit {
+            user,
+            target,
+            cost,
+            now_ms,
+            shadow,
+        } = *hit;
         let Some(held) = self.buckets.get(user, rule.slot, guard) else {
             return;
         };

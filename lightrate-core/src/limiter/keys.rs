@@ -138,10 +138,6 @@ pub(crate) enum UserKey {
 }
 
 impl UserKey {
-    pub(crate) fn new(user: &str) -> Self {
-        Self::from_bytes(user.as_bytes())
-    }
-
     /// The key of an identifier's bytes (UTF-8, as every identifier is).
     pub(crate) fn from_bytes(user: &[u8]) -> Self {
         if user.len() <= INLINE {
@@ -179,10 +175,7 @@ pub(crate) struct BucketKey {
 
 impl BucketKey {
     pub(crate) fn new(user: &str, slot: u32) -> Self {
-        BucketKey {
-            user: UserKey::new(user),
-            slot,
-        }
+        Self::from_bytes(user.as_bytes(), slot)
     }
 
     pub(crate) fn from_bytes(user: &[u8], slot: u32) -> Self {
@@ -298,11 +291,11 @@ mod tests {
         }
         .equivalent(&BucketKey::new("alice", 3)));
         assert!(matches!(
-            UserKey::new("0123456789012345678901"),
+            UserKey::from_bytes(b"0123456789012345678901"),
             UserKey::Inline { .. }
         ));
         assert!(matches!(
-            UserKey::new("01234567890123456789012"),
+            UserKey::from_bytes(b"01234567890123456789012"),
             UserKey::Heap(_)
         ));
     }

@@ -143,28 +143,45 @@ pub(super) fn hit(
 /// Remembers a resolution on this thread (replacing the oldest, or the same target's).
 #[cold]
 pub(super) fn remember(limiter: u64, generation: u64, resolved: Resolved, key: &Arc<TargetKey>) {
-    let _ = MEMOS.try_with(|memos| {
-        let Ok(mut memos) = memos.try_borrow_mut() else {
-            return;
-        };
-        let memo = TargetMemo {
-            limiter,
-            generation,
-            expires_ms: resolved.expires_ms,
-            rule: resolved.rule,
-            key: key.clone(),
-        };
-        let same = memos.targets.iter().position(|m| {
-            m.as_ref()
-                .is_some_and(|m| m.limiter == limiter && *m.key == **key)
+    let memo = TargetMemo {
+        limiter,
+        generation,
+        expires_ms: resolved.expires_ms,
+        rule: resolved.rule,
+        key: key.clone(),
+    };
+    with_memos(|memos| {
+        let Memos {
+            targets,
+            next_target,
+            ..
+        } = memos;
+        put(targets, next_target, memo, |m| {
+            m.limiter == limiter && *m.key == **key
         });
-        let at = same.unwrap_or_else(|| {
-            let at = memos.next_target;
-            memos.next_target = (at + 1) % TARGETS;
+    });
+}
+
+/// Calls `f` with this thread's memos, unless they are borrowed (a memo is then not kept).
+fn with_memos(f: impl FnOnce(&mut Memos)) {
+    let _ = MEMOS.try_with(|memos| {
+        if let Ok(mut memos) = memos.try_borrow_mut() {
+            f(&mut memos);
+        }
+    });
+}
+
+/// Puts `memo` in the slot of the one it replaces (`same`), else in the oldest.
+fn put<T>(slots: &mut [Option<T>], next: &mut usize, memo: T, same: impl Fn(&T) -> bool) {
+    let at = slots
+        .iter()
+        .position(|m| m.as_ref().is_some_and(&same))
+        .unwrap_or_else(|| {
+            let at = *next;
+            *next = (at + 1) % slots.len();
             at
         });
-        memos.targets[at] = Some(memo);
-    });
+    slots[at] = Some(memo);
 }
 
 /// Notes that this thread found `bucket` in a map: whether it found the same one last time
@@ -186,32 +203,24 @@ pub(super) fn fits(user: &[u8]) -> bool {
 /// Memoizes the bucket of (`user`, `slot`) of `limiter` on this thread, replacing the oldest.
 #[cold]
 pub(super) fn memoize(limiter: u64, user: &[u8], slot: u32, bucket: Arc<LocalBucket>) {
-    let Some(user) = User::new(user) else {
+    let Some(memo_user) = User::new(user) else {
         return;
     };
-    let _ = MEMOS.try_with(|memos| {
-        let Ok(mut memos) = memos.try_borrow_mut() else {
-            return;
-        };
-        let memo = BucketMemo {
-            limiter,
-            slot,
-            user,
-            bucket,
-        };
-        let same = memos.buckets.iter().position(|m| {
-            m.as_ref().is_some_and(|m| {
-                m.limiter == limiter
-                    && m.slot == slot
-                    && m.user.is(&user.bytes[..usize::from(user.len)])
-            })
+    let memo = BucketMemo {
+        limiter,
+        slot,
+        user: memo_user,
+        bucket,
+    };
+    with_memos(|memos| {
+        let Memos {
+            buckets,
+            next_bucket,
+            ..
+        } = memos;
+        put(buckets, next_bucket, memo, |m| {
+            m.limiter == limiter && m.slot == slot && m.user.is(user)
         });
-        let at = same.unwrap_or_else(|| {
-            let at = memos.next_bucket;
-            memos.next_bucket = (at + 1) % BUCKETS;
-            at
-        });
-        memos.buckets[at] = Some(memo);
     });
     let _ = LAST_FOUND.try_with(|last| last.set(0));
 }

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use super::decision::RuleSummary;
 use super::keys::{TargetKey, TargetRef};
 use super::memo::{self, Resolved};
-use super::{lock, Hasher};
+use super::{hot_map, lock, Hasher};
 use crate::rules::CompiledRule;
 use crate::{Rule, Target};
 
@@ -51,14 +51,7 @@ impl Routes {
         Routes {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             generation: AtomicU64::new(0),
-            targets: papaya::HashMap::builder()
-                .hasher(Hasher::default())
-                .shared_collector(collector)
-                // Not papaya's default incremental resize: a table left part-copied (no
-                // writes after a burst of new targets) makes every read search both tables
-                // to the old one's probe limit: ~3 900 instructions a hit instead of ~350.
-                .resize_mode(papaya::ResizeMode::Blocking)
-                .build(),
+            targets: hot_map(collector),
             rules: papaya::HashMap::default(),
             slots: Mutex::new(HashMap::new()),
         }
