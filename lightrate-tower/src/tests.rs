@@ -265,18 +265,19 @@ async fn without_the_decision_extension_a_request_is_still_decided_once() {
 }
 
 /// The default configuration (the client's address; method and path) decides a request once,
-/// whether or not it keeps the `Decision`, local hits included; a request it cannot limit (no
-/// address known) it leaves unmarked, for a later LightRate layer to decide.
+/// whether or not it or the layer after it keeps the `Decision`, local hits included; a
+/// request it cannot limit (no address known) it leaves unmarked, for a later LightRate layer
+/// to decide.
 #[tokio::test]
 async fn the_default_configuration_decides_once_and_leaves_unaddressed_requests_to_later_layers() {
-    for keep in [true, false] {
+    for (keep, inner_keeps) in [(true, true), (false, false), (true, false), (false, true)] {
         let by_address = Recording::ample();
         let by_header = Recording::ample();
         let outer = LightRateLayer::new(by_address.builder(100).min_lease_size(100).build())
             .insert_decision(keep);
         let inner = LightRateLayer::new(by_header.builder(100).build())
             .identify(user_header())
-            .insert_decision(keep);
+            .insert_decision(inner_keeps);
         let app = Router::new()
             .route("/hello", get(|| async { "hi" }))
             .layer(inner.clone())
@@ -304,13 +305,21 @@ async fn the_default_configuration_decides_once_and_leaves_unaddressed_requests_
             let response = app.clone().oneshot(request(true)).await.unwrap();
             assert_eq!(response.status(), StatusCode::OK);
         }
-        assert_eq!((decided(&outer), decided(&inner)), (20, 0), "keep {keep}");
+        assert_eq!(
+            (decided(&outer), decided(&inner)),
+            (20, 0),
+            "keep {keep}, inner {inner_keeps}"
+        );
         assert!(outer.limiter().stats().local_hits > 0, "keep {keep}");
         for _ in 0..5 {
             let response = app.clone().oneshot(request(false)).await.unwrap();
             assert_eq!(response.status(), StatusCode::OK);
         }
-        assert_eq!((decided(&outer), decided(&inner)), (20, 5), "keep {keep}");
+        assert_eq!(
+            (decided(&outer), decided(&inner)),
+            (20, 5),
+            "keep {keep}, inner {inner_keeps}"
+        );
     }
 }
 

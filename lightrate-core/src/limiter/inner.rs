@@ -22,7 +22,7 @@ use super::builder::{ClockHandle, OnUnavailable};
 use super::counters::{Counted, Counters};
 use super::decision::{Decision, DecisionSource, RuleSummary};
 use super::flight::{Answer, FlightKey, Flights, Joined, Waiter};
-use super::keys::TargetKey;
+use super::keys::{Probe, TargetKey};
 use super::lease::{next_token, wait_for, InlineLease, Lease};
 use super::memo;
 use super::routes::Routes;
@@ -46,14 +46,21 @@ enum Tap {
 
 /// What a local hit is asked: the user, the target, the cost, the time (the coarse clock's
 /// milliseconds), and whether a denial counts as shadow mode's.
-#[derive(Clone, Copy)]
-struct Hit<'a, 'b> {
+struct Hit<'a, P: ?Sized> {
     user: &'a [u8],
-    target: &'a Target<'b>,
+    target: &'a P,
     cost: u64,
     now_ms: u64,
     shadow: bool,
 }
+
+impl<P: ?Sized> Clone for Hit<'_, P> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<P: ?Sized> Copy for Hit<'_, P> {}
 
 /// How many times a request may go round (the SDKs' per-request mode, where a grant serves one
 /// request, or a rule that keeps changing) before it is denied.
@@ -96,22 +103,22 @@ impl Inner {
     }
 
     /// The local hit: the target's rule and the (user, rule) bucket (this thread's memos, else
-    /// the maps), one compare-and-swap; or the denial cache. `None` when the source must be
-    /// asked. No lock, no allocation, no clock call.
+    /// the maps), one compare-and-swap; or the denial cache. Writes what is decided to
+    /// `decided` (left `None` when the source must be asked): the caller's own variable, so
+    /// that the decision is not copied out. No lock, no allocation, no clock call.
     #[inline]
     pub(super) fn check_local(
         self: &Arc<Self>,
         user: &[u8],
-        target: &Target<'_>,
+        target: &impl Probe,
         cost: u64,
         shadow: bool,
-    ) -> Option<Decision> {
+        decided: &mut Option<Decision>,
+    ) {
         let cost = cost.max(1);
         let now_ms = millis(self.clock.coarse_now());
         let (limiter, generation) = self.routes.memo_key();
-        // What is decided, written in place (a `Decision` moved out of the memo's closure was
-        // copied four times), and a bucket to memoize once the memos are free.
-        let mut decided = None;
+        // A bucket to memoize once the memos are free.
         let mut shared = None;
         let hit = Hit {
             user,
@@ -124,7 +131,7 @@ impl Inner {
             if let Some(bucket) = bucket {
                 match self.tap(bucket, user, target, rule.slot, cost, now_ms) {
                     Tap::Taken { left, remaining } => {
-                        decided = Some(Decision::local(u64::from(left), remaining, *rule));
+                        *decided = Some(Decision::local(u64::from(left), remaining, *rule));
                         return true;
                     }
                     Tap::Ask => return true,
@@ -133,18 +140,19 @@ impl Inner {
                 }
             }
             let guard = self.buckets.guard();
-            self.from_map(rule, &hit, &guard, &mut decided, &mut shared);
+            self.from_map(rule, &hit, &guard, decided, &mut shared);
             true
         });
         if !known {
             let guard = self.buckets.guard();
-            let rule = self.routes.lookup(target, now_ms, &guard)?;
-            self.from_map(&rule, &hit, &guard, &mut decided, &mut shared);
+            let Some(rule) = target.with_target(|t| self.routes.lookup(t, now_ms, &guard)) else {
+                return;
+            };
+            self.from_map(&rule, &hit, &guard, decided, &mut shared);
         }
         if let Some((slot, bucket)) = shared {
             memo::memoize(limiter, user, slot, bucket);
         }
-        decided
     }
 
     /// The hit through the map: the (user, rule) bucket, one take, or the denial cache; and
@@ -153,7 +161,7 @@ impl Inner {
     fn from_map(
         self: &Arc<Self>,
         rule: &RuleSummary,
-        hit: &Hit<'_, '_>,
+        hit: &Hit<'_, impl Probe>,
         guard: &papaya::LocalGuard<'_>,
         decided: &mut Option<Decision>,
         shared: &mut Option<(u32, Arc<LocalBucket>)>,
@@ -200,12 +208,12 @@ impl Inner {
 
     /// One take: what the bucket says, small enough to come back in registers (the hit's
     /// `Decision` is built once, by the caller).
-    #[inline]
+    #[inline(always)]
     fn tap(
         self: &Arc<Self>,
         bucket: &LocalBucket,
         user: &[u8],
-        target: &Target<'_>,
+        target: &impl Probe,
         slot: u32,
         cost: u64,
         now_ms: u64,
@@ -213,7 +221,7 @@ impl Inner {
         match bucket.try_take(cost, now_ms) {
             Take::Taken(left) => {
                 if self.settings.refill_ahead && bucket.crosses_low_water(left, cost) {
-                    Lease::refill_ahead(self, user, slot, target);
+                    target.with_target(|t| Lease::refill_ahead(self, user, slot, t));
                 }
                 Tap::Taken {
                     // A bucket holds at most 2^24 - 1 tokens.

@@ -52,6 +52,55 @@ impl TargetKey {
     }
 }
 
+/// What a local hit is asked about: a [`Target`], or a method and path the caller has not
+/// made one ([`PathProbe`], the web adapters' default path). The memos compare it with their
+/// keys as it is; the target is built only off the memos' path, where it is needed.
+pub(crate) trait Probe {
+    /// Whether `key` is this target.
+    fn matches(&self, key: &TargetKey) -> bool;
+
+    /// Calls `f` with the target.
+    fn with_target<R>(&self, f: impl FnOnce(&Target<'_>) -> R) -> R;
+}
+
+impl Probe for Target<'_> {
+    #[inline]
+    fn matches(&self, key: &TargetKey) -> bool {
+        key.matches(self)
+    }
+
+    #[inline]
+    fn with_target<R>(&self, f: impl FnOnce(&Target<'_>) -> R) -> R {
+        f(self)
+    }
+}
+
+/// A path target, as its method and path: what the default configuration of the web adapters
+/// asks about, compared with the memos' keys without building a [`Target`] (and decoding it
+/// again) on every request.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PathProbe<'a> {
+    pub(crate) method: &'a Method,
+    pub(crate) path: &'a str,
+}
+
+impl Probe for PathProbe<'_> {
+    #[inline]
+    fn matches(&self, key: &TargetKey) -> bool {
+        match key {
+            TargetKey::Path { method, path } => {
+                same_bytes(path.as_bytes(), self.path.as_bytes()) && method == self.method
+            }
+            _ => false,
+        }
+    }
+
+    #[inline]
+    fn with_target<R>(&self, f: impl FnOnce(&Target<'_>) -> R) -> R {
+        f(&Target::path(self.method.clone(), self.path))
+    }
+}
+
 /// Whether two byte strings are equal: for the short ones of routes and identifiers, two
 /// overlapping word compares instead of a call to `memcmp`.
 #[inline]
@@ -242,6 +291,32 @@ mod tests {
                 let mut c = a.clone().into_bytes();
                 c[at] ^= 1;
                 assert!(!same_bytes(a.as_bytes(), &c), "{a:?} at {at}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_path_probe_matches_what_its_target_matches() {
+        let targets = [
+            Target::operation("/items/42"),
+            Target::path(Method::GET, "/items/42"),
+            Target::path(Method::POST, "/items/42"),
+            Target::path(Method::GET, "/items/43"),
+            Target::path(Method::from_bytes(b"PURGE").unwrap(), "/items/42"),
+            Target::Default,
+        ];
+        for key in targets.iter().map(TargetKey::from_target) {
+            for target in &targets {
+                let Target::Path { method, path } = target else {
+                    continue;
+                };
+                let probe = PathProbe { method, path };
+                assert_eq!(
+                    probe.matches(&key),
+                    key.matches(target),
+                    "{key:?} {target:?}"
+                );
+                assert!(probe.with_target(|t| t == target));
             }
         }
     }

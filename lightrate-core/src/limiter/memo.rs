@@ -22,8 +22,7 @@ use std::sync::Arc;
 
 use super::bucket::LocalBucket;
 use super::decision::RuleSummary;
-use super::keys::{same_bytes, TargetKey};
-use crate::Target;
+use super::keys::{same_bytes, Probe, TargetKey};
 
 const TARGETS: usize = 4;
 const BUCKETS: usize = 2;
@@ -75,8 +74,13 @@ struct BucketMemo {
 struct Memos {
     targets: [Option<TargetMemo>; TARGETS],
     next_target: usize,
+    /// The slot that answered last: a hit looks there first, and searches the others (out of
+    /// line) only when it is another target. Searched inline, the loop made the compiler load
+    /// and keep every part of the request's target before the first compare.
+    last_target: Cell<usize>,
     buckets: [Option<BucketMemo>; BUCKETS],
     next_bucket: usize,
+    last_bucket: Cell<usize>,
 }
 
 thread_local! {
@@ -84,8 +88,10 @@ thread_local! {
         RefCell::new(Memos {
             targets: [const { None }; TARGETS],
             next_target: 0,
+            last_target: Cell::new(0),
             buckets: [const { None }; BUCKETS],
             next_bucket: 0,
+            last_bucket: Cell::new(0),
         })
     };
     /// The address of the bucket this thread last found in a map (not memoized).
@@ -111,7 +117,7 @@ pub(super) fn hit(
     limiter: u64,
     generation: u64,
     now_ms: u64,
-    target: &Target<'_>,
+    target: &impl Probe,
     user: &[u8],
     take: impl FnOnce(&RuleSummary, Option<&LocalBucket>) -> bool,
 ) -> bool {
@@ -120,24 +126,46 @@ pub(super) fn hit(
             let Ok(memos) = memos.try_borrow() else {
                 return false;
             };
-            let Some(memo) = memos.targets.iter().flatten().find(|m| {
-                m.limiter == limiter && m.generation == generation && m.key.matches(target)
-            }) else {
-                return false;
+            let is_target = move |m: &TargetMemo| {
+                m.limiter == limiter && m.generation == generation && target.matches(&m.key)
+            };
+            let memo = match &memos.targets[memos.last_target.get() % TARGETS] {
+                Some(m) if is_target(m) => m,
+                _ => match search(&memos.targets, &memos.last_target, is_target) {
+                    Some(m) => m,
+                    None => return false,
+                },
             };
             if now_ms >= memo.expires_ms {
                 return false;
             }
             let rule = &memo.rule;
-            let bucket = memos.buckets.iter().flatten().find(|m| {
+            let is_bucket = move |m: &BucketMemo| {
                 m.slot == rule.slot
                     && m.limiter == limiter
                     && m.user.is(user)
                     && !m.bucket.is_dead()
-            });
+            };
+            let bucket = match &memos.buckets[memos.last_bucket.get() % BUCKETS] {
+                Some(m) if is_bucket(m) => Some(m),
+                _ => search(&memos.buckets, &memos.last_bucket, is_bucket),
+            };
             take(rule, bucket.map(|memo| &*memo.bucket))
         })
         .unwrap_or(false)
+}
+
+/// The memo in `slots` that is `wanted`, made the `last` one; searched out of line, so that the
+/// hit's look at the last slot keeps nothing of the search.
+#[inline(never)]
+fn search<'m, T>(
+    slots: &'m [Option<T>],
+    last: &Cell<usize>,
+    wanted: impl Fn(&T) -> bool,
+) -> Option<&'m T> {
+    let at = slots.iter().position(|m| m.as_ref().is_some_and(&wanted))?;
+    last.set(at);
+    slots[at].as_ref()
 }
 
 /// Remembers a resolution on this thread (replacing the oldest, or the same target's).
@@ -230,6 +258,7 @@ mod tests {
     use super::*;
     use crate::limiter::bucket::Take;
     use crate::RefillRate;
+    use crate::Target;
     use http::Method;
 
     fn rule(slot: u32) -> RuleSummary {

@@ -99,6 +99,7 @@ use self::breaker::Gate;
 use self::bucket::LocalBucket;
 use self::counters::{Counted, NO_RULE};
 use self::inner::Inner;
+pub(crate) use self::keys::{PathProbe, Probe};
 use crate::clock::Timestamp;
 use crate::{Error, Target, TokenSource};
 
@@ -207,21 +208,26 @@ impl Limiter {
         cost: u64,
         shadow: bool,
     ) -> Option<Decision> {
-        self.inner
-            .check_local(user.as_bytes(), target, cost, shadow)
+        // Written in place: inlined, this is the caller's own variable.
+        let mut decided = None;
+        self.check_local_bytes(user.as_bytes(), target, cost, shadow, &mut decided);
+        decided
     }
 
     /// [`check_local_in`](Self::check_local_in) for an identifier given as its bytes (UTF-8,
     /// as every identifier is): what the web adapters have for a peer address, unchecked.
+    /// Writes the decision to `decided` (the caller's variable: a decision returned is copied
+    /// out), leaving it `None` when the source must be asked.
     #[inline]
     pub(crate) fn check_local_bytes(
         &self,
         user: &[u8],
-        target: &Target<'_>,
+        target: &impl Probe,
         cost: u64,
         shadow: bool,
-    ) -> Option<Decision> {
-        self.inner.check_local(user, target, cost, shadow)
+        decided: &mut Option<Decision>,
+    ) {
+        self.inner.check_local(user, target, cost, shadow, decided);
     }
 
     /// Decides, calling the source when needed. The future owns its arguments, so it can be

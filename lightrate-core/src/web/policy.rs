@@ -16,6 +16,7 @@ use super::operations::{target_for, Operation, PathTarget, RouteOperations, Serv
 use super::rejection::{write_rate_limit_headers, RateLimitHeaders, Rejection};
 use super::shadow::{Mode, ShadowLog};
 use super::view::RequestView;
+use crate::limiter::PathProbe;
 use crate::{Decision, Error, Limiter, Target};
 
 pub(crate) type ExcludeFn<V> = dyn Fn(&<V as RequestView>::Request) -> bool + Send + Sync;
@@ -164,21 +165,23 @@ pub struct Allowed {
     headers: Option<Box<HeaderMap>>,
 }
 
-/// Marks a request decided when its `Decision` is not kept (`insert_decision(false)`), so that
-/// a later LightRate middleware does not charge it again. Zero-sized: putting it in the
-/// request's extensions allocates nothing.
+/// Marks a request decided, so that a later LightRate middleware does not charge it again: put
+/// in the extensions of every request a LightRate middleware decided, beside its `Decision`
+/// when that is kept. One type whatever the middleware keeps, so that asking whether a request
+/// was decided and marking it is one look-up. Zero-sized: putting it in the request's
+/// extensions allocates nothing.
 #[derive(Clone, Copy, Debug)]
 pub struct Decided;
 
 impl Allowed {
-    /// Records the decision in the request's extensions (for the handler, and so that no later
-    /// LightRate middleware decides again), and returns the IETF fields to add to the
-    /// response, if any.
+    /// Records the decision in the request's extensions (for the handler, if it is kept; and
+    /// [`Decided`], so that no later LightRate middleware decides again), and returns the IETF
+    /// fields to add to the response, if any.
     #[inline]
     pub fn mark<V: RequestView>(self, extensions: &mut V::Extensions) -> Option<Box<HeaderMap>> {
-        match self.decision {
-            Some(decision) if self.keep => V::insert(extensions, decision),
-            _ => V::insert(extensions, Decided),
+        V::insert(extensions, Decided);
+        if let Some(decision) = self.decision.filter(|_| self.keep) {
+            V::insert(extensions, decision);
         }
         self.headers
     }
@@ -241,7 +244,7 @@ impl<V: RequestView> RequestPolicy<V> {
     }
 
     /// What `req` gets: everything up to asking the limiter for a local decision. An allowed
-    /// request is marked here (its `Decision`, or [`Decided`], put in its extensions), so that
+    /// request is marked here ([`Decided`], and its `Decision`, put in its extensions), so that
     /// no later LightRate middleware decides it again. Allocates only when the source must be
     /// asked, for the `Decision` the request keeps (unless `insert_decision(false)`), when
     /// the IETF fields are sent on allowed responses, or where the adapter's
@@ -272,43 +275,49 @@ impl<V: RequestView> RequestPolicy<V> {
     /// takes the part of it that [`Identify::with`] and `exclude` closures see.
     #[inline(never)]
     pub fn plan_simple<W: RequestView>(self: &Arc<Self>, req: &mut W::Request) -> Plan {
-        // A request that keeps no decision is marked first: one look-up asks whether another
-        // LightRate middleware decided it and marks it. Unmarked where it turns out not to be
-        // limited; a refused one is never served, and one the source must decide is marked
-        // again by its verdict.
-        let marked = !self.insert_decision;
-        if marked {
-            if W::with_extensions(req, W::contains::<Decision>) || !W::insert_new(req, Decided) {
-                return Plan::Call(None);
-            }
-        } else if W::with_extensions(req, is_decided::<W>) {
+        // The request is marked first: one look-up asks whether another LightRate middleware
+        // decided it and marks it. Unmarked where it turns out not to be limited; a refused one
+        // is never served, and one the source must decide is marked again by its verdict.
+        if !W::insert_new(req, Decided) {
             return Plan::Call(None);
         }
         let Some(ip) = W::peer_ip(req) else {
             // No address known (not served over a socket): nothing to limit by.
-            if marked {
-                W::remove_from::<Decided>(req);
-            }
+            W::remove_from::<Decided>(req);
             return Plan::Call(None);
         };
         // Written by the limiter, read here: a local hit moves the decision once (into the
         // extensions), or never.
-        let decision;
+        let mut decision = None;
         {
             let req = &*req;
             let mut ip_text = IpText::EMPTY;
             ip_text.write(ip);
             let path = W::path(req);
-            let target = match W::method(req).as_deref() {
-                Some(method) => Target::path(charged(method).clone(), path),
-                // A method `http` refuses: still limited.
-                None => Target::Default,
-            };
+            let shown = W::method(req);
             // The address's text is ASCII: the hot path takes its bytes unchecked.
-            decision = self
-                .limiter
-                .check_local_bytes(ip_text.as_bytes(), &target, 1, false);
+            let user = ip_text.as_bytes();
+            match shown.as_deref() {
+                // Compared with the memos as they are: a `Target` is built only off their path.
+                Some(method) => {
+                    let probe = PathProbe {
+                        method: charged(method),
+                        path,
+                    };
+                    self.limiter
+                        .check_local_bytes(user, &probe, 1, false, &mut decision);
+                }
+                // A method `http` refuses: still limited.
+                None => {
+                    self.limiter
+                        .check_local_bytes(user, &Target::Default, 1, false, &mut decision);
+                }
+            }
             if decision.is_none() {
+                let target = match shown.as_deref() {
+                    Some(method) => Target::path(charged(method).clone(), path),
+                    None => Target::Default,
+                };
                 let user = ip_text.as_str();
                 return self.check_with_source(user, &target, 1, false, W::is_grpc(req));
             }
@@ -319,8 +328,8 @@ impl<V: RequestView> RequestPolicy<V> {
         if !decision.is_allowed() {
             return Plan::Refused(self.refuse(decision, W::is_grpc(req)));
         }
-        if !marked {
-            self.mark::<W>(req, decision);
+        if self.insert_decision {
+            W::insert_into(req, *decision);
         }
         Plan::Call(None)
     }
@@ -363,14 +372,13 @@ impl<V: RequestView> RequestPolicy<V> {
         }
     }
 
-    /// Marks an allowed request decided: puts its `Decision` in its extensions for the
-    /// handler, or [`Decided`] when it is not kept.
+    /// Marks an allowed request decided ([`Decided`]), and puts its `Decision` in its
+    /// extensions for the handler, if it is kept.
     #[inline(always)]
     fn mark<W: RequestView>(&self, req: &mut W::Request, decision: &Decision) {
+        W::insert_into(req, Decided);
         if self.insert_decision {
             W::insert_into(req, *decision);
-        } else {
-            W::insert_into(req, Decided);
         }
     }
 
@@ -405,7 +413,7 @@ impl<V: RequestView> RequestPolicy<V> {
         then: impl FnOnce(&Target<'_>, u64) -> Result<O, Plan>,
     ) -> Result<O, Plan> {
         let path = V::path(req);
-        if V::with_extensions(req, is_decided::<V>) || self.is_excluded(req, path) {
+        if V::with_extensions(req, V::contains::<Decided>) || self.is_excluded(req, path) {
             return Err(Plan::Call(None));
         }
         let shown = V::method(req);
@@ -511,7 +519,8 @@ impl<V: RequestView> RequestPolicy<V> {
             }
         };
         let shadow = self.mode == Mode::Shadow;
-        *decision = self.limiter.check_local_in(user, target, cost, shadow);
+        self.limiter
+            .check_local_bytes(user.as_bytes(), target, cost, shadow, decision);
         if decision.is_none() {
             return Err(self.check_with_source(user, target, cost, shadow, V::is_grpc(req)));
         }
@@ -662,10 +671,4 @@ fn charged(method: &Method) -> &Method {
     } else {
         method
     }
-}
-
-/// Whether another LightRate middleware has decided this request already.
-#[inline]
-fn is_decided<V: RequestView>(extensions: &V::Extensions) -> bool {
-    V::contains::<Decision>(extensions) || V::contains::<Decided>(extensions)
 }
