@@ -22,7 +22,7 @@ use super::builder::{ClockHandle, OnUnavailable};
 use super::counters::{Counted, Counters};
 use super::decision::{Decision, DecisionSource, RuleSummary};
 use super::flight::{Answer, FlightKey, Flights, Joined, Waiter};
-use super::keys::{Probe, TargetKey};
+use super::keys::{Probe, TargetKey, UserProbe};
 use super::lease::{next_token, wait_for, InlineLease, Lease};
 use super::memo;
 use super::routes::Routes;
@@ -61,6 +61,19 @@ impl<P: ?Sized> Clone for Hit<'_, P> {
 }
 
 impl<P: ?Sized> Copy for Hit<'_, P> {}
+
+impl<'a, P: ?Sized> Hit<'a, P> {
+    #[inline(always)]
+    fn new(user: &'a [u8], target: &'a P, cost: u64, now_ms: u64, shadow: bool) -> Self {
+        Hit {
+            user,
+            target,
+            cost,
+            now_ms,
+            shadow,
+        }
+    }
+}
 
 /// How many times a request may go round (the SDKs' per-request mode, where a grant serves one
 /// request, or a rule that keeps changing) before it is denied.
@@ -109,7 +122,7 @@ impl Inner {
     #[inline]
     pub(super) fn check_local(
         self: &Arc<Self>,
-        user: &[u8],
+        user: &(impl UserProbe + ?Sized),
         target: &impl Probe,
         cost: u64,
         shadow: bool,
@@ -120,13 +133,6 @@ impl Inner {
         let (limiter, generation) = self.routes.memo_key();
         // A bucket to memoize once the memos are free.
         let mut shared = None;
-        let hit = Hit {
-            user,
-            target,
-            cost,
-            now_ms,
-            shadow,
-        };
         let known = memo::hit(limiter, generation, now_ms, target, user, |rule, bucket| {
             if let Some(bucket) = bucket {
                 match self.tap(bucket, user, target, rule.slot, cost, now_ms) {
@@ -139,19 +145,25 @@ impl Inner {
                     Tap::Empty => {}
                 }
             }
-            let guard = self.buckets.guard();
-            self.from_map(rule, &hit, &guard, decided, &mut shared);
+            user.with_bytes(|user| {
+                let guard = self.buckets.guard();
+                let hit = Hit::new(user, target, cost, now_ms, shadow);
+                self.from_map(rule, &hit, &guard, decided, &mut shared);
+            });
             true
         });
         if !known {
-            let guard = self.buckets.guard();
-            let Some(rule) = target.with_target(|t| self.routes.lookup(t, now_ms, &guard)) else {
-                return;
-            };
-            self.from_map(&rule, &hit, &guard, decided, &mut shared);
+            user.with_bytes(|user| {
+                let guard = self.buckets.guard();
+                let rule = target.with_target(|t| self.routes.lookup(t, now_ms, &guard));
+                if let Some(rule) = rule {
+                    let hit = Hit::new(user, target, cost, now_ms, shadow);
+                    self.from_map(&rule, &hit, &guard, decided, &mut shared);
+                }
+            });
         }
         if let Some((slot, bucket)) = shared {
-            memo::memoize(limiter, user, slot, bucket);
+            user.with_bytes(|user| memo::memoize(limiter, user, slot, bucket));
         }
     }
 
@@ -212,7 +224,7 @@ impl Inner {
     fn tap(
         self: &Arc<Self>,
         bucket: &LocalBucket,
-        user: &[u8],
+        user: &(impl UserProbe + ?Sized),
         target: &impl Probe,
         slot: u32,
         cost: u64,
@@ -221,7 +233,9 @@ impl Inner {
         match bucket.try_take(cost, now_ms) {
             Take::Taken(left) => {
                 if self.settings.refill_ahead && bucket.crosses_low_water(left, cost) {
-                    target.with_target(|t| Lease::refill_ahead(self, user, slot, t));
+                    user.with_bytes(|user| {
+                        target.with_target(|t| Lease::refill_ahead(self, user, slot, t));
+                    });
                 }
                 Tap::Taken {
                     // A bucket holds at most 2^24 - 1 tokens.

@@ -2,6 +2,7 @@
 //! hashes of two writes each (the hot path hashes two keys per request).
 
 use std::hash::{Hash, Hasher};
+use std::net::IpAddr;
 
 use http::Method;
 use papaya::Equivalent;
@@ -98,6 +99,30 @@ impl Probe for PathProbe<'_> {
     #[inline]
     fn with_target<R>(&self, f: impl FnOnce(&Target<'_>) -> R) -> R {
         f(&Target::path(self.method.clone(), self.path))
+    }
+}
+
+/// Who a local hit is for: an identifier's bytes, or a client's address not yet written as
+/// text ([`IpProbe`](crate::web::IpProbe), the web adapters' default path), which a memo of
+/// that address's user compares as an address. The text is written only off the memos' path.
+pub(crate) trait UserProbe {
+    /// Whether this is the user whose identifier is `text`, which is the canonical text of
+    /// `ip` when it has one.
+    fn is(&self, text: &[u8], ip: Option<IpAddr>) -> bool;
+
+    /// Calls `f` with the identifier's bytes.
+    fn with_bytes<R>(&self, f: impl FnOnce(&[u8]) -> R) -> R;
+}
+
+impl UserProbe for [u8] {
+    #[inline]
+    fn is(&self, text: &[u8], _: Option<IpAddr>) -> bool {
+        same_bytes(text, self)
+    }
+
+    #[inline]
+    fn with_bytes<R>(&self, f: impl FnOnce(&[u8]) -> R) -> R {
+        f(self)
     }
 }
 

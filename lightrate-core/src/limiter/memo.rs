@@ -18,11 +18,13 @@
 //! shared (once), so that traffic from many users pays for no memo but a compare of addresses.
 
 use std::cell::{Cell, RefCell};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use super::bucket::LocalBucket;
 use super::decision::RuleSummary;
-use super::keys::{same_bytes, Probe, TargetKey};
+use super::keys::{Probe, TargetKey, UserProbe};
+use crate::web::IpText;
 
 const TARGETS: usize = 4;
 const BUCKETS: usize = 2;
@@ -31,26 +33,35 @@ const BUCKETS: usize = 2;
 /// hold identifiers inline, so that filling them never allocates.
 const USER_BYTES: usize = 48;
 
-/// An identifier of at most [`USER_BYTES`] bytes, inline.
+/// An identifier of at most [`USER_BYTES`] bytes, inline, and the address it is the canonical
+/// text of, if any (so that the web adapters' default path compares addresses, not texts).
 #[derive(Clone, Copy)]
 struct User {
     len: u8,
     bytes: [u8; USER_BYTES],
+    ip: Option<IpAddr>,
 }
 
 impl User {
     fn new(user: &[u8]) -> Option<Self> {
         let mut bytes = [0; USER_BYTES];
         bytes.get_mut(..user.len())?.copy_from_slice(user);
+        // An address only if writing it gives back these very bytes: then comparing the
+        // addresses is comparing the texts.
+        let ip = std::str::from_utf8(user)
+            .ok()
+            .and_then(|text| text.parse::<IpAddr>().ok())
+            .filter(|ip| IpText::new(*ip).as_bytes() == user);
         Some(User {
             len: user.len() as u8,
             bytes,
+            ip,
         })
     }
 
     #[inline]
-    fn is(&self, user: &[u8]) -> bool {
-        same_bytes(&self.bytes[..usize::from(self.len)], user)
+    fn is(&self, user: &(impl UserProbe + ?Sized)) -> bool {
+        user.is(&self.bytes[..usize::from(self.len)], self.ip)
     }
 }
 
@@ -118,7 +129,7 @@ pub(super) fn hit(
     generation: u64,
     now_ms: u64,
     target: &impl Probe,
-    user: &[u8],
+    user: &(impl UserProbe + ?Sized),
     take: impl FnOnce(&RuleSummary, Option<&LocalBucket>) -> bool,
 ) -> bool {
     MEMOS
@@ -273,7 +284,7 @@ mod tests {
     /// The rule slot the memos know for `target`.
     fn slot_of(limiter: u64, generation: u64, target: &Target<'_>) -> Option<u32> {
         let mut slot = None;
-        hit(limiter, generation, 0, target, b"u", |rule, _| {
+        hit(limiter, generation, 0, target, &b"u"[..], |rule, _| {
             slot = Some(rule.slot);
             true
         });
@@ -313,6 +324,40 @@ mod tests {
         assert_eq!(found(b"bob", 0), None, "another rule's bucket");
         bucket.kill();
         assert_eq!(found(b"alice", 0), None, "a dead bucket is never used");
+    }
+
+    #[test]
+    fn an_address_finds_the_bucket_of_its_text_and_only_that() {
+        use crate::web::IpProbe;
+        let target = Target::operation("memo-address");
+        let key = Arc::new(TargetKey::from_target(&target));
+        let resolved = Resolved {
+            rule: rule(5),
+            expires_ms: 100,
+        };
+        remember(4_000_001, 1, resolved, &key);
+        let bucket = Arc::new(LocalBucket::new(0));
+        bucket.deposit(5, 10_000, 0).unwrap();
+        let by_ip = |ip: &str| {
+            let probe = IpProbe(ip.parse().unwrap());
+            hit(4_000_001, 1, 0, &target, &probe, |_, b| b.is_some())
+        };
+        let by_text = |text: &str| {
+            hit(4_000_001, 1, 0, &target, text.as_bytes(), |_, b| {
+                b.is_some()
+            })
+        };
+        memoize(4_000_001, b"192.0.2.10", 5, bucket.clone());
+        assert!(by_ip("192.0.2.10") && by_text("192.0.2.10"));
+        assert!(!by_ip("192.0.2.11") && !by_ip("::ffff:192.0.2.10"));
+        memoize(4_000_001, b"2001:db8::1", 5, bucket.clone());
+        assert!(
+            by_ip("2001:db8::1") && by_ip("2001:0db8:0::1"),
+            "the same address"
+        );
+        // Text that reads as an address but is not its canonical text is another user.
+        memoize(4_000_001, b"2001:0db8::2", 5, bucket.clone());
+        assert!(!by_ip("2001:db8::2") && by_text("2001:0db8::2"));
     }
 
     #[test]

@@ -99,7 +99,7 @@ use self::breaker::Gate;
 use self::bucket::LocalBucket;
 use self::counters::{Counted, NO_RULE};
 use self::inner::Inner;
-pub(crate) use self::keys::{PathProbe, Probe};
+pub(crate) use self::keys::{PathProbe, Probe, UserProbe};
 use crate::clock::Timestamp;
 use crate::{Error, Target, TokenSource};
 
@@ -221,7 +221,7 @@ impl Limiter {
     #[inline]
     pub(crate) fn check_local_bytes(
         &self,
-        user: &[u8],
+        user: &(impl UserProbe + ?Sized),
         target: &impl Probe,
         cost: u64,
         shadow: bool,

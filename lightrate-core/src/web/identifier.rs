@@ -4,6 +4,8 @@ use std::fmt;
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
+use crate::limiter::UserProbe;
+
 /// The longest user identifier accepted from a request, in bytes.
 pub const MAX_IDENTIFIER_BYTES: usize = 256;
 
@@ -187,6 +189,23 @@ impl fmt::Write for IpText {
         slot.copy_from_slice(s.as_bytes());
         self.len = end;
         Ok(())
+    }
+}
+
+/// A client's address as the limiter's hot path takes it: compared as an address with the
+/// memo of its user, written as text only where the text is needed (the maps, the source).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct IpProbe(pub(crate) IpAddr);
+
+impl UserProbe for IpProbe {
+    #[inline]
+    fn is(&self, _: &[u8], ip: Option<IpAddr>) -> bool {
+        ip == Some(self.0)
+    }
+
+    #[inline]
+    fn with_bytes<R>(&self, f: impl FnOnce(&[u8]) -> R) -> R {
+        f(IpText::new(self.0).as_bytes())
     }
 }
 

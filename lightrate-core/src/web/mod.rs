@@ -28,6 +28,9 @@ mod shadow;
 mod stage;
 mod view;
 
+#[cfg(test)]
+pub(crate) use identifier::IpProbe;
+pub(crate) use identifier::IpText;
 pub use identifier::{InvalidIdentifier, MAX_IDENTIFIER_BYTES};
 pub use identify::{Identify, MissingIdentifier};
 pub use operations::{Operation, PathTarget};

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{HeaderMap, Method, Response};
 
-use super::identifier::{client_ip, validate_identifier, IpText};
+use super::identifier::{client_ip, validate_identifier, IpProbe, IpText};
 use super::identify::{ExtensionFn, Identify, Kind, MissingIdentifier};
 use super::operations::{target_for, Operation, PathTarget, RouteOperations, Served};
 use super::rejection::{write_rate_limit_headers, RateLimitHeaders, Rejection};
@@ -291,12 +291,11 @@ impl<V: RequestView> RequestPolicy<V> {
         let mut decision = None;
         {
             let req = &*req;
-            let mut ip_text = IpText::EMPTY;
-            ip_text.write(ip);
             let path = W::path(req);
             let shown = W::method(req);
-            // The address's text is ASCII: the hot path takes its bytes unchecked.
-            let user = ip_text.as_bytes();
+            // The address as it is: the memo of its user compares addresses, and the text is
+            // written only off the memo's path.
+            let user = IpProbe(ip);
             match shown.as_deref() {
                 // Compared with the memos as they are: a `Target` is built only off their path.
                 Some(method) => {
@@ -305,12 +304,17 @@ impl<V: RequestView> RequestPolicy<V> {
                         path,
                     };
                     self.limiter
-                        .check_local_bytes(user, &probe, 1, false, &mut decision);
+                        .check_local_bytes(&user, &probe, 1, false, &mut decision);
                 }
                 // A method `http` refuses: still limited.
                 None => {
-                    self.limiter
-                        .check_local_bytes(user, &Target::Default, 1, false, &mut decision);
+                    self.limiter.check_local_bytes(
+                        &user,
+                        &Target::Default,
+                        1,
+                        false,
+                        &mut decision,
+                    );
                 }
             }
             if decision.is_none() {
@@ -318,6 +322,7 @@ impl<V: RequestView> RequestPolicy<V> {
                     Some(method) => Target::path(charged(method).clone(), path),
                     None => Target::Default,
                 };
+                let ip_text = IpText::new(ip);
                 let user = ip_text.as_str();
                 return self.check_with_source(user, &target, 1, false, W::is_grpc(req));
             }
