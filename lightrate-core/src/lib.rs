@@ -15,7 +15,8 @@
 //!
 //! Applications depend on the facade, `lightrate`, which re-exports this crate at its root.
 //! Features: `client` (on by default: [`LightRateClient`], and reqwest), `toml` (rules files),
-//! `metrics` (Prometheus metrics through the `metrics` facade: [`metrics`](crate::metrics)).
+//! `metrics` (Prometheus metrics through the `metrics` facade: the module `metrics`, there
+//! with the feature).
 //!
 //! ```
 //! use lightrate::{ConsumeRequest, EmbeddedSource, RuleSet, Target};
