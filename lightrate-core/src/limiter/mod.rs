@@ -210,16 +210,18 @@ impl Limiter {
     ) -> Option<Decision> {
         // Written in place: inlined, this is the caller's own variable.
         let mut decided = None;
-        self.check_local_bytes(user.as_bytes(), target, cost, shadow, &mut decided);
+        self.check_local_into(user.as_bytes(), target, cost, shadow, &mut decided);
         decided
     }
 
-    /// [`check_local_in`](Self::check_local_in) for an identifier given as its bytes (UTF-8,
-    /// as every identifier is): what the web adapters have for a peer address, unchecked.
-    /// Writes the decision to `decided` (the caller's variable: a decision returned is copied
-    /// out), leaving it `None` when the source must be asked.
+    /// [`check_local_in`](Self::check_local_in) for a user and a target as the caller has them:
+    /// an identifier's bytes (UTF-8, as every identifier is) or a client's address, and a
+    /// `Target` or a method and path (what the web adapters' default path has, compared with
+    /// the memos without being made text or a `Target`). Writes the decision to `decided` (the
+    /// caller's variable: a decision returned is copied out), leaving it `None` when the
+    /// source must be asked.
     #[inline]
-    pub(crate) fn check_local_bytes(
+    pub(crate) fn check_local_into(
         &self,
         user: &(impl UserProbe + ?Sized),
         target: &impl Probe,

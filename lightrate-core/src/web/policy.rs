@@ -304,17 +304,12 @@ impl<V: RequestView> RequestPolicy<V> {
                         path,
                     };
                     self.limiter
-                        .check_local_bytes(&user, &probe, 1, false, &mut decision);
+                        .check_local_into(&user, &probe, 1, false, &mut decision);
                 }
                 // A method `http` refuses: still limited.
                 None => {
-                    self.limiter.check_local_bytes(
-                        &user,
-                        &Target::Default,
-                        1,
-                        false,
-                        &mut decision,
-                    );
+                    self.limiter
+                        .check_local_into(&user, &Target::Default, 1, false, &mut decision);
                 }
             }
             if decision.is_none() {
@@ -525,7 +520,7 @@ impl<V: RequestView> RequestPolicy<V> {
         };
         let shadow = self.mode == Mode::Shadow;
         self.limiter
-            .check_local_bytes(user.as_bytes(), target, cost, shadow, decision);
+            .check_local_into(user.as_bytes(), target, cost, shadow, decision);
         if decision.is_none() {
             return Err(self.check_with_source(user, target, cost, shadow, V::is_grpc(req)));
         }
