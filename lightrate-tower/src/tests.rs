@@ -549,6 +549,62 @@ async fn shadow_mode_lets_unusable_identifiers_and_outages_through() {
     );
 }
 
+/// The default configuration's own path (the client's address, compared with the memos as an
+/// address, and the method and path as they are): each address gets exactly its burst, however
+/// its requests interleave with other addresses' (more of them than the memos hold), and HEAD
+/// takes from the GET bucket.
+#[tokio::test]
+async fn by_address_each_client_gets_exactly_its_burst_however_requests_interleave() {
+    let source = Recording::demo();
+    let limiter = source.builder(20).min_lease_size(20).build();
+    let app = Router::new()
+        .route("/hello", get(|| async { "hi" }))
+        .layer(LightRateLayer::new(limiter.clone()));
+    let request = |method: Method, last: u8| {
+        let mut r = Request::builder()
+            .method(method)
+            .uri("/hello")
+            .body(Body::empty())
+            .unwrap();
+        r.extensions_mut()
+            .insert(axum::extract::ConnectInfo(SocketAddr::from((
+                [192, 0, 2, last],
+                9,
+            ))));
+        r
+    };
+    // Three addresses in turn (the memos hold two users), then runs of each while its bucket
+    // still holds tokens (so that the next address finds the last one memoized), then the
+    // rest: 25 requests each, one in five a HEAD; the demo's GET /hello rule has a burst of 20.
+    let mut allowed = [0; 3];
+    let mut order: Vec<usize> = (0..15).map(|i| i % 3).collect();
+    for run in [8, 12] {
+        order.extend((0..3).flat_map(|a| std::iter::repeat_n(a, run)));
+    }
+    for (n, &a) in order.iter().enumerate() {
+        let method = if n % 5 == 0 {
+            Method::HEAD
+        } else {
+            Method::GET
+        };
+        let last = 10 + a as u8;
+        let response = app.clone().oneshot(request(method, last)).await.unwrap();
+        match response.status() {
+            StatusCode::OK => allowed[a] += 1,
+            StatusCode::TOO_MANY_REQUESTS => {}
+            other => panic!("address {a}: {other}"),
+        }
+    }
+    assert_eq!(allowed, [20; 3], "each address exactly its burst");
+    let calls = source.calls();
+    assert!(calls.iter().all(|(t, _)| t == "GET /hello"), "{calls:?}");
+    let stats = limiter.stats();
+    assert!(stats.local_hits >= 3 * 15, "served locally: {stats:?}");
+    let mut users = expect::users(&limiter);
+    users.sort();
+    assert_eq!(users, ["192.0.2.10", "192.0.2.11", "192.0.2.12"]);
+}
+
 #[tokio::test]
 async fn head_is_charged_as_get() {
     let source = Recording::demo();
