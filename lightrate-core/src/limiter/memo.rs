@@ -281,6 +281,25 @@ mod tests {
         }
     }
 
+    /// The operation `op` remembered for `limiter` (generation 1) with the rule of `slot`,
+    /// fresh until 100 ms, and a bucket holding 5 tokens to memoize for it.
+    fn remembered(
+        limiter: u64,
+        op: &'static str,
+        slot: u32,
+    ) -> (Target<'static>, Arc<LocalBucket>) {
+        let target = Target::operation(op);
+        let key = Arc::new(TargetKey::from_target(&target));
+        let resolved = Resolved {
+            rule: rule(slot),
+            expires_ms: 100,
+        };
+        remember(limiter, 1, resolved, &key);
+        let bucket = Arc::new(LocalBucket::new(0));
+        bucket.deposit(5, 10_000, 0).unwrap();
+        (target, bucket)
+    }
+
     /// The rule slot the memos know for `target`.
     fn slot_of(limiter: u64, generation: u64, target: &Target<'_>) -> Option<u32> {
         let mut slot = None;
@@ -293,15 +312,7 @@ mod tests {
 
     #[test]
     fn a_bucket_is_memoized_for_its_limiter_rule_and_user_while_alive() {
-        let target = Target::operation("memo-bucket");
-        let key = Arc::new(TargetKey::from_target(&target));
-        let resolved = Resolved {
-            rule: rule(3),
-            expires_ms: 100,
-        };
-        remember(3_000_001, 1, resolved, &key);
-        let bucket = Arc::new(LocalBucket::new(0));
-        bucket.deposit(5, 10_000, 0).unwrap();
+        let (target, bucket) = remembered(3_000_001, "memo-bucket", 3);
         let found = |user: &[u8], now_ms| {
             let mut found = None;
             hit(3_000_001, 1, now_ms, &target, user, |rule, b| {
@@ -329,15 +340,7 @@ mod tests {
     #[test]
     fn an_address_finds_the_bucket_of_its_text_and_only_that() {
         use crate::web::IpProbe;
-        let target = Target::operation("memo-address");
-        let key = Arc::new(TargetKey::from_target(&target));
-        let resolved = Resolved {
-            rule: rule(5),
-            expires_ms: 100,
-        };
-        remember(4_000_001, 1, resolved, &key);
-        let bucket = Arc::new(LocalBucket::new(0));
-        bucket.deposit(5, 10_000, 0).unwrap();
+        let (target, bucket) = remembered(4_000_001, "memo-address", 5);
         let by_ip = |ip: &str| {
             let probe = IpProbe(ip.parse().unwrap());
             hit(4_000_001, 1, 0, &target, &probe, |_, b| b.is_some())

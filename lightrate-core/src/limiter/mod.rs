@@ -196,30 +196,18 @@ impl Limiter {
     /// This is the hot path: it neither locks nor allocates nor reads the system clock.
     #[inline]
     pub fn check_local(&self, user: &str, target: &Target<'_>, cost: u64) -> Option<Decision> {
-        self.check_local_in(user, target, cost, false)
-    }
-
-    /// [`check_local`](Self::check_local), counting a denial as shadow mode's when `shadow`.
-    #[inline]
-    pub(crate) fn check_local_in(
-        &self,
-        user: &str,
-        target: &Target<'_>,
-        cost: u64,
-        shadow: bool,
-    ) -> Option<Decision> {
         // Written in place: inlined, this is the caller's own variable.
         let mut decided = None;
-        self.check_local_into(user.as_bytes(), target, cost, shadow, &mut decided);
+        self.check_local_into(user.as_bytes(), target, cost, false, &mut decided);
         decided
     }
 
-    /// [`check_local_in`](Self::check_local_in) for a user and a target as the caller has them:
+    /// [`check_local`](Self::check_local) for a user and a target as the caller has them:
     /// an identifier's bytes (UTF-8, as every identifier is) or a client's address, and a
     /// `Target` or a method and path (what the web adapters' default path has, compared with
     /// the memos without being made text or a `Target`). Writes the decision to `decided` (the
     /// caller's variable: a decision returned is copied out), leaving it `None` when the
-    /// source must be asked.
+    /// source must be asked. A denial counts as shadow mode's when `shadow`.
     #[inline]
     pub(crate) fn check_local_into(
         &self,

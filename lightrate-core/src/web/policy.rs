@@ -4,6 +4,7 @@
 use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -16,7 +17,7 @@ use super::operations::{target_for, Operation, PathTarget, RouteOperations, Serv
 use super::rejection::{write_rate_limit_headers, RateLimitHeaders, Rejection};
 use super::shadow::{Mode, ShadowLog};
 use super::view::RequestView;
-use crate::limiter::PathProbe;
+use crate::limiter::{PathProbe, Probe};
 use crate::{Decision, Error, Limiter, Target};
 
 pub(crate) type ExcludeFn<V> = dyn Fn(&<V as RequestView>::Request) -> bool + Send + Sync;
@@ -293,33 +294,17 @@ impl<V: RequestView> RequestPolicy<V> {
             let req = &*req;
             let path = W::path(req);
             let shown = W::method(req);
-            // The address as it is: the memo of its user compares addresses, and the text is
-            // written only off the memo's path.
-            let user = IpProbe(ip);
-            match shown.as_deref() {
-                // Compared with the memos as they are: a `Target` is built only off their path.
+            // Compared with the memos as they are: a `Target` is built only off their path.
+            let asked = match shown.as_deref() {
                 Some(method) => {
-                    let probe = PathProbe {
-                        method: charged(method),
-                        path,
-                    };
-                    self.limiter
-                        .check_local_into(&user, &probe, 1, false, &mut decision);
+                    let method = charged(method);
+                    self.ask_simple::<W>(req, ip, &PathProbe { method, path }, &mut decision)
                 }
                 // A method `http` refuses: still limited.
-                None => {
-                    self.limiter
-                        .check_local_into(&user, &Target::Default, 1, false, &mut decision);
-                }
-            }
-            if decision.is_none() {
-                let target = match shown.as_deref() {
-                    Some(method) => Target::path(charged(method).clone(), path),
-                    None => Target::Default,
-                };
-                let ip_text = IpText::new(ip);
-                let user = ip_text.as_str();
-                return self.check_with_source(user, &target, 1, false, W::is_grpc(req));
+                None => self.ask_simple::<W>(req, ip, &Target::Default, &mut decision),
+            };
+            if let Err(plan) = asked {
+                return plan;
             }
         }
         let Some(decision) = &decision else {
@@ -332,6 +317,28 @@ impl<V: RequestView> RequestPolicy<V> {
             W::insert_into(req, *decision);
         }
         Plan::Call(None)
+    }
+
+    /// [`plan_simple`](Self::plan_simple)'s question to the limiter, for the client at `ip`:
+    /// a local decision into `decision`, or the plan to ask the source. The address is compared
+    /// with the memos as it is; its text is written only off their path.
+    #[inline(always)]
+    fn ask_simple<W: RequestView>(
+        self: &Arc<Self>,
+        req: &W::Request,
+        ip: IpAddr,
+        target: &impl Probe,
+        decision: &mut Option<Decision>,
+    ) -> Result<(), Plan> {
+        self.limiter
+            .check_local_into(&IpProbe(ip), target, 1, false, decision);
+        if decision.is_some() {
+            return Ok(());
+        }
+        let text = IpText::new(ip);
+        Err(target.with_target(|target| {
+            self.check_with_source(text.as_str(), target, 1, false, W::is_grpc(req))
+        }))
     }
 
     /// [`plan`](Self::plan) with any options.
