@@ -39,6 +39,13 @@ impl Timestamp {
         self.0
     }
 
+    /// Whole milliseconds since the clock's epoch: the unit of the coarse deadlines a local
+    /// bucket packs beside its tokens.
+    #[inline]
+    pub const fn as_millis(self) -> u64 {
+        self.0 / 1_000_000
+    }
+
     /// The time from `earlier` to `self`, or zero if `earlier` is later.
     pub fn saturating_duration_since(self, earlier: Timestamp) -> Duration {
         Duration::from_nanos(self.0.saturating_sub(earlier.0))
@@ -214,6 +221,35 @@ impl ManualClock {
 impl Clock for ManualClock {
     fn now(&self) -> Timestamp {
         Timestamp(self.nanos.load(Ordering::SeqCst))
+    }
+}
+
+/// The limiter's clock: the system clock's cached reading is read inline on the hot path (one
+/// load, the reference kept); any other clock through a pointer.
+#[derive(Clone, Debug)]
+pub(crate) enum ClockHandle {
+    System(&'static AtomicU64),
+    Other(Arc<dyn Clock>),
+}
+
+impl ClockHandle {
+    pub(crate) fn system() -> Self {
+        ClockHandle::System(SystemClock::coarse_reading())
+    }
+
+    #[inline]
+    pub(crate) fn coarse_now(&self) -> Timestamp {
+        match self {
+            ClockHandle::System(coarse) => Timestamp::from_nanos(coarse.load(Ordering::Relaxed)),
+            ClockHandle::Other(clock) => clock.coarse_now(),
+        }
+    }
+
+    pub(crate) fn now(&self) -> Timestamp {
+        match self {
+            ClockHandle::System(_) => SystemClock::new().now(),
+            ClockHandle::Other(clock) => clock.now(),
+        }
     }
 }
 

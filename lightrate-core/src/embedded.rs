@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
 use crate::clock::{Clock, SystemClock, Timestamp};
+use crate::sync::{lock, read, write};
 use crate::{
     ConsumeRequest, ConsumeTokensResponse, Error, ErrorKind, RefillRate, RuleSet, TokenSource,
 };
@@ -264,7 +265,7 @@ impl EmbeddedSource {
             });
             shard.buckets = shard.users.values().map(Vec::len).sum();
         }
-        *self.rules.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(rules);
+        *write(&self.rules) = Arc::new(rules);
     }
 
     /// Consumes tokens synchronously (the [`TokenSource`] implementation calls this).
@@ -408,17 +409,6 @@ impl Shard {
         self.buckets = self.users.values().map(Vec::len).sum();
         swept.fetch_add((before - self.buckets) as u64, Ordering::Relaxed);
     }
-}
-
-/// Reads a lock, recovering from poisoning (it guards a pointer swapped in one store).
-fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    l.read().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Locks a mutex, recovering from poisoning: the maps hold plain data that a panicking holder
-/// cannot leave inconsistent.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl TokenSource for EmbeddedSource {

@@ -26,11 +26,13 @@ pub const MODE: &str = "LIGHTRATE_MODE";
 /// `lightrate-server`).
 pub const REDIS_URL: &str = "LIGHTRATE_REDIS_URL";
 
-/// `LIGHTRATE_MODE`: `enforce` or `shadow`.
-pub(crate) fn mode(value: &str) -> Result<crate::web::Mode, Error> {
-    value
-        .parse()
-        .map_err(|_| invalid(MODE, "enforce or shadow", value))
+/// The value of variable `name` parsed as a `T`; the error says what was `expected`.
+pub(crate) fn parse<T: std::str::FromStr>(
+    name: &str,
+    expected: &str,
+    value: &str,
+) -> Result<T, Error> {
+    value.parse().map_err(|_| invalid(name, expected, value))
 }
 
 /// `LIGHTRATE_TIMEOUT_MS`: a whole number of milliseconds.
@@ -84,16 +86,6 @@ mod tests {
                 format!("LIGHTRATE_LOCAL_BUCKET_SIZE must be a positive integer, not {bad:?}")
             );
         }
-    }
-
-    #[test]
-    fn modes_are_enforce_or_shadow() {
-        assert_eq!(mode(" Shadow ").unwrap(), crate::web::Mode::Shadow);
-        assert_eq!(mode("enforce").unwrap(), crate::web::Mode::Enforce);
-        assert_eq!(
-            mode("dry-run").unwrap_err().message(),
-            "LIGHTRATE_MODE must be enforce or shadow, not \"dry-run\""
-        );
     }
 
     #[cfg(feature = "client")]

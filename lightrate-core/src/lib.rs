@@ -35,6 +35,7 @@ mod embedded;
 pub mod env_vars;
 mod error;
 mod from_env;
+mod ip;
 mod limiter;
 #[cfg(feature = "metrics")]
 pub mod metrics;
@@ -42,6 +43,7 @@ pub mod protocol;
 mod rate;
 mod rules;
 mod source;
+mod sync;
 pub mod web;
 
 #[cfg(feature = "client")]

@@ -410,7 +410,7 @@ impl LocalBucket {
     /// What lease sizing has learned about this bucket (the slow path's; leases of one bucket
     /// never run concurrently, so this lock is not contended).
     pub(crate) fn learned(&self) -> MutexGuard<'_, Learned> {
-        self.learned.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.learned)
     }
 }
 

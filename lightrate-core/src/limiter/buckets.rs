@@ -11,8 +11,8 @@ use papaya::{Compute, Operation};
 use super::bucket::LocalBucket;
 use super::counters::Counters;
 use super::keys::{BucketKey, BucketRef};
+use super::maps::{hot_map, Hasher};
 use super::settings::Settings;
-use super::{hot_map, millis, Hasher};
 use crate::clock::Timestamp;
 
 /// A bucket in its map entry: inline (one allocation, one cache miss less than a shared
@@ -133,7 +133,7 @@ impl Buckets {
         if self.map.len() >= settings.max_buckets {
             self.make_room(now, settings, counters);
         }
-        let now_ms = millis(now);
+        let now_ms = now.as_millis();
         let computed = self.map.compute(
             BucketKey::new(user, slot),
             |existing| match existing {
@@ -203,7 +203,7 @@ impl Buckets {
     /// Removes the buckets nothing needs at `now` (no live token, no denial in force, no
     /// slow-path use for `ttl_ms`), counting what they held lost.
     pub(super) fn sweep(&self, now: Timestamp, ttl_ms: u64, counters: &Counters) {
-        let now_ms = millis(now);
+        let now_ms = now.as_millis();
         let guard = self.map.guard();
         self.map.retain(
             |key, bucket| match bucket.kill_if_idle(now_ms, now.as_nanos(), ttl_ms) {
@@ -233,7 +233,7 @@ impl Buckets {
         let before = self.map.len();
         // Idle buckets first: what a sweep removes.
         self.sweep(now, settings.bucket_ttl_ms, counters);
-        let (now_ms, now_nanos) = (millis(now), now.as_nanos());
+        let (now_ms, now_nanos) = (now.as_millis(), now.as_nanos());
         let guard = self.map.guard();
         // Then, at random, buckets holding no live token and no denial, then those holding no
         // live token, then any. At random: removing a run of neighbouring entries leaves a run

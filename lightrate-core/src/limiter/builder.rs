@@ -1,98 +1,15 @@
-//! [`LimiterBuilder`] and the outage policy.
+//! [`LimiterBuilder`].
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::inner::Inner;
-use super::settings::{millis_of, Settings};
+use super::settings::{millis_of, OnUnavailable, Settings, MAX_LEASE_SIZE};
 use super::Limiter;
-use crate::clock::{Clock, SystemClock, Timestamp};
+use crate::clock::{Clock, ClockHandle};
 use crate::source::DynTokenSource;
-use crate::{Error, ErrorKind};
-
-/// What a request gets when the token source cannot answer (timeout, network error, 5xx,
-/// unreadable answer, circuit open) or rejects the configuration (401/403/404).
-///
-/// ```
-/// use lightrate_core::OnUnavailable;
-///
-/// assert_eq!("deny".parse::<OnUnavailable>().unwrap(), OnUnavailable::Deny);
-/// assert_eq!(OnUnavailable::default(), OnUnavailable::Allow);
-/// assert!("maybe".parse::<OnUnavailable>().is_err());
-/// ```
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub enum OnUnavailable {
-    /// Let the request through (fail open): an outage of the rate limiter does not become an
-    /// outage of the service. The default.
-    #[default]
-    Allow,
-    /// Deny the request (fail closed); web adapters answer 503 with `Retry-After`.
-    Deny,
-    /// Return the source's error from [`Limiter::check`], for callers that decide themselves.
-    Error,
-}
-
-impl std::str::FromStr for OnUnavailable {
-    type Err = Error;
-
-    /// `allow`, `deny` or `error`, in any case.
-    fn from_str(s: &str) -> Result<Self, Error> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "allow" => Ok(OnUnavailable::Allow),
-            "deny" => Ok(OnUnavailable::Deny),
-            "error" => Ok(OnUnavailable::Error),
-            other => Err(Error::new(
-                ErrorKind::Configuration,
-                format!("the outage policy must be allow, deny or error, not {other:?}"),
-            )),
-        }
-    }
-}
-
-/// The default cap of a lease: the most tokens one call to the source may ask for. Leases are
-/// sized by demand and scarcity up to it; 10 000 lets a hot key on a source 20 ms away be
-/// served at over 50 000 requests per second by one process without waiting.
-pub const DEFAULT_LEASE_SIZE: u64 = 10_000;
-/// The largest lease cap.
-pub const MAX_LEASE_SIZE: u64 = 1_000_000;
-/// The default cap on live (user, rule) buckets: about 171 MB with short identifiers (171
-/// bytes a bucket, with what lease sizing learns of each; measured by the `memory` bench, see
-/// BENCHMARKS.md).
-pub const DEFAULT_MAX_LOCAL_BUCKETS: usize = 1_000_000;
-
-/// The default token horizon: how long a leased token can be spent after its lease started.
-pub const DEFAULT_TOKEN_HORIZON: Duration = Duration::from_secs(5);
-
-/// The limiter's clock: the system clock's cached reading is read inline on the hot path (one
-/// load, the reference kept); any other clock through a pointer.
-#[derive(Clone, Debug)]
-pub(super) enum ClockHandle {
-    System(&'static AtomicU64),
-    Other(Arc<dyn Clock>),
-}
-
-impl ClockHandle {
-    fn system() -> Self {
-        ClockHandle::System(SystemClock::coarse_reading())
-    }
-
-    #[inline]
-    pub(super) fn coarse_now(&self) -> Timestamp {
-        match self {
-            ClockHandle::System(coarse) => Timestamp::from_nanos(coarse.load(Ordering::Relaxed)),
-            ClockHandle::Other(clock) => clock.coarse_now(),
-        }
-    }
-
-    pub(super) fn now(&self) -> Timestamp {
-        match self {
-            ClockHandle::System(_) => SystemClock::new().now(),
-            ClockHandle::Other(clock) => clock.now(),
-        }
-    }
-}
+use crate::TokenSource;
 
 /// Builds a [`Limiter`]. See [`Limiter::builder`].
 pub struct LimiterBuilder {
@@ -106,6 +23,18 @@ impl fmt::Debug for LimiterBuilder {
         f.debug_struct("LimiterBuilder")
             .field("settings", &self.settings)
             .finish_non_exhaustive()
+    }
+}
+
+impl Limiter {
+    /// A limiter over `source` with default settings.
+    pub fn new(source: impl TokenSource) -> Self {
+        Self::builder(source).build()
+    }
+
+    /// A builder for a limiter over `source`.
+    pub fn builder(source: impl TokenSource) -> LimiterBuilder {
+        LimiterBuilder::new(Arc::new(source))
     }
 }
 

@@ -17,6 +17,7 @@ use tokio::sync::oneshot;
 
 use super::decision::RuleSummary;
 use super::keys::TargetKey;
+use crate::sync::lock;
 use crate::Error;
 
 /// What a lease is for: a (user, rule) bucket, or a (user, target) whose rule is not known yet.
@@ -154,11 +155,6 @@ impl Flight {
     pub(crate) fn first_cost(&self) -> Option<u64> {
         lock(&self.waiters).first().map(|w| w.cost)
     }
-}
-
-/// Locks a mutex, recovering from poisoning: what it guards is plain data.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Unregisters a flight exactly once: when the lease dispatches its waiters, or, if the lease

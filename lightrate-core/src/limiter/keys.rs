@@ -103,7 +103,7 @@ impl Probe for PathProbe<'_> {
 }
 
 /// Who a local hit is for: an identifier's bytes, or a client's address not yet written as
-/// text ([`IpProbe`](crate::web::IpProbe), the web adapters' default path), which a memo of
+/// text ([`IpProbe`], the web adapters' default path), which a memo of
 /// that address's user compares as an address. The text is written only off the memos' path.
 pub(crate) trait UserProbe {
     /// Whether this is the user whose identifier is `text`, which is the canonical text of
@@ -123,6 +123,23 @@ impl UserProbe for [u8] {
     #[inline]
     fn with_bytes<R>(&self, f: impl FnOnce(&[u8]) -> R) -> R {
         f(self)
+    }
+}
+
+/// A client's address as the limiter's hot path takes it: compared as an address with the
+/// memo of its user, written as text only where the text is needed (the maps, the source).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct IpProbe(pub(crate) IpAddr);
+
+impl UserProbe for IpProbe {
+    #[inline]
+    fn is(&self, _: &[u8], ip: Option<IpAddr>) -> bool {
+        ip == Some(self.0)
+    }
+
+    #[inline]
+    fn with_bytes<R>(&self, f: impl FnOnce(&[u8]) -> R) -> R {
+        f(crate::ip::IpText::new(self.0).as_bytes())
     }
 }
 

@@ -10,13 +10,13 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::breaker::Gate;
 use super::bucket::LocalBucket;
 use super::decision::RuleSummary;
 use super::flight::{Answer, Flight, FlightGuard, FlightKey, Joined};
 use super::inner::Inner;
 use super::keys::TargetKey;
 use super::sizing::LeaseView;
-use super::{millis, Gate};
 use crate::clock::{duration_to_nanos, Timestamp};
 use crate::{ConsumeTokensResponse, Target};
 
@@ -47,7 +47,7 @@ impl Lease {
         };
         let now = inner.clock.now();
         let guard = inner.buckets.guard();
-        let Some(target) = inner.routes.key(target, millis(now), &guard) else {
+        let Some(target) = inner.routes.key(target, now.as_millis(), &guard) else {
             return;
         };
         drop(guard);
@@ -99,7 +99,7 @@ impl Lease {
     fn size(&self, user: &str, rule: RuleSummary, waiting: u64, first_cost: u64) -> u64 {
         let inner = &*self.inner;
         let now = inner.clock.now();
-        let now_ms = millis(now);
+        let now_ms = now.as_millis();
         let guard = inner.buckets.guard();
         let bucket = inner.bucket(user, rule.slot, now, &guard);
         let sizing = &inner.settings.sizing;
@@ -206,7 +206,7 @@ impl Lease {
     ) -> Option<InlineLease> {
         let inner = &*self.inner;
         let now = inner.clock.now();
-        let now_ms = millis(now);
+        let now_ms = now.as_millis();
         let rule = inner.routes.learn(&answer.rule, now_ms);
         let buckets = inner.buckets.guard();
         inner.routes.remember(
@@ -262,12 +262,14 @@ impl Lease {
         }
         // The rest is spendable for the horizon from the moment the call started (the source
         // granted it after that), less a margin for the coarse clock of the hot path.
-        let deadline_ms = millis(started + inner.settings.sizing.horizon).saturating_sub(2);
+        let deadline_ms = (started + inner.settings.sizing.horizon)
+            .as_millis()
+            .saturating_sub(2);
         let bucket = self.file_tokens(user, rule, pool, deadline_ms, now, &buckets);
         bucket.set_source_remaining(remaining);
         bucket.touch(now_ms);
         // The source made its answer about half-way through the call.
-        let answered_ms = millis(started) + now_ms.saturating_sub(millis(started)) / 2;
+        let answered_ms = started.as_millis() + now_ms.saturating_sub(started.as_millis()) / 2;
         bucket
             .learned()
             .heard(answered_ms, granted, remaining, rule);
@@ -339,7 +341,7 @@ impl Lease {
         guard: &'g papaya::LocalGuard<'_>,
     ) -> &'g LocalBucket {
         let inner = &*self.inner;
-        let now_ms = millis(now);
+        let now_ms = now.as_millis();
         let mut bucket = inner.bucket(user, rule.slot, now, guard);
         let mut deposit = tokens;
         loop {

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use super::bucket::LocalBucket;
 use super::decision::RuleSummary;
 use super::keys::{Probe, TargetKey, UserProbe};
-use crate::web::IpText;
+use crate::ip::IpText;
 
 const TARGETS: usize = 4;
 const BUCKETS: usize = 2;
@@ -339,7 +339,7 @@ mod tests {
 
     #[test]
     fn an_address_finds_the_bucket_of_its_text_and_only_that() {
-        use crate::web::IpProbe;
+        use crate::limiter::IpProbe;
         let (target, bucket) = remembered(4_000_001, "memo-address", 5);
         let by_ip = |ip: &str| {
             let probe = IpProbe(ip.parse().unwrap());

@@ -8,9 +8,10 @@ use std::sync::{Arc, Mutex};
 
 use super::decision::RuleSummary;
 use super::keys::{TargetKey, TargetRef};
+use super::maps::{hot_map, Hasher};
 use super::memo::{self, Resolved};
-use super::{hot_map, lock, Hasher};
 use crate::rules::CompiledRule;
+use crate::sync::lock;
 use crate::{Rule, Target};
 
 /// A learned rule.

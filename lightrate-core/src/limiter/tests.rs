@@ -9,10 +9,10 @@ use http::{Method, StatusCode};
 use proptest::prelude::*;
 
 use super::*;
-use crate::clock::Clock;
+use crate::clock::{Clock, Timestamp};
 use crate::{
-    ConsumeRequest, ConsumeTokensResponse, EmbeddedSource, ErrorKind, ManualClock, RefillRate,
-    RuleSet, RuleSpec,
+    ConsumeRequest, ConsumeTokensResponse, EmbeddedSource, Error, ErrorKind, ManualClock,
+    RefillRate, RuleSet, RuleSpec, Target, TokenSource,
 };
 
 /// One call the source received.

@@ -7,11 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::breaker::{Breaker, BreakerState, Gate};
-use super::builder::ClockHandle;
+
 use super::counters::{CallResult, Counters};
 use super::latency::Latencies;
 use super::settings::BreakerSettings;
-use crate::clock::Timestamp;
+use crate::clock::{ClockHandle, Timestamp};
 use crate::source::DynTokenSource;
 use crate::{ConsumeRequest, ConsumeTokensResponse, Error, ErrorKind};
 

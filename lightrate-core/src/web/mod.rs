@@ -28,9 +28,6 @@ mod shadow;
 mod stage;
 mod view;
 
-#[cfg(test)]
-pub(crate) use identifier::IpProbe;
-pub(crate) use identifier::IpText;
 pub use identifier::{InvalidIdentifier, MAX_IDENTIFIER_BYTES};
 pub use identify::{Identify, MissingIdentifier};
 pub use operations::{Operation, PathTarget};
@@ -79,7 +76,7 @@ pub mod fuzzing {
 
     /// An IP address as the identify step writes it.
     pub fn ip_text(ip: IpAddr) -> String {
-        super::identifier::IpText::new(ip).as_str().to_owned()
+        crate::ip::IpText::new(ip).as_str().to_owned()
     }
 
     /// The IETF `RateLimit-Policy` and `RateLimit` fields written for a decision on a rule of

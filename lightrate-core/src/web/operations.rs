@@ -150,11 +150,7 @@ impl RouteOperations {
             );
             return;
         }
-        let mut table = self
-            .inner
-            .building
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut table = crate::sync::lock(&self.inner.building);
         let declared = table.entry(template.to_owned()).or_default();
         declared.retain(|(m, _)| *m != method);
         declared.push((method, op));
@@ -171,12 +167,7 @@ impl RouteOperations {
     #[inline]
     pub(crate) fn served(&self) -> &Served {
         self.inner.served.get_or_init(|| {
-            let table = self
-                .inner
-                .building
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone();
+            let table = crate::sync::lock(&self.inner.building).clone();
             let literals = table
                 .keys()
                 .map(|t| match t.find('{') {

@@ -11,13 +11,14 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{HeaderMap, Method, Response};
 
-use super::identifier::{client_ip, validate_identifier, IpProbe, IpText};
+use super::identifier::{client_ip, validate_identifier};
 use super::identify::{ExtensionFn, Identify, Kind, MissingIdentifier};
 use super::operations::{target_for, Operation, PathTarget, RouteOperations, Served};
 use super::rejection::{write_rate_limit_headers, RateLimitHeaders, Rejection};
 use super::shadow::{Mode, ShadowLog};
 use super::view::RequestView;
-use crate::limiter::{PathProbe, Probe};
+use crate::ip::IpText;
+use crate::limiter::{IpProbe, PathProbe, Probe};
 use crate::{Decision, Error, Limiter, Target};
 
 pub(crate) type ExcludeFn<V> = dyn Fn(&<V as RequestView>::Request) -> bool + Send + Sync;

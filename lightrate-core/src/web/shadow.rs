@@ -40,9 +40,16 @@ impl Mode {
     /// unset or blank; an error (of kind `Configuration`) for any other value.
     pub fn from_env() -> Result<Mode, Error> {
         match std::env::var(crate::env_vars::MODE) {
-            Ok(value) if !value.trim().is_empty() => crate::env_vars::mode(&value),
+            Ok(value) if !value.trim().is_empty() => Mode::from_env_value(&value),
             _ => Ok(Mode::Enforce),
         }
+    }
+}
+
+impl Mode {
+    /// `LIGHTRATE_MODE`'s value, with an error that names the variable.
+    fn from_env_value(value: &str) -> Result<Mode, Error> {
+        crate::env_vars::parse(crate::env_vars::MODE, "enforce or shadow", value)
     }
 }
 
@@ -107,6 +114,21 @@ impl ShadowLog {
             status,
             rule = rule.unwrap_or(""),
             "shadow mode: requests the limiter would have refused were let through"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes_from_the_environment_are_enforce_or_shadow() {
+        assert_eq!(Mode::from_env_value(" Shadow ").unwrap(), Mode::Shadow);
+        assert_eq!(Mode::from_env_value("enforce").unwrap(), Mode::Enforce);
+        assert_eq!(
+            Mode::from_env_value("dry-run").unwrap_err().message(),
+            "LIGHTRATE_MODE must be enforce or shadow, not \"dry-run\""
         );
     }
 }

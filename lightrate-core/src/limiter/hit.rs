@@ -1,0 +1,203 @@
+//! The local hit: the target's rule and the (user, rule) bucket from this thread's memos or
+//! the maps, one compare-and-swap, or the denial cache; nothing else. What it cannot decide
+//! goes to the slow path (`slow.rs`).
+
+use std::sync::Arc;
+
+use super::bucket::{LocalBucket, Take};
+use super::buckets::Held;
+use super::decision::{Decision, RuleSummary};
+use super::inner::Inner;
+use super::keys::{Probe, UserProbe};
+use super::lease::Lease;
+use super::memo;
+
+/// What a bucket said to a hit.
+#[derive(Clone, Copy, Debug)]
+enum Tap {
+    /// Taken: this many left, and what the source said it had left.
+    Taken { left: u32, remaining: u64 },
+    /// Fewer tokens than the cost (the denial cache may answer).
+    Empty,
+    /// The source must be asked (tokens past their deadline).
+    Ask,
+}
+
+/// What a local hit is asked: the user, the target, the cost, the time (the coarse clock's
+/// milliseconds), and whether a denial counts as shadow mode's.
+struct Hit<'a, P: ?Sized> {
+    user: &'a [u8],
+    target: &'a P,
+    cost: u64,
+    now_ms: u64,
+    shadow: bool,
+}
+
+impl<P: ?Sized> Clone for Hit<'_, P> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<P: ?Sized> Copy for Hit<'_, P> {}
+
+impl<'a, P: ?Sized> Hit<'a, P> {
+    #[inline(always)]
+    fn new(user: &'a [u8], target: &'a P, cost: u64, now_ms: u64, shadow: bool) -> Self {
+        Hit {
+            user,
+            target,
+            cost,
+            now_ms,
+            shadow,
+        }
+    }
+}
+
+impl Inner {
+    /// The local hit: the target's rule and the (user, rule) bucket (this thread's memos, else
+    /// the maps), one compare-and-swap; or the denial cache. Writes what is decided to
+    /// `decided` (left `None` when the source must be asked): the caller's own variable, so
+    /// that the decision is not copied out. No lock, no allocation, no clock call.
+    #[inline]
+    pub(super) fn check_local(
+        self: &Arc<Self>,
+        user: &(impl UserProbe + ?Sized),
+        target: &impl Probe,
+        cost: u64,
+        shadow: bool,
+        decided: &mut Option<Decision>,
+    ) {
+        let cost = cost.max(1);
+        let now_ms = self.clock.coarse_now().as_millis();
+        let (limiter, generation) = self.routes.memo_key();
+        // A bucket to memoize once the memos are free.
+        let mut shared = None;
+        let known = memo::hit(limiter, generation, now_ms, target, user, |rule, bucket| {
+            if let Some(bucket) = bucket {
+                match self.tap(bucket, user, target, rule.slot, cost, now_ms) {
+                    Tap::Taken { left, remaining } => {
+                        *decided = Some(Decision::local(u64::from(left), remaining, *rule));
+                        return true;
+                    }
+                    Tap::Ask => return true,
+                    // The denial cache is read on the way through the map (the same bucket).
+                    Tap::Empty => {}
+                }
+            }
+            user.with_bytes(|user| {
+                let guard = self.buckets.guard();
+                let hit = Hit::new(user, target, cost, now_ms, shadow);
+                self.from_map(rule, &hit, &guard, decided, &mut shared);
+            });
+            true
+        });
+        if !known {
+            user.with_bytes(|user| {
+                let guard = self.buckets.guard();
+                let rule = target.with_target(|t| self.routes.lookup(t, now_ms, &guard));
+                if let Some(rule) = rule {
+                    let hit = Hit::new(user, target, cost, now_ms, shadow);
+                    self.from_map(&rule, &hit, &guard, decided, &mut shared);
+                }
+            });
+        }
+        if let Some((slot, bucket)) = shared {
+            user.with_bytes(|user| memo::memoize(limiter, user, slot, bucket));
+        }
+    }
+
+    /// The hit through the map: the (user, rule) bucket, one take, or the denial cache; and
+    /// the bucket shared to be memoized if this thread served its user twice in a row.
+    #[inline(always)]
+    fn from_map(
+        self: &Arc<Self>,
+        rule: &RuleSummary,
+        hit: &Hit<'_, impl Probe>,
+        guard: &papaya::LocalGuard<'_>,
+        decided: &mut Option<Decision>,
+        shared: &mut Option<(u32, Arc<LocalBucket>)>,
+    ) {
+        let Hit {
+            user,
+            target,
+            cost,
+            now_ms,
+            shadow,
+        } = *hit;
+        let Some(held) = self.buckets.get(user, rule.slot, guard) else {
+            return;
+        };
+        match self.tap(held, user, target, rule.slot, cost, now_ms) {
+            Tap::Taken { left, remaining } => {
+                *decided = Some(Decision::local(u64::from(left), remaining, *rule));
+            }
+            Tap::Ask => return,
+            Tap::Empty => {
+                *decided = self.denied_here(held, *rule, shadow);
+                return;
+            }
+        }
+        if memo::found_again(held) && memo::fits(user) {
+            *shared = self.share(user, rule.slot, held, guard);
+        }
+    }
+
+    /// The bucket of a user this thread served twice in a row, shared (moved out of its entry,
+    /// if it is inline), with its rule slot.
+    #[cold]
+    fn share(
+        &self,
+        user: &[u8],
+        slot: u32,
+        held: &Held,
+        guard: &papaya::LocalGuard<'_>,
+    ) -> Option<(u32, Arc<LocalBucket>)> {
+        self.buckets
+            .share(user, slot, held, &self.counters, guard)
+            .map(|bucket| (slot, bucket))
+    }
+
+    /// One take: what the bucket says, small enough to come back in registers (the hit's
+    /// `Decision` is built once, by the caller).
+    #[inline(always)]
+    fn tap(
+        self: &Arc<Self>,
+        bucket: &LocalBucket,
+        user: &(impl UserProbe + ?Sized),
+        target: &impl Probe,
+        slot: u32,
+        cost: u64,
+        now_ms: u64,
+    ) -> Tap {
+        match bucket.try_take(cost, now_ms) {
+            Take::Taken(left) => {
+                if self.settings.refill_ahead && bucket.crosses_low_water(left, cost) {
+                    user.with_bytes(|user| {
+                        target.with_target(|t| Lease::refill_ahead(self, user, slot, t));
+                    });
+                }
+                Tap::Taken {
+                    // A bucket holds at most 2^24 - 1 tokens.
+                    left: u32::try_from(left).unwrap_or(u32::MAX),
+                    remaining: bucket.source_remaining(),
+                }
+            }
+            Take::Empty => Tap::Empty,
+            Take::Expired | Take::Stale => Tap::Ask,
+        }
+    }
+
+    /// A local denial from the denial cache, counted.
+    #[cold]
+    fn denied_here(
+        &self,
+        bucket: &LocalBucket,
+        rule: RuleSummary,
+        shadow: bool,
+    ) -> Option<Decision> {
+        let denied = self.denied_locally(bucket, rule)?;
+        self.count(&Ok(denied), shadow);
+        Some(denied)
+    }
+}
