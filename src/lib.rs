@@ -37,7 +37,7 @@ pub use lightrate_core::{
 // Where tokens come from, and the protocol they speak.
 pub use lightrate_core::{
     ConsumeRequest, ConsumeTokensResponse, EmbeddedSource, EmbeddedStats, RefillRate, Rule,
-    RuleSet, RuleSetBuilder, RuleSpec, Target, TokenSource, DEFAULT_MAX_BUCKETS,
+    RuleSet, RuleSetBuilder, RuleSpec, Target, TokenSource, DEFAULT_MAX_SOURCE_BUCKETS,
     MAX_USER_IDENTIFIER_BYTES,
 };
 // Time, and errors.
@@ -45,8 +45,8 @@ pub use lightrate_core::{Clock, Error, ErrorKind, ManualClock, SystemClock, Time
 // The LightRate API client.
 #[cfg(feature = "client")]
 pub use lightrate_core::{
-    ClientBuilder, Configuration, LightRateClient, LocalBucketResponse, DEFAULT_BASE_URL,
-    DEFAULT_RETRY_ATTEMPTS, DEFAULT_TIMEOUT,
+    ClientBuilder, Configuration, LightRateClient, LocalBucketResponse, DEFAULT_API_TIMEOUT,
+    DEFAULT_BASE_URL, DEFAULT_RETRY_ATTEMPTS,
 };
 
 /// The `http` crate, whose `Method` and `StatusCode` appear in this API.
@@ -83,8 +83,9 @@ pub use lightrate_core::metrics;
 #[cfg(feature = "tower")]
 pub mod tower {
     pub use lightrate_tower::{
-        Identify, InvalidIdentifier, LightRate, LightRateLayer, MissingIdentifier, Mode, Operation,
-        PathTarget, RateLimitHeaders, Rejection, ResponseFuture, MAX_IDENTIFIER_BYTES,
+        Identify, InvalidIdentifier, LightRateLayer, LightRateService, MissingIdentifier, Mode,
+        Operation, PathTarget, RateLimitHeaders, Rejection, ResponseFuture,
+        MAX_REQUEST_IDENTIFIER_BYTES,
     };
 }
 
@@ -116,7 +117,8 @@ pub mod tower {
 pub mod actix {
     pub use lightrate_actix::{
         Identify, InvalidIdentifier, LightRate, LightRateMiddleware, MissingIdentifier, Mode,
-        Operation, PathTarget, RateLimitHeaders, Rejection, ResponseFuture, MAX_IDENTIFIER_BYTES,
+        Operation, PathTarget, RateLimitHeaders, Rejection, ResponseFuture,
+        MAX_REQUEST_IDENTIFIER_BYTES,
     };
 }
 

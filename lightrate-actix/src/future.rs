@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse};
 use actix_web::HttpMessage;
-use lightrate_core::web::{Stage, Verdict};
+use lightrate_core::web::adapter::{Stage, Verdict};
 use pin_project_lite::pin_project;
 
 use crate::convert::{append_headers, to_actix_response};

@@ -89,7 +89,7 @@
 //!
 //! [`Identify`]: a header, an extension set by an authentication middleware, the client's IP
 //! address (the default), or a closure. An identifier that is empty, longer than
-//! [`MAX_IDENTIFIER_BYTES`] or not visible text gets 400 before any token is spent. A request with none follows
+//! [`MAX_REQUEST_IDENTIFIER_BYTES`] or not visible text gets 400 before any token is spent. A request with none follows
 //! [`MissingIdentifier`]: by default it is limited by its IP address. `X-Forwarded-For` is
 //! read only behind [`trust_forwarded_for`](LightRate::trust_forwarded_for) proxies.
 //!
@@ -119,7 +119,7 @@ mod transform;
 pub use future::ResponseFuture;
 pub use lightrate_core::web::{
     InvalidIdentifier, MissingIdentifier, Mode, Operation, PathTarget, RateLimitHeaders, Rejection,
-    MAX_IDENTIFIER_BYTES,
+    MAX_REQUEST_IDENTIFIER_BYTES,
 };
 pub use middleware::LightRateMiddleware;
 #[doc(hidden)]

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{forward_ready, Service, ServiceRequest, ServiceResponse};
-use lightrate_core::web::{Plan, RequestPolicy, Stage};
+use lightrate_core::web::adapter::{Plan, RequestPolicy, Stage};
 
 use crate::convert::to_actix_response;
 use crate::future::ResponseFuture;

@@ -7,7 +7,7 @@ use actix_web::dev::{Extensions, ServiceRequest};
 use actix_web::http::header::HeaderName;
 use actix_web::HttpMessage;
 use http::Method;
-use lightrate_core::web::{ReadExtension, RequestView};
+use lightrate_core::web::adapter::{ReadExtension, RequestView};
 
 use crate::convert::http_method;
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform};
-use lightrate_core::web::RequestPolicy;
+use lightrate_core::web::adapter::RequestPolicy;
 use lightrate_core::Limiter;
 
 use crate::convert::http_method;

@@ -16,7 +16,7 @@ use crate::{
 /// The default cap on the (user, rule) buckets an embedded source holds. A bucket costs about
 /// 190 bytes with short identifiers, the tables' slack included (the flood test of
 /// `tests/allocations.rs`: 1.93 MB for 10 000 buckets), so the cap is about 190 MB.
-pub const DEFAULT_MAX_BUCKETS: usize = 1_000_000;
+pub const DEFAULT_MAX_SOURCE_BUCKETS: usize = 1_000_000;
 
 const SHARDS: usize = 16;
 
@@ -134,7 +134,7 @@ impl Bucket {
 ///
 /// Memory is bounded by the buckets that are not full: a bucket that has refilled to capacity
 /// is the same as no bucket, and each shard drops those every second. There is also a hard cap
-/// ([`with_max_buckets`](Self::with_max_buckets), default [`DEFAULT_MAX_BUCKETS`]): at the
+/// ([`with_max_buckets`](Self::with_max_buckets), default [`DEFAULT_MAX_SOURCE_BUCKETS`]): at the
 /// cap a full bucket is the only one that can be forgotten (forgetting any other would grant
 /// past its limit), so when none is, a request that needs a new bucket gets an
 /// [`ErrorKind::Unavailable`] error (the server answers 503; a limiter applies its outage
@@ -202,13 +202,13 @@ impl EmbeddedSource {
             partial_grants: true,
             hasher: foldhash::fast::FixedState::with_seed(fastrand::u64(..)),
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
-            max_per_shard: DEFAULT_MAX_BUCKETS.div_ceil(SHARDS),
+            max_per_shard: DEFAULT_MAX_SOURCE_BUCKETS.div_ceil(SHARDS),
             swept: AtomicU64::new(0),
             refused: AtomicU64::new(0),
         }
     }
 
-    /// The most (user, rule) buckets this source holds (default [`DEFAULT_MAX_BUCKETS`];
+    /// The most (user, rule) buckets this source holds (default [`DEFAULT_MAX_SOURCE_BUCKETS`];
     /// rounded up to a multiple of 16, at least 16). See the type's notes on what happens at
     /// the cap.
     pub fn with_max_buckets(mut self, max: usize) -> Self {

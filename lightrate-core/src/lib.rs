@@ -48,11 +48,11 @@ pub mod web;
 
 #[cfg(feature = "client")]
 pub use client::{
-    ClientBuilder, Configuration, LightRateClient, LocalBucketResponse, DEFAULT_BASE_URL,
-    DEFAULT_RETRY_ATTEMPTS, DEFAULT_TIMEOUT,
+    ClientBuilder, Configuration, LightRateClient, LocalBucketResponse, DEFAULT_API_TIMEOUT,
+    DEFAULT_BASE_URL, DEFAULT_RETRY_ATTEMPTS,
 };
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
-pub use embedded::{EmbeddedSource, EmbeddedStats, DEFAULT_MAX_BUCKETS};
+pub use embedded::{EmbeddedSource, EmbeddedStats, DEFAULT_MAX_SOURCE_BUCKETS};
 pub use error::{Error, ErrorKind};
 pub use from_env::EnvSource;
 pub use limiter::{

@@ -165,7 +165,7 @@ impl<'a> ConsumeRequest<'a> {
 
 /// The most bytes of a user identifier a token source accepts (the embedded and Redis
 /// sources, `lightrate-server`, the limiter). The web adapters hold headers to a stricter
-/// limit, [`web::MAX_IDENTIFIER_BYTES`](crate::web::MAX_IDENTIFIER_BYTES).
+/// limit, [`web::MAX_REQUEST_IDENTIFIER_BYTES`](crate::web::MAX_REQUEST_IDENTIFIER_BYTES).
 pub const MAX_USER_IDENTIFIER_BYTES: usize = 1024;
 
 /// Whether `user` is an identifier a source accepts: not blank, at most

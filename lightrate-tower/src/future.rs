@@ -1,4 +1,4 @@
-//! [`ResponseFuture`]: the response future of [`LightRate`](crate::LightRate).
+//! [`ResponseFuture`]: the response future of [`LightRateService`](crate::LightRateService).
 
 use std::fmt;
 use std::future::Future;
@@ -7,14 +7,14 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::{Request, Response};
-use lightrate_core::web::{Stage, Verdict};
+use lightrate_core::web::adapter::{Stage, Verdict};
 use pin_project_lite::pin_project;
 use tower::Service;
 
 use crate::request::TowerRequest;
 
 pin_project! {
-    /// The response future of [`LightRate`](crate::LightRate): the inner service's future
+    /// The response future of [`LightRateService`](crate::LightRateService): the inner service's future
     /// (allowed), an answer that is ready (429, 503, 400), or the limiter asking the token
     /// source first. An allowed local hit neither boxes nor allocates here.
     pub struct ResponseFuture<S, ReqBody>

@@ -2,12 +2,12 @@
 
 use std::sync::Arc;
 
-use lightrate_core::web::RequestPolicy;
+use lightrate_core::web::adapter::RequestPolicy;
 use lightrate_core::Limiter;
 use tower::Layer;
 
 use crate::request::TowerRequest;
-use crate::service::LightRate;
+use crate::service::LightRateService;
 
 /// Rate limiting for axum and any tower stack: identifies the user, picks the target (the
 /// route's operation, else method + path), asks the [`Limiter`], and answers 429 with
@@ -41,9 +41,9 @@ lightrate_core::request_policy_options! {
 }
 
 impl<S> Layer<S> for LightRateLayer {
-    type Service = LightRate<S>;
+    type Service = LightRateService<S>;
 
-    fn layer(&self, inner: S) -> LightRate<S> {
-        LightRate::new(inner, self.policy.clone())
+    fn layer(&self, inner: S) -> LightRateService<S> {
+        LightRateService::new(inner, self.policy.clone())
     }
 }

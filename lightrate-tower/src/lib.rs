@@ -44,7 +44,7 @@
 //!
 //! [`Identify`]: a header, an extension set by an authentication layer, the client's IP
 //! address (the default), or a closure. An identifier that is empty, longer than
-//! [`MAX_IDENTIFIER_BYTES`] or not visible text gets 400 before any token is spent. A request
+//! [`MAX_REQUEST_IDENTIFIER_BYTES`] or not visible text gets 400 before any token is spent. A request
 //! with none follows [`MissingIdentifier`]: by default it is limited by its IP address.
 //! `X-Forwarded-For` is read only behind
 //! [`trust_forwarded_for`](LightRateLayer::trust_forwarded_for) proxies.
@@ -60,7 +60,7 @@
 //!
 //! Only the glue between tower and the request policy that `lightrate-core` shares with the
 //! actix-web adapter (every option, identification, targets, answers): [`LightRateLayer`]
-//! (`layer.rs`), the service [`LightRate`] (`service.rs`), its [`ResponseFuture`]
+//! (`layer.rs`), the service [`LightRateService`] (`service.rs`), its [`ResponseFuture`]
 //! (`future.rs`), and how a tower request shows itself to the policy (`request.rs`).
 
 mod future;
@@ -72,11 +72,11 @@ pub use future::ResponseFuture;
 pub use layer::LightRateLayer;
 pub use lightrate_core::web::{
     InvalidIdentifier, MissingIdentifier, Mode, Operation, PathTarget, RateLimitHeaders, Rejection,
-    MAX_IDENTIFIER_BYTES,
+    MAX_REQUEST_IDENTIFIER_BYTES,
 };
 #[doc(hidden)]
 pub use request::TowerRequest;
-pub use service::LightRate;
+pub use service::LightRateService;
 
 /// Where the user identifier of a request comes from: a header, an extension an
 /// authentication layer set, the client's IP address (axum's `ConnectInfo`, or a

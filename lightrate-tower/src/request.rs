@@ -8,7 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use http::request::Parts;
 use http::{Extensions, HeaderMap, HeaderName, Method, Request, Uri};
-use lightrate_core::web::{ReadExtension, RequestView};
+use lightrate_core::web::adapter::{ReadExtension, RequestView};
 
 /// The request policy's view of a tower request: its head. Names the framework in
 /// [`Identify`](crate::Identify).
@@ -17,7 +17,7 @@ use lightrate_core::web::{ReadExtension, RequestView};
 pub struct TowerRequest;
 
 /// The request policy's view of a whole tower request, for
-/// [`RequestPolicy::plan_simple`](lightrate_core::web::RequestPolicy::plan_simple): the same
+/// [`RequestPolicy::plan_simple`](lightrate_core::web::adapter::RequestPolicy::plan_simple): the same
 /// reads as [`TowerRequest`]'s, on `http::Request<B>`.
 pub(crate) struct WholeRequest<B>(PhantomData<fn() -> B>);
 

@@ -1,42 +1,42 @@
-//! [`LightRate`]: the service.
+//! [`LightRateService`]: the service.
 
 use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
-use lightrate_core::web::{Plan, RequestPolicy, Stage};
+use lightrate_core::web::adapter::{Plan, RequestPolicy, Stage};
 use tower::Service;
 
 use crate::future::ResponseFuture;
 use crate::request::{TowerRequest, WholeRequest};
 
 /// The service of [`LightRateLayer`](crate::LightRateLayer).
-pub struct LightRate<S> {
+pub struct LightRateService<S> {
     inner: S,
     policy: Arc<RequestPolicy<TowerRequest>>,
 }
 
-impl<S: Clone> Clone for LightRate<S> {
+impl<S: Clone> Clone for LightRateService<S> {
     fn clone(&self) -> Self {
-        LightRate {
+        LightRateService {
             inner: self.inner.clone(),
             policy: self.policy.clone(),
         }
     }
 }
 
-impl<S: fmt::Debug> fmt::Debug for LightRate<S> {
+impl<S: fmt::Debug> fmt::Debug for LightRateService<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LightRate")
+        f.debug_struct("LightRateService")
             .field("inner", &self.inner)
             .finish_non_exhaustive()
     }
 }
 
-impl<S> LightRate<S> {
+impl<S> LightRateService<S> {
     pub(crate) fn new(inner: S, policy: Arc<RequestPolicy<TowerRequest>>) -> Self {
-        LightRate { inner, policy }
+        LightRateService { inner, policy }
     }
 
     /// The inner service.
@@ -55,7 +55,7 @@ impl<S> LightRate<S> {
     }
 }
 
-impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for LightRate<S>
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for LightRateService<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
     S::Future: Send,

@@ -457,7 +457,7 @@ fn layer_service_and_future_are_send_and_the_layer_is_sync() {
     fn send_sync<T: Send + Sync>() {}
     fn send<T: Send>() {}
     send_sync::<LightRateLayer>();
-    send_sync::<LightRate<axum::routing::Route>>();
+    send_sync::<LightRateService<axum::routing::Route>>();
     send::<ResponseFuture<axum::routing::Route, Body>>();
     let _ = Duration::ZERO;
 }

@@ -18,7 +18,7 @@ use crate::{
 /// The hosted API's base URL.
 pub const DEFAULT_BASE_URL: &str = "https://api.lightrate.lightbournetechnologies.ca";
 /// The default deadline for one API call, retries included.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_API_TIMEOUT: Duration = Duration::from_secs(30);
 /// The default number of retries after a first attempt that may be retried.
 pub const DEFAULT_RETRY_ATTEMPTS: u32 = 3;
 
@@ -197,7 +197,7 @@ impl ClientBuilder {
             api_key,
             application_id,
             base_url: DEFAULT_BASE_URL.into(),
-            timeout: DEFAULT_TIMEOUT,
+            timeout: DEFAULT_API_TIMEOUT,
             retry_attempts: DEFAULT_RETRY_ATTEMPTS,
             lease_size: DEFAULT_LEASE_SIZE,
             user_agent: concat!("lightrate-rust/", env!("CARGO_PKG_VERSION")).into(),

@@ -14,7 +14,7 @@ mod local;
 mod transport;
 
 pub use builder::{
-    ClientBuilder, Configuration, LightRateClient, DEFAULT_BASE_URL, DEFAULT_RETRY_ATTEMPTS,
-    DEFAULT_TIMEOUT,
+    ClientBuilder, Configuration, LightRateClient, DEFAULT_API_TIMEOUT, DEFAULT_BASE_URL,
+    DEFAULT_RETRY_ATTEMPTS,
 };
 pub use local::LocalBucketResponse;

@@ -70,12 +70,16 @@ impl Limiter {
     /// from the denial cache, `None` when the source must be asked
     /// ([`check_with_source`](Self::check_with_source)).
     ///
-    /// This is the hot path: it neither locks nor allocates nor reads the system clock.
+    /// This is the hot path. A local hit takes no lock, allocates nothing and reads only the
+    /// coarse clock (one atomic load). Off the hit: a denial from the denial cache reads the
+    /// precise clock; a take that crosses a busy bucket's low-water mark starts a lease in the
+    /// background (a locked shard, an allocation), and so does moving a hot user's bucket to
+    /// this thread's memo the first time.
     #[inline]
     pub fn check_local(&self, user: &str, target: &Target<'_>, cost: u64) -> Option<Decision> {
         // Written in place: inlined, this is the caller's own variable.
         let mut decided = None;
-        self.check_local_into(user.as_bytes(), target, cost, false, &mut decided);
+        self.decide_locally(user.as_bytes(), target, cost, false, &mut decided);
         decided
     }
 
@@ -85,8 +89,13 @@ impl Limiter {
     /// the memos without being made text or a `Target`). Writes the decision to `decided` (the
     /// caller's variable: a decision returned is copied out), leaving it `None` when the
     /// source must be asked. A denial counts as shadow mode's when `shadow`.
+    ///
+    /// Writing into the caller's variable rather than returning the decision is the one
+    /// write-into form at the limiter's boundary: the web adapters' default path keeps the
+    /// decision where it was written (BENCHMARKS.md, "the hit", measures what a returned
+    /// `Decision` costs).
     #[inline]
-    pub(crate) fn check_local_into(
+    pub(crate) fn decide_locally(
         &self,
         user: &(impl UserProbe + ?Sized),
         target: &impl Probe,
@@ -109,12 +118,12 @@ impl Limiter {
         target: Target<'static>,
         cost: u64,
     ) -> impl Future<Output = Result<Decision, Error>> + Send + 'static {
-        self.check_with_source_in(user, target, cost, false)
+        self.decide_with_source(user, target, cost, false)
     }
 
     /// [`check_with_source`](Self::check_with_source), counting a denial as shadow mode's
     /// when `shadow`.
-    pub(crate) fn check_with_source_in(
+    pub(crate) fn decide_with_source(
         &self,
         user: impl Into<Box<str>>,
         target: Target<'static>,

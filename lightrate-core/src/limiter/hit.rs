@@ -58,7 +58,7 @@ impl Inner {
     /// The local hit: the target's rule and the (user, rule) bucket (this thread's memos, else
     /// the maps), one compare-and-swap; or the denial cache. Writes what is decided to
     /// `decided` (left `None` when the source must be asked): the caller's own variable, so
-    /// that the decision is not copied out. No lock, no allocation, no clock call.
+    /// that the decision is not copied out. What it costs: [`Limiter::check_local`](super::Limiter::check_local).
     #[inline]
     pub(super) fn check_local(
         self: &Arc<Self>,

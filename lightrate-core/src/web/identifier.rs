@@ -4,7 +4,7 @@ use std::fmt;
 use std::net::IpAddr;
 
 /// The longest user identifier accepted from a request, in bytes.
-pub const MAX_IDENTIFIER_BYTES: usize = 256;
+pub const MAX_REQUEST_IDENTIFIER_BYTES: usize = 256;
 
 /// Why a user identifier was refused (the request gets 400, before any token is spent).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -12,7 +12,7 @@ pub const MAX_IDENTIFIER_BYTES: usize = 256;
 pub enum InvalidIdentifier {
     /// Empty, or only white space.
     Empty,
-    /// Longer than [`MAX_IDENTIFIER_BYTES`].
+    /// Longer than [`MAX_REQUEST_IDENTIFIER_BYTES`].
     TooLong,
     /// Not UTF-8, or contains control characters.
     NotVisible,
@@ -24,7 +24,7 @@ impl fmt::Display for InvalidIdentifier {
             InvalidIdentifier::Empty => f.write_str("the user identifier is empty"),
             InvalidIdentifier::TooLong => write!(
                 f,
-                "the user identifier is longer than {MAX_IDENTIFIER_BYTES} bytes"
+                "the user identifier is longer than {MAX_REQUEST_IDENTIFIER_BYTES} bytes"
             ),
             InvalidIdentifier::NotVisible => {
                 f.write_str("the user identifier must be UTF-8 text without control characters")
@@ -36,9 +36,9 @@ impl fmt::Display for InvalidIdentifier {
 impl std::error::Error for InvalidIdentifier {}
 
 /// Checks a user identifier taken from a request: not empty or blank, at most
-/// [`MAX_IDENTIFIER_BYTES`], UTF-8 without control characters.
+/// [`MAX_REQUEST_IDENTIFIER_BYTES`], UTF-8 without control characters.
 pub(crate) fn validate_identifier(raw: &[u8]) -> Result<&str, InvalidIdentifier> {
-    if raw.len() > MAX_IDENTIFIER_BYTES {
+    if raw.len() > MAX_REQUEST_IDENTIFIER_BYTES {
         return Err(InvalidIdentifier::TooLong);
     }
     let text = std::str::from_utf8(raw).map_err(|_| InvalidIdentifier::NotVisible)?;
@@ -90,7 +90,7 @@ mod tests {
         assert_eq!(validate_identifier(b"user-42"), Ok("user-42"));
         assert_eq!(validate_identifier(b"  "), Err(InvalidIdentifier::Empty));
         assert_eq!(
-            validate_identifier(&[b'a'; MAX_IDENTIFIER_BYTES + 1]),
+            validate_identifier(&[b'a'; MAX_REQUEST_IDENTIFIER_BYTES + 1]),
             Err(InvalidIdentifier::TooLong)
         );
         assert_eq!(

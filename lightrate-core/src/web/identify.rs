@@ -29,7 +29,7 @@ type WithFn<V> =
 /// ```
 ///
 /// An identifier that is empty, longer than
-/// [`MAX_IDENTIFIER_BYTES`](super::MAX_IDENTIFIER_BYTES), or not visible text gets 400 before
+/// [`MAX_REQUEST_IDENTIFIER_BYTES`](super::MAX_REQUEST_IDENTIFIER_BYTES), or not visible text gets 400 before
 /// any token is spent; a request without one follows [`MissingIdentifier`].
 pub struct Identify<V: RequestView>(Kind<V>);
 

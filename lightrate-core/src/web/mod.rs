@@ -8,7 +8,7 @@
 //!
 //! | file | what it holds |
 //! |---|---|
-//! | `identifier.rs` | [`MAX_IDENTIFIER_BYTES`], [`InvalidIdentifier`], validation, the client's address |
+//! | `identifier.rs` | [`MAX_REQUEST_IDENTIFIER_BYTES`], [`InvalidIdentifier`], validation, the client's address |
 //! | `identify.rs` | [`Identify`], [`MissingIdentifier`]: who a request is charged to |
 //! | `operations.rs` | [`Operation`], [`PathTarget`], the declared route operations, the target |
 //! | `rejection.rs` | [`Rejection`], [`RateLimitHeaders`]: the answers and the IETF fields |
@@ -28,24 +28,41 @@ mod shadow;
 mod stage;
 mod view;
 
-pub use identifier::{InvalidIdentifier, MAX_IDENTIFIER_BYTES};
+pub use identifier::{InvalidIdentifier, MAX_REQUEST_IDENTIFIER_BYTES};
 pub use identify::{Identify, MissingIdentifier};
 pub use operations::{Operation, PathTarget};
 pub use rejection::{RateLimitHeaders, Rejection};
 pub use shadow::Mode;
 
-// Adapter plumbing: what `lightrate-tower` and `lightrate-actix` build on, not an API for
-// applications.
-#[doc(hidden)]
-pub use policy::{Allowed, Check, Decided, Plan, RequestPolicy, Verdict};
-#[doc(hidden)]
-pub use stage::Stage;
-#[doc(hidden)]
-pub use view::{ReadExtension, RequestView};
+/// What an adapter crate builds on: everything `lightrate-tower` and `lightrate-actix` use,
+/// and all a third adapter needs. Applications do not need this module.
+///
+/// An adapter is glue between its framework and this module, in four parts:
+///
+/// 1. **A view of its request**: a zero-sized type implementing [`RequestView`] that shows the
+///    policy the framework's request (its method, path, headers, extensions, peer address,
+///    route template). [`ReadExtension`] reads the extensions an authentication layer set.
+/// 2. **Its layer** (or transform): holds an `Arc<`[`RequestPolicy`]`<View>>` and gets every
+///    builder method, written once, from [`request_policy_options!`](crate::request_policy_options),
+///    which changes the options through [`RequestPolicy::configure`].
+/// 3. **Its service**: for each request, [`RequestPolicy::plan`] (or
+///    [`plan_simple`](RequestPolicy::plan_simple) when [`is_simple`](RequestPolicy::is_simple))
+///    says what to do: [`Plan::Call`] the inner service, answer [`Plan::Refused`], or await the
+///    [`Check`] of the token source, whose [`Verdict`] either refuses or is [`Allowed`] (which
+///    marks the request [`Decided`] so that no later LightRate middleware decides it again).
+/// 4. **Its response future**: wraps a [`Stage`], which runs those steps and yields the inner
+///    service's response (with the IETF fields to add) or the ready answer.
+///
+/// The answers are `http::Response<`[`AnswerBody`]`>`; the adapter turns them into its
+/// framework's response type.
+pub mod adapter {
+    pub use super::policy::{Allowed, Check, Decided, Options, Plan, RequestPolicy, Verdict};
+    pub use super::stage::Stage;
+    pub use super::view::{ReadExtension, RequestView};
 
-/// The body of the answers a `respond_with` closure makes.
-#[doc(hidden)]
-pub type AnswerBody = bytes::Bytes;
+    /// The body of the answers the policy makes (and a `respond_with` closure returns).
+    pub type AnswerBody = bytes::Bytes;
+}
 
 /// Entry points for the fuzz targets (`lightrate-testing`'s `fuzzing` module): the web layer's
 /// parsers and writers of untrusted input, not an API for applications.

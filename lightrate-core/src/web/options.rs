@@ -8,7 +8,6 @@
 /// where the route's template comes from, which path the framework routes on, how a route's
 /// template is written, and which method type `operation_for` takes (with its conversion to
 /// `http::Method`).
-#[doc(hidden)]
 #[macro_export]
 macro_rules! request_policy_options {
     (
@@ -23,7 +22,7 @@ macro_rules! request_policy_options {
         impl $Type {
             fn with_policy(
                 mut self,
-                change: impl FnOnce(&mut $crate::web::RequestPolicy<$View>),
+                change: impl FnOnce(&mut $crate::web::adapter::Options<$View>),
             ) -> Self {
                 ::std::sync::Arc::make_mut(&mut self.policy).configure(change);
                 self
@@ -33,7 +32,7 @@ macro_rules! request_policy_options {
             /// ([`Identify`](lightrate_core::web::Identify)): a header,
             /// an extension set by authentication, the client's IP address (the default), or a
             /// closure. An identifier that is empty, longer than
-            /// [`MAX_IDENTIFIER_BYTES`](lightrate_core::web::MAX_IDENTIFIER_BYTES), or not
+            /// [`MAX_REQUEST_IDENTIFIER_BYTES`](lightrate_core::web::MAX_REQUEST_IDENTIFIER_BYTES), or not
             /// visible text gets 400 before any token is spent.
             pub fn identify(self, identify: $crate::web::Identify<$View>) -> Self {
                 self.with_policy(|p| p.identify = identify)
@@ -71,7 +70,7 @@ macro_rules! request_policy_options {
             /// Never limits requests for which `predicate` is true.
             pub fn exclude(
                 self,
-                predicate: impl Fn(&<$View as $crate::web::RequestView>::Request) -> bool
+                predicate: impl Fn(&<$View as $crate::web::adapter::RequestView>::Request) -> bool
                     + Send
                     + Sync
                     + 'static,
@@ -116,7 +115,7 @@ macro_rules! request_policy_options {
                 self,
                 respond: impl Fn(
                         &$crate::web::Rejection,
-                    ) -> $crate::http::Response<$crate::web::AnswerBody>
+                    ) -> $crate::http::Response<$crate::web::adapter::AnswerBody>
                     + Send
                     + Sync
                     + 'static,

@@ -24,15 +24,10 @@ use crate::{Decision, Error, Limiter, Target};
 pub(crate) type ExcludeFn<V> = dyn Fn(&<V as RequestView>::Request) -> bool + Send + Sync;
 pub(crate) type RespondFn = dyn Fn(&Rejection) -> Response<Bytes> + Send + Sync;
 
-/// Every option of a rate-limiting middleware, shared by each service it makes (behind an
-/// `Arc`), and what a request gets: [`plan`](Self::plan).
-///
-/// Adapter plumbing: applications set these options through the builder methods that
-/// `request_policy_options!` writes into each adapter's layer, where they are documented;
-/// they change them through [`configure`](Self::configure), which keeps what the policy
-/// derives from them.
-pub struct RequestPolicy<V: RequestView> {
-    limiter: Limiter,
+/// The options of a rate-limiting middleware: what its builder methods set (each documented
+/// there, in `request_policy_options!`). Changed only through
+/// [`RequestPolicy::configure`], which keeps what the policy derives from them.
+pub struct Options<V: RequestView> {
     /// Where the user identifier comes from.
     pub identify: Identify<V>,
     /// What a request without an identifier gets.
@@ -55,6 +50,48 @@ pub struct RequestPolicy<V: RequestView> {
     pub insert_decision: bool,
     /// Whether refusals are enforced, or only counted (shadow mode).
     pub mode: Mode,
+}
+
+impl<V: RequestView> Clone for Options<V> {
+    fn clone(&self) -> Self {
+        Options {
+            identify: self.identify.clone(),
+            missing: self.missing,
+            trusted_proxies: self.trusted_proxies,
+            path_target: self.path_target,
+            exclude_paths: self.exclude_paths.clone(),
+            exclude: self.exclude.clone(),
+            headers: self.headers,
+            respond: self.respond.clone(),
+            names_as_operations: self.names_as_operations,
+            insert_decision: self.insert_decision,
+            mode: self.mode,
+        }
+    }
+}
+
+impl<V: RequestView> fmt::Debug for Options<V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Options")
+            .field("identify", &self.identify)
+            .field("missing", &self.missing)
+            .field("trusted_proxies", &self.trusted_proxies)
+            .field("path_target", &self.path_target)
+            .field("exclude_paths", &self.exclude_paths)
+            .field("headers", &self.headers)
+            .field("names_as_operations", &self.names_as_operations)
+            .field("insert_decision", &self.insert_decision)
+            .field("mode", &self.mode)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A rate-limiting middleware's options and what it derives from them, shared by each service
+/// it makes (behind an `Arc`), and what a request gets: [`plan`](Self::plan).
+pub struct RequestPolicy<V: RequestView> {
+    limiter: Limiter,
+    /// The options; changed only through [`configure`](Self::configure).
+    options: Options<V>,
     /// Whether the options are the default configuration's, but for declared operations
     /// (see [`is_simple`](Self::is_simple)); kept by [`configure`](Self::configure).
     simple: bool,
@@ -71,19 +108,9 @@ impl<V: RequestView> Clone for RequestPolicy<V> {
     fn clone(&self) -> Self {
         RequestPolicy {
             limiter: self.limiter.clone(),
-            identify: self.identify.clone(),
-            missing: self.missing,
-            trusted_proxies: self.trusted_proxies,
-            path_target: self.path_target,
-            exclude_paths: self.exclude_paths.clone(),
-            exclude: self.exclude.clone(),
-            headers: self.headers,
-            respond: self.respond.clone(),
+            options: self.options.clone(),
             routes: self.routes.clone(),
             operation: self.operation.clone(),
-            names_as_operations: self.names_as_operations,
-            insert_decision: self.insert_decision,
-            mode: self.mode,
             simple: self.simple,
             shadow_log: self.shadow_log.clone(),
             view: PhantomData,
@@ -95,16 +122,8 @@ impl<V: RequestView> fmt::Debug for RequestPolicy<V> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RequestPolicy")
             .field("limiter", &self.limiter)
-            .field("identify", &self.identify)
-            .field("missing", &self.missing)
-            .field("trusted_proxies", &self.trusted_proxies)
-            .field("path_target", &self.path_target)
-            .field("exclude_paths", &self.exclude_paths)
-            .field("headers", &self.headers)
+            .field("options", &self.options)
             .field("operation", &self.operation)
-            .field("names_as_operations", &self.names_as_operations)
-            .field("insert_decision", &self.insert_decision)
-            .field("mode", &self.mode)
             .finish_non_exhaustive()
     }
 }
@@ -195,19 +214,21 @@ impl<V: RequestView> RequestPolicy<V> {
     pub fn new(limiter: Limiter) -> Self {
         let mut policy = RequestPolicy {
             limiter,
-            identify: Identify::peer_ip(),
-            missing: MissingIdentifier::default(),
-            trusted_proxies: 0,
-            path_target: PathTarget::default(),
-            exclude_paths: Vec::new(),
-            exclude: None,
-            headers: RateLimitHeaders::default(),
-            respond: None,
+            options: Options {
+                identify: Identify::peer_ip(),
+                missing: MissingIdentifier::default(),
+                trusted_proxies: 0,
+                path_target: PathTarget::default(),
+                exclude_paths: Vec::new(),
+                exclude: None,
+                headers: RateLimitHeaders::default(),
+                respond: None,
+                names_as_operations: false,
+                insert_decision: true,
+                mode: Mode::default(),
+            },
             routes: RouteOperations::default(),
             operation: None,
-            names_as_operations: false,
-            insert_decision: true,
-            mode: Mode::default(),
             simple: false,
             shadow_log: Arc::default(),
             view: PhantomData,
@@ -218,17 +239,28 @@ impl<V: RequestView> RequestPolicy<V> {
 
     /// Changes options (what the adapters' builder methods do), and what the policy derives
     /// from them: whether its requests take the default configuration's path.
-    pub fn configure(&mut self, change: impl FnOnce(&mut Self)) {
-        change(self);
-        self.simple = matches!(self.identify.kind(), Kind::PeerIp)
-            && self.trusted_proxies == 0
-            && self.exclude_paths.is_empty()
-            && self.exclude.is_none()
+    pub fn configure(&mut self, change: impl FnOnce(&mut Options<V>)) {
+        change(&mut self.options);
+        self.derive();
+    }
+
+    /// Derives from the options whether requests take the default configuration's path.
+    fn derive(&mut self) {
+        let o = &self.options;
+        self.simple = matches!(o.identify.kind(), Kind::PeerIp)
+            && o.trusted_proxies == 0
+            && o.exclude_paths.is_empty()
+            && o.exclude.is_none()
             && self.operation.is_none()
-            && self.path_target == PathTarget::Concrete
-            && !self.names_as_operations
-            && self.mode == Mode::Enforce
-            && self.headers != RateLimitHeaders::Always;
+            && o.path_target == PathTarget::Concrete
+            && !o.names_as_operations
+            && o.mode == Mode::Enforce
+            && o.headers != RateLimitHeaders::Always;
+    }
+
+    /// The options.
+    pub fn options(&self) -> &Options<V> {
+        &self.options
     }
 
     /// The limiter.
@@ -241,7 +273,8 @@ impl<V: RequestView> RequestPolicy<V> {
     pub fn declare(&self, method: Option<Method>, template: &str, op: Operation) -> Self {
         self.routes.insert(method, template, op.clone());
         let mut route = self.clone();
-        route.configure(|route| route.operation = Some(op));
+        route.operation = Some(op);
+        route.derive();
         route
     }
 
@@ -314,7 +347,7 @@ impl<V: RequestView> RequestPolicy<V> {
         if !decision.is_allowed() {
             return Plan::Refused(self.refuse(decision, W::is_grpc(req)));
         }
-        if self.insert_decision {
+        if self.options.insert_decision {
             W::insert_into(req, *decision);
         }
         Plan::Call(None)
@@ -332,7 +365,7 @@ impl<V: RequestView> RequestPolicy<V> {
         decision: &mut Option<Decision>,
     ) -> Result<(), Plan> {
         self.limiter
-            .check_local_into(&IpProbe(ip), target, 1, false, decision);
+            .decide_locally(&IpProbe(ip), target, 1, false, decision);
         if decision.is_some() {
             return Ok(());
         }
@@ -348,7 +381,7 @@ impl<V: RequestView> RequestPolicy<V> {
         // The limiter's answer is written here and read here: a local hit moves the decision
         // once (into the extensions), or never.
         let mut decision = None;
-        let asked = match self.identify.kind() {
+        let asked = match self.options.identify.kind() {
             Kind::Extension(get) => self.decide_by_extension(req, &**get, &mut decision),
             kind => self.with_target(req, |target, cost| {
                 let with;
@@ -385,7 +418,7 @@ impl<V: RequestView> RequestPolicy<V> {
     #[inline(always)]
     fn mark<W: RequestView>(&self, req: &mut W::Request, decision: &Decision) {
         W::insert_into(req, Decided);
-        if self.insert_decision {
+        if self.options.insert_decision {
             W::insert_into(req, *decision);
         }
     }
@@ -429,7 +462,7 @@ impl<V: RequestView> RequestPolicy<V> {
         let routes = self.routes.served();
         // The route's template, only when it is used.
         let look_up = self.operation.is_none()
-            && (self.path_target == PathTarget::Template
+            && (self.options.path_target == PathTarget::Template
                 || if V::PREFILTER_TEMPLATES {
                     routes.may_match(path)
                 } else {
@@ -452,7 +485,7 @@ impl<V: RequestView> RequestPolicy<V> {
             }
         });
         let name = match operation {
-            None if self.names_as_operations => V::route_name(req, path),
+            None if self.options.names_as_operations => V::route_name(req, path),
             _ => None,
         };
         let (target, cost) = match (name, method) {
@@ -462,7 +495,7 @@ impl<V: RequestView> RequestPolicy<V> {
                 path,
                 template.as_deref(),
                 operation,
-                self.path_target,
+                self.options.path_target,
             ),
             // A method `http` refuses: still limited.
             (None, None) => match operation {
@@ -476,8 +509,9 @@ impl<V: RequestView> RequestPolicy<V> {
     /// `path` is the request's path, as its framework routes it.
     #[inline]
     fn is_excluded(&self, req: &V::Request, path: &str) -> bool {
-        (!self.exclude_paths.is_empty() && self.exclude_paths.iter().any(|p| p == path))
-            || self.exclude.as_ref().is_some_and(|f| f(req))
+        (!self.options.exclude_paths.is_empty()
+            && self.options.exclude_paths.iter().any(|p| p == path))
+            || self.options.exclude.as_ref().is_some_and(|f| f(req))
     }
 
     /// Asks the limiter for a local decision on a request whose identifier is `found` (raw,
@@ -502,15 +536,15 @@ impl<V: RequestView> RequestPolicy<V> {
                 }
             },
             None => {
-                let by_ip = matches!(self.identify.kind(), Kind::PeerIp)
-                    || self.missing == MissingIdentifier::PeerIp;
-                match self.missing {
+                let by_ip = matches!(self.options.identify.kind(), Kind::PeerIp)
+                    || self.options.missing == MissingIdentifier::PeerIp;
+                match self.options.missing {
                     _ if by_ip => {
                         let peer = V::peer_ip(req);
-                        let ip = if self.trusted_proxies == 0 {
+                        let ip = if self.options.trusted_proxies == 0 {
                             peer
                         } else {
-                            client_ip(peer, V::forwarded_for(req), self.trusted_proxies)
+                            client_ip(peer, V::forwarded_for(req), self.options.trusted_proxies)
                         };
                         let Some(ip) = ip else {
                             // No address known (not served over a socket): nothing to limit by.
@@ -526,9 +560,9 @@ impl<V: RequestView> RequestPolicy<V> {
                 }
             }
         };
-        let shadow = self.mode == Mode::Shadow;
+        let shadow = self.options.mode == Mode::Shadow;
         self.limiter
-            .check_local_into(user.as_bytes(), target, cost, shadow, decision);
+            .decide_locally(user.as_bytes(), target, cost, shadow, decision);
         if decision.is_none() {
             return Err(self.check_with_source(user, target, cost, shadow, V::is_grpc(req)));
         }
@@ -548,7 +582,7 @@ impl<V: RequestView> RequestPolicy<V> {
     ) -> Plan {
         let check =
             self.limiter
-                .check_with_source_in(user, target.clone().into_owned(), cost, shadow);
+                .decide_with_source(user, target.clone().into_owned(), cost, shadow);
         let policy = Arc::clone(self);
         Plan::Check(Box::pin(async move { policy.settle(check.await, grpc) }))
     }
@@ -558,7 +592,7 @@ impl<V: RequestView> RequestPolicy<V> {
     #[cold]
     fn refuse_unidentified(&self, rejection: Rejection, req: &V::Request) -> Result<(), Plan> {
         self.limiter.count_invalid();
-        if self.mode == Mode::Shadow {
+        if self.options.mode == Mode::Shadow {
             self.let_through(&rejection);
             return Ok(());
         }
@@ -582,7 +616,7 @@ impl<V: RequestView> RequestPolicy<V> {
         match checked {
             Ok(decision) => self.verdict(decision, grpc),
             // Shadow mode: through, with the decision the outage policy would have enforced.
-            Err(error) if self.mode == Mode::Shadow => {
+            Err(error) if self.options.mode == Mode::Shadow => {
                 let retry_after = error.retry_after().unwrap_or(std::time::Duration::ZERO);
                 self.verdict(
                     Decision::unavailable(false, error.kind(), retry_after),
@@ -600,7 +634,7 @@ impl<V: RequestView> RequestPolicy<V> {
         match self.admit(&decision) {
             Some(headers) => Verdict::Allowed(Allowed {
                 decision: Some(decision),
-                keep: self.insert_decision,
+                keep: self.options.insert_decision,
                 headers,
             }),
             None => Verdict::Refused(self.refuse(&decision, grpc)),
@@ -612,13 +646,13 @@ impl<V: RequestView> RequestPolicy<V> {
     #[inline(always)]
     fn admit(&self, decision: &Decision) -> Option<Option<Box<HeaderMap>>> {
         if !decision.is_allowed() {
-            if self.mode != Mode::Shadow {
+            if self.options.mode != Mode::Shadow {
                 return None;
             }
             self.let_through(&Rejection::from_decision(*decision, self.rule_id(decision)));
         }
         Some(
-            if self.headers == RateLimitHeaders::Always && decision.rule().is_some() {
+            if self.options.headers == RateLimitHeaders::Always && decision.rule().is_some() {
                 self.allowed_fields(decision)
             } else {
                 None
@@ -662,10 +696,10 @@ impl<V: RequestView> RequestPolicy<V> {
     /// default.
     #[cold]
     fn respond(&self, rejection: &Rejection, grpc: bool) -> Box<Response<Bytes>> {
-        Box::new(match &self.respond {
+        Box::new(match &self.options.respond {
             _ if grpc => rejection.to_grpc_response(),
             Some(f) => f(rejection),
-            None => rejection.to_response(self.headers),
+            None => rejection.to_response(self.options.headers),
         })
     }
 }
