@@ -13,9 +13,9 @@ use crate::{
     ConsumeRequest, ConsumeTokensResponse, Error, ErrorKind, RefillRate, RuleSet, TokenSource,
 };
 
-/// The default cap on the (user, rule) buckets an embedded source holds. A bucket costs about
-/// 190 bytes with short identifiers, the tables' slack included (the flood test of
-/// `tests/allocations.rs`: 1.93 MB for 10 000 buckets), so the cap is about 190 MB.
+/// The default cap on the (user, rule) buckets an embedded source holds: a couple of hundred
+/// megabytes with short identifiers (the size of a bucket is measured in BENCHMARKS.md and
+/// bounded by the flood test of `tests/allocations.rs`).
 pub const DEFAULT_MAX_SOURCE_BUCKETS: usize = 1_000_000;
 
 const SHARDS: usize = 16;

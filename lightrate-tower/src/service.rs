@@ -71,7 +71,7 @@ where
     }
 
     // Not inlined into the caller's poll: there, building the future would take a copy of
-    // it (counted with callgrind: 64 instructions a request).
+    // it (BENCHMARKS.md, the tower layer, has what that copy costs).
     #[inline(never)]
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         // The default configuration reads no more than the whole request shows: no split into

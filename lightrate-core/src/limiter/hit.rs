@@ -15,8 +15,8 @@ use super::memo;
 /// What a bucket said to a hit.
 #[derive(Clone, Copy, Debug)]
 enum Tap {
-    /// Taken: this many left, and what the source said it had left.
-    Taken { left: u32, remaining: u64 },
+    /// Served: this many left, and what the source said it had left.
+    Served { left: u32, remaining: u64 },
     /// Fewer tokens than the cost (the denial cache may answer).
     Empty,
     /// The source must be asked (tokens past their deadline).
@@ -76,13 +76,16 @@ impl Inner {
         let known = memo::hit(limiter, generation, now_ms, target, user, |rule, bucket| {
             if let Some(bucket) = bucket {
                 match self.tap(bucket, user, target, rule.slot, cost, now_ms) {
-                    Tap::Taken { left, remaining } => {
+                    Tap::Served { left, remaining } => {
                         *decided = Some(Decision::local(u64::from(left), remaining, *rule));
                         return true;
                     }
                     Tap::Ask => return true,
-                    // The denial cache is read on the way through the map (the same bucket).
-                    Tap::Empty => {}
+                    // The memo shares the map's bucket: its denial cache answers here.
+                    Tap::Empty => {
+                        *decided = self.denied_here(bucket, *rule, shadow);
+                        return true;
+                    }
                 }
             }
             user.with_bytes(|user| {
@@ -129,7 +132,7 @@ impl Inner {
             return;
         };
         match self.tap(held, user, target, rule.slot, cost, now_ms) {
-            Tap::Taken { left, remaining } => {
+            Tap::Served { left, remaining } => {
                 *decided = Some(Decision::local(u64::from(left), remaining, *rule));
             }
             Tap::Ask => return,
@@ -177,7 +180,7 @@ impl Inner {
                         target.with_target(|t| Lease::refill_ahead(self, user, slot, t));
                     });
                 }
-                Tap::Taken {
+                Tap::Served {
                     // A bucket holds at most 2^24 - 1 tokens.
                     left: u32::try_from(left).unwrap_or(u32::MAX),
                     remaining: bucket.source_remaining(),

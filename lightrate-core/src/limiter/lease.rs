@@ -180,7 +180,7 @@ impl Lease {
         if answer.tokens_consumed == 0
             && answer.tokens_remaining > 0
             && answer.tokens_remaining < asked
-            && (!answer.rule.is_default || inner.settings.lease_default_rule)
+            && inner.settings.leases(answer.rule.is_default)
         {
             let again = answer.tokens_remaining;
             if let Ok(second) = inner.call(&user, &target, again, again).await {
@@ -222,7 +222,7 @@ impl Lease {
         let remaining = answer.tokens_remaining;
         let next = next_token(&answer, rule);
         let waiters = self.guard.close();
-        if rule.is_default && !inner.settings.lease_default_rule {
+        if !inner.settings.leases(rule.is_default) {
             // The SDKs' way for the default rule: no local bucket; the grant is for the first
             // request, the others ask for themselves.
             inner.counters.per_request(rule.slot, granted);

@@ -3,20 +3,16 @@
 //! The limiter leases tokens from the source and keeps them in local buckets, one per (user,
 //! rule), so that most requests never leave the process:
 //!
-//! - **Local hit**: a lock-free map lookup of the target's rule, one of the (user, rule)
-//!   bucket, and one compare-and-swap. No lock, no allocation, no clock call (a cached
-//!   millisecond clock serves expiry).
+//! - **Local hit**: the target's rule and the (user, rule) bucket from this thread's memos or
+//!   a lock-free map, and one compare-and-swap. No lock, no allocation; the clock is a cached
+//!   reading (one atomic load).
 //! - **Target → rule cache**: exact targets first (an operation, or method + path), then the
 //!   matchers of known rules for targets not seen yet; learned from the source's answers,
 //!   expiring after `rule_ttl` (so rule changes on the server are picked up), bounded in size.
-//! - **Leases sized by what is left and who takes it**: a lease asks for what the requests
-//!   waiting for it need, plus what this process's demand uses in a span (up to three quarters
-//!   of the token horizon, at most twice as long as the demand has lasted), but never more than
-//!   its demand's share of what the source has left with the others' take (read from how fast
-//!   the source's `tokensRemaining` falls beyond this process's own use) counted twice, and
-//!   nothing speculative under 3 tokens: near the limit a lease is one request's cost
-//!   (`sizing`). With nothing known, a lease asks for one request's cost; `lease_size` caps
-//!   it.
+//! - **Leases sized by what is left and who takes it** (`sizing.rs`): what the waiting
+//!   requests need, plus this process's demand over a span, but never more than its share of
+//!   what the source has left beside the others' take. Near the limit a lease is one request's
+//!   cost; `lease_size` caps it.
 //! - **Single flight, no false denials**: at most one lease in flight per (user, rule), and
 //!   per (user, target) while the rule is unknown. Requests that find no token register what
 //!   they need on it and wait; those it cannot serve while the source still had tokens ride a
@@ -43,10 +39,13 @@
 //!
 //! | file | type | what it owns |
 //! |---|---|---|
-//! | `mod.rs` | [`Limiter`] | the public API, over one `Arc<Inner>` |
-//! | `inner.rs` | `Inner` | the parts below, and the path of a request: the local hit, the slow path |
-//! | `settings.rs` | `Settings` | every knob, set by [`LimiterBuilder`] and moved in whole |
-//! | `routes.rs` | `Routes` | targets → rules (the map), the learned rules |
+//! | `handle.rs` | [`Limiter`] | the public API, over one `Arc<Inner>` |
+//! | `builder.rs` | [`LimiterBuilder`] | the knobs, and the limiter's constructors |
+//! | `inner.rs` | `Inner` | the parts below, and what the paths of a request share (the denial cache, a call, counting, sweeping) |
+//! | `hit.rs` | `Inner::check_local` | the local hit |
+//! | `slow.rs` | `Inner::check_slow` | the slow path: the bucket again, a lease joined or started, the outage policy |
+//! | `settings.rs` | `Settings` | every knob, set by [`LimiterBuilder`] and moved in whole; [`OnUnavailable`] |
+//! | `routes.rs`, `maps.rs` | `Routes` | targets → rules (the map), the learned rules; how the hot maps are built |
 //! | `buckets.rs`, `bucket.rs` | `Buckets`, `LocalBucket` | the (user, rule) buckets, inline or shared once hot; sweeps, the cap |
 //! | `memo.rs` | (thread-locals) | each thread's memos of the last targets resolved and of its hot users' buckets |
 //! | `learned.rs` | `Learned` | what a bucket learns: its demand, the others' take, the source's level |

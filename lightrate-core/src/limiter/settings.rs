@@ -46,14 +46,13 @@ impl std::str::FromStr for OnUnavailable {
 }
 
 /// The default cap of a lease: the most tokens one call to the source may ask for. Leases are
-/// sized by demand and scarcity up to it; 10 000 lets a hot key on a source 20 ms away be
-/// served at over 50 000 requests per second by one process without waiting.
+/// sized by demand and scarcity up to it; a lease of 10 000 covers 20 ms of a hot key at
+/// 500 000 requests per second.
 pub const DEFAULT_LEASE_SIZE: u64 = 10_000;
 /// The largest lease cap.
 pub const MAX_LEASE_SIZE: u64 = 1_000_000;
-/// The default cap on live (user, rule) buckets: about 171 MB with short identifiers (171
-/// bytes a bucket, with what lease sizing learns of each; measured by the `memory` bench, see
-/// BENCHMARKS.md).
+/// The default cap on live (user, rule) buckets: under 256 MB with short identifiers (the
+/// `memory` bench measures a bucket, with what lease sizing learns of it: BENCHMARKS.md).
 pub const DEFAULT_MAX_LOCAL_BUCKETS: usize = 1_000_000;
 
 /// The default token horizon: how long a leased token can be spent after its lease started.
@@ -97,6 +96,14 @@ pub(crate) struct Settings {
 /// Whole milliseconds, at least 1.
 pub(crate) fn millis_of(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+impl Settings {
+    /// Whether a rule's tokens are leased into local buckets: every rule's, but the default
+    /// rule's when it is asked for per request, as the SDKs do.
+    pub(crate) fn leases(&self, is_default: bool) -> bool {
+        !is_default || self.lease_default_rule
+    }
 }
 
 impl Default for Settings {

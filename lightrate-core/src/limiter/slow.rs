@@ -66,7 +66,7 @@ impl Inner {
                 ),
                 Some((rule, target_key)) => {
                     last_rule = Some(rule);
-                    if rule.is_default && !self.settings.lease_default_rule {
+                    if !self.settings.leases(rule.is_default) {
                         return self.per_request(&user, &target, cost, now).await;
                     }
                     if let Some(decision) = self.take_or_deny(&user, rule, cost, now) {
