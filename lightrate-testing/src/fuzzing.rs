@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use lightrate_core::http::Method;
 use lightrate_core::web::fuzzing as web;
-use lightrate_core::web::{InvalidIdentifier, MAX_IDENTIFIER_BYTES};
+use lightrate_core::web::{InvalidIdentifier, MAX_REQUEST_IDENTIFIER_BYTES};
 use lightrate_core::{ConsumeTokensResponse, RefillRate, RuleSet, Target};
 
 /// A fuzz target: its name (the corpus folder) and its body.
@@ -100,12 +100,12 @@ fn assert_close(a: RefillRate, b: RefillRate) {
 pub fn identifier(data: &[u8]) {
     match web::validate_identifier(data) {
         Ok(text) => {
-            assert!(text.len() <= MAX_IDENTIFIER_BYTES);
+            assert!(text.len() <= MAX_REQUEST_IDENTIFIER_BYTES);
             assert!(!text.trim().is_empty());
             assert!(!text.chars().any(char::is_control));
             assert_eq!(text.as_bytes(), data);
         }
-        Err(InvalidIdentifier::TooLong) => assert!(data.len() > MAX_IDENTIFIER_BYTES),
+        Err(InvalidIdentifier::TooLong) => assert!(data.len() > MAX_REQUEST_IDENTIFIER_BYTES),
         Err(InvalidIdentifier::Empty) => {
             assert!(std::str::from_utf8(data).is_ok_and(|t| t.trim().is_empty()));
         }
