@@ -26,7 +26,10 @@
 //! # Ok(()) }
 //! ```
 //!
-//! See the README for the quick start with axum and actix-web.
+//! The README has the quick start with axum and actix-web; the [`guide`] is the reference
+//! behind it, one page per topic (targets, answers, the engine, metrics, the server, Redis,
+//! production).
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 // The engine: the limiter and its answers.
 pub use lightrate_core::{
@@ -143,6 +146,84 @@ pub mod redis {
         builder_from_env, RedisSource, RedisSourceBuilder, DEFAULT_APPLICATION_ID, DEFAULT_PREFIX,
         DEFAULT_TIMEOUT, MAX_BUCKET_UNITS,
     };
+}
+
+/// Where the guide's links lead in rustdoc. The pages in `docs/` end with the same labels
+/// pointing at each other as files (for reading them in the repository); a link definition
+/// given first wins, so these put rustdoc's targets first.
+macro_rules! guide_links {
+    () => {
+        "[answers]: crate::guide::answers\n\
+         [shadow-mode]: crate::guide::answers#shadow-mode\n\
+         [unavailable]: crate::guide::answers#when-the-token-source-cannot-answer\n\
+         [metrics]: crate::guide::metrics\n\
+         [redis]: crate::guide::redis\n\
+         [server]: crate::guide::server\n\
+         [grpc]: crate::guide::grpc\n\
+         [axum]: crate::guide::axum\n\
+         [actix]: crate::guide::actix\n\
+         [engine]: crate::guide::engine\n\
+         [client]: crate::guide::client\n\
+         [production]: crate::guide::production\n\
+         [testing]: crate::guide::testing\n\
+         [BENCHMARKS.md]: https://github.com/lightrate/lightrate-rust/blob/main/BENCHMARKS.md\n\
+         [benchmarks-leasing]: https://github.com/lightrate/lightrate-rust/blob/main/BENCHMARKS.md#leasing-for-the-rules-people-write\n\
+         [benchmarks-fuzzing]: https://github.com/lightrate/lightrate-rust/blob/main/BENCHMARKS.md#fuzzing\n"
+    };
+}
+
+/// The guide: the reference behind the README, one page per topic.
+///
+/// Each page is a file of `docs/` in the repository, included here; its Rust examples are
+/// compiled and run as doctests (with the features the examples use).
+///
+/// | page | what |
+/// |---|---|
+/// | [`axum`](crate::guide::axum) | `LightRateLayer` on axum and tower: targets, per-route operations, identifiers, exclusions, the `Decision` |
+/// | [`actix`](crate::guide::actix) | the actix-web middleware: workers, scopes, named resources |
+/// | [`answers`](crate::guide::answers) | 429, 400 and 503 answers, IETF fields, outages, shadow mode |
+/// | [`grpc`](crate::guide::grpc) | tonic: gRPC refusals, operations per gRPC method |
+/// | [`engine`](crate::guide::engine) | the `Limiter`: the local hit, lease sizing, bounds, calls and latency |
+/// | [`metrics`](crate::guide::metrics) | Prometheus metrics, what they cost |
+/// | [`client`](crate::guide::client) | the LightRate API client: the SDK calls, retries, the key |
+/// | [`server`](crate::guide::server) | the embedded source and `lightrate-server`: flags, rules files, reload, hardening |
+/// | [`redis`](crate::guide::redis) | fleets on Redis or Redis Cluster: keys, outages, the fleet-wide bound |
+/// | [`production`](crate::guide::production) | timeouts, connection caps, proxies, memory, the outage policy, a rollout |
+/// | [`testing`](crate::guide::testing) | the tests, benchmarks and fuzz targets |
+pub mod guide {
+    #[doc = guide_links!()]
+    #[doc = include_str!("../docs/axum.md")]
+    pub mod axum {}
+    #[doc = guide_links!()]
+    #[doc = include_str!("../docs/actix.md")]
+    pub mod actix {}
+    #[doc = guide_links!()]
+    #[doc = include_str!("../docs/answers.md")]
+    pub mod answers {}
+    #[doc = guide_links!()]
+    #[doc = include_str!("../docs/grpc.md")]
+    pub mod grpc {}
+    #[doc = guide_links!()]
+    #[doc = include_str!("../docs/engine.md")]
+    pub mod engine {}
+    #[doc = guide_links!()]
+    #[doc = include_str!("../docs/metrics.md")]
+    pub mod metrics {}
+    #[doc = guide_links!()]
+    #[doc = include_str!("../docs/client.md")]
+    pub mod client {}
+    #[doc = guide_links!()]
+    #[doc = include_str!("../docs/server.md")]
+    pub mod server {}
+    #[doc = guide_links!()]
+    #[doc = include_str!("../docs/redis.md")]
+    pub mod redis {}
+    #[doc = guide_links!()]
+    #[doc = include_str!("../docs/production.md")]
+    pub mod production {}
+    #[doc = guide_links!()]
+    #[doc = include_str!("../docs/testing.md")]
+    pub mod testing {}
 }
 
 #[cfg(doctest)]

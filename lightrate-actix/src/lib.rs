@@ -109,6 +109,7 @@
 //! [`ResponseFuture`] (`future.rs`), how an actix request shows itself to the policy
 //! (`request.rs`), and the conversions between actix's `http` 0.2 types and `http` 1
 //! (`convert.rs`).
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod convert;
 mod future;

@@ -27,6 +27,7 @@
 //! assert!(answer.is_granted());
 //! assert_eq!(answer.rule.burst_rate, 10);
 //! ```
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[cfg(feature = "client")]
 mod client;

@@ -56,6 +56,7 @@
 //! [`Limiter`]'s bounds).
 //!
 //! [`Limiter`]: lightrate_core::Limiter
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod connection;
 mod env;

@@ -53,6 +53,7 @@
 //!   doubling up to 200 ms, with one log line per 10 s while it lasts.
 //! - **Draining**: [`RunningServer::shutdown`] stops accepting and lets requests in flight
 //!   finish, up to [`ServerConfig::drain_timeout`].
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod connection;
 #[cfg(feature = "test-util")]

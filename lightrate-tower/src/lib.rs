@@ -62,6 +62,7 @@
 //! actix-web adapter (every option, identification, targets, answers): [`LightRateLayer`]
 //! (`layer.rs`), the service [`LightRateService`] (`service.rs`), its [`ResponseFuture`]
 //! (`future.rs`), and how a tower request shows itself to the policy (`request.rs`).
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod future;
 mod layer;
