@@ -151,15 +151,21 @@ fn after_help() -> String {
         "Environment (a flag wins over its variable, shown as [env: ...]; a blank variable is \
          unset):
   {key:<28} the API key clients must present (required)
-  {app:<28} the application id clients must name (required; also the
-  {blank:<28} application part of every Redis key)
+  {app:<28} the application id clients must name (required{redis_keys})
   {log:<28} log filter (default: info)
 
 Signals: SIGHUP reloads --config (an invalid file is refused, the rules in force stay); SIGTERM
 and SIGINT stop accepting, let requests in flight finish, and exit 0.",
         key = env_vars::API_KEY,
         app = env_vars::APPLICATION_ID,
-        blank = "",
+        redis_keys = if cfg!(feature = "redis") {
+            concat!(
+                "; also the\n",
+                "                               application part of every Redis key"
+            )
+        } else {
+            ""
+        },
         log = "RUST_LOG",
     )
 }
@@ -250,8 +256,17 @@ fn store(args: &Args) -> Result<Store, String> {
     }
 }
 
+/// Memory: a Redis asked for by its variable is refused, not ignored (replicas that believe
+/// they share their buckets would each keep their own).
 #[cfg(not(feature = "redis"))]
 fn store(_args: &Args) -> Result<Store, String> {
+    for name in [env_vars::REDIS_URL, server_vars::REDIS_CLUSTER_URLS] {
+        if std::env::var_os(name).is_some_and(|v| !v.to_string_lossy().trim().is_empty()) {
+            return Err(format!(
+                "{name} is set, but this lightrate-server was built without its redis feature"
+            ));
+        }
+    }
     Ok(Store::Memory)
 }
 
@@ -602,6 +617,19 @@ mod tests {
         let both = [env[0], cluster_env[0]];
         assert!(store_in(&[], &both).is_err());
         assert!(store(&args(&["--redis-cluster", " , "])).is_err());
+    }
+
+    #[cfg(not(feature = "redis"))]
+    #[test]
+    fn without_the_redis_feature_redis_is_refused() {
+        assert!(args_in(&["--redis", "redis://h"], &[]).is_err());
+        let memory = args(&[]);
+        assert_eq!(store(&memory), Ok(Store::Memory));
+        let e = with_env(&[("LIGHTRATE_REDIS_URL", "redis://h")], || store(&memory)).unwrap_err();
+        assert!(
+            e.contains("LIGHTRATE_REDIS_URL") && e.contains("redis feature"),
+            "{e}"
+        );
     }
 
     #[test]
