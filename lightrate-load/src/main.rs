@@ -1,13 +1,7 @@
 //! `lightrate-load`: drives a demo app (and, through it, its token source) the way a soak or
 //! an attack would, and reports what a user sees.
 //!
-//! ```text
-//! lightrate-load soak --app URL [--server URL] [--app-pid PID] [--server-pid PID]
-//!                     [--minutes N] [--new-users-per-second N] [--hot-users N]
-//!                     [--hot-requests-per-second N] [--concurrency N] [--path /hello]
-//! lightrate-load user --app URL [--server URL] [--path /hello] [--method GET] [--user ID]
-//!                     [--requests N --interval-ms MS | --clients N --seconds S]
-//! ```
+//! `lightrate-load soak --help` and `lightrate-load user --help` list the options.
 //!
 //! `user` is one user's traffic: N requests one after the other with a pause between them
 //! (paced), or N clients each sending as fast as it is answered for S seconds (concurrent).
@@ -26,92 +20,65 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const USAGE: &str = "\
-usage: lightrate-load soak --app URL [options]
-       lightrate-load user --app URL [--server URL] [--path P] [--method M] [--user ID]
-                           [--requests N --interval-ms MS | --clients N --seconds S]
+use clap::Parser;
 
-user: one user's requests, paced (N requests, each MS after the previous answer; default 40
-every 50 ms) or concurrent (N clients as fast as answered for S seconds); one line with the
-answers, p50/p90/p99 latency, requests per second and source calls per request.
+/// The command line: a soak, or one user's traffic.
+#[derive(Debug, Parser)]
+#[command(
+    name = "lightrate-load",
+    version,
+    about = "Drives a demo app (and, through it, its token source) the way a soak or an attack \
+             would, and reports what a user sees.",
+    disable_help_subcommand = true,
+    arg_required_else_help = true
+)]
+enum Cli {
+    /// Sends a steady stream of requests from new users (each seen once) plus a hot set of
+    /// users (seen again and again) to an app, and prints one line a minute.
+    Soak(Options),
+    /// One user's requests, paced (N requests, each MS after the previous answer) or
+    /// concurrent (N clients as fast as answered for S seconds); one line with the answers,
+    /// p50/p90/p99 latency, requests per second and source calls per request.
+    User(UserRun),
+}
 
-soak:
-
-Sends a steady stream of requests from new users (each seen once) plus a hot set of users
-(seen again and again) to an app, and prints one line a minute.
-
-options:
-  --app URL                     the app's base URL (required), e.g. http://127.0.0.1:3000
-  --path PATH                   the route to request (default /hello)
-  --server URL                  the token server's base URL, for calls per request (/metrics)
-  --app-pid PID                 the app's pid, for its resident memory
-  --server-pid PID              the token server's pid, for its resident memory
-  --minutes N                   how long (default 10)
-  --new-users-per-second N      requests from users never seen before (default 200)
-  --hot-users N                 how many users make up the hot set (default 50)
-  --hot-requests-per-second N   requests from the hot set (default 800)
-  --concurrency N               requests in flight at most (default 64)
-  -h, --help                    this text";
-
-#[derive(Debug)]
+/// `lightrate-load soak`.
+#[derive(Debug, clap::Args)]
 struct Options {
+    /// The app's base URL, e.g. http://127.0.0.1:3000.
+    #[arg(long, value_name = "URL")]
     app: String,
+    /// The route to request.
+    #[arg(long, default_value = "/hello")]
     path: String,
+    /// The token server's base URL, for calls per request (its /metrics).
+    #[arg(long, value_name = "URL")]
     server: Option<String>,
+    /// The app's pid, for its resident memory.
+    #[arg(long, value_name = "PID")]
     app_pid: Option<u32>,
+    /// The token server's pid, for its resident memory.
+    #[arg(long, value_name = "PID")]
     server_pid: Option<u32>,
+    /// How long, in minutes.
+    #[arg(long, value_name = "N", default_value_t = 10)]
     minutes: u64,
+    /// Requests a second from users never seen before.
+    #[arg(long = "new-users-per-second", value_name = "N", default_value_t = 200)]
     new_per_second: u64,
+    /// How many users make up the hot set (at least 1).
+    #[arg(long, value_name = "N", default_value_t = 50)]
     hot_users: u64,
+    /// Requests a second from the hot set.
+    #[arg(
+        long = "hot-requests-per-second",
+        value_name = "N",
+        default_value_t = 800
+    )]
     hot_per_second: u64,
+    /// Requests in flight at most (at least 1).
+    #[arg(long, value_name = "N", default_value_t = 64)]
     concurrency: usize,
-}
-
-/// A flag's value as a whole number.
-fn number(v: String) -> Result<u64, String> {
-    v.parse::<u64>()
-        .map_err(|_| format!("{v:?} is not a number"))
-}
-
-fn parse(mut args: impl Iterator<Item = String>) -> Result<Option<Options>, String> {
-    match args.next().as_deref() {
-        Some("soak") => {}
-        Some("-h" | "--help") | None => return Ok(None),
-        Some(other) => return Err(format!("unknown command {other:?}")),
-    }
-    let mut o = Options {
-        app: String::new(),
-        path: "/hello".into(),
-        server: None,
-        app_pid: None,
-        server_pid: None,
-        minutes: 10,
-        new_per_second: 200,
-        hot_users: 50,
-        hot_per_second: 800,
-        concurrency: 64,
-    };
-    while let Some(arg) = args.next() {
-        let mut value = || args.next().ok_or_else(|| format!("{arg} needs a value"));
-        match arg.as_str() {
-            "--app" => o.app = value()?,
-            "--path" => o.path = value()?,
-            "--server" => o.server = Some(value()?),
-            "--app-pid" => o.app_pid = Some(number(value()?)? as u32),
-            "--server-pid" => o.server_pid = Some(number(value()?)? as u32),
-            "--minutes" => o.minutes = number(value()?)?,
-            "--new-users-per-second" => o.new_per_second = number(value()?)?,
-            "--hot-users" => o.hot_users = number(value()?)?.max(1),
-            "--hot-requests-per-second" => o.hot_per_second = number(value()?)?,
-            "--concurrency" => o.concurrency = number(value()?)?.max(1) as usize,
-            "-h" | "--help" => return Ok(None),
-            other => return Err(format!("unknown argument {other:?}")),
-        }
-    }
-    if o.app.is_empty() {
-        return Err("--app is required".into());
-    }
-    Ok(Some(o))
 }
 
 /// What one minute saw.
@@ -193,20 +160,20 @@ async fn consume_calls(client: &reqwest::Client, server: &str) -> Option<f64> {
     sum_of(&text, "lightrate_server_consume_requests_total")
 }
 
-/// The sum of every sample of the counter `name` (over all its labels) in Prometheus text.
+/// The sum of every sample of the counter `name` (over all its labels) in Prometheus text;
+/// `None` when there is none, or the text is not Prometheus text.
 fn sum_of(text: &str, name: &str) -> Option<f64> {
-    let mut total = None;
-    for line in text.lines() {
-        let Some(rest) = line.strip_prefix(name) else {
-            continue;
-        };
-        if !(rest.starts_with('{') || rest.starts_with(' ')) {
-            continue;
-        }
-        let value: f64 = line.rsplit(' ').next()?.parse().ok()?;
-        *total.get_or_insert(0.0) += value;
-    }
-    total
+    let lines = text.lines().map(|line| Ok(line.to_owned()));
+    let scrape = prometheus_parse::Scrape::parse(lines).ok()?;
+    scrape
+        .samples
+        .iter()
+        .filter(|sample| sample.metric == name)
+        .filter_map(|sample| match sample.value {
+            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => Some(v),
+            _ => None,
+        })
+        .fold(None, |total, v| Some(total.unwrap_or(0.0) + v))
 }
 
 fn percentile(sorted: &[u32], p: f64) -> f64 {
@@ -324,51 +291,61 @@ async fn soak(o: Options) -> Result<(), String> {
 }
 
 /// One user's traffic (`lightrate-load user`).
-#[derive(Debug, PartialEq)]
+#[derive(Debug, PartialEq, clap::Args)]
 struct UserRun {
+    /// The app's base URL, e.g. http://127.0.0.1:3000.
+    #[arg(long, value_name = "URL")]
     app: String,
+    /// The token server's base URL, for calls per request (its /metrics).
+    #[arg(long, value_name = "URL")]
     server: Option<String>,
+    /// The route to request.
+    #[arg(long, default_value = "/hello")]
     path: String,
+    /// The HTTP method (any case).
+    #[arg(long, default_value = "GET")]
     method: String,
+    /// The user id (the x-user-id header).
+    #[arg(long = "user", value_name = "ID", default_value = "paced")]
     user: String,
+    /// Paced: how many requests.
+    #[arg(long, value_name = "N", default_value_t = 40)]
     requests: u64,
+    /// Paced: the pause after each answer, in milliseconds.
+    #[arg(long = "interval-ms", value_name = "MS", default_value = "50", value_parser = millis)]
     interval: Duration,
-    clients: usize,
+    /// Concurrent: how many clients (at least 1); without it, paced.
+    #[arg(long, value_name = "N")]
+    clients: Option<usize>,
+    /// Concurrent: for how many seconds (at least 1).
+    #[arg(long, value_name = "S", default_value_t = 2)]
     seconds: u64,
 }
 
-fn parse_user(mut args: impl Iterator<Item = String>) -> Result<Option<UserRun>, String> {
-    let mut o = UserRun {
-        app: String::new(),
-        server: None,
-        path: "/hello".into(),
-        method: "GET".into(),
-        user: "paced".into(),
-        requests: 40,
-        interval: Duration::from_millis(50),
-        clients: 0,
-        seconds: 2,
-    };
-    while let Some(arg) = args.next() {
-        let mut value = || args.next().ok_or_else(|| format!("{arg} needs a value"));
-        match arg.as_str() {
-            "--app" => o.app = value()?,
-            "--server" => o.server = Some(value()?),
-            "--path" => o.path = value()?,
-            "--method" => o.method = value()?.to_ascii_uppercase(),
-            "--user" => o.user = value()?,
-            "--requests" => o.requests = number(value()?)?,
-            "--interval-ms" => o.interval = Duration::from_millis(number(value()?)?),
-            "--clients" => o.clients = number(value()?)?.max(1) as usize,
-            "--seconds" => o.seconds = number(value()?)?.max(1),
-            "-h" | "--help" => return Ok(None),
-            other => return Err(format!("unknown option {other:?}")),
+/// A whole number of milliseconds.
+fn millis(text: &str) -> Result<Duration, String> {
+    text.parse()
+        .map(Duration::from_millis)
+        .map_err(|_| "not a whole number of milliseconds".to_owned())
+}
+
+/// What the command line asks for, with the floors of its counts applied.
+fn parse(
+    args: impl IntoIterator<Item = impl Into<std::ffi::OsString> + Clone>,
+) -> Result<Cli, clap::Error> {
+    let mut cli = Cli::try_parse_from(args)?;
+    match &mut cli {
+        Cli::Soak(o) => {
+            o.hot_users = o.hot_users.max(1);
+            o.concurrency = o.concurrency.max(1);
+        }
+        Cli::User(o) => {
+            o.method = o.method.to_ascii_uppercase();
+            o.clients = o.clients.map(|n| n.max(1));
+            o.seconds = o.seconds.max(1);
         }
     }
-    if o.app.is_empty() {
-        return Err("--app is required".into());
-    }
-    Ok(Some(o))
+    Ok(cli)
 }
 
 /// Sends a copy of `request` and records its answer and latency.
@@ -411,17 +388,10 @@ async fn user(o: UserRun) -> Result<(), String> {
             .map_err(|e| format!("cannot build the request: {e}"))?,
     );
     let started = Instant::now();
-    if o.clients == 0 {
-        for i in 0..o.requests {
-            if i > 0 {
-                tokio::time::sleep(o.interval).await;
-            }
-            send(&client, &request, &seen).await;
-        }
-    } else {
+    if let Some(clients) = o.clients {
         let end = started + Duration::from_secs(o.seconds);
         let mut tasks = Vec::new();
-        for _ in 0..o.clients {
+        for _ in 0..clients {
             let (client, seen, request) = (client.clone(), seen.clone(), request.clone());
             tasks.push(tokio::spawn(async move {
                 while Instant::now() < end {
@@ -431,6 +401,13 @@ async fn user(o: UserRun) -> Result<(), String> {
         }
         for task in tasks {
             task.await.map_err(|e| e.to_string())?;
+        }
+    } else {
+        for i in 0..o.requests {
+            if i > 0 {
+                tokio::time::sleep(o.interval).await;
+            }
+            send(&client, &request, &seen).await;
         }
     }
     let elapsed = started.elapsed();
@@ -472,34 +449,18 @@ async fn user(o: UserRun) -> Result<(), String> {
     Ok(())
 }
 
-type Run = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>>>>;
-
 #[tokio::main]
 async fn main() -> ExitCode {
-    let mut args = std::env::args().skip(1).peekable();
-    let ran = if args.peek().map(String::as_str) == Some("user") {
-        args.next();
-        parse_user(args).map(|run| run.map(|run| Box::pin(user(run)) as Run))
-    } else {
-        parse(args).map(|options| options.map(|options| Box::pin(soak(options)) as Run))
-    };
-    let ran = match ran {
-        Ok(Some(run)) => Some(run.await),
-        Ok(None) => None,
-        Err(message) => {
-            eprintln!("lightrate-load: {message}\n\n{USAGE}");
-            return ExitCode::from(2);
-        }
+    // Help, --version and usage errors end here (clap's exit codes: 0, and 2 for an error).
+    let ran = match parse(std::env::args_os()).unwrap_or_else(|e| e.exit()) {
+        Cli::Soak(options) => soak(options).await,
+        Cli::User(run) => user(run).await,
     };
     match ran {
-        Some(Ok(())) => ExitCode::SUCCESS,
-        Some(Err(message)) => {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
             eprintln!("lightrate-load: {message}");
             ExitCode::FAILURE
-        }
-        None => {
-            println!("{USAGE}");
-            ExitCode::SUCCESS
         }
     }
 }
@@ -508,24 +469,71 @@ async fn main() -> ExitCode {
 mod tests {
     use super::*;
 
-    fn args(s: &str) -> impl Iterator<Item = String> + '_ {
-        s.split_whitespace().map(String::from)
+    fn args(s: &str) -> Result<Cli, String> {
+        parse(std::iter::once("lightrate-load").chain(s.split_whitespace()))
+            .map_err(|e| e.to_string())
     }
 
     #[test]
     fn options_parse_and_bad_ones_say_why() {
-        let o = parse(args("soak --app http://a --minutes 2 --hot-users 0"))
-            .unwrap()
-            .unwrap();
+        let Ok(Cli::Soak(o)) = args("soak --app http://a --minutes 2 --hot-users 0") else {
+            panic!("not a soak")
+        };
         assert_eq!((o.app.as_str(), o.minutes, o.hot_users), ("http://a", 2, 1));
-        assert!(parse(args("soak")).unwrap_err().contains("--app"));
-        assert!(parse(args("soak --app x --minutes ten"))
+        assert_eq!(
+            (o.path.as_str(), o.new_per_second, o.concurrency),
+            ("/hello", 200, 64)
+        );
+        assert!(args("soak").unwrap_err().contains("--app"));
+        let e = args("soak --app x --minutes ten").unwrap_err();
+        assert!(e.contains("--minutes") && e.contains("ten"), "{e}");
+        assert!(args("flood").unwrap_err().contains("flood"));
+        assert!(args("").is_err());
+        let help = parse(["lightrate-load", "--help"]).unwrap_err();
+        assert_eq!(help.kind(), clap::error::ErrorKind::DisplayHelp);
+        let version = parse(["lightrate-load", "--version"]).unwrap_err();
+        assert_eq!(version.kind(), clap::error::ErrorKind::DisplayVersion);
+    }
+
+    #[test]
+    fn a_user_run_is_paced_unless_clients_are_given() {
+        let Ok(Cli::User(paced)) = args("user --app http://a --method post") else {
+            panic!("not a user run")
+        };
+        assert_eq!(
+            paced,
+            UserRun {
+                app: "http://a".into(),
+                server: None,
+                path: "/hello".into(),
+                method: "POST".into(),
+                user: "paced".into(),
+                requests: 40,
+                interval: Duration::from_millis(50),
+                clients: None,
+                seconds: 2,
+            }
+        );
+        let Ok(Cli::User(concurrent)) =
+            args("user --app http://a --clients 32 --seconds 0 --interval-ms 5")
+        else {
+            panic!("not a user run")
+        };
+        assert_eq!((concurrent.clients, concurrent.seconds), (Some(32), 1));
+        let Ok(Cli::User(one)) = args("user --app http://a --clients 0") else {
+            panic!("not a user run")
+        };
+        assert_eq!(one.clients, Some(1));
+        assert_eq!(concurrent.interval, Duration::from_millis(5));
+        assert!(args("user --app x --interval-ms soon")
             .unwrap_err()
-            .contains("not a number"));
-        assert!(parse(args("flood"))
-            .unwrap_err()
-            .contains("unknown command"));
-        assert!(parse(args("--help")).unwrap().is_none());
+            .contains("--interval-ms"));
+    }
+
+    #[test]
+    fn the_command_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
     }
 
     #[test]

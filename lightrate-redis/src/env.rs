@@ -10,7 +10,7 @@ use crate::RedisSource;
 ///
 /// | variables set | tokens from |
 /// |---|---|
-/// | `LIGHTRATE_API_KEY` and `LIGHTRATE_APPLICATION_ID` | the LightRate API (`LIGHTRATE_REDIS_URL` is ignored) |
+/// | `LIGHTRATE_API_KEY` and `LIGHTRATE_APPLICATION_ID` | the LightRate API (`LIGHTRATE_REDIS_URL` is ignored; needs the `client` feature, on by default, else an error) |
 /// | `LIGHTRATE_REDIS_URL` alone | a [`RedisSource`] with `rules` on that Redis ([`EnvSource::Redis`]) |
 /// | none | the embedded source with `rules` |
 ///

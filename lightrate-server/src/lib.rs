@@ -56,6 +56,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod connection;
+pub mod env_vars;
 #[cfg(feature = "test-util")]
 pub mod faults;
 #[doc(hidden)]
@@ -75,6 +76,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use lightrate_core::{EmbeddedSource, Error, ErrorKind, RuleSet, TokenSource};
+#[cfg(feature = "redis")]
 use lightrate_redis::RedisSource;
 use tokio::net::{TcpListener, ToSocketAddrs};
 use tokio::sync::watch;
@@ -149,6 +151,7 @@ impl TokenStore for EmbeddedSource {
 /// Not [`live_buckets`](TokenStore::live_buckets): Redis has no cheap count of one prefix's
 /// keys (`DBSIZE` counts every key of the database, `SCAN` walks all of them, on every node of
 /// a cluster).
+#[cfg(feature = "redis")]
 impl TokenStore for RedisSource {
     fn health(&self) -> impl Future<Output = Result<(), Error>> + Send {
         self.ping()
