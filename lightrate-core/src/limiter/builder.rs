@@ -57,7 +57,7 @@ impl LimiterBuilder {
     /// `default_local_bucket_size`, there the size of every lease; here leases are sized by
     /// demand and scarcity up to it). Its environment variable is the SDKs' too,
     /// `LIGHTRATE_LOCAL_BUCKET_SIZE` ([`env_settings`](Self::env_settings)). Default
-    /// [`DEFAULT_LEASE_SIZE`]; at most [`MAX_LEASE_SIZE`]; 0 counts as 1. 1 makes one call per
+    /// [`DEFAULT_LEASE_SIZE`](crate::DEFAULT_LEASE_SIZE); at most [`MAX_LEASE_SIZE`](crate::MAX_LEASE_SIZE); 0 counts as 1. 1 makes one call per
     /// request, as the SDKs do with 1.
     ///
     /// A lower cap bounds what one process holds at the cost of calls: a hot key is served at
@@ -78,7 +78,7 @@ impl LimiterBuilder {
     }
 
     /// The token horizon H: how long a leased token can be spent after the call that leased
-    /// it started; unspent, it is lost. Default [`DEFAULT_TOKEN_HORIZON`] (5 s); at least
+    /// it started; unspent, it is lost. Default [`DEFAULT_TOKEN_HORIZON`](crate::DEFAULT_TOKEN_HORIZON) (5 s); at least
     /// 10 ms.
     ///
     /// Per (user, rule), any number of processes admit at most `burst + refill·(T + H)` in
@@ -154,7 +154,7 @@ impl LimiterBuilder {
         self
     }
 
-    /// The most live (user, rule) buckets (default [`DEFAULT_MAX_LOCAL_BUCKETS`]). At the cap the
+    /// The most live (user, rule) buckets (default [`DEFAULT_MAX_LOCAL_BUCKETS`](crate::DEFAULT_MAX_LOCAL_BUCKETS)). At the cap the
     /// limiter forgets buckets until 90% of it is used: idle ones first, then those holding no
     /// live token, and only then others, whose tokens are lost. Forgetting never admits
     /// anything: a forgotten user's next request asks the source again. Counted in

@@ -15,7 +15,7 @@ use super::stats::Stats;
 use crate::clock::Timestamp;
 use crate::{Error, Target};
 
-/// Local token buckets over a [`TokenSource`]: what the web adapters ask for every request.
+/// Local token buckets over a [`TokenSource`](crate::TokenSource): what the web adapters ask for every request.
 ///
 /// Cheap to clone: clones share the buckets (one limiter per process, shared by every worker).
 ///

@@ -24,7 +24,7 @@ pub enum OnUnavailable {
     Allow,
     /// Deny the request (fail closed); web adapters answer 503 with `Retry-After`.
     Deny,
-    /// Return the source's error from [`Limiter::check`], for callers that decide themselves.
+    /// Return the source's error from [`Limiter::check`](crate::Limiter::check), for callers that decide themselves.
     Error,
 }
 

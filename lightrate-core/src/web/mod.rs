@@ -4,7 +4,8 @@
 //! answers (429, 503, 400) with their headers, shadow mode, and the gRPC form of the answers.
 //!
 //! An adapter is only glue between its framework and this module: its layer (or transform),
-//! its service, its future, and a [`RequestView`] of its framework's request.
+//! its service, its future, and a [`RequestView`](adapter::RequestView) of its framework's
+//! request: [`adapter`] says how.
 //!
 //! | file | what it holds |
 //! |---|---|
@@ -13,9 +14,9 @@
 //! | `operations.rs` | [`Operation`], [`PathTarget`], the declared route operations, the target |
 //! | `rejection.rs` | [`Rejection`], [`RateLimitHeaders`]: the answers and the IETF fields |
 //! | `shadow.rs` | [`Mode`]: enforce, or only count (shadow mode), and shadow mode's log |
-//! | `view.rs` | [`RequestView`]: how an adapter shows its request |
-//! | `policy.rs` | [`RequestPolicy`]: the options, and `plan` |
-//! | `stage.rs` | [`Stage`]: the states of every adapter's response future |
+//! | `view.rs` | [`RequestView`](adapter::RequestView): how an adapter shows its request |
+//! | `policy.rs` | [`RequestPolicy`](adapter::RequestPolicy): the options, and `plan` |
+//! | `stage.rs` | [`Stage`](adapter::Stage): the states of every adapter's response future |
 //! | `options.rs` | the adapters' builder methods, written once |
 
 mod identifier;
@@ -34,28 +35,29 @@ pub use operations::{Operation, PathTarget};
 pub use rejection::{RateLimitHeaders, Rejection};
 pub use shadow::Mode;
 
-/// What an adapter crate builds on: everything `lightrate-tower` and `lightrate-actix` use,
-/// and all a third adapter needs. Applications do not need this module.
-///
-/// An adapter is glue between its framework and this module, in four parts:
-///
-/// 1. **A view of its request**: a zero-sized type implementing [`RequestView`] that shows the
-///    policy the framework's request (its method, path, headers, extensions, peer address,
-///    route template). [`ReadExtension`] reads the extensions an authentication layer set.
-/// 2. **Its layer** (or transform): holds an `Arc<`[`RequestPolicy`]`<View>>` and gets every
-///    builder method, written once, from [`request_policy_options!`](crate::request_policy_options),
-///    which changes the options through [`RequestPolicy::configure`].
-/// 3. **Its service**: for each request, [`RequestPolicy::plan`] (or
-///    [`plan_simple`](RequestPolicy::plan_simple) when [`is_simple`](RequestPolicy::is_simple))
-///    says what to do: [`Plan::Call`] the inner service, answer [`Plan::Refused`], or await the
-///    [`Check`] of the token source, whose [`Verdict`] either refuses or is [`Allowed`] (which
-///    marks the request [`Decided`] so that no later LightRate middleware decides it again).
-/// 4. **Its response future**: wraps a [`Stage`], which runs those steps and yields the inner
-///    service's response (with the IETF fields to add) or the ready answer.
-///
-/// The answers are `http::Response<`[`AnswerBody`]`>`; the adapter turns them into its
-/// framework's response type.
 pub mod adapter {
+    //! What an adapter crate builds on: everything `lightrate-tower` and `lightrate-actix` use,
+    //! and all a third adapter needs. Applications do not need this module.
+    //!
+    //! An adapter is glue between its framework and this module, in four parts:
+    //!
+    //! 1. **A view of its request**: a zero-sized type implementing [`RequestView`] that shows the
+    //!    policy the framework's request (its method, path, headers, extensions, peer address,
+    //!    route template). [`ReadExtension`] reads the extensions an authentication layer set.
+    //! 2. **Its layer** (or transform): holds an `Arc<`[`RequestPolicy`]`<View>>` and gets every
+    //!    builder method, written once, from [`request_policy_options!`](crate::request_policy_options),
+    //!    which changes the options through [`RequestPolicy::configure`].
+    //! 3. **Its service**: for each request, [`RequestPolicy::plan`] (or
+    //!    [`plan_simple`](RequestPolicy::plan_simple) when [`is_simple`](RequestPolicy::is_simple))
+    //!    says what to do: [`Plan::Call`] the inner service, answer [`Plan::Refused`], or await the
+    //!    [`Check`] of the token source, whose [`Verdict`] either refuses or is [`Allowed`] (which
+    //!    marks the request [`Decided`] so that no later LightRate middleware decides it again).
+    //! 4. **Its response future**: wraps a [`Stage`], which runs those steps and yields the inner
+    //!    service's response (with the IETF fields to add) or the ready answer.
+    //!
+    //! The answers are `http::Response<`[`AnswerBody`]`>`; the adapter turns them into its
+    //! framework's response type.
+
     pub use super::policy::{Allowed, Check, Decided, Options, Plan, RequestPolicy, Verdict};
     pub use super::stage::Stage;
     pub use super::view::{ReadExtension, RequestView};

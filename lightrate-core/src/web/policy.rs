@@ -304,7 +304,7 @@ impl<V: RequestView> RequestPolicy<V> {
     }
 
     /// [`plan`](Self::plan) in the default configuration ([`is_simple`](Self::is_simple)):
-    /// what [`plan_with_options`](Self::plan_with_options) does there, without the branches
+    /// what `plan_with_options` does there, without the branches
     /// of the options that are off. It reads no more than any view of a request shows, so
     /// an adapter may call it on a view `W` of the whole request where [`plan`](Self::plan)
     /// takes the part of it that [`Identify::with`] and `exclude` closures see.
