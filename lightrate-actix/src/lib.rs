@@ -89,9 +89,10 @@
 //!
 //! [`Identify`]: a header, an extension set by an authentication middleware, the client's IP
 //! address (the default), or a closure. An identifier that is empty, longer than
-//! [`MAX_REQUEST_IDENTIFIER_BYTES`] or not visible text gets 400 before any token is spent. A request with none follows
-//! [`MissingIdentifier`]: by default it is limited by its IP address. `X-Forwarded-For` is
-//! read only behind [`trust_forwarded_for`](LightRate::trust_forwarded_for) proxies.
+//! [`MAX_REQUEST_IDENTIFIER_BYTES`] or not visible text gets 400 before any token is spent.
+//! A request with none follows [`MissingIdentifier`]: by default it is limited by its IP
+//! address. `X-Forwarded-For` is read only behind
+//! [`trust_forwarded_for`](LightRate::trust_forwarded_for) proxies.
 //!
 //! # Bodies
 //!
@@ -123,7 +124,6 @@ pub use lightrate_core::web::{
     MAX_REQUEST_IDENTIFIER_BYTES,
 };
 pub use middleware::LightRateMiddleware;
-#[doc(hidden)]
 pub use request::ActixRequest;
 pub use transform::LightRate;
 

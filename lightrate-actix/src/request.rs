@@ -14,7 +14,6 @@ use crate::convert::http_method;
 /// The request policy's view of an actix-web request. Names the framework in
 /// [`Identify`](crate::Identify).
 #[derive(Clone, Copy, Debug)]
-#[doc(hidden)]
 pub struct ActixRequest;
 
 impl RequestView for ActixRequest {

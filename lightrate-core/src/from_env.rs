@@ -89,7 +89,6 @@ impl LimiterBuilder {
 
     /// [`env_settings`](Self::env_settings) from `var` instead of the process environment
     /// (for sources built from the environment elsewhere, and their tests).
-    #[doc(hidden)]
     pub fn env_settings_from(
         mut self,
         var: impl Fn(&str) -> Option<String>,

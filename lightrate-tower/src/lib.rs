@@ -44,8 +44,9 @@
 //!
 //! [`Identify`]: a header, an extension set by an authentication layer, the client's IP
 //! address (the default), or a closure. An identifier that is empty, longer than
-//! [`MAX_REQUEST_IDENTIFIER_BYTES`] or not visible text gets 400 before any token is spent. A request
-//! with none follows [`MissingIdentifier`]: by default it is limited by its IP address.
+//! [`MAX_REQUEST_IDENTIFIER_BYTES`] or not visible text gets 400 before any token is spent.
+//! A request with none follows [`MissingIdentifier`]: by default it is limited by its IP
+//! address.
 //! `X-Forwarded-For` is read only behind
 //! [`trust_forwarded_for`](LightRateLayer::trust_forwarded_for) proxies.
 //!
@@ -75,7 +76,6 @@ pub use lightrate_core::web::{
     InvalidIdentifier, MissingIdentifier, Mode, Operation, PathTarget, RateLimitHeaders, Rejection,
     MAX_REQUEST_IDENTIFIER_BYTES,
 };
-#[doc(hidden)]
 pub use request::TowerRequest;
 pub use service::LightRateService;
 

@@ -13,7 +13,6 @@ use lightrate_core::web::adapter::{ReadExtension, RequestView};
 /// The request policy's view of a tower request: its head. Names the framework in
 /// [`Identify`](crate::Identify).
 #[derive(Clone, Copy, Debug)]
-#[doc(hidden)]
 pub struct TowerRequest;
 
 /// The request policy's view of a whole tower request, for
