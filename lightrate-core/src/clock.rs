@@ -76,6 +76,11 @@ impl fmt::Debug for Timestamp {
     }
 }
 
+/// A `Duration` in whole seconds, rounded up (what `Retry-After` and the IETF fields carry).
+pub(crate) fn ceil_secs(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
 /// A `Duration` as whole nanoseconds, saturating at `u64::MAX` (584 years).
 pub(crate) fn duration_to_nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use super::learned::Learned;
+use crate::clock::Timestamp;
 
 /// `state`: bits 0..24 tokens held; bits 24..63 the deadline of the newest tokens, in
 /// milliseconds since the clock's epoch (17 years); bit 63: removed from the map.
@@ -262,8 +263,9 @@ impl LocalBucket {
     /// denial in force, and no slow-path use for `keep_ms`. Returns the tokens it held (lost),
     /// or `None` if it is still needed. (A lease that lands on a removed bucket files its
     /// tokens into a new one.)
-    pub(crate) fn kill_if_idle(&self, now_ms: u64, now_nanos: u64, keep_ms: u64) -> Option<u64> {
-        if now_nanos < self.denied_until()
+    pub(crate) fn kill_if_idle(&self, now: Timestamp, keep_ms: u64) -> Option<u64> {
+        let now_ms = now.as_millis();
+        if now.as_nanos() < self.denied_until()
             || now_ms
                 < self
                     .touched_ms
@@ -545,14 +547,26 @@ mod tests {
         let b = LocalBucket::new(0);
         b.deposit(1, 5_000, 0).unwrap();
         // Live tokens.
-        assert_eq!(b.kill_if_idle(4_000, 4_000_000_000, 1_000), None);
+        assert_eq!(
+            b.kill_if_idle(Timestamp::from_nanos(4_000_000_000), 1_000),
+            None
+        );
         // Tokens dead, but used recently.
         b.touch(4_500);
-        assert_eq!(b.kill_if_idle(5_000, 5_000_000_000, 1_000), None);
+        assert_eq!(
+            b.kill_if_idle(Timestamp::from_nanos(5_000_000_000), 1_000),
+            None
+        );
         // A denial in force.
         b.set_denied_until(7_000_000_000);
-        assert_eq!(b.kill_if_idle(6_000, 6_000_000_000, 1_000), None);
-        assert_eq!(b.kill_if_idle(7_000, 7_000_000_000, 1_000), Some(1));
+        assert_eq!(
+            b.kill_if_idle(Timestamp::from_nanos(6_000_000_000), 1_000),
+            None
+        );
+        assert_eq!(
+            b.kill_if_idle(Timestamp::from_nanos(7_000_000_000), 1_000),
+            Some(1)
+        );
         assert!(b.is_dead());
     }
 

@@ -206,7 +206,7 @@ impl Buckets {
         let now_ms = now.as_millis();
         let guard = self.map.guard();
         self.map.retain(
-            |key, bucket| match bucket.kill_if_idle(now_ms, now.as_nanos(), ttl_ms) {
+            |key, bucket| match bucket.kill_if_idle(now, ttl_ms) {
                 Some(lost) => {
                     counters.expired(key.slot, lost);
                     false

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use crate::clock::{ceil_secs, duration_to_nanos};
 use crate::{ErrorKind, RefillRate};
 
 /// Where a [`Decision`] came from.
@@ -52,7 +53,7 @@ impl RuleSummary {
     /// `burst / refill`, rounded up, at least 1.
     pub fn window_secs(&self) -> u64 {
         match self.refill_rate.time_for(self.burst_rate) {
-            Some(fill) => (fill.as_secs() + u64::from(fill.subsec_nanos() > 0)).max(1),
+            Some(fill) => ceil_secs(fill).max(1),
             None => u64::from(u32::MAX),
         }
     }
@@ -98,10 +99,6 @@ pub struct Decision {
     pub(crate) unavailable: Option<ErrorKind>,
 }
 
-fn nanos(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
-}
-
 impl Decision {
     pub(crate) fn local(left: u64, source_remaining: u64, rule: RuleSummary) -> Self {
         Decision {
@@ -126,7 +123,7 @@ impl Decision {
             source,
             tokens_left: 0,
             remaining: source_remaining,
-            retry_after_nanos: nanos(retry_after),
+            retry_after_nanos: duration_to_nanos(retry_after),
             rule: Some(rule),
             unavailable: None,
         }
@@ -138,7 +135,11 @@ impl Decision {
             source: DecisionSource::Unavailable,
             tokens_left: 0,
             remaining: 0,
-            retry_after_nanos: if allowed { 0 } else { nanos(retry_after) },
+            retry_after_nanos: if allowed {
+                0
+            } else {
+                duration_to_nanos(retry_after)
+            },
             rule: None,
             unavailable: Some(kind),
         }
@@ -173,9 +174,7 @@ impl Decision {
 
     /// `retry_after` in whole seconds for a `Retry-After` header: rounded up, at least 1.
     pub fn retry_after_secs(&self) -> u64 {
-        let d = self.retry_after();
-        let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
-        secs.max(1)
+        ceil_secs(self.retry_after()).max(1)
     }
 
     /// The rule the request was charged to, when known.

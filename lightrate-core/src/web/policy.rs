@@ -606,7 +606,7 @@ impl<V: RequestView> RequestPolicy<V> {
             Rejection::RateLimited { policy, .. } => policy.as_deref(),
             _ => None,
         };
-        let now_ms = self.limiter.now().as_nanos() / 1_000_000;
+        let now_ms = self.limiter.now().as_millis();
         self.shadow_log
             .let_through(now_ms, rejection.status().as_u16(), rule);
     }

@@ -273,7 +273,7 @@ pub(crate) fn write_rate_limit_headers(headers: &mut HeaderMap, decision: &Decis
         let missing = rule.burst_rate().saturating_sub(decision.remaining());
         match rule.refill_rate().time_for(missing) {
             _ if missing == 0 => 0,
-            Some(fill) => fill.as_secs() + u64::from(fill.subsec_nanos() > 0),
+            Some(fill) => crate::clock::ceil_secs(fill),
             None => u64::from(u32::MAX),
         }
     } else {
