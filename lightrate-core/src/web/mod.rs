@@ -15,14 +15,18 @@
 //! | `rejection.rs` | [`Rejection`], [`RateLimitHeaders`]: the answers and the IETF fields |
 //! | `shadow.rs` | [`Mode`]: enforce, or only count (shadow mode), and shadow mode's log |
 //! | `view.rs` | [`RequestView`](adapter::RequestView): how an adapter shows its request |
-//! | `policy.rs` | [`RequestPolicy`](adapter::RequestPolicy): the options, and `plan` |
+//! | `policy.rs` | [`RequestPolicy`](adapter::RequestPolicy): the options, and what it derives from them |
+//! | `plan.rs` | [`Plan`](adapter::Plan): what a request gets, up to asking the limiter |
+//! | `answer.rs` | the verdict of a check, the IETF fields, the refusals, shadow mode's let-through |
 //! | `stage.rs` | [`Stage`](adapter::Stage): the states of every adapter's response future |
 //! | `options.rs` | the adapters' builder methods, written once |
 
+mod answer;
 mod identifier;
 mod identify;
 mod operations;
 mod options;
+mod plan;
 mod policy;
 mod rejection;
 mod shadow;
@@ -58,7 +62,8 @@ pub mod adapter {
     //! The answers are `http::Response<`[`AnswerBody`]`>`; the adapter turns them into its
     //! framework's response type.
 
-    pub use super::policy::{Allowed, Check, Decided, Options, Plan, RequestPolicy, Verdict};
+    pub use super::plan::{Allowed, Check, Decided, Plan, Verdict};
+    pub use super::policy::{Options, RequestPolicy};
     pub use super::stage::Stage;
     pub use super::view::{ReadExtension, RequestView};
 

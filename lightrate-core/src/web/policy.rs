@@ -1,25 +1,19 @@
-//! [`RequestPolicy`]: every option of the adapters, and [`plan`](RequestPolicy::plan), what
-//! a request gets, written once for every framework.
+//! [`RequestPolicy`]: every option of the adapters ([`Options`]) and what the policy derives
+//! from them; what a request gets is in `plan.rs` and `answer.rs`.
 
 use std::fmt;
-use std::future::Future;
 use std::marker::PhantomData;
-use std::net::IpAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{HeaderMap, Method, Response};
+use http::{Method, Response};
 
-use super::identifier::{client_ip, validate_identifier};
-use super::identify::{ExtensionFn, Identify, Kind, MissingIdentifier};
-use super::operations::{target_for, Operation, PathTarget, RouteOperations, Served};
-use super::rejection::{write_rate_limit_headers, RateLimitHeaders, Rejection};
+use super::identify::{Identify, Kind, MissingIdentifier};
+use super::operations::{Operation, PathTarget, RouteOperations, Served};
+use super::rejection::{RateLimitHeaders, Rejection};
 use super::shadow::{Mode, ShadowLog};
 use super::view::RequestView;
-use crate::ip::IpText;
-use crate::limiter::{IpProbe, PathProbe, Probe};
-use crate::{Decision, Error, Limiter, Target};
+use crate::Limiter;
 
 pub(crate) type ExcludeFn<V> = dyn Fn(&<V as RequestView>::Request) -> bool + Send + Sync;
 pub(crate) type RespondFn = dyn Fn(&Rejection) -> Response<Bytes> + Send + Sync;
@@ -89,18 +83,18 @@ impl<V: RequestView> fmt::Debug for Options<V> {
 /// A rate-limiting middleware's options and what it derives from them, shared by each service
 /// it makes (behind an `Arc`), and what a request gets: [`plan`](Self::plan).
 pub struct RequestPolicy<V: RequestView> {
-    limiter: Limiter,
+    pub(super) limiter: Limiter,
     /// The options; changed only through [`configure`](Self::configure).
-    options: Options<V>,
+    pub(super) options: Options<V>,
     /// Whether the options are the default configuration's, but for declared operations
     /// (see [`is_simple`](Self::is_simple)); kept by [`configure`](Self::configure).
-    simple: bool,
+    pub(super) simple: bool,
     /// Shadow mode's log, shared by every clone.
-    shadow_log: Arc<ShadowLog>,
+    pub(super) shadow_log: Arc<ShadowLog>,
     /// Declared per-route operations (shared by every clone).
-    routes: RouteOperations,
+    pub(super) routes: RouteOperations,
     /// The operation of a per-route layer.
-    operation: Option<Operation>,
+    pub(super) operation: Option<Operation>,
     view: PhantomData<fn() -> V>,
 }
 
@@ -125,86 +119,6 @@ impl<V: RequestView> fmt::Debug for RequestPolicy<V> {
             .field("options", &self.options)
             .field("operation", &self.operation)
             .finish_non_exhaustive()
-    }
-}
-
-/// What to do with a request, decided before the inner service is called.
-#[must_use]
-pub enum Plan {
-    /// Call the inner service, then add these IETF fields to its response, if any. The
-    /// request is not limited (excluded, already decided by another LightRate middleware, or
-    /// no identifier and the policy lets it through), or a local bucket allowed it and
-    /// [`plan`](RequestPolicy::plan) has marked it.
-    Call(Option<Box<HeaderMap>>),
-    /// Refused (429, 503, 400): answer this, without calling the inner service. Boxed, so
-    /// that the common plans stay small.
-    Refused(Box<Response<Bytes>>),
-    /// The token source must be asked: await this, then do what it says. The only case
-    /// that allocates (besides the `Decision` a request keeps).
-    Check(Check),
-}
-
-/// The verdict of a [`Check`].
-#[must_use]
-pub enum Verdict {
-    /// Mark the request, call the inner service.
-    Allowed(Allowed),
-    /// Answer this, without calling the inner service.
-    Refused(Box<Response<Bytes>>),
-}
-
-impl fmt::Debug for Plan {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Plan::Call(headers) => f.debug_tuple("Call").field(headers).finish(),
-            Plan::Refused(answer) => f.debug_tuple("Refused").field(answer).finish(),
-            Plan::Check(_) => f.write_str("Check(..)"),
-        }
-    }
-}
-
-impl fmt::Debug for Verdict {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Verdict::Allowed(allowed) => f.debug_tuple("Allowed").field(allowed).finish(),
-            Verdict::Refused(answer) => f.debug_tuple("Refused").field(answer).finish(),
-        }
-    }
-}
-
-/// The token source being asked about a request.
-pub type Check = Pin<Box<dyn Future<Output = Verdict> + Send>>;
-
-/// A request the limiter allowed: what its request and response get.
-#[must_use]
-#[derive(Debug)]
-pub struct Allowed {
-    /// `None` for a request shadow mode let through without a decision (no usable
-    /// identifier).
-    decision: Option<Decision>,
-    keep: bool,
-    headers: Option<Box<HeaderMap>>,
-}
-
-/// Marks a request decided, so that a later LightRate middleware does not charge it again: put
-/// in the extensions of every request a LightRate middleware decided, beside its `Decision`
-/// when that is kept. One type whatever the middleware keeps, so that asking whether a request
-/// was decided and marking it is one look-up. Zero-sized: putting it in the request's
-/// extensions allocates nothing.
-#[derive(Clone, Copy, Debug)]
-pub struct Decided;
-
-impl Allowed {
-    /// Records the decision in the request's extensions (for the handler, if it is kept; and
-    /// [`Decided`], so that no later LightRate middleware decides again), and returns the IETF
-    /// fields to add to the response, if any.
-    #[inline]
-    pub fn mark<V: RequestView>(self, extensions: &mut V::Extensions) -> Option<Box<HeaderMap>> {
-        V::insert(extensions, Decided);
-        if let Some(decision) = self.decision.filter(|_| self.keep) {
-            V::insert(extensions, decision);
-        }
-        self.headers
     }
 }
 
@@ -278,21 +192,6 @@ impl<V: RequestView> RequestPolicy<V> {
         route
     }
 
-    /// What `req` gets: everything up to asking the limiter for a local decision. An allowed
-    /// request is marked here ([`Decided`], and its `Decision`, put in its extensions), so that
-    /// no later LightRate middleware decides it again. Allocates only when the source must be
-    /// asked, for the `Decision` the request keeps (unless `insert_decision(false)`), when
-    /// the IETF fields are sent on allowed responses, or where the adapter's
-    /// [`route_template`](RequestView::route_template) does (only asked when a declared
-    /// operation or [`PathTarget::Template`] needs it).
-    pub fn plan(self: &Arc<Self>, req: &mut V::Request) -> Plan {
-        if self.is_simple() {
-            self.plan_simple::<V>(req)
-        } else {
-            self.plan_with_options(req)
-        }
-    }
-
     /// Whether this policy is the default configuration: the user is the client's IP address
     /// (no forwarded headers), the target is the method and the concrete path, nothing is
     /// excluded, no operation is declared (the declarations frozen by a first request without
@@ -301,416 +200,5 @@ impl<V: RequestView> RequestPolicy<V> {
     #[inline]
     pub fn is_simple(&self) -> bool {
         self.simple && self.routes.frozen().is_some_and(Served::is_empty)
-    }
-
-    /// [`plan`](Self::plan) in the default configuration ([`is_simple`](Self::is_simple)):
-    /// what `plan_with_options` does there, without the branches
-    /// of the options that are off. It reads no more than any view of a request shows, so
-    /// an adapter may call it on a view `W` of the whole request where [`plan`](Self::plan)
-    /// takes the part of it that [`Identify::with`] and `exclude` closures see.
-    #[inline(never)]
-    pub fn plan_simple<W: RequestView>(self: &Arc<Self>, req: &mut W::Request) -> Plan {
-        // The request is marked first: one look-up asks whether another LightRate middleware
-        // decided it and marks it. Unmarked where it turns out not to be limited; a refused one
-        // is never served, and one the source must decide is marked again by its verdict.
-        if !W::insert_new(req, Decided) {
-            return Plan::Call(None);
-        }
-        let Some(ip) = W::peer_ip(req) else {
-            // No address known (not served over a socket): nothing to limit by.
-            W::remove_from::<Decided>(req);
-            return Plan::Call(None);
-        };
-        // Written by the limiter, read here: a local hit moves the decision once (into the
-        // extensions), or never.
-        let mut decision = None;
-        {
-            let req = &*req;
-            let path = W::path(req);
-            let shown = W::method(req);
-            // Compared with the memos as they are: a `Target` is built only off their path.
-            let asked = match shown.as_deref() {
-                Some(method) => {
-                    let method = charged(method);
-                    self.ask_simple::<W>(req, ip, &PathProbe { method, path }, &mut decision)
-                }
-                // A method `http` refuses: still limited.
-                None => self.ask_simple::<W>(req, ip, &Target::Default, &mut decision),
-            };
-            if let Err(plan) = asked {
-                return plan;
-            }
-        }
-        let Some(decision) = &decision else {
-            unreachable!("asked the source when there was no local decision")
-        };
-        if !decision.is_allowed() {
-            return Plan::Refused(self.refuse(decision, W::is_grpc(req)));
-        }
-        if self.options.insert_decision {
-            W::insert_into(req, *decision);
-        }
-        Plan::Call(None)
-    }
-
-    /// [`plan_simple`](Self::plan_simple)'s question to the limiter, for the client at `ip`:
-    /// a local decision into `decision`, or the plan to ask the source. The address is compared
-    /// with the memos as it is; its text is written only off their path.
-    #[inline(always)]
-    fn ask_simple<W: RequestView>(
-        self: &Arc<Self>,
-        req: &W::Request,
-        ip: IpAddr,
-        target: &impl Probe,
-        decision: &mut Option<Decision>,
-    ) -> Result<(), Plan> {
-        self.limiter
-            .decide_locally(&IpProbe(ip), target, 1, false, decision);
-        if decision.is_some() {
-            return Ok(());
-        }
-        let text = IpText::new(ip);
-        Err(target.with_target(|target| {
-            self.check_with_source(text.as_str(), target, 1, false, W::is_grpc(req))
-        }))
-    }
-
-    /// [`plan`](Self::plan) with any options.
-    #[inline(never)]
-    fn plan_with_options(self: &Arc<Self>, req: &mut V::Request) -> Plan {
-        // The limiter's answer is written here and read here: a local hit moves the decision
-        // once (into the extensions), or never.
-        let mut decision = None;
-        let asked = match self.options.identify.kind() {
-            Kind::Extension(get) => self.decide_by_extension(req, &**get, &mut decision),
-            kind => self.with_target(req, |target, cost| {
-                let with;
-                let found = match kind {
-                    Kind::Header(name) => V::header(req, name),
-                    Kind::With(f) => {
-                        with = f(req);
-                        with.as_deref().map(str::as_bytes)
-                    }
-                    Kind::PeerIp | Kind::Extension(_) => None,
-                };
-                self.ask(req, found, target, cost, &mut decision)
-            }),
-        };
-        if let Err(plan) = asked {
-            return plan;
-        }
-        let Some(decision) = &decision else {
-            // Shadow mode lets a request without a usable identifier through, undecided.
-            V::insert_into(req, Decided);
-            return Plan::Call(None);
-        };
-        match self.admit(decision) {
-            Some(headers) => {
-                self.mark::<V>(req, decision);
-                Plan::Call(headers)
-            }
-            None => Plan::Refused(self.refuse(decision, V::is_grpc(req))),
-        }
-    }
-
-    /// Marks an allowed request decided ([`Decided`]), and puts its `Decision` in its
-    /// extensions for the handler, if it is kept.
-    #[inline(always)]
-    fn mark<W: RequestView>(&self, req: &mut W::Request, decision: &Decision) {
-        W::insert_into(req, Decided);
-        if self.options.insert_decision {
-            W::insert_into(req, *decision);
-        }
-    }
-
-    /// [`plan`](Self::plan)'s question to the limiter when the identifier is an extension
-    /// (read where the adapter lends its extensions).
-    #[inline(never)]
-    fn decide_by_extension(
-        self: &Arc<Self>,
-        req: &V::Request,
-        get: &ExtensionFn<V>,
-        decision: &mut Option<Decision>,
-    ) -> Result<(), Plan> {
-        self.with_target(req, |target, cost| {
-            V::with_extensions(req, |extensions| {
-                self.ask(
-                    req,
-                    get(extensions).map(str::as_bytes),
-                    target,
-                    cost,
-                    decision,
-                )
-            })
-        })
-    }
-
-    /// Calls `then` with the target and cost of `req`, unless it is not limited (excluded, or
-    /// decided already by another LightRate middleware).
-    #[inline(always)]
-    fn with_target<O>(
-        &self,
-        req: &V::Request,
-        then: impl FnOnce(&Target<'_>, u64) -> Result<O, Plan>,
-    ) -> Result<O, Plan> {
-        let path = V::path(req);
-        if V::with_extensions(req, V::contains::<Decided>) || self.is_excluded(req, path) {
-            return Err(Plan::Call(None));
-        }
-        let shown = V::method(req);
-        let method = shown.as_deref().map(charged);
-        let routes = self.routes.served();
-        // The route's template, only when it is used.
-        let look_up = self.operation.is_none()
-            && (self.options.path_target == PathTarget::Template
-                || if V::PREFILTER_TEMPLATES {
-                    routes.may_match(path)
-                } else {
-                    !routes.is_empty()
-                });
-        let template = if look_up {
-            V::route_template(req, path)
-        } else {
-            None
-        };
-        let operation = self.operation.as_ref().or_else(|| {
-            let method = method?;
-            match &template {
-                Some(template) => routes.get(method, template),
-                // No route template where one was looked for (a layer outside the router:
-                // tonic's): a path is the template of its own literal route (a gRPC method,
-                // `/package.Service/Method`).
-                None if look_up => routes.get(method, path),
-                None => None,
-            }
-        });
-        let name = match operation {
-            None if self.options.names_as_operations => V::route_name(req, path),
-            _ => None,
-        };
-        let (target, cost) = match (name, method) {
-            (Some(name), _) => (Target::operation(name), 1),
-            (None, Some(method)) => target_for(
-                method.clone(),
-                path,
-                template.as_deref(),
-                operation,
-                self.options.path_target,
-            ),
-            // A method `http` refuses: still limited.
-            (None, None) => match operation {
-                Some(op) => (op.target(), op.cost()),
-                None => (Target::Default, 1),
-            },
-        };
-        then(&target, cost)
-    }
-
-    /// `path` is the request's path, as its framework routes it.
-    #[inline]
-    fn is_excluded(&self, req: &V::Request, path: &str) -> bool {
-        (!self.options.exclude_paths.is_empty()
-            && self.options.exclude_paths.iter().any(|p| p == path))
-            || self.options.exclude.as_ref().is_some_and(|f| f(req))
-    }
-
-    /// Asks the limiter for a local decision on a request whose identifier is `found` (raw,
-    /// not yet validated), into `decision` (left `None` when shadow mode lets the request
-    /// through without one), or returns the plan when there is none: not limited, refused
-    /// before the limiter, or the token source to ask.
-    #[inline(always)]
-    fn ask(
-        self: &Arc<Self>,
-        req: &V::Request,
-        found: Option<&[u8]>,
-        target: &Target<'_>,
-        cost: u64,
-        decision: &mut Option<Decision>,
-    ) -> Result<(), Plan> {
-        let mut ip_text = IpText::EMPTY;
-        let user: &str = match found {
-            Some(raw) => match validate_identifier(raw) {
-                Ok(user) => user,
-                Err(why) => {
-                    return self.refuse_unidentified(Rejection::InvalidIdentifier(why), req)
-                }
-            },
-            None => {
-                let by_ip = matches!(self.options.identify.kind(), Kind::PeerIp)
-                    || self.options.missing == MissingIdentifier::PeerIp;
-                match self.options.missing {
-                    _ if by_ip => {
-                        let peer = V::peer_ip(req);
-                        let ip = if self.options.trusted_proxies == 0 {
-                            peer
-                        } else {
-                            client_ip(peer, V::forwarded_for(req), self.options.trusted_proxies)
-                        };
-                        let Some(ip) = ip else {
-                            // No address known (not served over a socket): nothing to limit by.
-                            return Err(Plan::Call(None));
-                        };
-                        ip_text.write(ip);
-                        ip_text.as_str()
-                    }
-                    MissingIdentifier::Reject => {
-                        return self.refuse_unidentified(Rejection::MissingIdentifier, req)
-                    }
-                    _ => return Err(Plan::Call(None)),
-                }
-            }
-        };
-        let shadow = self.options.mode == Mode::Shadow;
-        self.limiter
-            .decide_locally(user.as_bytes(), target, cost, shadow, decision);
-        if decision.is_none() {
-            return Err(self.check_with_source(user, target, cost, shadow, V::is_grpc(req)));
-        }
-        Ok(())
-    }
-
-    /// The plan of a request the limiter cannot decide locally: ask the token source.
-    #[cold]
-    #[inline(never)]
-    fn check_with_source(
-        self: &Arc<Self>,
-        user: &str,
-        target: &Target<'_>,
-        cost: u64,
-        shadow: bool,
-        grpc: bool,
-    ) -> Plan {
-        let check =
-            self.limiter
-                .decide_with_source(user, target.clone().into_owned(), cost, shadow);
-        let policy = Arc::clone(self);
-        Plan::Check(Box::pin(async move { policy.settle(check.await, grpc) }))
-    }
-
-    /// A request refused before the limiter (400): counted, and answered, or let through
-    /// (`Ok`, undecided) in shadow mode.
-    #[cold]
-    fn refuse_unidentified(&self, rejection: Rejection, req: &V::Request) -> Result<(), Plan> {
-        self.limiter.count_invalid();
-        if self.options.mode == Mode::Shadow {
-            self.let_through(&rejection);
-            return Ok(());
-        }
-        Err(Plan::Refused(self.respond(&rejection, V::is_grpc(req))))
-    }
-
-    /// Logs (at a limited rate) a request shadow mode let through instead of `rejection`.
-    #[cold]
-    fn let_through(&self, rejection: &Rejection) {
-        let rule = match rejection {
-            Rejection::RateLimited { policy, .. } => policy.as_deref(),
-            _ => None,
-        };
-        let now_ms = self.limiter.now().as_millis();
-        self.shadow_log
-            .let_through(now_ms, rejection.status().as_u16(), rule);
-    }
-
-    /// What the source's answer means for the request.
-    fn settle(&self, checked: Result<Decision, Error>, grpc: bool) -> Verdict {
-        match checked {
-            Ok(decision) => self.verdict(decision, grpc),
-            // Shadow mode: through, with the decision the outage policy would have enforced.
-            Err(error) if self.options.mode == Mode::Shadow => {
-                let retry_after = error.retry_after().unwrap_or(std::time::Duration::ZERO);
-                self.verdict(
-                    Decision::unavailable(false, error.kind(), retry_after),
-                    grpc,
-                )
-            }
-            // The policy is to surface the source's failure: answer 503.
-            Err(error) => Verdict::Refused(self.respond(&Rejection::from_error(&error), grpc)),
-        }
-    }
-
-    /// What a decision the token source made means for the request (a gRPC one when
-    /// `grpc`).
-    fn verdict(&self, decision: Decision, grpc: bool) -> Verdict {
-        match self.admit(&decision) {
-            Some(headers) => Verdict::Allowed(Allowed {
-                decision: Some(decision),
-                keep: self.options.insert_decision,
-                headers,
-            }),
-            None => Verdict::Refused(self.refuse(&decision, grpc)),
-        }
-    }
-
-    /// Whether `decision` lets its request through (`None`: refuse it; in shadow mode every
-    /// decision does, a denial being logged), with the IETF fields its response gets.
-    #[inline(always)]
-    fn admit(&self, decision: &Decision) -> Option<Option<Box<HeaderMap>>> {
-        if !decision.is_allowed() {
-            if self.options.mode != Mode::Shadow {
-                return None;
-            }
-            self.let_through(&Rejection::from_decision(*decision, self.rule_id(decision)));
-        }
-        Some(
-            if self.options.headers == RateLimitHeaders::Always && decision.rule().is_some() {
-                self.allowed_fields(decision)
-            } else {
-                None
-            },
-        )
-    }
-
-    /// The id of the rule `decision` was charged to.
-    fn rule_id(&self, decision: &Decision) -> Option<Arc<str>> {
-        decision.rule().and_then(|rule| self.limiter.rule_id(&rule))
-    }
-
-    /// The IETF fields of an allowed response.
-    #[inline(never)]
-    fn allowed_fields(&self, decision: &Decision) -> Option<Box<HeaderMap>> {
-        let mut fields = HeaderMap::new();
-        let policy = self.rule_id(decision);
-        write_rate_limit_headers(
-            &mut fields,
-            decision,
-            policy.as_deref().unwrap_or("default"),
-        );
-        Some(Box::new(fields))
-    }
-
-    /// The answer to a request `decision` denies.
-    #[cold]
-    #[inline(never)]
-    fn refuse(&self, decision: &Decision, grpc: bool) -> Box<Response<Bytes>> {
-        tracing::debug!(
-            target: "lightrate::web",
-            retry_after = decision.retry_after_secs(),
-            source = ?decision.source(),
-            "request limited"
-        );
-        let rejection = Rejection::from_decision(*decision, self.rule_id(decision));
-        self.respond(&rejection, grpc)
-    }
-
-    /// The answer to a rejection: the gRPC one to a gRPC request, else the user's, or the
-    /// default.
-    #[cold]
-    fn respond(&self, rejection: &Rejection, grpc: bool) -> Box<Response<Bytes>> {
-        Box::new(match &self.options.respond {
-            _ if grpc => rejection.to_grpc_response(),
-            Some(f) => f(rejection),
-            None => rejection.to_response(self.options.headers),
-        })
-    }
-}
-
-/// The method a request is charged as: HEAD as GET, since a route answers it with its GET
-/// handler, so a GET rule (or a GET route's operation) must cover it.
-#[inline]
-fn charged(method: &Method) -> &Method {
-    if *method == Method::HEAD {
-        &Method::GET
-    } else {
-        method
     }
 }

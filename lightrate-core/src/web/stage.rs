@@ -9,7 +9,7 @@ use std::task::{ready, Context, Poll};
 use http::HeaderMap;
 use pin_project_lite::pin_project;
 
-use super::policy::{Check, Verdict};
+use super::plan::{Check, Verdict};
 
 pin_project! {
     /// Where an adapter's response future is. `F` is the inner service's future, `A` the
