@@ -26,6 +26,12 @@ pub const MODE: &str = "LIGHTRATE_MODE";
 /// `lightrate-server`).
 pub const REDIS_URL: &str = "LIGHTRATE_REDIS_URL";
 
+/// The process environment's value of `name`: the one place the engine reads it (every
+/// reader takes a lookup function, so that tests pass their own).
+pub(crate) fn process_var(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
 /// The value of variable `name` parsed as a `T`; the error says what was `expected`.
 pub(crate) fn parse<T: std::str::FromStr>(
     name: &str,

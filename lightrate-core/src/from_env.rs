@@ -63,7 +63,7 @@ impl Limiter {
     ///
     /// `lightrate::redis::builder_from_env` adds Redis to the choice (`LIGHTRATE_REDIS_URL`).
     pub fn builder_from_env(rules: RuleSet) -> Result<(LimiterBuilder, EnvSource), Error> {
-        builder_from_lookup(rules, |name| std::env::var(name).ok())
+        builder_from_lookup(rules, env_vars::process_var)
     }
 }
 
@@ -84,7 +84,7 @@ impl LimiterBuilder {
     /// # Ok::<(), lightrate_core::Error>(())
     /// ```
     pub fn env_settings(self) -> Result<Self, Error> {
-        self.env_settings_from(|name| std::env::var(name).ok())
+        self.env_settings_from(env_vars::process_var)
     }
 
     /// [`env_settings`](Self::env_settings) from `var` instead of the process environment

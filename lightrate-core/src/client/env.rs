@@ -9,7 +9,7 @@ impl ClientBuilder {
     /// (required), `LIGHTRATE_BASE_URL`, `LIGHTRATE_TIMEOUT_MS` and
     /// `LIGHTRATE_LOCAL_BUCKET_SIZE` (optional).
     pub fn from_env() -> Result<Self, Error> {
-        Self::from_lookup(|name| std::env::var(name).ok())
+        Self::from_lookup(env_vars::process_var)
     }
 
     pub(crate) fn from_lookup(var: impl Fn(&str) -> Option<String>) -> Result<Self, Error> {

@@ -39,8 +39,8 @@ impl Mode {
     /// `LIGHTRATE_MODE` (`enforce` or `shadow`, any case), [`Enforce`](Mode::Enforce) when
     /// unset or blank; an error (of kind `Configuration`) for any other value.
     pub fn from_env() -> Result<Mode, Error> {
-        match std::env::var(crate::env_vars::MODE) {
-            Ok(value) if !value.trim().is_empty() => Mode::from_env_value(&value),
+        match crate::env_vars::process_var(crate::env_vars::MODE) {
+            Some(value) if !value.trim().is_empty() => Mode::from_env_value(&value),
             _ => Ok(Mode::Enforce),
         }
     }
