@@ -16,7 +16,6 @@ use tokio::sync::{watch, Semaphore};
 use tower::ServiceExt;
 
 use crate::metrics::ServerMetrics;
-use crate::HttpService;
 
 /// What a connection is answered, without reading anything, when the server holds its
 /// maximum: 503, retry in a second, closed.
@@ -32,24 +31,21 @@ const MAX_BACKOFF: Duration = Duration::from_millis(200);
 /// While accepts keep failing, one log line per this period.
 const FAILURE_LOG_EVERY: Duration = Duration::from_secs(10);
 
+/// A connection is dropped only by an injected fault.
+#[cfg(feature = "test-util")]
+pub(crate) type Dropped = crate::faults::Dropped;
+#[cfg(not(feature = "test-util"))]
+pub(crate) type Dropped = std::convert::Infallible;
+
+pub(crate) type HttpService =
+    tower::util::BoxCloneService<http::Request<Body>, http::Response<Body>, Dropped>;
+
 /// The limits the accept loop enforces.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Limits {
     pub(crate) max_connections: usize,
     pub(crate) request_timeout: Duration,
     pub(crate) drain_timeout: Duration,
-}
-
-tokio::task_local! {
-    /// When the request being handled started arriving: set around each request's service
-    /// call (no allocation, unlike an extension), so that the handler reads the body against
-    /// the same deadline as the headers.
-    static REQUEST_STARTED: Instant;
-}
-
-/// When the request being handled started arriving, if it came through the accept loop.
-pub(crate) fn request_started() -> Option<Instant> {
-    REQUEST_STARTED.try_with(|started| *started).ok()
 }
 
 /// Accepts until `stopped`, then lets every connection finish its request (up to the drain
@@ -127,7 +123,7 @@ async fn serve_connection(
     });
     let service =
         hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
-            let answer = REQUEST_STARTED.scope(
+            let answer = crate::arrival::REQUEST_STARTED.scope(
                 clock.started(),
                 service.clone().oneshot(request.map(Body::new)),
             );

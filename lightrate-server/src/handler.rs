@@ -18,7 +18,7 @@ use lightrate_core::{ConsumeRequest, ErrorKind, Target};
 use serde_json::{json, Map, Value};
 use subtle::ConstantTimeEq;
 
-use crate::connection::request_started;
+use crate::arrival::request_started;
 use crate::metrics::{Outcome, ServerMetrics};
 use crate::{ServerConfig, TokenStore};
 

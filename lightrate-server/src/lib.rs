@@ -55,6 +55,8 @@
 //!   finish, up to [`ServerConfig::drain_timeout`].
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod arrival;
+mod config;
 mod connection;
 pub mod env_vars;
 #[cfg(feature = "test-util")]
@@ -64,20 +66,19 @@ pub mod fuzzing;
 mod handler;
 mod limits;
 mod metrics;
+mod store;
 
+#[cfg(feature = "test-util")]
 use std::convert::Infallible;
 use std::fmt;
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
+#[cfg(feature = "test-util")]
 use axum::body::Body;
-use lightrate_core::{EmbeddedSource, Error, ErrorKind, RuleSet, TokenSource};
-#[cfg(feature = "redis")]
-use lightrate_redis::RedisSource;
+use lightrate_core::{EmbeddedSource, Error, RuleSet};
 use tokio::net::{TcpListener, ToSocketAddrs};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -85,211 +86,18 @@ use tower::util::BoxCloneService;
 #[cfg(feature = "test-util")]
 use tower::ServiceExt;
 
-use crate::connection::Limits;
+pub use crate::config::{
+    ServerConfig, DEFAULT_BODY_LIMIT, DEFAULT_DRAIN_TIMEOUT, DEFAULT_REQUEST_TIMEOUT,
+};
+#[cfg(feature = "test-util")]
+use crate::connection::Dropped;
+use crate::connection::{HttpService, Limits};
 #[cfg(feature = "test-util")]
 use crate::faults::{FaultLayer, Faults};
 use crate::handler::AppState;
 pub use crate::limits::default_max_connections;
 use crate::metrics::ServerMetrics;
-
-/// The default limit on a request body: 64 KiB.
-pub const DEFAULT_BODY_LIMIT: usize = 64 * 1024;
-
-/// The default time a request has to arrive whole, headers and body: 10 s.
-pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The default time requests in flight have to finish after a shutdown starts: 10 s.
-pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Where a server keeps its buckets: a [`TokenSource`] that can also say whether it can answer
-/// (`GET /health`). Implemented by [`EmbeddedSource`] (in memory, always healthy) and
-/// [`RedisSource`] (healthy while Redis answers `PING`).
-///
-/// ```
-/// use lightrate_core::{EmbeddedSource, RuleSet};
-/// use lightrate_server::TokenStore;
-///
-/// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() {
-/// assert!(EmbeddedSource::new(RuleSet::demo()).health().await.is_ok());
-/// # }
-/// ```
-pub trait TokenStore: TokenSource + fmt::Debug {
-    /// `Ok` when the store can answer consumes now, else the error that says why not.
-    fn health(&self) -> impl Future<Output = Result<(), Error>> + Send {
-        std::future::ready(Ok(()))
-    }
-
-    /// Serves `rules` from now on, keeping the buckets of the rules still there (by id); on an
-    /// error the rules in force stay. The default refuses (kind `Configuration`): a store
-    /// that cannot change its rules.
-    fn replace_rules(&self, rules: RuleSet) -> Result<(), Error> {
-        drop(rules);
-        Err(Error::new(
-            ErrorKind::Configuration,
-            "this store cannot replace its rules",
-        ))
-    }
-
-    /// How many buckets the store holds, when that is cheap to know (`None`: not reported).
-    fn live_buckets(&self) -> Option<u64> {
-        None
-    }
-}
-
-impl TokenStore for EmbeddedSource {
-    fn replace_rules(&self, rules: RuleSet) -> Result<(), Error> {
-        EmbeddedSource::replace_rules(self, rules);
-        Ok(())
-    }
-
-    fn live_buckets(&self) -> Option<u64> {
-        Some(self.stats().buckets)
-    }
-}
-
-/// Not [`live_buckets`](TokenStore::live_buckets): Redis has no cheap count of one prefix's
-/// keys (`DBSIZE` counts every key of the database, `SCAN` walks all of them, on every node of
-/// a cluster).
-#[cfg(feature = "redis")]
-impl TokenStore for RedisSource {
-    fn health(&self) -> impl Future<Output = Result<(), Error>> + Send {
-        self.ping()
-    }
-
-    fn replace_rules(&self, rules: RuleSet) -> Result<(), Error> {
-        RedisSource::replace_rules(self, rules)
-    }
-}
-
-/// What a server serves: one application, its API key, and the store of its buckets (the
-/// embedded source unless said otherwise).
-pub struct ServerConfig<S = EmbeddedSource> {
-    api_key: String,
-    application_id: String,
-    source: Arc<S>,
-    body_limit: usize,
-    request_timeout: Duration,
-    max_connections: Option<usize>,
-    drain_timeout: Duration,
-    metrics: bool,
-}
-
-impl<S: fmt::Debug> fmt::Debug for ServerConfig<S> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ServerConfig")
-            .field("api_key", &"****")
-            .field("application_id", &self.application_id)
-            .field("source", &self.source)
-            .field("body_limit", &self.body_limit)
-            .field("request_timeout", &self.request_timeout)
-            .field("max_connections", &self.max_connections)
-            .field("drain_timeout", &self.drain_timeout)
-            .field("metrics", &self.metrics)
-            .finish()
-    }
-}
-
-impl ServerConfig<EmbeddedSource> {
-    /// Serves the embedded `source` (buckets in memory) to clients presenting `api_key` for
-    /// `application_id`.
-    ///
-    /// Errors (kind [`ErrorKind::Configuration`]) when the key or application id is empty.
-    pub fn new(
-        api_key: impl Into<String>,
-        application_id: impl Into<String>,
-        source: impl Into<Arc<EmbeddedSource>>,
-    ) -> Result<Self, Error> {
-        ServerConfig::with_store(api_key, application_id, source.into())
-    }
-}
-
-impl<S: TokenStore> ServerConfig<S> {
-    /// Serves `store` (a [`RedisSource`], say: replicas on one Redis share every bucket) to
-    /// clients presenting `api_key` for `application_id`. Errors as [`ServerConfig::new`].
-    ///
-    /// ```
-    /// use lightrate_core::RuleSet;
-    /// use lightrate_redis::RedisSource;
-    /// use lightrate_server::ServerConfig;
-    /// use std::sync::Arc;
-    ///
-    /// let store = RedisSource::builder(RuleSet::demo())
-    ///     .application_id("app_1")
-    ///     .connect("redis://127.0.0.1:6379")?;
-    /// let config = ServerConfig::with_store("test-key", "app_1", Arc::new(store))?;
-    /// # Ok::<(), lightrate_core::Error>(())
-    /// ```
-    pub fn with_store(
-        api_key: impl Into<String>,
-        application_id: impl Into<String>,
-        store: Arc<S>,
-    ) -> Result<Self, Error> {
-        let api_key = api_key.into();
-        let application_id = application_id.into();
-        if api_key.trim().is_empty() {
-            return Err(Error::new(ErrorKind::Configuration, "the API key is empty"));
-        }
-        if application_id.trim().is_empty() {
-            return Err(Error::new(
-                ErrorKind::Configuration,
-                "the application id is empty",
-            ));
-        }
-        Ok(ServerConfig {
-            api_key,
-            application_id,
-            source: store,
-            body_limit: DEFAULT_BODY_LIMIT,
-            request_timeout: DEFAULT_REQUEST_TIMEOUT,
-            max_connections: None,
-            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
-            metrics: true,
-        })
-    }
-
-    /// The largest request body accepted (413 beyond). Default 64 KiB.
-    pub fn body_limit(mut self, bytes: usize) -> Self {
-        self.body_limit = bytes;
-        self
-    }
-
-    /// How long a request has to arrive whole, headers and body, from its first byte (from the
-    /// accept for a connection's first request; a connection idle this long after an answer is
-    /// closed). Late headers close the connection; a late body gets 408 and a closed
-    /// connection. Default [`DEFAULT_REQUEST_TIMEOUT`] (10 s); at least 1 ms.
-    pub fn request_timeout(mut self, timeout: Duration) -> Self {
-        self.request_timeout = timeout.max(Duration::from_millis(1));
-        self
-    }
-
-    /// The most connections served at once; past it, a connection is answered 503 at once and
-    /// closed. Default: [`default_max_connections`] (from the limit on open descriptors);
-    /// at least 1.
-    pub fn max_connections(mut self, max: usize) -> Self {
-        self.max_connections = Some(max.max(1));
-        self
-    }
-
-    /// How long requests in flight have to finish once [`RunningServer::shutdown`] starts;
-    /// connections still open then are closed. Default [`DEFAULT_DRAIN_TIMEOUT`] (10 s).
-    pub fn drain_timeout(mut self, timeout: Duration) -> Self {
-        self.drain_timeout = timeout;
-        self
-    }
-
-    /// Whether to serve `GET /metrics` (default `true`). It needs no key and is never limited,
-    /// and it shows rule ids and traffic: keep it off a public listener (or turn it off).
-    pub fn metrics(mut self, serve: bool) -> Self {
-        self.metrics = serve;
-        self
-    }
-
-    /// The store this configuration serves.
-    pub fn source(&self) -> &Arc<S> {
-        &self.source
-    }
-}
+pub use crate::store::TokenStore;
 
 /// A server, before it listens.
 #[derive(Debug)]
@@ -298,14 +106,6 @@ pub struct LightRateServer<S = EmbeddedSource> {
     #[cfg(feature = "test-util")]
     faults: Option<Faults>,
 }
-
-/// A connection is dropped only by an injected fault.
-#[cfg(feature = "test-util")]
-type Dropped = faults::Dropped;
-#[cfg(not(feature = "test-util"))]
-type Dropped = Infallible;
-
-pub(crate) type HttpService = BoxCloneService<http::Request<Body>, http::Response<Body>, Dropped>;
 
 impl<S: TokenStore> LightRateServer<S> {
     /// A server for `config`.
