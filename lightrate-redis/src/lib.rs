@@ -57,6 +57,7 @@
 //!
 //! [`Limiter`]: lightrate_core::Limiter
 
+mod cluster;
 mod connection;
 mod env;
 mod keys;
