@@ -8,7 +8,7 @@
 
 mod support;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -79,12 +79,22 @@ struct Seen {
     calls: Vec<(Duration, Duration, Result<(), Error>)>,
 }
 
+/// What load tasks have done so far, for the test to wait on.
+#[derive(Default)]
+struct Progress {
+    calls: AtomicU64,
+    failures: AtomicU64,
+    /// A call was answered after a failure of the same group.
+    recovered: AtomicBool,
+}
+
 /// Consumes one token for each of `users` in turn until `stop`.
 fn load(
     source: Arc<RedisSource>,
     users: Vec<String>,
     start: Instant,
     stop: Arc<AtomicBool>,
+    progress: Arc<Progress>,
 ) -> tokio::task::JoinHandle<Seen> {
     tokio::spawn(async move {
         let mut seen = Seen::default();
@@ -96,13 +106,26 @@ fn load(
             let result = consume(&source, user, 1).await.map(drop);
             let failed = result.is_err();
             seen.calls.push((at, start.elapsed() - at, result));
+            progress.calls.fetch_add(1, Ordering::Relaxed);
             if failed {
+                progress.failures.fetch_add(1, Ordering::Relaxed);
                 // As a client would after a 503: not a busy loop on a dead node.
                 tokio::time::sleep(Duration::from_millis(5)).await;
+            } else if progress.failures.load(Ordering::Relaxed) > 0 {
+                progress.recovered.store(true, Ordering::Relaxed);
             }
         }
         seen
     })
+}
+
+/// Polls `condition` every 5 ms until it holds; fails past `limit`.
+async fn until(limit: Duration, what: &str, condition: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !condition() {
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 fn p50(latencies: &mut [Duration]) -> Duration {
@@ -196,22 +219,40 @@ async fn a_killed_primary_fails_only_its_own_keys_and_they_are_served_once_its_r
             .map(|(u, _)| u.clone())
             .collect()
     };
+    let (healthy_progress, sick_progress) =
+        (Arc::<Progress>::default(), Arc::<Progress>::default());
     let healthy_tasks: Vec<_> = (0..3)
-        .map(|part| load(source.clone(), names(&healthy, part), start, stop.clone()))
+        .map(|part| {
+            let progress = healthy_progress.clone();
+            load(
+                source.clone(),
+                names(&healthy, part),
+                start,
+                stop.clone(),
+                progress,
+            )
+        })
         .collect();
-    let sick_task = load(source.clone(), names(&sick[1..], 0), start, stop.clone());
-    // Traffic before the fault.
-    while start.elapsed() < Duration::from_millis(300) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let sick_task = load(
+        source.clone(),
+        names(&sick[1..], 0),
+        start,
+        stop.clone(),
+        sick_progress.clone(),
+    );
+    until(FAILOVER, "traffic before the fault", || {
+        sick_progress.calls.load(Ordering::Relaxed) >= 50
+    })
+    .await;
     let cluster = Arc::new(Mutex::new(cluster));
     let killed = start.elapsed();
     cluster.lock().unwrap().kill(victim);
     let promoted_at = promoted(&cluster, victim, sick[1].1, start).await;
-    // Traffic after the promotion, for as long as the sick keys may take to come back.
-    while start.elapsed() < promoted_at + SERVED_AGAIN + Duration::from_millis(300) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // Traffic until the victim's keys are served again (how soon is checked below).
+    until(FAILOVER, "the victim's keys served again", || {
+        sick_progress.recovered.load(Ordering::Relaxed)
+    })
+    .await;
     stop.store(true, Ordering::Relaxed);
 
     let mut healthy_calls = 0;
@@ -284,16 +325,36 @@ async fn a_stalled_primary_slows_only_its_own_keys_and_they_never_hang() {
             .collect()
     };
     // The healthy keys' own clients; the stalled keys' clients apart.
+    let progress = Arc::<Progress>::default();
     let healthy_tasks: Vec<_> = (0..3)
-        .map(|part| load(source.clone(), names(&healthy, part), start, stop.clone()))
+        .map(|part| {
+            let progress = progress.clone();
+            load(
+                source.clone(),
+                names(&healthy, part),
+                start,
+                stop.clone(),
+                progress,
+            )
+        })
         .collect();
     let sick_tasks: Vec<_> = (0..2)
-        .map(|part| load(source.clone(), names(&sick, part), start, stop.clone()))
+        .map(|part| {
+            let progress = Arc::default();
+            load(
+                source.clone(),
+                names(&sick, part),
+                start,
+                stop.clone(),
+                progress,
+            )
+        })
         .collect();
-    let before = Duration::from_secs(1);
-    while start.elapsed() < before {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // A baseline of healthy latencies before the fault.
+    until(FAILOVER, "traffic before the fault", || {
+        progress.calls.load(Ordering::Relaxed) >= 1_000
+    })
+    .await;
     cluster.nodes()[victim].pause();
     let paused_at = start.elapsed();
     // The fault itself: the node is stopped this long (its replica may take over meanwhile).
