@@ -8,9 +8,10 @@
 //! slot map is swapped whole when a refresh (started by `MOVED`, by a node's failure, and on
 //! first use) has a new one, and no request ever waits for a refresh but the first.
 //!
-//! No command is sent twice when it may have run: only a `MOVED` redirect (the node refused
-//! the key, so the script did not run) is followed by a second attempt, on the node named.
-//! A timeout, a lost connection, `TRYAGAIN`, `CLUSTERDOWN` or `ASK` fail the call.
+//! No command is sent twice when it may have run: only answers that Redis gives before running
+//! anything are followed by another attempt: `MOVED` (once, on the node named), `CLUSTERDOWN`
+//! and `TRYAGAIN` (again after a pause, while the timeout allows). A timeout, a lost connection
+//! or `ASK` fail the call.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -26,6 +27,10 @@ const SLOTS: usize = 16384;
 
 /// No owner known for a slot.
 const NO_OWNER: u16 = u16::MAX;
+
+/// The first pause before a call refused with `CLUSTERDOWN` or `TRYAGAIN` is sent again
+/// (doubling, within the timeout).
+const RETRY_PAUSE: Duration = Duration::from_millis(25);
 
 /// The least time between two topology refreshes started by failures.
 const REFRESH_GAP: Duration = Duration::from_millis(100);
@@ -284,6 +289,8 @@ impl Cluster {
             }
         };
         let mut redirected = false;
+        let deadline = Instant::now() + shared.timeout;
+        let mut pause = RETRY_PAUSE;
         loop {
             let node = shared
                 .node(&address)
@@ -317,6 +324,18 @@ impl Cluster {
                                 continue;
                             }
                             return Err((Failure::Redis(e), shared.others_answer(&address)));
+                        }
+                        redis::ErrorKind::Server(S::ClusterDown | S::TryAgain)
+                            if Instant::now() + pause + RETRY_PAUSE < deadline =>
+                        {
+                            // Refused before the script ran (a cluster that is failing over,
+                            // with `cluster-require-full-coverage yes`; a slot migrating): the
+                            // same node again after a pause, within the timeout.
+                            node.answered(shared);
+                            shared.refresh_soon();
+                            tokio::time::sleep(pause).await;
+                            pause = pause.saturating_mul(2);
+                            continue;
                         }
                         redis::ErrorKind::Server(S::ResponseError)
                         | redis::ErrorKind::Parse

@@ -65,11 +65,13 @@
 //!
 //! Run the cluster with `cluster-require-full-coverage no`: with the default `yes`, Redis
 //! itself refuses every key on every node (`CLUSTERDOWN`) from the moment a primary is marked
-//! failed until its replica takes over, and no client can serve the healthy slots then.
+//! failed until its replica takes over (about a second), and no client can serve the healthy
+//! slots then; the retries above ride out only the end of that window.
 //!
-//! No script runs twice: a call is sent again only after a `MOVED` answer (the node refused the
-//! key, so the script did not run), to the node named. A timeout, a lost connection,
-//! `TRYAGAIN`, `CLUSTERDOWN` or `ASK` fail the call, never retried. A call that timed out on a
+//! No script runs twice: a call is sent again only after an answer Redis gives before running
+//! anything: `MOVED` (once, to the node named), `CLUSTERDOWN` or `TRYAGAIN` (after a pause of
+//! 25 ms, doubling, while the timeout allows). A timeout, a lost connection or `ASK` fail the
+//! call, never retried. A call that timed out on a
 //! stalled node may still run once when the node resumes (its bytes were sent): that request
 //! got the outage policy and its token is taken once, never twice.
 //!
