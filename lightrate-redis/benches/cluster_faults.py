@@ -45,9 +45,11 @@ def wait_for(what, condition, limit=30.0):
         time.sleep(0.02)
 
 
-def start_cluster(base, full_coverage, scratch):
+def start_cluster(base, full_coverage, scratch, nodes):
     ports = [base + i for i in range(6)]
-    nodes = {}
+    for port in ports:
+        if redis_cli(port, "PING"):
+            sys.exit(f"port {port} is taken: pick another --base-port")
     for port in ports:
         d = os.path.join(scratch, str(port))
         os.makedirs(d)
@@ -68,7 +70,6 @@ def start_cluster(base, full_coverage, scratch):
     wait_for("replicas in sync", lambda: all(
         "role:master" in (i := redis_cli(p, "INFO", "replication"))
         or "master_link_status:up" in i for p in ports))
-    return nodes
 
 
 def primary_of(port, slot):
@@ -127,14 +128,18 @@ def main():
     ap.add_argument("--server", required=True)
     ap.add_argument("--fault", choices=["kill", "stop"], required=True)
     ap.add_argument("--full-coverage", choices=["yes", "no"], default="no")
+    ap.add_argument("--clients", choices=["split", "mixed"], default="split",
+                    help="split: three clients for the healthy keys, one for the victim's; "
+                         "mixed: each client cycles over every slot range")
     ap.add_argument("--base-port", type=int, default=30001)
     ap.add_argument("--http-port", type=int, default=18080)
     args = ap.parse_args()
 
     scratch = tempfile.mkdtemp(prefix="lightrate-cluster-bench-")
-    nodes = start_cluster(args.base_port, args.full_coverage, scratch)
+    nodes = {}
     server = None
     try:
+        start_cluster(args.base_port, args.full_coverage, scratch, nodes)
         rules = os.path.join(scratch, "rules.toml")
         with open(rules, "w") as f:
             f.write('[default]\nrefill_rate = 1\nburst_rate = 5\n\n[[rules]]\nid = "bench"\n'
@@ -172,6 +177,8 @@ def main():
         healthy_users = [u for u in users if u not in on_victim]
         groups = [healthy_users[i::CLIENTS - 1] for i in range(CLIENTS - 1)]
         groups.append(sorted(on_victim))
+        if args.clients == "mixed":
+            groups = [users[i::CLIENTS] for i in range(CLIENTS)]
         clients = [Client(args.http_port, g, key, stop, t0) for g in groups]
         for c in clients:
             c.start()
@@ -218,7 +225,7 @@ def main():
         for s in bad:
             statuses[s[3]] = statuses.get(s[3], 0) + 1
         print(json.dumps({
-            "fault": args.fault, "full_coverage": args.full_coverage,
+            "fault": args.fault, "full_coverage": args.full_coverage, "clients": args.clients,
             "users_on_victim": len(on_victim), "requests": len(seen),
             "fault_window_s": round(end - fault_at, 2),
             "healthy_200_during": share(healthy_d),

@@ -29,7 +29,7 @@ const SERVED_AGAIN: Duration = Duration::from_secs(1);
 
 /// One cluster at a time: three 6-node clusters failing over at once on two cores would test
 /// the machine, not the code.
-static SERIAL: Mutex<()> = Mutex::new(());
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn target() -> Target<'static> {
     Target::operation("send_email")
@@ -43,14 +43,12 @@ fn source(cluster: &RedisCluster, rules: RuleSet) -> RedisSource {
         .unwrap()
 }
 
+/// Users and the slots of their buckets.
+type Users = Vec<(String, u16)>;
+
 /// Users whose buckets live on the primary `victim`, and users whose buckets live elsewhere
 /// (`n` of each), with their slots.
-fn users(
-    cluster: &RedisCluster,
-    source: &RedisSource,
-    victim: usize,
-    n: usize,
-) -> (Vec<(String, u16)>, Vec<(String, u16)>) {
+fn users(cluster: &RedisCluster, source: &RedisSource, victim: usize, n: usize) -> (Users, Users) {
     let (mut sick, mut healthy) = (Vec::new(), Vec::new());
     for i in 0.. {
         if sick.len() >= n && healthy.len() >= n {
@@ -186,7 +184,7 @@ fn replicated(cluster: &RedisCluster, victim: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_primary_fails_only_its_own_keys_and_they_are_served_once_its_replica_is_promoted()
 {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _serial = SERIAL.lock().await;
     let Some(cluster) = RedisCluster::start_with_replicas(3, 1) else {
         return;
     };
@@ -304,7 +302,7 @@ async fn a_killed_primary_fails_only_its_own_keys_and_they_are_served_once_its_r
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_primary_slows_only_its_own_keys_and_they_never_hang() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _serial = SERIAL.lock().await;
     let Some(cluster) = RedisCluster::start_with_replicas(3, 1) else {
         return;
     };
@@ -406,7 +404,7 @@ async fn a_stalled_primary_slows_only_its_own_keys_and_they_never_hang() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_limiter_keeps_serving_its_leases_and_other_nodes_keys_through_a_failover() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _serial = SERIAL.lock().await;
     let Some(cluster) = RedisCluster::start_with_replicas(3, 1) else {
         return;
     };
