@@ -25,6 +25,9 @@ pub const MODE: &str = "LIGHTRATE_MODE";
 /// With no API key: the Redis that holds the buckets (`lightrate_redis::builder_from_env`,
 /// `lightrate-server`).
 pub const REDIS_URL: &str = "LIGHTRATE_REDIS_URL";
+/// With no API key: the Redis Cluster that holds the buckets, as comma-separated node URLs
+/// (`lightrate_redis::builder_from_env`, `lightrate-server`).
+pub const REDIS_CLUSTER_URLS: &str = "LIGHTRATE_REDIS_CLUSTER_URLS";
 
 /// The process environment's value of `name`: the one place the engine reads it (every
 /// reader takes a lookup function, so that tests pass their own).

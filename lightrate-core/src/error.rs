@@ -102,6 +102,7 @@ pub struct Error {
     status: Option<StatusCode>,
     message: String,
     retry_after: Option<Duration>,
+    partial: bool,
     source: Option<Arc<dyn std::error::Error + Send + Sync>>,
 }
 
@@ -113,6 +114,7 @@ impl Error {
             status: None,
             message: message.into(),
             retry_after: None,
+            partial: false,
             source: None,
         }
     }
@@ -134,6 +136,19 @@ impl Error {
     pub fn with_retry_after(mut self, retry_after: Duration) -> Self {
         self.retry_after = Some(retry_after);
         self
+    }
+
+    /// Marks this failure as one part of the source's (one Redis Cluster node's, say) while
+    /// the rest of it answers: the request still follows the outage policy, but a limiter's
+    /// circuit breaker does not count it, so that keys served elsewhere are not refused too.
+    pub fn partial(mut self) -> Self {
+        self.partial = true;
+        self
+    }
+
+    /// Whether this failure concerns only part of the source (see [`partial`](Self::partial)).
+    pub fn is_partial(&self) -> bool {
+        self.partial
     }
 
     /// What went wrong.
@@ -211,6 +226,9 @@ impl fmt::Debug for Error {
         d.field("message", &self.message);
         if let Some(retry_after) = self.retry_after {
             d.field("retry_after", &retry_after);
+        }
+        if self.partial {
+            d.field("partial", &true);
         }
         if let Some(source) = &self.source {
             d.field("source", &source.to_string());

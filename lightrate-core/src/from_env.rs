@@ -31,6 +31,13 @@ pub enum EnvSource {
         /// The Redis port.
         port: u16,
     },
+    /// The given rules with buckets in a Redis Cluster (`LIGHTRATE_REDIS_CLUSTER_URLS` and no
+    /// API key; chosen by `lightrate_redis::builder_from_env`): the seed nodes' `host:port`,
+    /// never credentials.
+    RedisCluster {
+        /// The seed nodes, `host:port`.
+        nodes: Vec<String>,
+    },
 }
 
 impl std::fmt::Display for EnvSource {
@@ -48,6 +55,9 @@ impl std::fmt::Display for EnvSource {
             EnvSource::Embedded => f.write_str("the embedded token source"),
             EnvSource::Redis { host, port: 0 } => write!(f, "Redis at {host}"),
             EnvSource::Redis { host, port } => write!(f, "Redis at {host}:{port}"),
+            EnvSource::RedisCluster { nodes } => {
+                write!(f, "the Redis Cluster of {}", nodes.join(", "))
+            }
         }
     }
 }

@@ -5,12 +5,10 @@ use std::time::Duration;
 
 use lightrate_core::{Error, ErrorKind};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::cluster::ClusterClient;
-use redis::cluster_async::ClusterConnection;
 use redis::{ConnectionAddr, IntoConnectionInfo};
 use std::sync::{PoisonError, RwLock};
 
-use tokio::sync::OnceCell;
+use crate::cluster::{Cluster, Failure};
 
 /// Where the connection goes, and the connection once made.
 pub(crate) struct Connection {
@@ -21,21 +19,14 @@ pub(crate) struct Connection {
     /// The single node's connection manager: reconnects by itself after I/O errors; replaced
     /// after an error it would not recover from (refused credentials, say).
     single: RwLock<Option<ConnectionManager>>,
-    /// The cluster connection, once made (a failed attempt is not kept: the next call tries).
-    cluster: OnceCell<ClusterConnection>,
 }
 
 // One per source, behind its `Arc`: the size of the variants does not matter.
 #[allow(clippy::large_enum_variant)]
 enum Client {
     Single(redis::Client),
-    Cluster(ClusterClient),
-}
-
-/// A connection handle to send one command on (cheap clones of shared connections).
-pub(crate) enum Handle {
-    Single(ConnectionManager),
-    Cluster(ClusterConnection),
+    /// A connection per node, and the slot map (see the `cluster` module).
+    Cluster(Cluster),
 }
 
 impl Connection {
@@ -49,7 +40,6 @@ impl Connection {
                 timeout,
                 secrets: secret.into_iter().collect(),
                 single: RwLock::new(None),
-                cluster: OnceCell::new(),
             },
             address,
         ))
@@ -75,59 +65,98 @@ impl Connection {
             addresses.push(address);
             secrets.extend(secret);
         }
-        let client = ClusterClient::builder(infos)
-            .connection_timeout(timeout)
-            .response_timeout(timeout)
-            .retries(3)
-            .min_retry_wait(10)
-            .max_retry_wait(200)
-            .build()
-            .map_err(|_| {
-                Error::new(
-                    ErrorKind::Configuration,
-                    "invalid Redis Cluster URLs (all must use the same scheme and credentials)",
-                )
-            })?;
+        let cluster = Cluster::new(infos, addresses.clone(), timeout)?;
         Ok((
             Connection {
-                client: Client::Cluster(client),
+                client: Client::Cluster(cluster),
                 timeout,
                 secrets,
                 single: RwLock::new(None),
-                cluster: OnceCell::new(),
             },
             addresses,
         ))
     }
 
-    /// The command timeout.
-    pub(crate) fn timeout(&self) -> Duration {
-        self.timeout
-    }
-
-    /// A handle to send a command on, connecting first if need be. The caller bounds the wait.
-    pub(crate) async fn handle(&self) -> Result<Handle, Error> {
+    /// Runs the script `invocation` on `key`'s node, within the timeout. A cluster node's
+    /// failure while other nodes answer is a [`partial`](Error::partial) outage. Never sent
+    /// twice when it may have run (see the `cluster` module).
+    pub(crate) async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        key: &str,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, Error> {
         match &self.client {
             Client::Single(client) => {
-                let current = self
-                    .single
-                    .read()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .clone();
-                let manager = match current {
-                    Some(manager) => manager,
-                    None => self.new_manager(client)?,
+                let call = async {
+                    let mut manager = self.manager(client)?;
+                    invocation
+                        .invoke_async(&mut manager)
+                        .await
+                        .map_err(|e| self.failed(&e))
                 };
-                Ok(Handle::Single(manager))
+                match tokio::time::timeout(self.timeout, call).await {
+                    Ok(answer) => answer,
+                    Err(_) => Err(self.timed_out()),
+                }
             }
-            Client::Cluster(client) => {
-                let connection = self
-                    .cluster
-                    .get_or_try_init(|| async { client.get_async_connection().await })
-                    .await
-                    .map_err(|e| self.error(&e))?;
-                Ok(Handle::Cluster(connection.clone()))
+            Client::Cluster(cluster) => {
+                let call = cluster.invoke(key, invocation);
+                match tokio::time::timeout(self.timeout, call).await {
+                    Ok(Ok(answer)) => Ok(answer),
+                    Ok(Err((failure, partial))) => {
+                        let e = self.failure(failure);
+                        Err(if partial && e.is_outage() {
+                            e.partial()
+                        } else {
+                            e
+                        })
+                    }
+                    Err(_) => Err(self.timed_out()),
+                }
             }
+        }
+    }
+
+    /// `PING`, within the timeout: the single node, or the cluster's primaries (`Ok` when any
+    /// answers: its keys are served).
+    pub(crate) async fn ping(&self) -> Result<(), Error> {
+        let ping = async {
+            match &self.client {
+                Client::Single(client) => {
+                    let mut manager = self.manager(client)?;
+                    redis::cmd("PING")
+                        .query_async::<redis::Value>(&mut manager)
+                        .await
+                        .map(drop)
+                        .map_err(|e| self.failed(&e))
+                }
+                Client::Cluster(cluster) => cluster.ping().await.map_err(|f| self.failure(f)),
+            }
+        };
+        match tokio::time::timeout(self.timeout, ping).await {
+            Ok(result) => result,
+            Err(_) => Err(self.timed_out()),
+        }
+    }
+
+    fn failure(&self, failure: Failure) -> Error {
+        match failure {
+            Failure::Redis(e) => self.error(&e),
+            Failure::TimedOut => self.timed_out(),
+            Failure::Error(e) => e,
+        }
+    }
+
+    /// The single node's manager, made on first use.
+    fn manager(&self, client: &redis::Client) -> Result<ConnectionManager, Error> {
+        let current = self
+            .single
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        match current {
+            Some(manager) => Ok(manager),
+            None => self.new_manager(client),
         }
     }
 

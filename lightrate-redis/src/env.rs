@@ -1,18 +1,21 @@
 //! The demo apps' choice of token source from the environment, with Redis among the choices.
 
-use lightrate_core::{env_vars, EnvSource, Error, Limiter, LimiterBuilder, RuleSet};
+use lightrate_core::{env_vars, EnvSource, Error, ErrorKind, Limiter, LimiterBuilder, RuleSet};
 
 use crate::RedisSource;
 
 /// A limiter builder configured from the environment: what
-/// [`Limiter::builder_from_env`] does, and buckets in Redis when `LIGHTRATE_REDIS_URL` is set
-/// and no API key is.
+/// [`Limiter::builder_from_env`] does, and buckets in Redis when `LIGHTRATE_REDIS_URL` or
+/// `LIGHTRATE_REDIS_CLUSTER_URLS` is set and no API key is.
 ///
 /// | variables set | tokens from |
 /// |---|---|
-/// | `LIGHTRATE_API_KEY` and `LIGHTRATE_APPLICATION_ID` | the LightRate API (`LIGHTRATE_REDIS_URL` is ignored; needs the `client` feature, on by default, else an error) |
-/// | `LIGHTRATE_REDIS_URL` alone | a [`RedisSource`] with `rules` on that Redis ([`EnvSource::Redis`]) |
+/// | `LIGHTRATE_API_KEY` and `LIGHTRATE_APPLICATION_ID` | the LightRate API (the Redis variables are ignored; needs the `client` feature, on by default, else an error) |
+/// | `LIGHTRATE_REDIS_URL` | a [`RedisSource`] with `rules` on that Redis ([`EnvSource::Redis`]) |
+/// | `LIGHTRATE_REDIS_CLUSTER_URLS` (comma-separated node URLs) | a [`RedisSource`] with `rules` on that Redis Cluster ([`EnvSource::RedisCluster`]) |
 /// | none | the embedded source with `rules` |
+///
+/// Both Redis variables at once are a configuration error.
 ///
 /// `LIGHTRATE_LOCAL_BUCKET_SIZE` and `LIGHTRATE_ON_UNAVAILABLE` apply to every choice. Redis is
 /// not contacted here: a Redis that is down at start is an outage of the first requests (the
@@ -39,8 +42,34 @@ fn redis_from_lookup(
 ) -> Result<Option<(LimiterBuilder, EnvSource)>, Error> {
     let var = |name: &str| var(name).filter(|v| !v.trim().is_empty());
     let api = var(env_vars::API_KEY).is_some() || var(env_vars::APPLICATION_ID).is_some();
-    let Some(url) = var(env_vars::REDIS_URL).filter(|_| !api) else {
+    if api {
         return Ok(None);
+    }
+    let (url, cluster) = (var(env_vars::REDIS_URL), var(env_vars::REDIS_CLUSTER_URLS));
+    let url = match (url, cluster) {
+        (None, None) => return Ok(None),
+        (Some(_), Some(_)) => {
+            return Err(Error::new(
+                ErrorKind::Configuration,
+                format!(
+                    "set {} or {}, not both",
+                    env_vars::REDIS_URL,
+                    env_vars::REDIS_CLUSTER_URLS
+                ),
+            ))
+        }
+        (Some(url), None) => url,
+        (None, Some(urls)) => {
+            let urls: Vec<&str> = urls
+                .split(',')
+                .map(str::trim)
+                .filter(|u| !u.is_empty())
+                .collect();
+            let source = RedisSource::connect_cluster(&urls, rules.clone())?;
+            let nodes = source.addresses().to_vec();
+            let builder = Limiter::builder(source).env_settings_from(var)?;
+            return Ok(Some((builder, EnvSource::RedisCluster { nodes })));
+        }
     };
     let source = RedisSource::connect(&url, rules.clone())?;
     let address = source.addresses().first().cloned().unwrap_or_default();
@@ -58,7 +87,7 @@ fn redis_from_lookup(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lightrate_core::{ErrorKind, OnUnavailable};
+    use lightrate_core::OnUnavailable;
     use std::collections::HashMap;
 
     fn lookup(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
@@ -93,6 +122,51 @@ mod tests {
         assert_eq!(limiter.on_unavailable(), OnUnavailable::Deny);
         let debug = format!("{limiter:?}{source:?}");
         assert!(!debug.contains("hunter2"), "{debug}");
+    }
+
+    #[test]
+    fn cluster_urls_without_a_key_mean_redis_cluster() {
+        let (builder, source) = redis_from_lookup(
+            &RuleSet::demo(),
+            lookup(&[
+                (
+                    "LIGHTRATE_REDIS_CLUSTER_URLS",
+                    "redis://:hunter2@10.0.0.1:7000, redis://:hunter2@10.0.0.2:7001,",
+                ),
+                ("LIGHTRATE_ON_UNAVAILABLE", "deny"),
+            ]),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            source,
+            EnvSource::RedisCluster {
+                nodes: vec!["10.0.0.1:7000".into(), "10.0.0.2:7001".into()]
+            }
+        );
+        assert_eq!(
+            source.to_string(),
+            "the Redis Cluster of 10.0.0.1:7000, 10.0.0.2:7001"
+        );
+        let limiter = builder.build();
+        assert_eq!(limiter.on_unavailable(), OnUnavailable::Deny);
+        assert!(!format!("{limiter:?}{source:?}").contains("hunter2"));
+        // Both kinds of Redis: refused. An API key: the API, whatever the Redis variables.
+        let both = lookup(&[
+            ("LIGHTRATE_REDIS_URL", "redis://127.0.0.1"),
+            ("LIGHTRATE_REDIS_CLUSTER_URLS", "redis://127.0.0.1:7000"),
+        ]);
+        let e = redis_from_lookup(&RuleSet::demo(), both).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Configuration);
+        let api = lookup(&[
+            ("LIGHTRATE_REDIS_CLUSTER_URLS", "redis://127.0.0.1:7000"),
+            ("LIGHTRATE_API_KEY", "k"),
+            ("LIGHTRATE_APPLICATION_ID", "a"),
+        ]);
+        assert!(redis_from_lookup(&RuleSet::demo(), api).unwrap().is_none());
+        let empty = lookup(&[("LIGHTRATE_REDIS_CLUSTER_URLS", " , ")]);
+        let e = redis_from_lookup(&RuleSet::demo(), empty).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Configuration);
     }
 
     #[test]

@@ -48,6 +48,33 @@
 //! Neither errors, logs nor `Debug` output hold a URL's password; errors from the `redis`
 //! crate never appear in this crate's types.
 //!
+//! # When one Redis Cluster node is down
+//!
+//! A cluster source keeps the slot map itself and sends each script straight to its slot's
+//! primary, on a connection of that node's own, within the timeout: a killed primary fails at
+//! once (connection refused) and a stalled one (`SIGSTOP`, a frozen machine) within the
+//! timeout, and only for the keys of its slots; requests for the other nodes' keys neither
+//! wait for it nor share its connection. The slot map is refreshed in the background (asking
+//! every known node at once, taking the first answer) after a `MOVED` and after any node's
+//! failure, at most every 100 ms while failures last, so the slots of a dead primary are served
+//! again within about 100 ms of its replica's promotion; no request waits for a refresh but
+//! the very first. A node's failure while another primary answers is a
+//! [`partial`](lightrate_core::Error::partial) outage: the limiter's outage policy applies to
+//! that request, but its circuit breaker does not open for every key. `PING` (the server's
+//! `/health`) is `Ok` while any primary answers.
+//!
+//! Run the cluster with `cluster-require-full-coverage no`: with the default `yes`, Redis
+//! itself refuses every key on every node (`CLUSTERDOWN`) from the moment a primary is marked
+//! failed until its replica takes over (about a second), and no client can serve the healthy
+//! slots then; the retries above ride out only the end of that window.
+//!
+//! No script runs twice: a call is sent again only after an answer Redis gives before running
+//! anything: `MOVED` (once, to the node named), `CLUSTERDOWN` or `TRYAGAIN` (after a pause of
+//! 25 ms, doubling, while the timeout allows). A timeout, a lost connection or `ASK` fail the
+//! call, never retried. A call that timed out on a
+//! stalled node may still run once when the node resumes (its bytes were sent): that request
+//! got the outage policy and its token is taken once, never twice.
+//!
 //! # Bounds
 //!
 //! Redis grants what one bucket per (application, rule, user) allows: at most
@@ -58,6 +85,7 @@
 //! [`Limiter`]: lightrate_core::Limiter
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod cluster;
 mod connection;
 mod env;
 mod keys;

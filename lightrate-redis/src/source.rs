@@ -9,7 +9,7 @@ use lightrate_core::{
     ConsumeRequest, ConsumeTokensResponse, Error, ErrorKind, RuleSet, Target, TokenSource,
 };
 
-use crate::connection::{Connection, Handle};
+use crate::connection::Connection;
 use crate::keys;
 use crate::script::{BucketShape, CONSUME_LUA};
 
@@ -228,22 +228,10 @@ impl RedisSource {
         }
     }
 
-    /// Whether Redis answers (`PING`, within the timeout): what a health check asks.
+    /// Whether Redis answers (`PING`, within the timeout): what a health check asks. For a
+    /// cluster, `Ok` while any primary answers (the keys of its slots are served).
     pub async fn ping(&self) -> Result<(), Error> {
-        let connection = &self.inner.connection;
-        let ping = async {
-            let mut handle = connection.handle().await?;
-            let command = redis::cmd("PING");
-            let answer: Result<redis::Value, _> = match &mut handle {
-                Handle::Single(c) => command.query_async(c).await,
-                Handle::Cluster(c) => command.query_async(c).await,
-            };
-            answer.map(drop).map_err(|e| connection.failed(&e))
-        };
-        match tokio::time::timeout(connection.timeout(), ping).await {
-            Ok(result) => result,
-            Err(_) => Err(connection.timed_out()),
-        }
+        self.inner.connection.ping().await
     }
 
     /// Consumes tokens: resolves the rule in the process, then runs the script on its bucket.
@@ -292,7 +280,7 @@ impl RedisSource {
         wanted: u64,
     ) -> Result<(u64, u64, i64), Error> {
         let inner = &*self.inner;
-        let mut invocation = inner.script.key(key);
+        let mut invocation = inner.script.key(&key);
         invocation
             .arg(shape.units_per_token)
             .arg(shape.units_per_ms)
@@ -303,19 +291,7 @@ impl RedisSource {
         if let Some(clock) = &inner.clock {
             invocation.arg(clock.now().as_nanos() / 1_000_000);
         }
-        let connection = &inner.connection;
-        let call = async {
-            let mut handle = connection.handle().await?;
-            let answer: Result<(u64, u64, i64), _> = match &mut handle {
-                Handle::Single(c) => invocation.invoke_async(c).await,
-                Handle::Cluster(c) => invocation.invoke_async(c).await,
-            };
-            answer.map_err(|e| connection.failed(&e))
-        };
-        match tokio::time::timeout(connection.timeout(), call).await {
-            Ok(answer) => answer,
-            Err(_) => Err(connection.timed_out()),
-        }
+        inner.connection.invoke(&key, &invocation).await
     }
 }
 

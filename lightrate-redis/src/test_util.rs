@@ -97,6 +97,37 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// The process id of the server, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Stops the server's process (`SIGSTOP`): it keeps its connections but answers nothing,
+    /// as a stalled or frozen machine, until [`resume`](Self::resume).
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a [`pause`](Self::pause)d server run again (`SIGCONT`).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        if let Some(pid) = self.pid() {
+            let status = Command::new("kill")
+                .args([signal, &pid.to_string()])
+                .status()
+                .unwrap_or_else(|e| panic!("cannot run kill {signal}: {e}"));
+            assert!(status.success(), "kill {signal} {pid} failed: {status}");
+        }
+    }
+
+    /// Whether the server is running (not killed).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
     /// Kills the server (`SIGKILL`: no goodbye to its clients) and waits for it to exit.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -188,8 +219,8 @@ impl Drop for RedisServer {
     }
 }
 
-/// A Redis Cluster of this test: `n` masters (`redis-server --cluster-enabled yes`, joined by
-/// `redis-cli --cluster create`), no replicas; stopped when dropped.
+/// A Redis Cluster of this test: primaries (`redis-server --cluster-enabled yes`, joined by
+/// `redis-cli --cluster create`), with or without replicas; stopped when dropped.
 #[derive(Debug)]
 pub struct RedisCluster {
     nodes: Vec<RedisServer>,
@@ -200,11 +231,51 @@ impl RedisCluster {
     /// `cluster_state:ok`. `None` (after the skip line) when `redis-server` is missing and `CI`
     /// is unset.
     pub fn start(n: usize) -> Option<RedisCluster> {
+        RedisCluster::create(n.max(3), 0, &[])
+    }
+
+    /// Starts `primaries` (at least 3) primaries with `replicas` replicas each, ready for
+    /// failovers: `cluster-node-timeout` 1000 ms (a dead primary's replica takes over within
+    /// about 2 s) and `cluster-require-full-coverage no` (while one node's slots have no
+    /// primary, the other nodes keep serving theirs; with `yes`, Redis refuses every key of the
+    /// cluster then). Waits until every node says `cluster_state:ok` and knows every replica.
+    pub fn start_with_replicas(primaries: usize, replicas: usize) -> Option<RedisCluster> {
+        let cluster = RedisCluster::create(
+            primaries.max(3),
+            replicas,
+            &[
+                "--cluster-node-timeout",
+                "1000",
+                "--cluster-require-full-coverage",
+                "no",
+            ],
+        )?;
+        let expected = primaries.max(3) * (1 + replicas);
+        let deadline = Instant::now() + START_DEADLINE;
+        // Every node knows every replica, and every replica is in sync with its primary (a
+        // replica that never synced would not take over).
+        while !cluster.nodes.iter().all(|node| {
+            node.command(&["CLUSTER", "NODES"]).is_ok_and(|nodes| {
+                nodes.lines().filter(|l| l.contains("slave")).count() == expected - primaries.max(3)
+            }) && node.command(&["INFO", "replication"]).is_ok_and(|info| {
+                info.contains("role:master") || info.contains("master_link_status:up")
+            })
+        }) {
+            assert!(
+                Instant::now() < deadline,
+                "the replicas did not join in time"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(cluster)
+    }
+
+    fn create(primaries: usize, replicas: usize, args: &[&str]) -> Option<RedisCluster> {
         if !redis_available() {
             return None;
         }
-        let nodes: Vec<RedisServer> = (0..n.max(3))
-            .map(|_| RedisServer::start_node(true, &[]))
+        let nodes: Vec<RedisServer> = (0..primaries * (1 + replicas))
+            .map(|_| RedisServer::start_node(true, args))
             .collect();
         let mut create = Command::new("redis-cli");
         create.args(["--cluster", "create"]);
@@ -212,7 +283,7 @@ impl RedisCluster {
             create.arg(format!("127.0.0.1:{}", node.port));
         }
         let output = create
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .stdin(Stdio::null())
             .output()
             .unwrap_or_else(|e| panic!("cannot run redis-cli (package redis-tools): {e}"));
@@ -221,18 +292,88 @@ impl RedisCluster {
             "redis-cli --cluster create failed: {}",
             String::from_utf8_lossy(&output.stdout)
         );
-        let deadline = Instant::now() + START_DEADLINE;
-        while !nodes.iter().all(|node| {
+        let cluster = RedisCluster { nodes };
+        assert!(
+            cluster.wait_until(START_DEADLINE, RedisCluster::is_ok),
+            "the cluster did not become ok in time"
+        );
+        Some(cluster)
+    }
+
+    /// Whether every running node says `cluster_state:ok` (a paused node is asked too, and
+    /// does not answer: pause no node while polling this).
+    pub fn is_ok(&self) -> bool {
+        self.nodes.iter().filter(|n| n.is_running()).all(|node| {
             node.command(&["CLUSTER", "INFO"])
                 .is_ok_and(|info| info.contains("cluster_state:ok"))
-        }) {
-            assert!(
-                Instant::now() < deadline,
-                "the cluster did not become ok in time"
-            );
-            std::thread::sleep(Duration::from_millis(20));
+        })
+    }
+
+    /// Polls `condition` every 10 ms until it holds (`true`) or `deadline` has passed
+    /// (`false`).
+    pub fn wait_until(&self, deadline: Duration, condition: impl Fn(&Self) -> bool) -> bool {
+        let end = Instant::now() + deadline;
+        loop {
+            if condition(self) {
+                return true;
+            }
+            if Instant::now() >= end {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
         }
-        Some(RedisCluster { nodes })
+    }
+
+    /// The slot of `key` (`CLUSTER KEYSLOT`, asked of a running node).
+    pub fn key_slot(&self, key: &str) -> u16 {
+        let reply = self
+            .running()
+            .find_map(|node| node.command(&["CLUSTER", "KEYSLOT", key]).ok())
+            .expect("no running node answers");
+        reply
+            .trim()
+            .trim_start_matches(':')
+            .parse()
+            .unwrap_or_else(|_| panic!("CLUSTER KEYSLOT answered {reply:?}"))
+    }
+
+    /// The index (in [`nodes`](Self::nodes)) of the primary serving `slot`, as the running
+    /// node `asked` sees it (`CLUSTER NODES`); `None` when it knows no running primary for it.
+    pub fn primary_of(&self, slot: u16, asked: usize) -> Option<usize> {
+        let listing = self.nodes[asked].command(&["CLUSTER", "NODES"]).ok()?;
+        for line in listing.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() < 8 || !fields[2].contains("master") || fields[2].contains("fail") {
+                continue;
+            }
+            let serves = fields[8..].iter().any(|range| {
+                let (start, end) = range.split_once('-').unwrap_or((range, range));
+                match (start.parse::<u16>(), end.parse::<u16>()) {
+                    (Ok(start), Ok(end)) => (start..=end).contains(&slot),
+                    _ => false,
+                }
+            });
+            if !serves {
+                continue;
+            }
+            let port: u16 = fields[1]
+                .split(['@', ','])
+                .next()
+                .and_then(|a| a.rsplit_once(':'))
+                .and_then(|(_, p)| p.parse().ok())?;
+            return self.nodes.iter().position(|n| n.port() == port);
+        }
+        None
+    }
+
+    /// The nodes that are running (not killed).
+    fn running(&self) -> impl Iterator<Item = &RedisServer> {
+        self.nodes.iter().filter(|n| n.is_running())
+    }
+
+    /// Kills node `index` (`SIGKILL`).
+    pub fn kill(&mut self, index: usize) {
+        self.nodes[index].kill();
     }
 
     /// The URL of every node.

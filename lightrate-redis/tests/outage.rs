@@ -4,6 +4,7 @@
 
 mod support;
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,6 +36,15 @@ async fn consume(source: &RedisSource, user: &str) -> Result<u64, lightrate_core
         .map(|r| r.tokens_consumed)
 }
 
+/// Polls `condition` every 5 ms until it holds; fails past [`RECOVERY`].
+async fn until(condition: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !condition() {
+        assert!(start.elapsed() < RECOVERY, "not so within {RECOVERY:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// Polls until a consume succeeds; how long that took.
 async fn until_served(source: &RedisSource) -> Duration {
     let start = Instant::now();
@@ -61,20 +71,27 @@ async fn redis_killed_during_traffic_is_an_outage_then_served_again_after_a_rest
     // Traffic: 8 tasks consuming in a loop; every call, before and after the kill, must end
     // within the timeout (plus a margin), and every failure must be an outage.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let answered = Arc::new(AtomicU32::new(0));
+    let failures = Arc::new(AtomicU32::new(0));
     let tasks: Vec<_> = (0..8)
         .map(|i| {
             let source = source.clone();
             let stop = stop.clone();
+            let (answered, failures) = (answered.clone(), failures.clone());
             tokio::spawn(async move {
                 let (mut ok, mut failed) = (0u32, 0u32);
                 let mut slowest = Duration::ZERO;
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                while !stop.load(Ordering::Relaxed) {
                     let start = Instant::now();
                     match consume(&source, &format!("user-{i}")).await {
-                        Ok(_) => ok += 1,
+                        Ok(_) => {
+                            ok += 1;
+                            answered.fetch_add(1, Ordering::Relaxed);
+                        }
                         Err(e) => {
                             assert!(e.is_outage(), "{e:?}");
                             failed += 1;
+                            failures.fetch_add(1, Ordering::Relaxed);
                             tokio::time::sleep(Duration::from_millis(5)).await;
                         }
                     }
@@ -84,7 +101,8 @@ async fn redis_killed_during_traffic_is_an_outage_then_served_again_after_a_rest
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Every task served before the kill.
+    until(|| answered.load(Ordering::Relaxed) >= 16).await;
     redis.kill();
     // Down: an outage error, within the timeout.
     let start = Instant::now();
@@ -96,12 +114,13 @@ async fn redis_killed_during_traffic_is_an_outage_then_served_again_after_a_rest
         "{e:?}"
     );
     assert!(took < TIMEOUT + MARGIN, "{took:?}");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The traffic meets the outage too.
+    until(|| failures.load(Ordering::Relaxed) >= 8).await;
 
     // Back on the same port: served again by the same source, within seconds.
     redis.restart();
     let recovered = until_served(&source).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
     let mut totals = (0, 0);
     for task in tasks {
         let (ok, failed, slowest) = task.await.unwrap();

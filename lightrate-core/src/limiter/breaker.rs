@@ -132,7 +132,9 @@ impl Breaker {
             }
             return;
         }
-        if !error.is_outage() {
+        // A failure of one part of the source (one Redis Cluster node) while the rest answers
+        // is the outage of that part's keys only: it must not open the circuit for every key.
+        if !error.is_outage() || error.is_partial() {
             s.probing = false;
             return;
         }
@@ -229,6 +231,19 @@ mod tests {
             g => panic!("{g:?}"),
         }
         assert!(matches!(b.gate(at(30)), Gate::Call));
+    }
+
+    #[test]
+    fn partial_outages_do_not_open_the_circuit() {
+        let b = Breaker::new(2, Duration::from_secs(10), Duration::from_secs(30));
+        for _ in 0..10 {
+            b.failure(&outage().partial(), at(0));
+        }
+        assert_eq!(b.state(at(0)), BreakerState::Closed);
+        assert!(matches!(b.gate(at(0)), Gate::Call));
+        b.failure(&outage(), at(0));
+        b.failure(&outage(), at(0));
+        assert_eq!(b.state(at(0)), BreakerState::Open);
     }
 
     #[test]
