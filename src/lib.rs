@@ -144,7 +144,7 @@ pub mod server {
 pub mod redis {
     pub use lightrate_redis::{
         builder_from_env, RedisSource, RedisSourceBuilder, DEFAULT_APPLICATION_ID, DEFAULT_PREFIX,
-        DEFAULT_TIMEOUT, MAX_BUCKET_UNITS,
+        DEFAULT_REDIS_TIMEOUT, MAX_BUCKET_UNITS,
     };
 }
 

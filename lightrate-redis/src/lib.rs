@@ -97,5 +97,5 @@ pub mod test_util;
 pub use env::builder_from_env;
 pub use script::MAX_BUCKET_UNITS;
 pub use source::{
-    RedisSource, RedisSourceBuilder, DEFAULT_APPLICATION_ID, DEFAULT_PREFIX, DEFAULT_TIMEOUT,
+    RedisSource, RedisSourceBuilder, DEFAULT_APPLICATION_ID, DEFAULT_PREFIX, DEFAULT_REDIS_TIMEOUT,
 };

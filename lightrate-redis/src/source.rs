@@ -20,7 +20,7 @@ pub const DEFAULT_PREFIX: &str = "lightrate";
 pub const DEFAULT_APPLICATION_ID: &str = "default";
 
 /// How long one call to Redis may take unless [`RedisSourceBuilder::timeout`] says otherwise.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(500);
+pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// A [`TokenSource`] whose buckets live in Redis (or Redis Cluster), so that every process of a
 /// fleet shares them: the rules are a [`RuleSet`] matched in the process, exactly as the
@@ -137,7 +137,7 @@ impl RedisSource {
             rules,
             prefix: DEFAULT_PREFIX.to_owned(),
             application_id: DEFAULT_APPLICATION_ID.to_owned(),
-            timeout: DEFAULT_TIMEOUT,
+            timeout: DEFAULT_REDIS_TIMEOUT,
             partial_grants: true,
             #[cfg(feature = "test-util")]
             clock: None,

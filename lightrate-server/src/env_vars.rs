@@ -1,9 +1,7 @@
 //! The `LIGHTRATE_*` variables of the `lightrate-server` binary beyond those of the library
-//! (`LIGHTRATE_API_KEY`, `LIGHTRATE_APPLICATION_ID` and `LIGHTRATE_REDIS_URL` are in
-//! `lightrate_core::env_vars`). Each is the fallback of the flag it names: the flag wins.
-
-/// `--redis-cluster`: the Redis Cluster's node URLs, comma-separated.
-pub const REDIS_CLUSTER_URLS: &str = "LIGHTRATE_REDIS_CLUSTER_URLS";
+//! (`LIGHTRATE_API_KEY`, `LIGHTRATE_APPLICATION_ID`, `LIGHTRATE_REDIS_URL` and
+//! `LIGHTRATE_REDIS_CLUSTER_URLS` are in `lightrate_core::env_vars`). Each is the fallback of
+//! the flag it names: the flag wins.
 /// `--request-timeout`: the time a request has to arrive whole (`10s`, `500ms`, `2m`, or
 /// seconds).
 pub const REQUEST_TIMEOUT: &str = "LIGHTRATE_REQUEST_TIMEOUT";

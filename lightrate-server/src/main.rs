@@ -78,7 +78,7 @@ struct Args {
     redis: Option<String>,
     /// Buckets in the Redis Cluster of these nodes (comma-separated URLs).
     #[cfg(feature = "redis")]
-    #[arg(long, value_name = "URLS", env = server_vars::REDIS_CLUSTER_URLS, hide_env_values = true)]
+    #[arg(long, value_name = "URLS", env = env_vars::REDIS_CLUSTER_URLS, hide_env_values = true)]
     redis_cluster: Option<String>,
     /// Time a request has to arrive whole, headers and body [default: 10s].
     #[arg(long, value_name = "DUR", env = server_vars::REQUEST_TIMEOUT, hide_env_values = true,
@@ -260,7 +260,7 @@ fn store(args: &Args) -> Result<Store, String> {
 /// they share their buckets would each keep their own).
 #[cfg(not(feature = "redis"))]
 fn store(_args: &Args) -> Result<Store, String> {
-    for name in [env_vars::REDIS_URL, server_vars::REDIS_CLUSTER_URLS] {
+    for name in [env_vars::REDIS_URL, env_vars::REDIS_CLUSTER_URLS] {
         if std::env::var_os(name).is_some_and(|v| !v.to_string_lossy().trim().is_empty()) {
             return Err(format!(
                 "{name} is set, but this lightrate-server was built without its redis feature"
@@ -544,7 +544,7 @@ mod tests {
         let _held = ENVIRONMENT.lock().unwrap_or_else(|e| e.into_inner());
         let names = [
             env_vars::REDIS_URL,
-            server_vars::REDIS_CLUSTER_URLS,
+            env_vars::REDIS_CLUSTER_URLS,
             server_vars::REQUEST_TIMEOUT,
             server_vars::MAX_CONNECTIONS,
             server_vars::DRAIN_TIMEOUT,
