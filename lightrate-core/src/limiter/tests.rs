@@ -237,23 +237,20 @@ async fn with_nothing_known_a_lease_asks_for_one_request() {
 async fn leases_grow_with_demand_and_shrink_when_it_falls() {
     let s = setup_with(ample(), true, |b| b);
     let target = get("/busy");
-    // 1000 requests per second: leases grow with the demand's age (each lasting at most
-    // twice as long as the demand has), towards three quarters of the token horizon of demand
-    // (3 750).
+    // 1000 requests per second: the first answer tells the rule (ample: it refills 1 000
+    // tokens in 100 ms), the second request measures the demand (one token a millisecond), and
+    // the second lease covers a second of it at once (what the rule refills in 100 ms), however
+    // young the demand; then leases follow the demand, towards three quarters of the token
+    // horizon of it (3 750).
     for _ in 0..2000 {
         assert!(check(&s, "u", &target).await.is_allowed());
         s.clock.advance(Duration::from_millis(1));
     }
     let busy = asks(&s);
-    assert_eq!(
-        busy[..2],
-        [1, 1],
-        "the rule, then the others' take, unknown"
-    );
+    assert_eq!(busy[..2], [1, 1 + 1_000], "the rule, then the demand");
     let largest = *busy.iter().max().unwrap();
     assert!((1_000..=3_750).contains(&largest), "{busy:?}");
-    assert!(busy.windows(2).all(|w| w[1] <= 4 * w[0].max(1)), "{busy:?}");
-    assert!(busy.len() <= 12, "{busy:?}");
+    assert!(busy.len() <= 6, "{busy:?}");
     let stats = s.limiter.stats();
     assert!(stats.local_hits > 1900, "{stats:?}");
     // One request per second: what is held expires, and leases fall to three quarters of the
