@@ -21,6 +21,19 @@ const DEMAND_FALL: f64 = 1.0;
 const OTHERS_RISE: f64 = 0.1;
 const OTHERS_FALL: f64 = 2.0;
 
+/// This process's demand for a bucket, as a lease starts.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Demand {
+    /// The estimate, in tokens per second: quick to rise, slow to fall.
+    pub(crate) rate: f64,
+    /// What this lease's sample measured alone (tokens per second; 0 when it measured
+    /// nothing): the requests that waited for the rule's first answer, over the round trip,
+    /// are a measurement, not noise (but a burst may show as one too).
+    pub(crate) measured: f64,
+    /// How long the demand has lasted.
+    pub(crate) age: Duration,
+}
+
 /// The last answer of the source: what it had left after granting, and when it made the
 /// answer (ms; the middle of the call). `at_ms == NEVER`: nothing heard yet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,9 +47,7 @@ const NEVER: u64 = u64::MAX;
 /// The estimates of one bucket (slow path only: behind the bucket's mutex).
 #[derive(Clone, Debug)]
 pub(crate) struct Learned {
-    /// This process's demand, in tokens per second (`f32`: estimates, kept small; NaN before
-    /// the first sample, which is taken whole: the requests that waited for the first answer
-    /// are a measurement of the demand, not noise to smooth from zero).
+    /// This process's demand, in tokens per second (`f32`: estimates, kept small).
     demand: f32,
     /// When the current run of demand began (ms).
     demand_since_ms: u64,
@@ -62,7 +73,7 @@ fn smooth(previous: f64, sample: f64, elapsed_s: f64, rise: f64, fall: f64) -> f
 impl Learned {
     pub(crate) fn new(now_ms: u64) -> Self {
         Learned {
-            demand: f32::NAN,
+            demand: 0.0,
             demand_since_ms: now_ms,
             lease_started_ms: now_ms,
             consumed_mark: 0,
@@ -79,8 +90,8 @@ impl Learned {
     /// (waiting since `waited_since_ms`: when they began to gather, which may be before this
     /// bucket existed, for the requests that waited for the rule's first answer), plus what
     /// waiters who joined the last lease late took, and returns it (tokens per second) with
-    /// how long the demand has lasted. A gap longer than `horizon` (nothing leased for that
-    /// long) starts a new run of demand. The first sample is taken whole.
+    /// how long the demand has lasted and what this sample measured. A gap longer than
+    /// `horizon` (nothing leased for that long) starts a new run of demand.
     pub(crate) fn observe_demand(
         &mut self,
         now_ms: u64,
@@ -88,8 +99,9 @@ impl Learned {
         waiting: u64,
         waited_since_ms: u64,
         horizon: Duration,
-    ) -> (f64, Duration) {
+    ) -> Demand {
         let since = self.lease_started_ms.min(waited_since_ms);
+        let mut measured = 0.0;
         if now_ms > since {
             let gap = now_ms.saturating_sub(self.lease_started_ms);
             let taken = (i128::from(consumed) - i128::from(self.consumed_mark)).max(0);
@@ -103,31 +115,23 @@ impl Learned {
             }
             let elapsed_s = (now_ms - since) as f64 / 1000.0;
             let sample = taken as f64 / elapsed_s;
-            let demand = if self.demand.is_nan() {
-                sample
-            } else {
-                smooth(
-                    f64::from(self.demand),
-                    sample,
-                    elapsed_s,
-                    DEMAND_RISE,
-                    DEMAND_FALL,
-                )
-            };
+            let demand = smooth(
+                f64::from(self.demand),
+                sample,
+                elapsed_s,
+                DEMAND_RISE,
+                DEMAND_FALL,
+            );
             self.demand = demand as f32;
+            measured = sample;
         }
         self.demand_since_ms = self.demand_since_ms.min(waited_since_ms);
         // (Leases less than a millisecond apart keep counting until one has passed.)
         let age = Duration::from_millis(now_ms.saturating_sub(self.demand_since_ms));
-        (self.demand(), age)
-    }
-
-    /// The demand estimate (0 before the first sample).
-    fn demand(&self) -> f64 {
-        if self.demand.is_nan() {
-            0.0
-        } else {
-            f64::from(self.demand)
+        Demand {
+            rate: f64::from(self.demand),
+            measured,
+            age,
         }
     }
 
@@ -211,25 +215,29 @@ mod tests {
     #[test]
     fn demand_follows_consumption_and_forgets() {
         let mut l = Learned::new(0);
-        // A second request 50 ms after the bucket was made: one token in 50 ms, the first
-        // sample, taken whole.
-        let (rate, age) = l.observe_demand(50, 0, 1, 50, H);
-        assert!((19.9..20.1).contains(&rate), "{rate}");
+        // A second request 50 ms after the bucket was made: one token in 50 ms.
+        let Demand {
+            rate,
+            age,
+            measured,
+        } = l.observe_demand(50, 0, 1, 50, H);
+        assert!((10.0..20.0).contains(&rate), "{rate}");
+        assert!((19.9..20.1).contains(&measured), "{measured}");
         assert_eq!(age, Duration::from_millis(50));
         // 20 tokens and 20 waiting in 20 ms: 2000/s, reached within a few leases.
-        let (rate, _) = l.observe_demand(70, 20, 20, 70, H);
+        let Demand { rate, .. } = l.observe_demand(70, 20, 20, 70, H);
         assert!((600.0..2000.0).contains(&rate), "{rate}");
-        let (rate, _) = l.observe_demand(120, 120, 0, 120, H);
+        let Demand { rate, .. } = l.observe_demand(120, 120, 0, 120, H);
         assert!(rate > 1400.0, "{rate}");
         // A pause of 100 ms keeps most of it.
-        let (rate, age) = l.observe_demand(220, 120, 0, 220, H);
+        let Demand { rate, age, .. } = l.observe_demand(220, 120, 0, 220, H);
         assert!(rate > 1250.0, "{rate}");
         assert_eq!(age, Duration::from_millis(220));
         // Nothing for a minute: forgotten, and the next demand is a new run.
-        let (rate, age) = l.observe_demand(60_220, 120, 0, 60_220, H);
+        let Demand { rate, age, .. } = l.observe_demand(60_220, 120, 0, 60_220, H);
         assert!(rate < 1.0, "{rate}");
         assert_eq!(age, Duration::ZERO);
-        let (_, age) = l.observe_demand(60_320, 130, 0, 60_320, H);
+        let Demand { age, .. } = l.observe_demand(60_320, 130, 0, 60_320, H);
         assert_eq!(age, Duration::from_millis(100));
     }
 
@@ -238,18 +246,18 @@ mod tests {
         // The bucket is made when the rule's first answer lands (at 1 020); 31 requests
         // gathered behind it since 1 000: 1 550 a second, from a demand 20 ms old.
         let mut l = Learned::new(1_020);
-        let (rate, age) = l.observe_demand(1_020, 0, 31, 1_000, H);
-        assert!((1_549.0..1_551.0).contains(&rate), "{rate}");
+        let Demand { measured, age, .. } = l.observe_demand(1_020, 0, 31, 1_000, H);
+        assert!((1_549.0..1_551.0).contains(&measured), "{measured}");
         assert_eq!(age, Duration::from_millis(20));
         // The next lease, 20 ms later: 40 consumed from the bucket, and 20 handed to waiters
-        // who joined the lease in flight after it was sized: 3 000 a second, smoothed.
+        // who joined the lease in flight after it was sized: 3 000 a second.
         l.served_late(20);
-        let (rate, age) = l.observe_demand(1_040, 40, 0, 1_040, H);
-        assert!((1_800.0..3_000.0).contains(&rate), "{rate}");
+        let Demand { measured, age, .. } = l.observe_demand(1_040, 40, 0, 1_040, H);
+        assert!((2_999.0..3_001.0).contains(&measured), "{measured}");
         assert_eq!(age, Duration::from_millis(40));
-        // Counted once: nothing more, and the estimate falls.
-        let (later, _) = l.observe_demand(1_060, 40, 0, 1_060, H);
-        assert!(later < rate, "{later} after {rate}");
+        // Counted once.
+        let Demand { measured, .. } = l.observe_demand(1_060, 40, 0, 1_060, H);
+        assert_eq!(measured, 0.0);
     }
 
     #[test]

@@ -112,7 +112,7 @@ impl Lease {
         let sizing = &inner.settings.sizing;
         let view = {
             let mut learned = bucket.learned();
-            let (demand, demand_age) = learned.observe_demand(
+            let demand = learned.observe_demand(
                 now_ms,
                 bucket.consumed(),
                 waiting,
@@ -123,8 +123,9 @@ impl Lease {
                 waiting,
                 first_cost,
                 held: bucket.live_tokens(now_ms),
-                demand,
-                demand_age,
+                demand: demand.rate,
+                measured: demand.measured,
+                demand_age: demand.age,
                 others: learned.others(),
                 remaining: learned.remaining(now_ms, rule),
                 slow_latency: inner.upstream.slow_latency(),

@@ -81,6 +81,10 @@ pub(crate) struct LeaseView {
     pub(crate) held: u64,
     /// This process's demand for the bucket, in tokens per second.
     pub(crate) demand: f64,
+    /// What the lease's own sample of the demand measured (tokens per second): the requests
+    /// that waited for it, over the time they waited, and what the bucket served since the
+    /// last lease. Only the quick-refill part (below) may follow it past `demand`.
+    pub(crate) measured: f64,
     /// How long that demand has lasted.
     pub(crate) demand_age: Duration,
     /// What the bucket's other consumers take, in tokens per second, as the source's answers
@@ -124,10 +128,17 @@ impl Sizing {
     pub(crate) fn plan(&self, view: &LeaseView) -> LeasePlan {
         let span = self.span(view);
         let longest = (self.horizon * 3 / 4).as_secs_f64();
-        let quick = whole(view.demand * longest).min(view.quick_refill);
-        let want = whole(view.demand * span.as_secs_f64())
-            .max(quick)
-            .saturating_sub(view.held);
+        let by_span = whole(view.demand * span.as_secs_f64());
+        // Within the quick refill, the demand measured now counts (a young estimate is still
+        // low), for the lease and for when the next one starts.
+        let quick_pace = view.demand.max(view.measured);
+        let quick = whole(quick_pace * longest).min(view.quick_refill);
+        let pace = if quick > by_span {
+            quick_pace
+        } else {
+            view.demand
+        };
+        let want = by_span.max(quick).saturating_sub(view.held);
         let share = match view.others {
             _ if view.demand <= 0.0 => 0.0,
             Some(others) => view.demand / (view.demand + OTHERS_WEIGHT * others.max(0.0)),
@@ -156,7 +167,7 @@ impl Sizing {
             .min(self.cap)
             .max(view.first_cost.min(view.waiting.max(1)));
         let refill_below = if speculative > 0 {
-            let travel = whole((view.demand * (view.slow_latency * 2).as_secs_f64()).ceil());
+            let travel = whole((pace * (view.slow_latency * 2).as_secs_f64()).ceil());
             (travel + 1).min(ask / 2)
         } else {
             0
@@ -188,6 +199,7 @@ mod tests {
             first_cost: 1,
             held: 0,
             demand,
+            measured: 0.0,
             demand_age: age,
             others: Some(0.0),
             remaining,
@@ -381,6 +393,7 @@ mod tests {
             cap in 1u64..100_000,
             floor in 1u64..100,
             quick_refill in prop_oneof![Just(0u64), 0u64..1_000_000_000],
+            measured in 0.0f64..1_000_000.0,
         ) {
             let sizing = Sizing { cap, floor, horizon: H };
             let view = LeaseView {
@@ -388,6 +401,7 @@ mod tests {
                 first_cost: first_cost.min(waiting.max(1)),
                 held,
                 demand,
+                measured,
                 demand_age: Duration::from_millis(age_ms),
                 others,
                 remaining,
@@ -410,7 +424,7 @@ mod tests {
             let floored = floor.saturating_sub(waiting.max(1)).min(remaining / 2);
             let longest = (H * 3 / 4).as_secs_f64();
             let by_demand = ((demand * sizing.span(&view).as_secs_f64()) as u64)
-                .max(((demand * longest) as u64).min(quick_refill));
+                .max(((demand.max(measured) * longest) as u64).min(quick_refill));
             prop_assert!(speculative <= room.max(floored), "{speculative} > {room}");
             prop_assert!(speculative <= by_demand.saturating_sub(held).max(floored));
             if room < MIN_SPECULATION {
