@@ -14,7 +14,10 @@
 //!   the limit: nothing denied, at most one call per 5 admitted requests, at most one request
 //!   in 100 waiting for the source;
 //! - under sparse traffic, under 5% of the tokens granted expire unused;
-//! - uneven demand on a quota strands (almost) nothing: 990 to 1000 of 1000 admitted.
+//! - uneven demand on a quota strands (almost) nothing: 990 to 1000 of 1000 admitted;
+//! - a cold key far from its limit waits for the source at most two round trips: on each
+//!   process a user never seen, at a steady 200 requests a second, has at most two round
+//!   trips' worth of its requests wait.
 //!
 //! It prints calls per admitted request and the share of requests that waited for each run,
 //! beside a fixed lease of 5 (the official SDKs' way) on the same traffic (see BENCHMARKS.md).
@@ -66,6 +69,8 @@ struct SimSource {
     rng: Mutex<fastrand::Rng>,
     granted: AtomicU64,
     calls: AtomicU64,
+    /// The latency of every call, by user.
+    latencies: Mutex<HashMap<String, Vec<Duration>>>,
 }
 
 impl TokenSource for SimSource {
@@ -75,6 +80,12 @@ impl TokenSource for SimSource {
     ) -> Result<ConsumeTokensResponse, Error> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         let latency = self.latency.sample(&mut self.rng.lock().unwrap());
+        self.latencies
+            .lock()
+            .unwrap()
+            .entry(request.user_identifier.to_owned())
+            .or_default()
+            .push(latency);
         tokio::time::sleep(latency / 2).await;
         let answer = self.inner.consume_now(request)?;
         self.granted
@@ -139,7 +150,14 @@ enum Traffic {
     /// The same users, each with 4 concurrent clients in a closed loop (a request, then a
     /// pause of 0.5 to 1.5 times 400, 200 and 100 ms), and the shared user's 2/s per process.
     Concurrent,
+    /// Cold keys: on each process a user of its own that nobody has seen, [`COLD_RATE`]
+    /// requests a second at a steady pace (open loop, from a random phase) on `search` (far
+    /// from its limit) for 2 s.
+    Cold,
 }
+
+/// The pace of [`Traffic::Cold`], per process.
+const COLD_RATE: u32 = 200;
 
 impl Traffic {
     /// Whether every request is under its user's limit (nothing may be denied).
@@ -191,6 +209,10 @@ struct Outcome {
     false_denials: u64,
     quota_admitted: u64,
     waited: u64,
+    /// The requests that waited, by user.
+    waited_by_user: HashMap<usize, u64>,
+    /// The latency of the first two calls, by user.
+    first_round_trips: HashMap<usize, Duration>,
 }
 
 /// What every request shares: the fleet's source, where records go, simulated time.
@@ -337,6 +359,34 @@ async fn rules_people_write(
     while tasks.join_next().await.is_some() {}
 }
 
+/// [`Traffic::Cold`].
+async fn cold_keys(world: &World, limiters: &[Limiter], rng: &mut fastrand::Rng) {
+    let mut tasks = tokio::task::JoinSet::new();
+    let start = tokio::time::Instant::now();
+    let pace = Duration::from_secs(1) / COLD_RATE;
+    let end = start + Duration::from_secs(2);
+    for (p, limiter) in limiters.iter().enumerate() {
+        let (world, limiter) = (world.clone(), limiter.clone());
+        let phase = pace.mul_f64(rng.f64());
+        tasks.spawn(async move {
+            let mut requests = tokio::task::JoinSet::new();
+            let mut at = start + phase;
+            while at < end {
+                tokio::time::sleep_until(at).await;
+                let (world, limiter) = (world.clone(), limiter.clone());
+                requests.spawn(async move {
+                    world
+                        .request(&limiter, p, Target::operation("search"))
+                        .await
+                });
+                at += pace;
+            }
+            while requests.join_next().await.is_some() {}
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
 fn simulate(
     traffic: Traffic,
     processes: usize,
@@ -358,6 +408,7 @@ fn simulate(
             rng: Mutex::new(fastrand::Rng::with_seed(rng.u64(..))),
             granted: AtomicU64::new(0),
             calls: AtomicU64::new(0),
+            latencies: Mutex::default(),
         });
         let limiters: Vec<Limiter> = (0..processes)
             .map(|_| {
@@ -377,7 +428,9 @@ fn simulate(
             records: Arc::default(),
             clock,
         };
-        if traffic.under_the_limit() {
+        if traffic == Traffic::Cold {
+            cold_keys(&world, &limiters, &mut rng).await;
+        } else if traffic.under_the_limit() {
             rules_people_write(&world, &limiters, traffic, &mut rng).await;
         } else {
             poisson(&world, &limiters, traffic, &mut rng).await;
@@ -388,6 +441,7 @@ fn simulate(
         let records = world.records.lock().unwrap();
         check_window_bound(&records);
         let stats: Vec<_> = limiters.iter().map(Limiter::stats).collect();
+        let latencies = source.latencies.lock().unwrap().clone();
         Outcome {
             requests: records.len() as u64,
             admitted: records.iter().filter(|r| r.allowed).count() as u64,
@@ -400,6 +454,20 @@ fn simulate(
                 .filter(|r| r.allowed && r.rule == "quota")
                 .count() as u64,
             waited: records.iter().filter(|r| r.waited).count() as u64,
+            waited_by_user: records.iter().filter(|r| r.waited).fold(
+                HashMap::new(),
+                |mut by_user, r| {
+                    *by_user.entry(r.user).or_default() += 1;
+                    by_user
+                },
+            ),
+            first_round_trips: latencies
+                .iter()
+                .filter_map(|(name, latencies)| {
+                    let user = name.strip_prefix("user-")?.parse().ok()?;
+                    Some((user, latencies.iter().take(2).sum()))
+                })
+                .collect(),
         }
     })
 }
@@ -556,5 +624,41 @@ fn under_the_limit(traffic: Traffic) {
             o.waited,
             o.requests
         );
+    }
+}
+
+#[test]
+fn cold_keys_wait_at_most_two_round_trips() {
+    for (i, processes) in [1, 4, 16, 64].into_iter().enumerate() {
+        for (j, latency_ms) in [0, 20, 50].into_iter().enumerate() {
+            let latency = Duration::from_millis(latency_ms);
+            let o = simulate(
+                Traffic::Cold,
+                processes,
+                latency,
+                Leasing::Sized,
+                (i * 10 + j) as u64 + 100,
+            );
+            let most = o.waited_by_user.values().copied().max().unwrap_or(0);
+            println!(
+                "Cold: P={processes:<2} latency {latency_ms:>2} ms: {} requests, {} admitted, \
+                 {} calls, {} waited (at most {most} on a process)",
+                o.requests, o.admitted, o.calls, o.waited,
+            );
+            let at = format!("P={processes}, {latency:?}");
+            assert_eq!(o.admitted, o.requests, "{at}: a request was denied");
+            assert!(o.admitted <= o.granted, "{at}: admitted more than granted");
+            assert_eq!(o.false_denials, 0, "{at}");
+            // The arrivals of the process's first two round trips (its first two calls, as
+            // long as the jitter made them), and the first request.
+            for (user, waited) in &o.waited_by_user {
+                let two_round_trips = o.first_round_trips[user].as_secs_f64();
+                let bound = (f64::from(COLD_RATE) * two_round_trips).ceil() as u64 + 2;
+                assert!(
+                    *waited <= bound,
+                    "{at}: {waited} requests of process {user} waited (at most {bound})"
+                );
+            }
+        }
     }
 }

@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -118,6 +119,8 @@ impl Flights {
         }
         let flight = Arc::new(Flight {
             waiters: Mutex::new(waiters),
+            since_ms: AtomicU64::new(UNSET),
+            counted: AtomicU64::new(0),
         });
         shard.insert(key.clone(), flight.clone());
         Joined::Started(flight)
@@ -139,16 +142,53 @@ impl Flights {
     }
 }
 
-/// A lease in progress: the requests waiting for it.
+/// `since_ms` before anyone set it.
+const UNSET: u64 = u64::MAX;
+
+/// A lease in progress: the requests waiting for it, since when they have waited, and how many
+/// tokens of theirs the lease was sized for.
+///
+/// The waiters are a demand measurement: those that gathered while a lease travelled came in
+/// one round trip. A successor's waiters gathered since its predecessor started, which it
+/// carries over ([`Flight::waited_since`]); waiters that join after the lease was sized
+/// ([`Flight::count_waiting`]) were not in its count, and are counted into the demand when the
+/// answer serves them (or into the successor's ask when it cannot).
 #[derive(Debug)]
 pub(crate) struct Flight {
     waiters: Mutex<Vec<Waiter>>,
+    since_ms: AtomicU64,
+    counted: AtomicU64,
 }
 
 impl Flight {
     /// The tokens the requests registered so far need.
     pub(crate) fn demand(&self) -> u64 {
         lock(&self.waiters).iter().map(|w| w.cost).sum()
+    }
+
+    /// The tokens the requests registered so far need, remembered as what the lease is sized
+    /// for.
+    pub(crate) fn count_waiting(&self) -> u64 {
+        let waiting = self.demand();
+        self.counted.store(waiting, Ordering::Relaxed);
+        waiting
+    }
+
+    /// What [`count_waiting`](Self::count_waiting) counted (0 before).
+    pub(crate) fn counted(&self) -> u64 {
+        self.counted.load(Ordering::Relaxed)
+    }
+
+    /// Records that its first waiters have waited since `ms` (a successor's, since its
+    /// predecessor started); the earliest time recorded wins.
+    pub(crate) fn waited_since(&self, ms: u64) {
+        self.since_ms.fetch_min(ms, Ordering::Relaxed);
+    }
+
+    /// Since when its first waiters have waited, if recorded.
+    pub(crate) fn since_ms(&self) -> Option<u64> {
+        let ms = self.since_ms.load(Ordering::Relaxed);
+        (ms != UNSET).then_some(ms)
     }
 
     /// The cost of the first request registered, if any.
@@ -228,6 +268,19 @@ mod tests {
         ));
         assert_eq!(flight.demand(), 3);
         assert_eq!(flight.first_cost(), Some(1));
+        // Sized for these 3; one more joins while it travels.
+        assert_eq!(flight.since_ms(), None);
+        flight.waited_since(50);
+        flight.waited_since(70);
+        assert_eq!(flight.since_ms(), Some(50));
+        assert_eq!(flight.count_waiting(), 3);
+        let (late, _late_answer) = waiter(4);
+        assert!(matches!(
+            flights.join(&key("u"), vec![late], || unreachable!()),
+            Joined::Waiting
+        ));
+        assert_eq!(flight.demand(), 7);
+        assert_eq!(flight.counted(), 3);
         let guard = FlightGuard::new(flight, key("u"), flights.clone());
         let waiters = guard.close();
         assert!(!flights.in_flight(&key("u")));

@@ -21,6 +21,19 @@ const DEMAND_FALL: f64 = 1.0;
 const OTHERS_RISE: f64 = 0.1;
 const OTHERS_FALL: f64 = 2.0;
 
+/// This process's demand for a bucket, as a lease starts.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Demand {
+    /// The estimate, in tokens per second: quick to rise, slow to fall.
+    pub(crate) rate: f64,
+    /// What this lease's sample measured alone (tokens per second; 0 when it measured
+    /// nothing): the requests that waited for the rule's first answer, over the round trip,
+    /// are a measurement, not noise (but a burst may show as one too).
+    pub(crate) measured: f64,
+    /// How long the demand has lasted.
+    pub(crate) age: Duration,
+}
+
 /// The last answer of the source: what it had left after granting, and when it made the
 /// answer (ms; the middle of the call). `at_ms == NEVER`: nothing heard yet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,9 +52,11 @@ pub(crate) struct Learned {
     /// When the current run of demand began (ms).
     demand_since_ms: u64,
     /// When the last lease started (ms; the bucket's creation before that), and the tokens
-    /// this process had consumed from the bucket by then.
+    /// this process had consumed from the bucket by then, less those handed since to waiters
+    /// who joined a lease after it was sized (not in the bucket's consumption, nor in that
+    /// lease's count: counted into the next sample so).
     lease_started_ms: u64,
-    consumed_mark: u64,
+    consumed_mark: i64,
     /// What the bucket's other consumers take, in tokens per second (NaN before two answers).
     others: f32,
     last: Heard,
@@ -71,26 +86,34 @@ impl Learned {
     }
 
     /// At the start of a lease: updates the demand estimate with what was `consumed` (in all,
-    /// from this bucket) since the last lease started plus what is `waiting` for this lease,
-    /// and returns it (tokens per second) with how long the demand has lasted. A gap longer
-    /// than `horizon` (nothing leased for that long) starts a new run of demand.
+    /// from this bucket) since the last lease started, plus what is `waiting` for this lease
+    /// (waiting since `waited_since_ms`: when they began to gather, which may be before this
+    /// bucket existed, for the requests that waited for the rule's first answer), plus what
+    /// waiters who joined the last lease late took, and returns it (tokens per second) with
+    /// how long the demand has lasted and what this sample measured. A gap longer than
+    /// `horizon` (nothing leased for that long) starts a new run of demand.
     pub(crate) fn observe_demand(
         &mut self,
         now_ms: u64,
         consumed: u64,
         waiting: u64,
+        waited_since_ms: u64,
         horizon: Duration,
-    ) -> (f64, Duration) {
-        let since = self.lease_started_ms;
+    ) -> Demand {
+        let since = self.lease_started_ms.min(waited_since_ms);
+        let mut measured = 0.0;
         if now_ms > since {
-            let taken = consumed.saturating_sub(self.consumed_mark) + waiting;
-            self.consumed_mark = consumed;
+            let gap = now_ms.saturating_sub(self.lease_started_ms);
+            let taken = (i128::from(consumed) - i128::from(self.consumed_mark)).max(0);
+            let taken = u64::try_from(taken)
+                .unwrap_or(u64::MAX)
+                .saturating_add(waiting);
+            self.consumed_mark = i64::try_from(consumed).unwrap_or(i64::MAX);
             self.lease_started_ms = now_ms;
-            let elapsed_ms = now_ms - since;
-            if u128::from(elapsed_ms) > horizon.as_millis() {
-                self.demand_since_ms = now_ms;
+            if u128::from(gap) > horizon.as_millis() {
+                self.demand_since_ms = waited_since_ms.min(now_ms);
             }
-            let elapsed_s = elapsed_ms as f64 / 1000.0;
+            let elapsed_s = (now_ms - since) as f64 / 1000.0;
             let sample = taken as f64 / elapsed_s;
             let demand = smooth(
                 f64::from(self.demand),
@@ -100,10 +123,23 @@ impl Learned {
                 DEMAND_FALL,
             );
             self.demand = demand as f32;
+            measured = sample;
         }
+        self.demand_since_ms = self.demand_since_ms.min(waited_since_ms);
         // (Leases less than a millisecond apart keep counting until one has passed.)
         let age = Duration::from_millis(now_ms.saturating_sub(self.demand_since_ms));
-        (f64::from(self.demand), age)
+        Demand {
+            rate: f64::from(self.demand),
+            measured,
+            age,
+        }
+    }
+
+    /// Counts `tokens` handed to waiters who joined a lease after it was sized into the next
+    /// sample of the demand.
+    pub(crate) fn served_late(&mut self, tokens: u64) {
+        let tokens = i64::try_from(tokens).unwrap_or(i64::MAX);
+        self.consumed_mark = self.consumed_mark.saturating_sub(tokens);
     }
 
     /// Files an answer made at `at_ms` that granted this process `granted` and left
@@ -180,24 +216,48 @@ mod tests {
     fn demand_follows_consumption_and_forgets() {
         let mut l = Learned::new(0);
         // A second request 50 ms after the bucket was made: one token in 50 ms.
-        let (rate, age) = l.observe_demand(50, 0, 1, H);
+        let Demand {
+            rate,
+            age,
+            measured,
+        } = l.observe_demand(50, 0, 1, 50, H);
         assert!((10.0..20.0).contains(&rate), "{rate}");
+        assert!((19.9..20.1).contains(&measured), "{measured}");
         assert_eq!(age, Duration::from_millis(50));
         // 20 tokens and 20 waiting in 20 ms: 2000/s, reached within a few leases.
-        let (rate, _) = l.observe_demand(70, 20, 20, H);
+        let Demand { rate, .. } = l.observe_demand(70, 20, 20, 70, H);
         assert!((600.0..2000.0).contains(&rate), "{rate}");
-        let (rate, _) = l.observe_demand(120, 120, 0, H);
+        let Demand { rate, .. } = l.observe_demand(120, 120, 0, 120, H);
         assert!(rate > 1400.0, "{rate}");
         // A pause of 100 ms keeps most of it.
-        let (rate, age) = l.observe_demand(220, 120, 0, H);
+        let Demand { rate, age, .. } = l.observe_demand(220, 120, 0, 220, H);
         assert!(rate > 1250.0, "{rate}");
         assert_eq!(age, Duration::from_millis(220));
         // Nothing for a minute: forgotten, and the next demand is a new run.
-        let (rate, age) = l.observe_demand(60_220, 120, 0, H);
+        let Demand { rate, age, .. } = l.observe_demand(60_220, 120, 0, 60_220, H);
         assert!(rate < 1.0, "{rate}");
         assert_eq!(age, Duration::ZERO);
-        let (_, age) = l.observe_demand(60_320, 130, 0, H);
+        let Demand { age, .. } = l.observe_demand(60_320, 130, 0, 60_320, H);
         assert_eq!(age, Duration::from_millis(100));
+    }
+
+    #[test]
+    fn the_requests_that_waited_for_the_first_answer_measure_the_demand() {
+        // The bucket is made when the rule's first answer lands (at 1 020); 31 requests
+        // gathered behind it since 1 000: 1 550 a second, from a demand 20 ms old.
+        let mut l = Learned::new(1_020);
+        let Demand { measured, age, .. } = l.observe_demand(1_020, 0, 31, 1_000, H);
+        assert!((1_549.0..1_551.0).contains(&measured), "{measured}");
+        assert_eq!(age, Duration::from_millis(20));
+        // The next lease, 20 ms later: 40 consumed from the bucket, and 20 handed to waiters
+        // who joined the lease in flight after it was sized: 3 000 a second.
+        l.served_late(20);
+        let Demand { measured, age, .. } = l.observe_demand(1_040, 40, 0, 1_040, H);
+        assert!((2_999.0..3_001.0).contains(&measured), "{measured}");
+        assert_eq!(age, Duration::from_millis(40));
+        // Counted once.
+        let Demand { measured, .. } = l.observe_demand(1_060, 40, 0, 1_060, H);
+        assert_eq!(measured, 0.0);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use super::decision::RuleSummary;
 use super::flight::{Answer, Flight, FlightGuard, FlightKey, Joined};
 use super::inner::Inner;
 use super::keys::TargetKey;
-use super::sizing::LeaseView;
+use super::sizing::{LeaseView, QUICK_REFILL};
 use crate::clock::{duration_to_nanos, Timestamp};
 use crate::{ConsumeTokensResponse, Target};
 
@@ -96,7 +96,14 @@ impl Lease {
     /// requests waiting for it (what the bucket has learned, sized by
     /// [`Sizing::plan`](super::sizing::Sizing::plan)); also sets the bucket's refill-ahead
     /// mark.
-    fn size(&self, user: &str, rule: RuleSummary, waiting: u64, first_cost: u64) -> u64 {
+    fn size(
+        &self,
+        user: &str,
+        rule: RuleSummary,
+        waiting: u64,
+        first_cost: u64,
+        waited_since_ms: u64,
+    ) -> u64 {
         let inner = &*self.inner;
         let now = inner.clock.now();
         let now_ms = now.as_millis();
@@ -105,17 +112,24 @@ impl Lease {
         let sizing = &inner.settings.sizing;
         let view = {
             let mut learned = bucket.learned();
-            let (demand, demand_age) =
-                learned.observe_demand(now_ms, bucket.consumed(), waiting, sizing.horizon);
+            let demand = learned.observe_demand(
+                now_ms,
+                bucket.consumed(),
+                waiting,
+                waited_since_ms,
+                sizing.horizon,
+            );
             LeaseView {
                 waiting,
                 first_cost,
                 held: bucket.live_tokens(now_ms),
-                demand,
-                demand_age,
+                demand: demand.rate,
+                measured: demand.measured,
+                demand_age: demand.age,
                 others: learned.others(),
                 remaining: learned.remaining(now_ms, rule),
                 slow_latency: inner.upstream.slow_latency(),
+                quick_refill: rule.refill_rate.tokens_in(QUICK_REFILL),
             }
         };
         let plan = sizing.plan(&view);
@@ -129,10 +143,11 @@ impl Lease {
         let inner = &*self.inner;
         let user: Box<str> = self.guard.key().user().into();
         let started = inner.clock.now();
-        let waiting = self.guard.flight().demand();
+        let waiting = self.guard.flight().count_waiting();
         let first_cost = self.guard.flight().first_cost().unwrap_or(1);
+        let since_ms = self.waited_since(started);
         let asked = match self.rule {
-            Some(rule) => self.size(&user, rule, waiting, first_cost),
+            Some(rule) => self.size(&user, rule, waiting, first_cost, since_ms),
             // Nothing known yet: just what the waiting requests need.
             None => waiting.max(1),
         };
@@ -270,9 +285,12 @@ impl Lease {
         bucket.touch(now_ms);
         // The source made its answer about half-way through the call.
         let answered_ms = started.as_millis() + now_ms.saturating_sub(started.as_millis()) / 2;
-        bucket
-            .learned()
-            .heard(answered_ms, granted, remaining, rule);
+        {
+            let mut learned = bucket.learned();
+            learned.heard(answered_ms, granted, remaining, rule);
+            // Served beyond what the lease was sized for: demand that came while it travelled.
+            learned.served_late((granted - pool).saturating_sub(self.guard.flight().counted()));
+        }
         if remaining == 0 {
             // No token can exist at the source before the next one accrues (a little before
             // it, to be safe: the source computed `next` at some time after `started`).
@@ -323,10 +341,22 @@ impl Lease {
         };
         match inner.flights.join(&key, unserved, || true) {
             Joined::Started(flight) => {
+                // They have waited since this lease's waiters began to: one measurement.
+                flight.waited_since(self.waited_since(started));
                 Lease::start(&self.inner, key, self.target.clone(), Some(rule), flight)
             }
             Joined::Waiting | Joined::Refused => None,
         }
+    }
+
+    /// Since when this lease's waiters have waited (ms): its own start, or earlier for a
+    /// successor.
+    fn waited_since(&self, started: Timestamp) -> u64 {
+        let started_ms = started.as_millis();
+        self.guard
+            .flight()
+            .since_ms()
+            .map_or(started_ms, |since| since.min(started_ms))
     }
 
     /// Deposits `tokens` into the bucket of (user, rule) (a fresh one if it was swept

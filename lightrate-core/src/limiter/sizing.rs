@@ -13,6 +13,12 @@
 //!   still holds. Nothing, when either limit comes to fewer than 3 tokens: thin demand may be
 //!   a coincidence, and a little left is left for the others (near the limit, a lease is one
 //!   request's cost).
+//!   Except for what the rule refills in a tenth of a second ([`QUICK_REFILL`]): a
+//!   speculative part within that may cover the longest span of the demand however young it
+//!   is, as leasing it costs the others nothing they would miss for long (the share below
+//!   still bounds it). A young key on an ample rule is so sized at its first speculative
+//!   lease, from the requests that waited for the rule's first answer, which are a demand
+//!   measurement: a hot key needs no ramp of leases to reach full speed.
 //! - **Scarcity**: never more than this process's share of what the source has left, by
 //!   demand, with the other consumers' take (what the source's answers show beyond this
 //!   process's own use) counted twice: `remaining × own / (own + 2 × others)`. Alone on a
@@ -34,8 +40,12 @@ use std::time::Duration;
 /// The shortest span a speculative lease is sized to last.
 const MIN_SPAN: Duration = Duration::from_millis(100);
 
-/// A speculative lease lasts at most this many times as long as the demand has lasted.
+/// A speculative lease lasts at most this many times as long as the demand has lasted...
 const PERSISTENCE: u32 = 2;
+
+/// ...unless it is within what the rule refills in this long: then it may last the longest
+/// span, however young the demand.
+pub(crate) const QUICK_REFILL: Duration = Duration::from_millis(100);
 
 /// How many times their demand the other consumers of a bucket are left of what remains.
 const OTHERS_WEIGHT: f64 = 2.0;
@@ -71,6 +81,10 @@ pub(crate) struct LeaseView {
     pub(crate) held: u64,
     /// This process's demand for the bucket, in tokens per second.
     pub(crate) demand: f64,
+    /// What the lease's own sample of the demand measured (tokens per second): the requests
+    /// that waited for it, over the time they waited, and what the bucket served since the
+    /// last lease. Only the quick-refill part (below) may follow it past `demand`.
+    pub(crate) measured: f64,
     /// How long that demand has lasted.
     pub(crate) demand_age: Duration,
     /// What the bucket's other consumers take, in tokens per second, as the source's answers
@@ -80,6 +94,8 @@ pub(crate) struct LeaseView {
     pub(crate) remaining: u64,
     /// A high percentile of the source's recent latency (zero when nothing is known).
     pub(crate) slow_latency: Duration,
+    /// What the rule refills in [`QUICK_REFILL`].
+    pub(crate) quick_refill: u64,
 }
 
 /// What a lease asks for, and when the next one starts.
@@ -111,7 +127,18 @@ impl Sizing {
     /// The lease for `view`.
     pub(crate) fn plan(&self, view: &LeaseView) -> LeasePlan {
         let span = self.span(view);
-        let want = whole(view.demand * span.as_secs_f64()).saturating_sub(view.held);
+        let longest = (self.horizon * 3 / 4).as_secs_f64();
+        let by_span = whole(view.demand * span.as_secs_f64());
+        // Within the quick refill, the demand measured now counts (a young estimate is still
+        // low), for the lease and for when the next one starts.
+        let quick_pace = view.demand.max(view.measured);
+        let quick = whole(quick_pace * longest).min(view.quick_refill);
+        let pace = if quick > by_span {
+            quick_pace
+        } else {
+            view.demand
+        };
+        let want = by_span.max(quick).saturating_sub(view.held);
         let share = match view.others {
             _ if view.demand <= 0.0 => 0.0,
             Some(others) => view.demand / (view.demand + OTHERS_WEIGHT * others.max(0.0)),
@@ -140,7 +167,7 @@ impl Sizing {
             .min(self.cap)
             .max(view.first_cost.min(view.waiting.max(1)));
         let refill_below = if speculative > 0 {
-            let travel = whole((view.demand * (view.slow_latency * 2).as_secs_f64()).ceil());
+            let travel = whole((pace * (view.slow_latency * 2).as_secs_f64()).ceil());
             (travel + 1).min(ask / 2)
         } else {
             0
@@ -172,10 +199,12 @@ mod tests {
             first_cost: 1,
             held: 0,
             demand,
+            measured: 0.0,
             demand_age: age,
             others: Some(0.0),
             remaining,
             slow_latency: Duration::from_millis(20),
+            quick_refill: 0,
         }
     }
 
@@ -363,6 +392,8 @@ mod tests {
             latency_ms in 0u64..2_000,
             cap in 1u64..100_000,
             floor in 1u64..100,
+            quick_refill in prop_oneof![Just(0u64), 0u64..1_000_000_000],
+            measured in 0.0f64..1_000_000.0,
         ) {
             let sizing = Sizing { cap, floor, horizon: H };
             let view = LeaseView {
@@ -370,10 +401,12 @@ mod tests {
                 first_cost: first_cost.min(waiting.max(1)),
                 held,
                 demand,
+                measured,
                 demand_age: Duration::from_millis(age_ms),
                 others,
                 remaining,
                 slow_latency: Duration::from_millis(latency_ms),
+                quick_refill,
             };
             let plan = sizing.plan(&view);
             let first = view.first_cost.min(waiting.max(1));
@@ -389,7 +422,9 @@ mod tests {
             };
             let room = (remaining as f64 * share).floor() as u64;
             let floored = floor.saturating_sub(waiting.max(1)).min(remaining / 2);
-            let by_demand = (demand * sizing.span(&view).as_secs_f64()) as u64;
+            let longest = (H * 3 / 4).as_secs_f64();
+            let by_demand = ((demand * sizing.span(&view).as_secs_f64()) as u64)
+                .max(((demand.max(measured) * longest) as u64).min(quick_refill));
             prop_assert!(speculative <= room.max(floored), "{speculative} > {room}");
             prop_assert!(speculative <= by_demand.saturating_sub(held).max(floored));
             if room < MIN_SPECULATION {
