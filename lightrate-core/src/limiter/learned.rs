@@ -10,16 +10,16 @@ use std::time::Duration;
 
 use super::decision::RuleSummary;
 
-/// How fast the demand estimate rises to a higher sample, and falls to a lower one: a hot key
-/// is served within a few leases, a pause between bursts is not forgotten at once, demand that
-/// stops is forgotten within seconds.
-const DEMAND_RISE: f64 = 0.05;
-const DEMAND_FALL: f64 = 1.0;
+/// The time constants (seconds) with which the demand estimate rises to a higher sample and
+/// falls to a lower one: a hot key is served within a few leases, a pause between bursts is
+/// not forgotten at once, demand that stops is forgotten within seconds.
+const DEMAND_RISE_TAU_S: f64 = 0.05;
+const DEMAND_FALL_TAU_S: f64 = 1.0;
 
-/// The same for the others' take: quick to see them come (so this process leaves them their
+/// The same (seconds) for the others' take: quick to see them come (so this process leaves them their
 /// share), slow to believe they left.
-const OTHERS_RISE: f64 = 0.1;
-const OTHERS_FALL: f64 = 2.0;
+const OTHERS_RISE_TAU_S: f64 = 0.1;
+const OTHERS_FALL_TAU_S: f64 = 2.0;
 
 /// This process's demand for a bucket, as a lease starts.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -62,10 +62,14 @@ pub(crate) struct Learned {
     last: Heard,
 }
 
-/// An exponential average: `previous` moved towards `sample` over `elapsed_s`, quickly when
-/// the sample is higher.
-fn smooth(previous: f64, sample: f64, elapsed_s: f64, rise: f64, fall: f64) -> f64 {
-    let tau = if sample > previous { rise } else { fall };
+/// An exponential average: `previous` moved towards `sample` over `elapsed_s`, with time
+/// constant `rise_tau_s` when the sample is higher, `fall_tau_s` when it is lower.
+fn smooth(previous: f64, sample: f64, elapsed_s: f64, rise_tau_s: f64, fall_tau_s: f64) -> f64 {
+    let tau = if sample > previous {
+        rise_tau_s
+    } else {
+        fall_tau_s
+    };
     let keep = (-elapsed_s / tau).exp();
     previous * keep + sample * (1.0 - keep)
 }
@@ -119,8 +123,8 @@ impl Learned {
                 f64::from(self.demand),
                 sample,
                 elapsed_s,
-                DEMAND_RISE,
-                DEMAND_FALL,
+                DEMAND_RISE_TAU_S,
+                DEMAND_FALL_TAU_S,
             );
             self.demand = demand as f32;
             measured = sample;
@@ -158,7 +162,13 @@ impl Learned {
             let elapsed_s = elapsed.as_secs_f64();
             let sample = taken as f64 / elapsed_s;
             let others = match self.others() {
-                Some(others) => smooth(others, sample, elapsed_s, OTHERS_RISE, OTHERS_FALL),
+                Some(others) => smooth(
+                    others,
+                    sample,
+                    elapsed_s,
+                    OTHERS_RISE_TAU_S,
+                    OTHERS_FALL_TAU_S,
+                ),
                 None => sample,
             };
             self.others = others as f32;
