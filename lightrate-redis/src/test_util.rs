@@ -309,6 +309,27 @@ impl RedisCluster {
         })
     }
 
+    /// Whether primary `node`'s first replica has everything the primary wrote (its offset in
+    /// the primary's `INFO replication` equals the primary's own).
+    pub fn replicated(&self, node: usize) -> bool {
+        let Some(Ok(info)) = self
+            .nodes
+            .get(node)
+            .map(|n| n.command(&["INFO", "replication"]))
+        else {
+            return false;
+        };
+        let offset = info
+            .lines()
+            .find_map(|l| l.strip_prefix("master_repl_offset:"))
+            .map(str::trim);
+        let replica = info
+            .lines()
+            .find(|l| l.starts_with("slave0:"))
+            .and_then(|l| l.split(',').find_map(|f| f.strip_prefix("offset=")));
+        offset.is_some() && offset == replica
+    }
+
     /// Polls `condition` every 10 ms until it holds (`true`) or `deadline` has passed
     /// (`false`).
     pub fn wait_until(&self, deadline: Duration, condition: impl Fn(&Self) -> bool) -> bool {

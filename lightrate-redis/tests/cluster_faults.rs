@@ -164,20 +164,7 @@ async fn promoted(
 /// Waits until the primary `victim` has sent everything to its replicas (so that what was
 /// spent survives its death).
 fn replicated(cluster: &RedisCluster, victim: usize) {
-    let done = cluster.wait_until(Duration::from_secs(10), |c| {
-        let Ok(info) = c.nodes()[victim].command(&["INFO", "replication"]) else {
-            return false;
-        };
-        let offset = info
-            .lines()
-            .find_map(|l| l.strip_prefix("master_repl_offset:"))
-            .map(str::trim);
-        let replica = info
-            .lines()
-            .find(|l| l.starts_with("slave0:"))
-            .and_then(|l| l.split(',').find_map(|f| f.strip_prefix("offset=")));
-        offset.is_some() && offset == replica
-    });
+    let done = cluster.wait_until(Duration::from_secs(10), |c| c.replicated(victim));
     assert!(done, "the replica did not catch up");
 }
 

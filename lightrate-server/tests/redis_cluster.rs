@@ -211,20 +211,7 @@ async fn a_killed_primary_is_503_for_its_own_keys_only_and_200_again_once_its_re
     .await;
     // What the spent user spent has reached the victim's replica.
     assert!(
-        cluster.wait_until(Duration::from_secs(10), |c| {
-            let Ok(info) = c.nodes()[victim].command(&["INFO", "replication"]) else {
-                return false;
-            };
-            let offset = info
-                .lines()
-                .find_map(|l| l.strip_prefix("master_repl_offset:"))
-                .map(str::trim);
-            let replica = info
-                .lines()
-                .find(|l| l.starts_with("slave0:"))
-                .and_then(|l| l.split(',').find_map(|f| f.strip_prefix("offset=")));
-            offset.is_some() && offset == replica
-        }),
+        cluster.wait_until(Duration::from_secs(10), |c| c.replicated(victim)),
         "the replica did not catch up"
     );
     let cluster = Arc::new(Mutex::new(cluster));
