@@ -309,25 +309,44 @@ impl RedisCluster {
         })
     }
 
-    /// Whether primary `node`'s first replica has everything the primary wrote (its offset in
-    /// the primary's `INFO replication` equals the primary's own).
-    pub fn replicated(&self, node: usize) -> bool {
-        let Some(Ok(info)) = self
+    /// Primary `node`'s replication offset and its first replica's, from the primary's
+    /// `INFO replication`; `None` while either is unknown.
+    pub fn replication_offsets(&self, node: usize) -> Option<(u64, u64)> {
+        let info = self
             .nodes
-            .get(node)
-            .map(|n| n.command(&["INFO", "replication"]))
-        else {
-            return false;
-        };
-        let offset = info
+            .get(node)?
+            .command(&["INFO", "replication"])
+            .ok()?;
+        let primary = info
             .lines()
-            .find_map(|l| l.strip_prefix("master_repl_offset:"))
-            .map(str::trim);
+            .find_map(|l| l.strip_prefix("master_repl_offset:"))?
+            .trim()
+            .parse()
+            .ok()?;
         let replica = info
             .lines()
-            .find(|l| l.starts_with("slave0:"))
-            .and_then(|l| l.split(',').find_map(|f| f.strip_prefix("offset=")));
-        offset.is_some() && offset == replica
+            .find(|l| l.starts_with("slave0:"))?
+            .split(',')
+            .find_map(|f| f.strip_prefix("offset="))?
+            .trim()
+            .parse()
+            .ok()?;
+        Some((primary, replica))
+    }
+
+    /// Waits (up to `deadline`) until primary `node`'s first replica has everything the
+    /// primary had written when this was called; traffic written after that does not hold it
+    /// up. `false` if the deadline passed first.
+    pub fn wait_replicated(&self, node: usize, deadline: Duration) -> bool {
+        let written = std::cell::Cell::new(None);
+        self.wait_until(deadline, |c| {
+            let Some((primary, replica)) = c.replication_offsets(node) else {
+                return false;
+            };
+            let mark = written.get().unwrap_or(primary);
+            written.set(Some(mark));
+            replica >= mark
+        })
     }
 
     /// Polls `condition` every 10 ms until it holds (`true`) or `deadline` has passed

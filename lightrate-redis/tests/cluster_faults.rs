@@ -164,7 +164,7 @@ async fn promoted(
 /// Waits until the primary `victim` has sent everything to its replicas (so that what was
 /// spent survives its death).
 fn replicated(cluster: &RedisCluster, victim: usize) {
-    let done = cluster.wait_until(Duration::from_secs(10), |c| c.replicated(victim));
+    let done = cluster.wait_replicated(victim, Duration::from_secs(10));
     assert!(done, "the replica did not catch up");
 }
 

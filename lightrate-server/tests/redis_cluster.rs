@@ -211,7 +211,7 @@ async fn a_killed_primary_is_503_for_its_own_keys_only_and_200_again_once_its_re
     .await;
     // What the spent user spent has reached the victim's replica.
     assert!(
-        cluster.wait_until(Duration::from_secs(10), |c| c.replicated(victim)),
+        cluster.wait_replicated(victim, Duration::from_secs(10)),
         "the replica did not catch up"
     );
     let cluster = Arc::new(Mutex::new(cluster));
