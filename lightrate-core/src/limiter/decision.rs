@@ -79,12 +79,13 @@ impl RuleSummary {
 /// let decision = limiter.check("alice", &search).await?;
 /// assert!(decision.is_allowed());
 /// assert_eq!(decision.source(), DecisionSource::TokenSource);
-/// // The second leases ten: one for itself, nine for the local bucket...
+/// // The second leases at least ten (more if the demand it measured asks for more): one for
+/// // itself, the rest for the local bucket...
 /// assert_eq!(limiter.check("alice", &search).await?.source(), DecisionSource::TokenSource);
 /// // ...which the next ones take without a call.
 /// let decision = limiter.check("alice", &search).await?;
 /// assert_eq!(decision.source(), DecisionSource::LocalBucket);
-/// assert_eq!(decision.tokens_left(), 8);
+/// assert!(decision.tokens_left() >= 8);
 /// # Ok(()) }
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
