@@ -33,9 +33,9 @@
 
 // The engine: the limiter and its answers.
 pub use lightrate_core::{
-    BreakerState, BucketStatus, Decision, DecisionSource, EnvSource, Limiter, LimiterBuilder,
-    OnUnavailable, RuleSummary, Stats, DEFAULT_LEASE_SIZE, DEFAULT_MAX_LOCAL_BUCKETS,
-    DEFAULT_TOKEN_HORIZON, MAX_LEASE_SIZE,
+    BreakerState, BucketStatus, Decision, DecisionSource, Decisions, EnvSource, Limit, Limiter,
+    LimiterBuilder, OnUnavailable, RuleSummary, Stats, DEFAULT_LEASE_SIZE,
+    DEFAULT_MAX_LOCAL_BUCKETS, DEFAULT_TOKEN_HORIZON, INLINE_LIMITS, MAX_LEASE_SIZE,
 };
 // Where tokens come from, and the protocol they speak.
 pub use lightrate_core::{

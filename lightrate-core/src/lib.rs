@@ -57,9 +57,9 @@ pub use embedded::{EmbeddedSource, EmbeddedStats, DEFAULT_MAX_SOURCE_BUCKETS};
 pub use error::{Error, ErrorKind};
 pub use from_env::EnvSource;
 pub use limiter::{
-    BreakerState, BucketStatus, Decision, DecisionSource, Limiter, LimiterBuilder, OnUnavailable,
-    RuleSummary, Stats, DEFAULT_LEASE_SIZE, DEFAULT_MAX_LOCAL_BUCKETS, DEFAULT_TOKEN_HORIZON,
-    MAX_LEASE_SIZE,
+    BreakerState, BucketStatus, Decision, DecisionSource, Decisions, Limit, Limiter,
+    LimiterBuilder, OnUnavailable, RuleSummary, Stats, DEFAULT_LEASE_SIZE,
+    DEFAULT_MAX_LOCAL_BUCKETS, DEFAULT_TOKEN_HORIZON, INLINE_LIMITS, MAX_LEASE_SIZE,
 };
 pub use protocol::{
     ConsumeRequest, ConsumeTokensResponse, RefillRate, Rule, Target, MAX_USER_IDENTIFIER_BYTES,

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use lightrate_core::http::Method;
-use lightrate_core::{ConsumeRequest, Limiter, ManualClock, RefillRate, Target};
+use lightrate_core::{ConsumeRequest, Limit, Limiter, ManualClock, RefillRate, Target};
 use lightrate_testing::{allocations, live_bytes, new_buckets, Counting, Unlimited};
 
 #[global_allocator]
@@ -79,6 +79,44 @@ fn a_local_hit_allocates_nothing() {
     assert_eq!(
         allocations, 0,
         "{allocations} allocations in 10 000 local hits"
+    );
+}
+
+#[test]
+fn two_limits_decided_locally_allocate_nothing() {
+    let _turn = turn();
+    let runtime = runtime();
+    let limiter = Limiter::builder(Unlimited)
+        .lease_size(1_000_000)
+        .min_lease_size(1_000_000)
+        .refill_ahead(false)
+        .build();
+    let limits = [
+        Limit::new("alice", Target::operation("search_per_second")),
+        Limit::new("alice", Target::operation("search_per_day")),
+        Limit::new("acme", Target::operation("org_reports")),
+    ];
+    for _ in 0..3 {
+        assert!(runtime
+            .block_on(limiter.check_all(&limits))
+            .unwrap()
+            .is_allowed());
+    }
+    // Warm this thread's epoch registration and memos (a hot bucket moves there once).
+    for _ in 0..4 {
+        limiter.check_all_local(&limits).unwrap();
+    }
+    let before = allocations();
+    let mut allowed = 0;
+    for _ in 0..10_000 {
+        let decisions = limiter.check_all_local(&limits).unwrap();
+        allowed += usize::from(decisions.is_allowed());
+    }
+    let allocations = allocations() - before;
+    assert_eq!(allowed, 10_000);
+    assert_eq!(
+        allocations, 0,
+        "{allocations} allocations in 10 000 decisions"
     );
 }
 

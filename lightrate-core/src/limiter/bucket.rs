@@ -154,6 +154,37 @@ impl LocalBucket {
         }
     }
 
+    /// Puts back `tokens` that a take of this bucket (or a grant to a request) handed out and a
+    /// request did not spend: another limit of the request refused it. They keep the deadline
+    /// of what the bucket holds, and count as its older generation when there are two (they
+    /// may die early, never late: the bound holds). `false` when they cannot go back (the
+    /// bucket was removed, or holds nothing alive any more): they are lost.
+    ///
+    /// Lock-free, like a take: one compare-and-swap, retried only under contention.
+    pub(crate) fn give_back(&self, tokens: u64, now_ms: u64) -> bool {
+        let mut current = self.state.load(Ordering::Acquire);
+        loop {
+            if current & DEAD != 0 || now_ms >= deadline_of(current) {
+                return false;
+            }
+            let total = tokens_of(current).saturating_add(tokens);
+            let next = (current & !TOKEN_MASK) | total.min(TOKEN_MASK);
+            match self.state.compare_exchange_weak(
+                current,
+                next,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => {
+                    let over = total.saturating_sub(TOKEN_MASK);
+                    self.lost.fetch_add(over, Ordering::Relaxed);
+                    return true;
+                }
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
     /// Whether a take that left `left` of `left + cost` tokens crosses the refill-ahead mark.
     #[inline]
     pub(crate) fn crosses_low_water(&self, left: u64, cost: u64) -> bool {
@@ -568,6 +599,45 @@ mod tests {
             Some(1)
         );
         assert!(b.is_dead());
+    }
+
+    #[test]
+    fn a_take_given_back_is_spendable_again() {
+        let b = LocalBucket::new(0);
+        b.deposit(3, 5_000, 0).unwrap();
+        assert_eq!(b.try_take(2, 10), Take::Taken(1));
+        assert!(b.give_back(2, 20));
+        assert_eq!(b.live_tokens(20), 3);
+        assert_eq!(b.consumed(), 0);
+        assert_eq!(b.try_take(3, 30), Take::Taken(0));
+        assert_eq!(b.consumed(), 3);
+    }
+
+    #[test]
+    fn a_give_back_never_revives_a_bucket() {
+        let b = LocalBucket::new(0);
+        // Nothing deposited: no deadline to give back under.
+        assert!(!b.give_back(1, 0));
+        b.deposit(3, 5_000, 0).unwrap();
+        assert_eq!(b.try_take(1, 10), Take::Taken(2));
+        // Past the deadline: lost.
+        assert!(!b.give_back(1, 5_000));
+        assert_eq!(b.kill(), 2);
+        assert!(!b.give_back(1, 100));
+        assert_eq!(b.tokens(), 2);
+    }
+
+    #[test]
+    fn a_give_back_after_the_older_deadline_is_stale() {
+        let b = LocalBucket::new(0);
+        b.deposit(2, 5_000, 0).unwrap();
+        b.deposit(10, 7_000, 1_000).unwrap();
+        // The two older tokens are spent, then given back after their deadline passed:
+        // they count as the older generation, and die.
+        assert_eq!(b.try_take(2, 2_000), Take::Taken(10));
+        assert!(b.give_back(2, 5_100));
+        assert_eq!(b.live_tokens(5_100), 10);
+        assert_eq!(b.try_take(1, 5_100), Take::Stale);
     }
 
     #[test]

@@ -175,6 +175,9 @@ pub(crate) struct RuleCounters {
     pub(crate) per_request: AtomicU64,
     /// Tokens that left the rule's local buckets unspent.
     pub(crate) expired: AtomicU64,
+    /// Tokens the source granted to a request that another of its limits refused, put in the
+    /// rule's local bucket instead of being spent.
+    pub(crate) returned: AtomicU64,
 }
 
 impl RuleCounters {
@@ -201,6 +204,7 @@ pub(crate) struct Totals {
     pub(crate) served: u64,
     pub(crate) per_request: u64,
     pub(crate) expired: u64,
+    pub(crate) returned: u64,
     pub(crate) calls: u64,
     pub(crate) outage_errors: u64,
     pub(crate) configuration_errors: u64,
@@ -263,6 +267,14 @@ impl Counters {
         }
     }
 
+    /// Counts tokens granted to a request and put in a local bucket of the rule in `slot`
+    /// instead (another limit of the request refused it).
+    pub(crate) fn returned(&self, slot: u32, tokens: u64) {
+        if tokens > 0 {
+            self.with_rule(slot, |r| add(&r.returned, tokens));
+        }
+    }
+
     /// Counts a call's result.
     pub(crate) fn call(&self, result: CallResult) {
         add(&self.calls[result.index()], 1);
@@ -302,6 +314,7 @@ impl Counters {
             t.served += read(&r.served);
             t.per_request += read(&r.per_request);
             t.expired += read(&r.expired);
+            t.returned += read(&r.returned);
         });
         for (index, count) in self.calls.iter().enumerate() {
             let count = read(count);

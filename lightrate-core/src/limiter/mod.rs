@@ -44,6 +44,7 @@
 //! | `inner.rs` | `Inner` | the parts below, and what the paths of a request share (the denial cache, a call, counting, sweeping) |
 //! | `hit.rs` | `Inner::check_local` | the local hit |
 //! | `slow.rs` | `Inner::check_slow` | the slow path: the bucket again, a lease joined or started, the outage policy |
+//! | `several.rs` | [`Limit`], [`Decisions`] | several limits in one decision, all or nothing: tokens given back, the source asked concurrently |
 //! | `settings.rs` | `Settings` | every knob, set by [`LimiterBuilder`] and moved in whole; [`OnUnavailable`] |
 //! | `routes.rs`, `maps.rs` | `Routes` | targets → rules (the map), the learned rules; how the hot maps are built |
 //! | `buckets.rs`, `bucket.rs` | `Buckets`, `LocalBucket` | the (user, rule) buckets, inline or shared once hot; sweeps, the cap |
@@ -80,6 +81,7 @@ mod memo;
 mod publish;
 mod routes;
 mod settings;
+mod several;
 mod sizing;
 mod slow;
 mod stats;
@@ -93,6 +95,7 @@ pub use self::settings::{
     OnUnavailable, DEFAULT_LEASE_SIZE, DEFAULT_MAX_LOCAL_BUCKETS, DEFAULT_TOKEN_HORIZON,
     MAX_LEASE_SIZE,
 };
+pub use self::several::{Decisions, Limit, INLINE_LIMITS};
 pub use self::stats::Stats;
 
 pub(crate) use self::keys::{IpProbe, PathProbe, Probe};

@@ -74,7 +74,7 @@ impl Limiter {
                 names.get(&slot).cloned().unwrap_or_default()
             };
             if slot != NO_RULE {
-                let local = read(&counters.deposited)
+                let local = (read(&counters.deposited) + read(&counters.returned))
                     .saturating_sub(read(&counters.expired))
                     .saturating_sub(held.get(&slot).copied().unwrap_or(0));
                 counter!(DECISIONS_TOTAL,

@@ -64,7 +64,9 @@ impl Stats {
         Stats {
             // Every token put in a bucket is taken locally, held, or lost: no counter on the
             // hot path.
-            local_hits: t.deposited.saturating_sub(held).saturating_sub(t.expired),
+            local_hits: (t.deposited + t.returned)
+                .saturating_sub(held)
+                .saturating_sub(t.expired),
             source_calls: t.calls,
             leased_tokens: t.deposited + t.served,
             per_request_tokens: t.per_request,

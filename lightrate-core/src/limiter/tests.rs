@@ -9,6 +9,8 @@ use http::{Method, StatusCode};
 use proptest::prelude::*;
 
 use super::*;
+
+mod several;
 use crate::clock::{Clock, Timestamp};
 use crate::{
     ConsumeRequest, ConsumeTokensResponse, EmbeddedSource, Error, ErrorKind, ManualClock,

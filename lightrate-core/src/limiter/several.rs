@@ -1,0 +1,438 @@
+//! Several limits in one decision, all or nothing: [`Limit`], [`Decisions`], and what
+//! [`Limiter::check_all`](super::Limiter::check_all) does.
+//!
+//! Each limit is first decided as one request is (`hit.rs`): a local take, a denial from the
+//! denial cache, or "ask the source". A request that one limit refuses takes nothing from the
+//! others: the tokens the others took go back to their local buckets (they stay leased: no
+//! call). When no limit refused locally, the limits that must ask the source ask it
+//! concurrently (two misses cost one round trip), each through its own single flight; if one
+//! of them refuses, every token taken for the request goes back.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use super::decision::{Decision, DecisionSource};
+use super::handle::Limiter;
+use super::inner::Inner;
+use crate::{Error, Target};
+
+/// How many limits a request keeps without allocating.
+pub const INLINE_LIMITS: usize = 4;
+
+/// One limit of a request: whose budget (the identifier: a user, an organisation, an IP), which
+/// rule (the target: an operation, a method and path, or the default rule) and how many tokens.
+///
+/// ```
+/// use lightrate_core::{Limit, Target};
+///
+/// let per_day = Limit::new("alice", Target::operation("search_per_day"));
+/// let org = Limit::new("acme", Target::operation("org_reports")).with_cost(2);
+/// assert_eq!((per_day.cost(), org.cost()), (1, 2));
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limit<'a> {
+    user: &'a str,
+    target: Target<'a>,
+    cost: u64,
+}
+
+impl<'a> Limit<'a> {
+    /// The limit of `target`'s rule on `user`'s budget, one token.
+    pub fn new(user: &'a str, target: Target<'a>) -> Self {
+        Limit {
+            user,
+            target,
+            cost: 1,
+        }
+    }
+
+    /// Sets how many tokens the request takes from this limit (at least 1).
+    pub fn with_cost(mut self, cost: u64) -> Self {
+        self.cost = cost.max(1);
+        self
+    }
+
+    /// Whose budget.
+    pub fn user(&self) -> &str {
+        self.user
+    }
+
+    /// Which rule.
+    pub fn target(&self) -> &Target<'a> {
+        &self.target
+    }
+
+    /// Tokens per request.
+    pub fn cost(&self) -> u64 {
+        self.cost
+    }
+}
+
+/// The answer for a request's limits, one [`Decision`] per limit, in the order they were
+/// given: the request is allowed only if every limit allowed it.
+///
+/// A limit is left undecided (`None`) when another refused the request before the token
+/// source was asked about it. Up to [`INLINE_LIMITS`] are kept without allocating.
+///
+/// ```
+/// use lightrate_core::{EmbeddedSource, Limit, Limiter, RefillRate, RuleSet, Target};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), lightrate_core::Error> {
+/// let rules = RuleSet::builder()
+///     .default_rule(RefillRate::per_second(1), 5)
+///     .operation("per second", "^search_per_second$", RefillRate::per_second(2), 5)
+///     .operation("per day", "^search_per_day$", RefillRate::per_day(12), 12)
+///     .build()?;
+/// let limiter = Limiter::new(EmbeddedSource::new(rules));
+/// let limits = [
+///     Limit::new("alice", Target::operation("search_per_second")),
+///     Limit::new("alice", Target::operation("search_per_day")),
+/// ];
+/// let mut allowed = 0;
+/// for _ in 0..8 {
+///     if limiter.check_all(&limits).await?.is_allowed() {
+///         allowed += 1;
+///     }
+/// }
+/// // The per-second burst (5) refuses the rest, and those take nothing from the day's 12.
+/// assert_eq!(allowed, 5);
+/// let refused = limiter.check_all(&limits).await?;
+/// assert!(!refused.is_allowed());
+/// assert_eq!(refused.refusing().count(), 1);
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decisions {
+    len: usize,
+    inline: [Option<Decision>; INLINE_LIMITS],
+    more: Vec<Option<Decision>>,
+}
+
+impl Decisions {
+    /// `len` limits, none decided yet.
+    pub(crate) fn undecided(len: usize) -> Self {
+        Decisions {
+            len,
+            inline: [None; INLINE_LIMITS],
+            more: if len > INLINE_LIMITS {
+                vec![None; len - INLINE_LIMITS]
+            } else {
+                Vec::new()
+            },
+        }
+    }
+
+    fn slot(&mut self, index: usize) -> &mut Option<Decision> {
+        match index.checked_sub(INLINE_LIMITS) {
+            None => &mut self.inline[index],
+            Some(over) => &mut self.more[over],
+        }
+    }
+
+    /// How many limits the request had.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the request had no limit (it is then allowed).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The decision of the limit at `index`: `None` when it was not decided (another limit
+    /// refused the request first) or there is no such limit.
+    pub fn get(&self, index: usize) -> Option<&Decision> {
+        if index >= self.len {
+            return None;
+        }
+        match index.checked_sub(INLINE_LIMITS) {
+            None => self.inline[index].as_ref(),
+            Some(over) => self.more[over].as_ref(),
+        }
+    }
+
+    /// Every limit's decision, in order (`None` for those not decided).
+    pub fn iter(&self) -> impl Iterator<Item = Option<&Decision>> + '_ {
+        (0..self.len).map(|index| self.get(index))
+    }
+
+    /// Whether every limit allowed the request.
+    pub fn is_allowed(&self) -> bool {
+        self.iter().all(|d| d.is_some_and(Decision::is_allowed))
+    }
+
+    /// The limits that refused the request, with their places in the list.
+    pub fn refusing(&self) -> impl Iterator<Item = (usize, &Decision)> + '_ {
+        self.iter()
+            .enumerate()
+            .filter_map(|(index, d)| d.filter(|d| !d.is_allowed()).map(|d| (index, d)))
+    }
+
+    /// How long until the request can be allowed: the longest wait among the limits that
+    /// refused it (zero when allowed).
+    pub fn retry_after(&self) -> Duration {
+        self.refusing()
+            .map(|(_, d)| d.retry_after())
+            .max()
+            .unwrap_or(Duration::ZERO)
+    }
+
+    /// The decision that speaks for the request: when refused, the refusal with the longest
+    /// wait; when allowed, the limit with the fewest tokens left.
+    pub fn deciding(&self) -> Option<&Decision> {
+        if self.is_allowed() {
+            self.iter().flatten().min_by_key(|d| d.remaining())
+        } else {
+            self.refusing()
+                .map(|(_, d)| d)
+                .max_by_key(|d| d.retry_after())
+        }
+    }
+}
+
+/// What the local phase of a decision found.
+pub(crate) enum Local {
+    /// Decided without the source: every limit took its tokens, or one refused (and every
+    /// token taken went back).
+    Decided(Decisions),
+    /// These limits (a bit each) must ask the source; the others took their tokens, held in
+    /// the decisions so far until the source answers.
+    Ask(Decisions, u64),
+}
+
+/// A limit as the slow phase owns it.
+pub(crate) type OwnedLimit = (Box<str>, Target<'static>, u64);
+
+impl Limiter {
+    /// Decides a request against several limits at once, all or nothing: allowed only if
+    /// every limit allows it, and a request that one limit refuses takes nothing from the
+    /// others (their tokens go back to their local buckets, still leased). Limits that must
+    /// ask the token source ask it concurrently. [`Decisions::retry_after`] is the longest wait
+    /// among the limits that refused.
+    ///
+    /// Every limit is a rule of this limiter's source, on its own (user, rule) bucket: so
+    /// each keeps the bound it has alone, and the tokens of a refused request are never
+    /// spent. `Err` as for [`check`](Self::check) (then nothing is taken from any limit).
+    ///
+    /// Answered locally (every limit a local hit, or a refusal from the local buckets and the
+    /// denial cache), it takes no lock and allocates nothing for up to [`INLINE_LIMITS`].
+    pub async fn check_all(&self, limits: &[Limit<'_>]) -> Result<Decisions, Error> {
+        match self.check_all_locally(limits, false) {
+            Local::Decided(decisions) => Ok(decisions),
+            Local::Ask(decisions, ask) => {
+                let owned = limits.iter().map(Limit::to_owned_parts).collect();
+                self.check_all_with_source(owned, decisions, ask, false)
+                    .await
+            }
+        }
+    }
+
+    /// [`check_all`](Self::check_all) without calling the source, when it can: `Some` when
+    /// every limit is a local hit or one refuses locally (a local bucket, the denial cache),
+    /// `None` when the source must be asked (and nothing is taken). Takes no lock and
+    /// allocates nothing for up to [`INLINE_LIMITS`] limits.
+    pub fn check_all_local(&self, limits: &[Limit<'_>]) -> Option<Decisions> {
+        match self.check_all_locally(limits, false) {
+            Local::Decided(decisions) => Some(decisions),
+            Local::Ask(decisions, _) => {
+                self.give_back_all(limits.iter().map(Limit::parts), &decisions);
+                None
+            }
+        }
+    }
+
+    /// The local phase of [`check_all`](Self::check_all): each limit's local hit or denial,
+    /// and every token taken given back when one refused. A denial counts as shadow mode's
+    /// when `shadow`.
+    pub(crate) fn check_all_locally(&self, limits: &[Limit<'_>], shadow: bool) -> Local {
+        let mut decisions = Decisions::undecided(limits.len());
+        let mut ask = 0u64;
+        let mut refused = false;
+        for (index, limit) in limits.iter().enumerate() {
+            let slot = decisions.slot(index);
+            self.inner.check_local(
+                limit.user.as_bytes(),
+                &limit.target,
+                limit.cost,
+                shadow,
+                slot,
+            );
+            match slot {
+                Some(decision) if !decision.is_allowed() => refused = true,
+                Some(_) => {}
+                // More than 64 limits ask one by one (the bit of the 64th serves them all).
+                None => ask |= 1 << index.min(63),
+            }
+        }
+        if refused {
+            self.give_back_all(limits.iter().map(Limit::parts), &decisions);
+            return Local::Decided(decisions);
+        }
+        if ask == 0 {
+            Local::Decided(decisions)
+        } else {
+            Local::Ask(decisions, ask)
+        }
+    }
+
+    /// The slow phase of [`check_all`](Self::check_all): the limits in `ask` ask the source,
+    /// concurrently; `decisions` holds what the others took. If the future is dropped before
+    /// it is done, every token taken for the request goes back.
+    pub(crate) fn check_all_with_source(
+        &self,
+        limits: Vec<OwnedLimit>,
+        decisions: Decisions,
+        ask: u64,
+        shadow: bool,
+    ) -> impl Future<Output = Result<Decisions, Error>> + Send + 'static {
+        let limiter = self.clone();
+        async move {
+            // Until the answers are in, what was taken goes back if this future is dropped.
+            let mut held = Held {
+                limiter: &limiter,
+                limits: &limits,
+                decisions,
+                settled: false,
+            };
+            let asked = |index: usize| ask & (1 << index.min(63)) != 0;
+            let mut pending: Vec<(usize, Pin<Box<dyn Future<Output = _> + Send>>)> = limits
+                .iter()
+                .enumerate()
+                .filter(|(index, _)| asked(*index))
+                .map(|(index, (user, target, cost))| {
+                    let check =
+                        Arc::clone(&limiter.inner).check_slow(user.clone(), target.clone(), *cost);
+                    (
+                        index,
+                        Box::pin(check) as Pin<Box<dyn Future<Output = _> + Send>>,
+                    )
+                })
+                .collect();
+            let mut failed = None;
+            std::future::poll_fn(|cx| {
+                pending.retain_mut(|(index, check)| match check.as_mut().poll(cx) {
+                    Poll::Pending => true,
+                    Poll::Ready(Ok(decision)) => {
+                        *held.decisions.slot(*index) = Some(decision);
+                        false
+                    }
+                    Poll::Ready(Err(error)) => {
+                        failed.get_or_insert(error);
+                        false
+                    }
+                });
+                if pending.is_empty() {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
+                }
+            })
+            .await;
+            held.settled = true;
+            let decisions = std::mem::replace(&mut held.decisions, Decisions::undecided(0));
+            let inner = &limiter.inner;
+            if let Some(error) = failed {
+                inner.count(&Err(&error), shadow);
+                limiter.give_back_all(limits.iter().map(parts_of), &decisions);
+                return Err(error);
+            }
+            let allowed = decisions.is_allowed();
+            for (index, decision) in decisions.iter().enumerate() {
+                let Some(decision) = decision else { continue };
+                // A limit the source allowed counts only if the request went ahead.
+                if asked(index) && (allowed || !decision.is_allowed()) {
+                    inner.count(&Ok(*decision), shadow);
+                }
+            }
+            if !allowed {
+                limiter.give_back_all(limits.iter().map(parts_of), &decisions);
+            }
+            Ok(decisions)
+        }
+    }
+
+    /// Gives back the tokens of every limit that allowed a request another limit refused:
+    /// to the local bucket they were taken from, or, granted by the source, to the local
+    /// bucket of their (user, rule).
+    fn give_back_all<'l>(
+        &self,
+        limits: impl Iterator<Item = (&'l str, u64)>,
+        decisions: &Decisions,
+    ) {
+        for (index, (user, cost)) in limits.enumerate() {
+            let Some(decision) = decisions.get(index).filter(|d| d.is_allowed()) else {
+                continue;
+            };
+            let granted = match decision.source() {
+                DecisionSource::LocalBucket => false,
+                DecisionSource::TokenSource => true,
+                // Allowed by the outage policy: nothing was taken.
+                DecisionSource::Unavailable | DecisionSource::DenialCache => continue,
+            };
+            if let Some(rule) = decision.rule() {
+                self.inner.give_back(user, rule.slot, cost, granted);
+            }
+        }
+    }
+}
+
+impl Limit<'_> {
+    fn parts(&self) -> (&str, u64) {
+        (self.user, self.cost)
+    }
+
+    fn to_owned_parts(&self) -> OwnedLimit {
+        (
+            self.user.into(),
+            self.target.clone().into_owned(),
+            self.cost,
+        )
+    }
+}
+
+fn parts_of(limit: &OwnedLimit) -> (&str, u64) {
+    (&limit.0, limit.2)
+}
+
+/// The tokens a request took while it waits for the source about its other limits: given back
+/// if the wait is dropped (the client went away) before it is settled.
+struct Held<'a> {
+    limiter: &'a Limiter,
+    limits: &'a [OwnedLimit],
+    decisions: Decisions,
+    settled: bool,
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.limiter
+                .give_back_all(self.limits.iter().map(parts_of), &self.decisions);
+        }
+    }
+}
+
+impl Inner {
+    /// Puts `cost` tokens back in the bucket of (user, slot): a take of a request another limit
+    /// refused (`granted`: the source granted them to the request, rather than a local take).
+    /// Lost when they cannot go back (the bucket is gone, or its tokens died meanwhile).
+    pub(super) fn give_back(&self, user: &str, slot: u32, cost: u64, granted: bool) {
+        let now_ms = self.clock.now().as_millis();
+        let guard = self.buckets.guard();
+        let back = self
+            .buckets
+            .get(user.as_bytes(), slot, &guard)
+            .is_some_and(|bucket| bucket.give_back(cost, now_ms));
+        match (back, granted) {
+            (true, true) => self.counters.returned(slot, cost),
+            // A local take lost: every token deposited is taken, held or lost.
+            (false, false) => self.counters.expired(slot, cost),
+            // Undone (a local take back), or granted and never held: nothing to count.
+            _ => {}
+        }
+    }
+}
