@@ -10,9 +10,11 @@
 //!
 //! | route | limited by | answer |
 //! |---|---|---|
-//! | `GET /hello` | path `/hello`, method `GET` | `hello <user>` |
+//! | `GET /hello` | path `/hello`, method `GET`; a user whose identifier starts with `pro_`: operation `hello_pro` (a plan) | `hello <user>` |
 //! | `GET /items/{id}` | the concrete path (`/items/42`) | `{"id": "<id>"}` |
 //! | `POST /emails` | operation `send_email` | `{"sent": true}` |
+//! | `GET /search` | the user's `search_per_second` AND `search_per_day` | `{"results": []}` |
+//! | `GET /reports` | the user's path rule `^/reports` AND the organisation's `org_reports` (`x-org-id`) | `{"org": "<org>"}` |
 //! | `GET /healthz` | not limited | `ok` |
 //! | `GET /metrics` | not limited | Prometheus text (`lightrate_` metrics) |
 //!
@@ -38,13 +40,16 @@ use actix_web::dev::{Server, ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::http::header::HeaderName;
 use actix_web::http::Method;
 use actix_web::{web, App, HttpRequest, HttpServer};
-use lightrate::actix::{Identify, LightRate, MissingIdentifier, Mode};
+use lightrate::actix::{Identify, LightRate, MissingIdentifier, Mode, Operation, RouteLimit};
 use lightrate::{EnvSource, Limiter, RuleSet};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde_json::{json, Value};
 
 /// The header that names the user.
 const USER_HEADER: HeaderName = HeaderName::from_static("x-user-id");
+
+/// The header that names the user's organisation (`/reports`).
+const ORG_HEADER: HeaderName = HeaderName::from_static("x-org-id");
 
 /// The process's Prometheus recorder (installed on first use, without an HTTP listener of
 /// its own: `/metrics` serves it).
@@ -89,8 +94,33 @@ pub fn app(
         .exclude_path("/healthz")
         .exclude_path("/metrics")
         .mode(mode);
+    // Several limits per request, all or nothing.
+    let hello_limits = [RouteLimit::request()
+        .plan(|_, user| user.starts_with("pro_").then(|| Operation::new("hello_pro")))];
+    let search_limits = [
+        RouteLimit::operation("search_per_second"),
+        RouteLimit::operation("search_per_day"),
+    ];
+    let reports_limits = [
+        RouteLimit::request(),
+        RouteLimit::operation("org_reports").identify(Identify::header(ORG_HEADER)),
+    ];
     App::new()
-        .route("/hello", web::get().to(hello))
+        .service(
+            web::resource("/hello")
+                .wrap(rate_limit.limits_for(Method::GET, "/hello", hello_limits))
+                .route(web::get().to(hello)),
+        )
+        .service(
+            web::resource("/search")
+                .wrap(rate_limit.limits_for(Method::GET, "/search", search_limits))
+                .route(web::get().to(search)),
+        )
+        .service(
+            web::resource("/reports")
+                .wrap(rate_limit.limits_for(Method::GET, "/reports", reports_limits))
+                .route(web::get().to(reports)),
+        )
         .route("/items/{id}", web::get().to(item))
         .service(
             web::resource("/emails")
@@ -112,6 +142,20 @@ async fn hello(req: HttpRequest) -> String {
             .map_or_else(|| "anonymous".into(), |peer| peer.ip().to_string()),
     };
     format!("hello {user}")
+}
+
+async fn search() -> web::Json<Value> {
+    web::Json(json!({ "results": [] }))
+}
+
+async fn reports(req: HttpRequest) -> web::Json<Value> {
+    // The middleware has already checked the header: present and usable.
+    let org = req
+        .headers()
+        .get(&ORG_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    web::Json(json!({ "org": org }))
 }
 
 async fn item(id: web::Path<String>) -> web::Json<Value> {

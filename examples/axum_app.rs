@@ -10,9 +10,11 @@
 //!
 //! | route | limited by | answer |
 //! |---|---|---|
-//! | `GET /hello` | path `/hello`, method `GET` | `hello <user>` |
+//! | `GET /hello` | path `/hello`, method `GET`; a user whose identifier starts with `pro_`: operation `hello_pro` (a plan) | `hello <user>` |
 //! | `GET /items/{id}` | the concrete path (`/items/42`) | `{"id": "<id>"}` |
 //! | `POST /emails` | operation `send_email` | `{"sent": true}` |
+//! | `GET /search` | the user's `search_per_second` AND `search_per_day` | `{"results": []}` |
+//! | `GET /reports` | the user's path rule `^/reports` AND the organisation's `org_reports` (`x-org-id`) | `{"org": "<org>"}` |
 //! | `GET /healthz` | not limited | `ok` |
 //! | `GET /metrics` | not limited | Prometheus text (`lightrate_` metrics) |
 //!
@@ -38,7 +40,7 @@ use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use lightrate::tower::{Identify, LightRateLayer, MissingIdentifier, Mode};
+use lightrate::tower::{Identify, LightRateLayer, MissingIdentifier, Mode, Operation, RouteLimit};
 use lightrate::{EnvSource, Limiter, RuleSet};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde_json::{json, Value};
@@ -46,6 +48,9 @@ use tower::Service as _;
 
 /// The header that names the user.
 const USER_HEADER: HeaderName = HeaderName::from_static("x-user-id");
+
+/// The header that names the user's organisation (`/reports`).
+const ORG_HEADER: HeaderName = HeaderName::from_static("x-org-id");
 
 /// How long a connection may take to send a complete request head: from its start, and
 /// between two requests of a kept-alive connection. Then it is closed.
@@ -84,8 +89,30 @@ pub fn app(limiter: Limiter, mode: Mode) -> Router {
         .exclude_path("/healthz")
         .exclude_path("/metrics")
         .mode(mode);
+    // Several limits per request, all or nothing.
+    let hello_limits = [RouteLimit::request()
+        .plan(|_, user| user.starts_with("pro_").then(|| Operation::new("hello_pro")))];
+    let search_limits = [
+        RouteLimit::operation("search_per_second"),
+        RouteLimit::operation("search_per_day"),
+    ];
+    let reports_limits = [
+        RouteLimit::request(),
+        RouteLimit::operation("org_reports").identify(Identify::header(ORG_HEADER)),
+    ];
     Router::new()
-        .route("/hello", get(hello))
+        .route(
+            "/hello",
+            get(hello).layer(rate_limit.limits_for(Method::GET, "/hello", hello_limits)),
+        )
+        .route(
+            "/search",
+            get(search).layer(rate_limit.limits_for(Method::GET, "/search", search_limits)),
+        )
+        .route(
+            "/reports",
+            get(reports).layer(rate_limit.limits_for(Method::GET, "/reports", reports_limits)),
+        )
         .route("/items/{id}", get(item))
         .route(
             "/emails",
@@ -114,6 +141,19 @@ async fn item(Path(id): Path<String>) -> Json<Value> {
 
 async fn send_email() -> Json<Value> {
     Json(json!({ "sent": true }))
+}
+
+async fn search() -> Json<Value> {
+    Json(json!({ "results": [] }))
+}
+
+async fn reports(headers: HeaderMap) -> Json<Value> {
+    // The layer has already checked the header: present and usable.
+    let org = headers
+        .get(ORG_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    Json(json!({ "org": org }))
 }
 
 /// Serves `app` on `listener`, with the peer address available to the rate limiter, closing

@@ -87,7 +87,7 @@ pub use lightrate_core::metrics;
 pub mod tower {
     pub use lightrate_tower::{
         Identify, InvalidIdentifier, LightRateLayer, LightRateService, MissingIdentifier, Mode,
-        Operation, PathTarget, RateLimitHeaders, Rejection, ResponseFuture,
+        Operation, PathTarget, RateLimitHeaders, Rejection, ResponseFuture, RouteLimit,
         MAX_REQUEST_IDENTIFIER_BYTES,
     };
 }
@@ -120,7 +120,7 @@ pub mod tower {
 pub mod actix {
     pub use lightrate_actix::{
         Identify, InvalidIdentifier, LightRate, LightRateMiddleware, MissingIdentifier, Mode,
-        Operation, PathTarget, RateLimitHeaders, Rejection, ResponseFuture,
+        Operation, PathTarget, RateLimitHeaders, Rejection, ResponseFuture, RouteLimit,
         MAX_REQUEST_IDENTIFIER_BYTES,
     };
 }

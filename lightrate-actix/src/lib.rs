@@ -154,5 +154,10 @@ pub use transform::LightRate;
 /// [`Identify::with`](lightrate_core::web::Identify::with).
 pub type Identify = lightrate_core::web::Identify<ActixRequest>;
 
+/// One limit of a request ([`lightrate_core::web::RouteLimit`] for this framework's requests):
+/// an identifier, a target (fixed, or chosen per request) and a cost, decided with the request's
+/// other limits all or nothing.
+pub type RouteLimit = lightrate_core::web::RouteLimit<ActixRequest>;
+
 #[cfg(test)]
 mod tests;

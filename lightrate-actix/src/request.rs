@@ -84,6 +84,11 @@ impl RequestView for ActixRequest {
     }
 
     #[inline]
+    fn extension<T: Send + Sync + 'static>(extensions: &Extensions) -> Option<&T> {
+        extensions.get::<T>()
+    }
+
+    #[inline]
     fn insert<T: Clone + Send + Sync + 'static>(extensions: &mut Extensions, value: T) {
         extensions.insert(value);
     }

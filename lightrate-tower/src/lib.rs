@@ -98,5 +98,10 @@ pub use service::LightRateService;
 /// ```
 pub type Identify = lightrate_core::web::Identify<TowerRequest>;
 
+/// One limit of a request ([`lightrate_core::web::RouteLimit`] for this framework's requests):
+/// an identifier, a target (fixed, or chosen per request) and a cost, decided with the request's
+/// other limits all or nothing.
+pub type RouteLimit = lightrate_core::web::RouteLimit<TowerRequest>;
+
 #[cfg(test)]
 mod tests;

@@ -152,6 +152,11 @@ macro_rules! tower_view {
             }
 
             #[inline]
+            fn extension<T: Send + Sync + 'static>(extensions: &Extensions) -> Option<&T> {
+                extensions.get::<T>()
+            }
+
+            #[inline]
             fn insert<T: Clone + Send + Sync + 'static>(extensions: &mut Extensions, value: T) {
                 extensions.insert(value);
             }

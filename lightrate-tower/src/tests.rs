@@ -269,7 +269,7 @@ async fn without_the_decision_extension_a_request_is_still_decided_once() {
 /// request it cannot limit (no address known) it leaves unmarked, for a later LightRate layer
 /// to decide.
 #[tokio::test]
-async fn the_default_configuration_decides_once_and_leaves_unaddressed_requests_to_later_layers() {
+async fn each_stacked_middleware_decides_a_request_once_and_none_is_skipped() {
     for (keep, inner_keeps) in [(true, true), (false, false), (true, false), (false, true)] {
         let by_address = Recording::ample();
         let by_header = Recording::ample();
@@ -305,9 +305,11 @@ async fn the_default_configuration_decides_once_and_leaves_unaddressed_requests_
             let response = app.clone().oneshot(request(true)).await.unwrap();
             assert_eq!(response.status(), StatusCode::OK);
         }
+        // The outer layer twice decides once; the inner one, another middleware with its own
+        // limiter and identifier, joins the decision (it is never skipped).
         assert_eq!(
             (decided(&outer), decided(&inner)),
-            (20, 0),
+            (20, 20),
             "keep {keep}, inner {inner_keeps}"
         );
         assert!(outer.limiter().stats().local_hits > 0, "keep {keep}");
@@ -317,7 +319,7 @@ async fn the_default_configuration_decides_once_and_leaves_unaddressed_requests_
         }
         assert_eq!(
             (decided(&outer), decided(&inner)),
-            (20, 5),
+            (20, 25),
             "keep {keep}, inner {inner_keeps}"
         );
     }

@@ -355,6 +355,12 @@ impl Limiter {
         }
     }
 
+    /// Puts back `cost` tokens a request took from the bucket of (user, rule `slot`) when
+    /// something else refused it (`granted`: the source granted them to the request).
+    pub(crate) fn give_back(&self, user: &str, slot: u32, cost: u64, granted: bool) {
+        self.inner.give_back(user, slot, cost, granted);
+    }
+
     /// Gives back the tokens of every limit that allowed a request another limit refused:
     /// to the local bucket they were taken from, or, granted by the source, to the local
     /// bucket of their (user, rule).

@@ -16,8 +16,16 @@ impl RuleSet {
     }
 
     /// The demo rules of the example apps: operation `send_email` refill 1/s burst 10; path
-    /// `^/hello` method `GET` refill 1/s burst 20; default rule refill 1/s burst 5.
+    /// `^/hello` method `GET` refill 1/s burst 20; default rule refill 1/s burst 5. For the
+    /// routes with several limits, cost and waiting: operations `search_per_second` 2/s burst
+    /// 5, `search_per_day` 12/day burst 12, `org_reports` 1/minute burst 8, `hello_pro` 10/s
+    /// burst 50, `llm_requests` 1/s burst 20, `llm_tokens` 10/s burst 1000, `jobs` 5/s burst 1;
+    /// path `^/reports` method `GET` 1/minute burst 5. Each rule's id is `rule_<name>`.
     pub fn demo() -> RuleSet {
+        let op = |name: &str, rate, burst| RuleSpec {
+            id: Some(format!("rule_{name}")),
+            ..RuleSpec::operation(name, format!("^{name}$"), rate, burst)
+        };
         RuleSet::builder()
             .default_rule(RefillRate::per_second(1), 5)
             .rule(RuleSpec {
@@ -28,6 +36,18 @@ impl RuleSet {
                 id: Some("rule_hello".into()),
                 name: "Hello".into(),
                 ..RuleSpec::path(Method::GET, "^/hello", RefillRate::per_second(1), 20)
+            })
+            .rule(op("search_per_second", RefillRate::per_second(2), 5))
+            .rule(op("search_per_day", RefillRate::per_day(12), 12))
+            .rule(op("org_reports", RefillRate::per_minute(1), 8))
+            .rule(op("hello_pro", RefillRate::per_second(10), 50))
+            .rule(op("llm_requests", RefillRate::per_second(1), 20))
+            .rule(op("llm_tokens", RefillRate::per_second(10), 1000))
+            .rule(op("jobs", RefillRate::per_second(5), 1))
+            .rule(RuleSpec {
+                id: Some("rule_reports".into()),
+                name: "Reports".into(),
+                ..RuleSpec::path(Method::GET, "^/reports", RefillRate::per_minute(1), 5)
             })
             .build()
             .unwrap_or_else(|_| unreachable!("the demo rules are valid"))

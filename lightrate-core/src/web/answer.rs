@@ -68,6 +68,9 @@ impl<V: RequestView> RequestPolicy<V> {
                 decision: Some(decision),
                 keep: self.options.insert_decision,
                 headers,
+                family: self.family.clone(),
+                decisions: None,
+                charges: Vec::new(),
             }),
             None => Verdict::Refused(self.refuse(&decision, grpc)),
         }

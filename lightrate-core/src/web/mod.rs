@@ -22,8 +22,10 @@
 //! | `options.rs` | the adapters' builder methods, written once |
 
 mod answer;
+mod family;
 mod identifier;
 mod identify;
+mod limits;
 mod operations;
 mod options;
 mod plan;
@@ -35,6 +37,7 @@ mod view;
 
 pub use identifier::{InvalidIdentifier, MAX_REQUEST_IDENTIFIER_BYTES};
 pub use identify::{Identify, MissingIdentifier};
+pub use limits::RouteLimit;
 pub use operations::{Operation, PathTarget};
 pub use rejection::{RateLimitHeaders, Rejection};
 pub use shadow::Mode;
@@ -55,14 +58,15 @@ pub mod adapter {
     //!    [`plan_simple`](RequestPolicy::plan_simple) when [`is_simple`](RequestPolicy::is_simple))
     //!    says what to do: [`Plan::Call`] the inner service, answer [`Plan::Refused`], or await the
     //!    [`Check`] of the token source, whose [`Verdict`] either refuses or is [`Allowed`] (which
-    //!    marks the request [`Decided`] so that no later LightRate middleware decides it again).
+    //!    marks the request decided by this middleware, so that it does not decide it again,
+    //!    while another LightRate middleware joins the decision).
     //! 4. **Its response future**: wraps a [`Stage`], which runs those steps and yields the inner
     //!    service's response (with the IETF fields to add) or the ready answer.
     //!
     //! The answers are `http::Response<`[`AnswerBody`]`>`; the adapter turns them into its
     //! framework's response type.
 
-    pub use super::plan::{Allowed, Check, Decided, Plan, Verdict};
+    pub use super::plan::{Allowed, Check, Plan, Verdict};
     pub use super::policy::{Options, RequestPolicy};
     pub use super::stage::Stage;
     pub use super::view::{ReadExtension, RequestView};

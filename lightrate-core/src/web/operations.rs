@@ -1,6 +1,7 @@
 //! Per-route operations, and the target a request is charged to.
 
 use std::borrow::Cow;
+use std::any::Any;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -51,6 +52,12 @@ impl Operation {
     /// The target it sends.
     pub fn target(&self) -> Target<'_> {
         Target::operation(&*self.name)
+    }
+}
+
+impl From<Operation> for Declared {
+    fn from(op: Operation) -> Self {
+        Declared::Operation(op)
     }
 }
 
@@ -116,8 +123,44 @@ struct Declarations {
     served: OnceLock<Served>,
 }
 
-/// Template → (method, operation) declarations: looked up by `&str`, without allocating.
-type Table = HashMap<String, Vec<(Option<Method>, Operation)>>;
+/// Template → (method, declaration): looked up by `&str`, without allocating.
+type Table = HashMap<String, Vec<(Option<Method>, Declared)>>;
+
+/// What a route is declared to be: an operation, or a list of limits (the
+/// [`RouteLimit`](super::RouteLimit)s of the policy's request view, type-erased so that the
+/// table does not depend on it).
+#[derive(Clone, Debug)]
+pub(crate) enum Declared {
+    Operation(Operation),
+    Limits(Arc<dyn Any + Send + Sync>),
+}
+
+impl Declared {
+    /// The operation, if that is what was declared.
+    pub(crate) fn operation(&self) -> Option<&Operation> {
+        match self {
+            Declared::Operation(op) => Some(op),
+            Declared::Limits(_) => None,
+        }
+    }
+
+    /// The limits, if that is what was declared (for the request view `V`).
+    pub(crate) fn limits<V: super::view::RequestView>(&self) -> Option<&[super::RouteLimit<V>]> {
+        match self {
+            Declared::Operation(_) => None,
+            Declared::Limits(any) => any
+                .downcast_ref::<Vec<super::RouteLimit<V>>>()
+                .map(Vec::as_slice),
+        }
+    }
+
+    fn name(&self) -> &str {
+        match self {
+            Declared::Operation(op) => op.name(),
+            Declared::Limits(_) => "(several limits)",
+        }
+    }
+}
 
 /// The declarations as requests see them.
 #[derive(Debug, Default)]
@@ -140,7 +183,8 @@ enum Literal {
 impl RouteOperations {
     /// Declares that requests to `template` (with `method`, or any method for `None`) are the
     /// operation `op`. Declarations made after the first request are ignored, with a warning.
-    pub(crate) fn insert(&self, method: Option<Method>, template: &str, op: Operation) {
+    pub(crate) fn insert(&self, method: Option<Method>, template: &str, op: impl Into<Declared>) {
+        let op = op.into();
         if self.inner.served.get().is_some() {
             tracing::warn!(
                 target: "lightrate::web",
@@ -199,7 +243,7 @@ impl Served {
 
     /// The operation of `template` for `method`: a method-specific declaration first, then
     /// one for any method.
-    pub(crate) fn get(&self, method: &Method, template: &str) -> Option<&Operation> {
+    pub(crate) fn get(&self, method: &Method, template: &str) -> Option<&Declared> {
         let declared = self.table.get(template)?;
         declared
             .iter()
@@ -272,17 +316,23 @@ mod tests {
         let shared = routes.clone();
         let served = shared.served();
         assert_eq!(
-            served.get(&Method::POST, "/emails").map(Operation::cost),
+            served
+                .get(&Method::POST, "/emails")
+                .and_then(Declared::operation)
+                .map(Operation::cost),
             Some(3)
         );
         assert_eq!(
-            served.get(&Method::GET, "/emails").map(Operation::name),
+            served
+                .get(&Method::GET, "/emails")
+                .and_then(Declared::operation)
+                .map(Operation::name),
             Some("any")
         );
-        assert_eq!(served.get(&Method::GET, "/other"), None);
+        assert!(served.get(&Method::GET, "/other").is_none());
         assert!(!served.is_empty());
         routes.insert(None, "/late", Operation::new("late"));
-        assert_eq!(shared.served().get(&Method::GET, "/late"), None);
+        assert!(shared.served().get(&Method::GET, "/late").is_none());
         assert!(RouteOperations::default().served().is_empty());
     }
 

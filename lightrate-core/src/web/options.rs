@@ -162,6 +162,54 @@ macro_rules! request_policy_options {
                 }
             }
 
+            /// Adds a limit to every request this middleware limits, beside the request's own
+            /// (its route's operation, else its method and path, on the middleware's
+            /// identifier): the request is admitted only if both admit it, and one refused
+            /// takes nothing from the other. Routes that declare their limits
+            /// ([`limits`](Self::limits)) have those instead.
+            pub fn also(self, limit: $crate::web::RouteLimit<$View>) -> Self {
+                self.with_policy(|p| p.also.push(limit))
+            }
+
+            #[doc = concat!(
+                "Declares that requests to the route `template` (", $route, "; any method) ",
+                "are limited by `limits`, all in one decision: admitted only if every limit ",
+                "admits them, and a request one limit refuses takes nothing from the others. ",
+                "Returns a middleware for that route; use it on the route, this one ",
+                "router-wide, or both: either way a request is decided once. Declare limits ",
+                "while building the app: a declaration made after the first request has been ",
+                "served is ignored (with a warning)."
+            )]
+            pub fn limits(
+                &self,
+                template: &str,
+                limits: impl IntoIterator<Item = $crate::web::RouteLimit<$View>>,
+            ) -> Self {
+                $Type {
+                    policy: ::std::sync::Arc::new(self.policy.declare_limits(
+                        None,
+                        template,
+                        limits.into_iter().collect(),
+                    )),
+                }
+            }
+
+            /// Like [`limits`](Self::limits), for one method of the route.
+            pub fn limits_for(
+                &self,
+                method: $Method,
+                template: &str,
+                limits: impl IntoIterator<Item = $crate::web::RouteLimit<$View>>,
+            ) -> Self {
+                $Type {
+                    policy: ::std::sync::Arc::new(self.policy.declare_limits(
+                        ($to_http)(&method),
+                        template,
+                        limits.into_iter().collect(),
+                    )),
+                }
+            }
+
             /// The limiter.
             pub fn limiter(&self) -> &$crate::Limiter {
                 self.policy.limiter()

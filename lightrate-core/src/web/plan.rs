@@ -11,16 +11,18 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{HeaderMap, Method, Response};
 
+use super::family::{Charge, Charges, Family};
 use super::identifier::{client_ip, validate_identifier};
 use super::identify::{ExtensionFn, Kind, MissingIdentifier};
-use super::operations::{target_for, PathTarget};
+use super::limits::RouteLimit;
+use super::operations::{target_for, Declared, PathTarget};
 use super::policy::RequestPolicy;
 use super::rejection::Rejection;
 use super::shadow::Mode;
 use super::view::RequestView;
 use crate::ip::IpText;
 use crate::limiter::{IpProbe, PathProbe, Probe};
-use crate::{Decision, Target};
+use crate::{Decision, Decisions, Target};
 
 /// What to do with a request, decided before the inner service is called.
 #[must_use]
@@ -78,25 +80,57 @@ pub struct Allowed {
     pub(super) decision: Option<Decision>,
     pub(super) keep: bool,
     pub(super) headers: Option<Box<HeaderMap>>,
+    /// The middleware that decided.
+    pub(super) family: Arc<Family>,
+    /// Every limit's decision, when the request had several (kept for the handler).
+    pub(super) decisions: Option<Box<Decisions>>,
+    /// What its limits took, when a middleware stacked under this one may refuse the request
+    /// and give it back.
+    pub(super) charges: Vec<Charge>,
 }
 
-/// Marks a request decided, so that a later LightRate middleware does not charge it again: put
-/// in the extensions of every request a LightRate middleware decided, beside its `Decision`
-/// when that is kept. One type whatever the middleware keeps, so that asking whether a request
-/// was decided and marking it is one look-up. Zero-sized: putting it in the request's
-/// extensions allocates nothing.
-#[derive(Clone, Copy, Debug)]
-pub struct Decided;
-
 impl Allowed {
-    /// Records the decision in the request's extensions (for the handler, if it is kept; and
-    /// [`Decided`], so that no later LightRate middleware decides again), and returns the IETF
-    /// fields to add to the response, if any.
+    /// Records the decision in the request's extensions (for the handler, if it is kept: the
+    /// `Decision`, and the `Decisions` of a request with several limits; and the mark of the
+    /// middleware that decided, so that it does not decide the request again, while another
+    /// LightRate middleware does, joining the decision), and returns the IETF fields to add to
+    /// the response, if any.
     #[inline]
     pub fn mark<V: RequestView>(self, extensions: &mut V::Extensions) -> Option<Box<HeaderMap>> {
-        V::insert(extensions, Decided);
-        if let Some(decision) = self.decision.filter(|_| self.keep) {
-            V::insert(extensions, decision);
+        self.family.claim_in::<V>(extensions);
+        if !self.charges.is_empty() {
+            Charges::record::<V>(extensions, self.charges);
+        }
+        if self.keep {
+            if let Some(decision) = self.decision {
+                V::insert(extensions, decision);
+            }
+            if let Some(decisions) = self.decisions {
+                V::insert(extensions, *decisions);
+            }
+        }
+        self.headers
+    }
+
+    /// [`mark`](Self::mark), on the request.
+    pub(super) fn mark_request<V: RequestView>(
+        self,
+        req: &mut V::Request,
+    ) -> Option<Box<HeaderMap>> {
+        self.family.claim::<V>(req);
+        if !self.charges.is_empty() {
+            let mut all = V::with_extensions(req, |e| V::extension::<Charges>(e).cloned())
+                .unwrap_or_default();
+            all.extend(self.charges);
+            V::insert_into(req, all);
+        }
+        if self.keep {
+            if let Some(decision) = self.decision {
+                V::insert_into(req, decision);
+            }
+            if let Some(decisions) = self.decisions {
+                V::insert_into(req, *decisions);
+            }
         }
         self.headers
     }
@@ -128,12 +162,12 @@ impl<V: RequestView> RequestPolicy<V> {
         // The request is marked first: one look-up asks whether another LightRate middleware
         // decided it and marks it. Unmarked where it turns out not to be limited; a refused one
         // is never served, and one the source must decide is marked again by its verdict.
-        if !W::insert_new(req, Decided) {
+        if !self.family.claim::<W>(req) {
             return Plan::Call(None);
         }
         let Some(ip) = W::peer_ip(req) else {
             // No address known (not served over a socket): nothing to limit by.
-            W::remove_from::<Decided>(req);
+            self.family.unclaim::<W>(req);
             return Plan::Call(None);
         };
         // Written by the limiter, read here: a local hit moves the decision once (into the
@@ -160,12 +194,42 @@ impl<V: RequestView> RequestPolicy<V> {
             unreachable!("asked the source when there was no local decision")
         };
         if !decision.is_allowed() {
+            W::with_extensions(req, |e| self.family.refused::<W>(e));
             return Plan::Refused(self.refuse(decision, W::is_grpc(req)));
         }
         if self.options.insert_decision {
             W::insert_into(req, *decision);
         }
+        if self.family.records() {
+            self.record_simple::<W>(req, ip, decision);
+        }
         Plan::Call(None)
+    }
+
+    /// Records what a request the default configuration admitted took, for a middleware
+    /// stacked under this one to give back.
+    #[cold]
+    fn record_simple<W: RequestView>(&self, req: &mut W::Request, ip: IpAddr, decision: &Decision) {
+        if let Some(charge) = self.charge(IpText::new(ip).as_str(), 1, decision) {
+            record::<W>(req, charge);
+        }
+    }
+
+    /// What an allowed decision of `user` took, as a middleware stacked under this one gives
+    /// it back.
+    pub(super) fn charge(&self, user: &str, cost: u64, decision: &Decision) -> Option<Charge> {
+        let granted = match decision.source() {
+            crate::DecisionSource::LocalBucket => false,
+            crate::DecisionSource::TokenSource => true,
+            _ => return None,
+        };
+        Some(Charge {
+            limiter: self.limiter.clone(),
+            user: user.into(),
+            slot: decision.rule()?.slot,
+            cost,
+            granted,
+        })
     }
 
     /// [`plan_simple`](Self::plan_simple)'s question to the limiter, for the client at `ip`:
@@ -185,8 +249,9 @@ impl<V: RequestView> RequestPolicy<V> {
             return Ok(());
         }
         let text = IpText::new(ip);
+        let foreign = W::with_extensions(req, |e| self.family.before_source::<W>(e));
         Err(target.with_target(|target| {
-            self.check_with_source(text.as_str(), target, 1, false, W::is_grpc(req))
+            self.check_with_source(text.as_str(), target, 1, false, W::is_grpc(req), foreign)
         }))
     }
 
@@ -196,9 +261,22 @@ impl<V: RequestView> RequestPolicy<V> {
         // The limiter's answer is written here and read here: a local hit moves the decision
         // once (into the extensions), or never.
         let mut decision = None;
+        // A request with several limits: the limits, its own target and cost.
+        let mut several = None;
+        // What it takes, when a middleware stacked under this one may give it back.
+        let mut charge = None;
         let asked = match self.options.identify.kind() {
-            Kind::Extension(get) => self.decide_by_extension(req, &**get, &mut decision),
-            kind => self.with_target(req, |target, cost| {
+            Kind::Extension(get) => self.decide_by_extension(
+                req,
+                &**get,
+                (&mut decision, &mut charge),
+                &mut several,
+            ),
+            kind => self.with_target(req, |target, cost, limits| {
+                if let Some(limits) = limits {
+                    several = Some((limits, target.clone().into_owned(), cost));
+                    return Ok(());
+                }
                 let with;
                 let found = match kind {
                     Kind::Header(name) => V::header(req, name),
@@ -208,68 +286,84 @@ impl<V: RequestView> RequestPolicy<V> {
                     }
                     Kind::PeerIp | Kind::Extension(_) => None,
                 };
-                self.ask(req, found, target, cost, &mut decision)
+                self.ask(req, found, target, cost, (&mut decision, &mut charge))
             }),
         };
         if let Err(plan) = asked {
             return plan;
         }
+        if let Some((limits, target, cost)) = several {
+            return self.plan_limits(req, limits, &target, cost);
+        }
         let Some(decision) = &decision else {
             // Shadow mode lets a request without a usable identifier through, undecided.
-            V::insert_into(req, Decided);
+            self.family.claim::<V>(req);
             return Plan::Call(None);
         };
         match self.admit(decision) {
             Some(headers) => {
-                self.mark::<V>(req, decision);
+                self.mark::<V>(req, decision, charge);
                 Plan::Call(headers)
             }
-            None => Plan::Refused(self.refuse(decision, V::is_grpc(req))),
+            None => {
+                V::with_extensions(req, |e| self.family.refused::<V>(e));
+                Plan::Refused(self.refuse(decision, V::is_grpc(req)))
+            }
         }
     }
 
-    /// Marks an allowed request decided ([`Decided`]), and puts its `Decision` in its
+    /// Marks an allowed request decided by this middleware, and puts its `Decision` in its
     /// extensions for the handler, if it is kept.
     #[inline(always)]
-    fn mark<W: RequestView>(&self, req: &mut W::Request, decision: &Decision) {
-        W::insert_into(req, Decided);
+    fn mark<W: RequestView>(&self, req: &mut W::Request, decision: &Decision, charge: Option<Charge>) {
+        self.family.claim::<W>(req);
         if self.options.insert_decision {
             W::insert_into(req, *decision);
+        }
+        if let Some(charge) = charge {
+            record::<W>(req, charge);
         }
     }
 
     /// [`plan`](Self::plan)'s question to the limiter when the identifier is an extension
     /// (read where the adapter lends its extensions).
     #[inline(never)]
-    fn decide_by_extension(
-        self: &Arc<Self>,
+    fn decide_by_extension<'s>(
+        self: &'s Arc<Self>,
         req: &V::Request,
         get: &ExtensionFn<V>,
-        decision: &mut Option<Decision>,
+        decided: Decided<'_>,
+        several: &mut Option<Several<'s, V>>,
     ) -> Result<(), Plan> {
-        self.with_target(req, |target, cost| {
+        self.with_target(req, |target, cost, limits| {
+            if let Some(limits) = limits {
+                *several = Some((limits, target.clone().into_owned(), cost));
+                return Ok(());
+            }
             V::with_extensions(req, |extensions| {
                 self.ask(
                     req,
                     get(extensions).map(str::as_bytes),
                     target,
                     cost,
-                    decision,
+                    decided,
                 )
             })
         })
     }
 
-    /// Calls `then` with the target and cost of `req`, unless it is not limited (excluded, or
-    /// decided already by another LightRate middleware).
+    /// Calls `then` with the target and cost of `req`, and its limits when it has several
+    /// (declared on its route or this middleware), unless it is not limited (excluded, or
+    /// decided already by this middleware).
     #[inline(always)]
-    fn with_target<O>(
-        &self,
+    fn with_target<'s, O>(
+        &'s self,
         req: &V::Request,
-        then: impl FnOnce(&Target<'_>, u64) -> Result<O, Plan>,
+        then: impl FnOnce(&Target<'_>, u64, Option<&'s [RouteLimit<V>]>) -> Result<O, Plan>,
     ) -> Result<O, Plan> {
         let path = V::path(req);
-        if V::with_extensions(req, V::contains::<Decided>) || self.is_excluded(req, path) {
+        if V::with_extensions(req, |e| self.family.decided::<V>(e)) || self.is_excluded(req, path)
+        {
             return Err(Plan::Call(None));
         }
         let shown = V::method(req);
@@ -288,17 +382,28 @@ impl<V: RequestView> RequestPolicy<V> {
         } else {
             None
         };
-        let operation = self.operation.as_ref().or_else(|| {
-            let method = method?;
-            match &template {
-                Some(template) => routes.get(method, template),
-                // No route template where one was looked for (a layer outside the router:
-                // tonic's): a path is the template of its own literal route (a gRPC method,
-                // `/package.Service/Method`).
-                None if look_up => routes.get(method, path),
-                None => None,
-            }
-        });
+        let declared = (self.operation.is_none() && self.route_limits.is_none())
+            .then(|| {
+                let method = method?;
+                match &template {
+                    Some(template) => routes.get(method, template),
+                    // No route template where one was looked for (a layer outside the router:
+                    // tonic's): a path is the template of its own literal route (a gRPC method,
+                    // `/package.Service/Method`).
+                    None if look_up => routes.get(method, path),
+                    None => None,
+                }
+            })
+            .flatten();
+        let operation = self
+            .operation
+            .as_ref()
+            .or_else(|| declared.and_then(Declared::operation));
+        let limits = self
+            .route_limits
+            .as_deref()
+            .or_else(|| declared.and_then(Declared::limits::<V>))
+            .or(self.also_limits.as_deref());
         let name = match operation {
             None if self.options.names_as_operations => V::route_name(req, path),
             _ => None,
@@ -318,7 +423,7 @@ impl<V: RequestView> RequestPolicy<V> {
                 None => (Target::Default, 1),
             },
         };
-        then(&target, cost)
+        then(&target, cost, limits)
     }
 
     /// `path` is the request's path, as its framework routes it.
@@ -340,7 +445,7 @@ impl<V: RequestView> RequestPolicy<V> {
         found: Option<&[u8]>,
         target: &Target<'_>,
         cost: u64,
-        decision: &mut Option<Decision>,
+        (decision, charge): Decided<'_>,
     ) -> Result<(), Plan> {
         let mut ip_text = IpText::EMPTY;
         let user: &str = match found {
@@ -379,7 +484,21 @@ impl<V: RequestView> RequestPolicy<V> {
         self.limiter
             .decide_locally(user.as_bytes(), target, cost, shadow, decision);
         if decision.is_none() {
-            return Err(self.check_with_source(user, target, cost, shadow, V::is_grpc(req)));
+            let foreign = V::with_extensions(req, |e| self.family.before_source::<V>(e));
+            return Err(self.check_with_source(
+                user,
+                target,
+                cost,
+                shadow,
+                V::is_grpc(req),
+                foreign,
+            ));
+        }
+        if self.family.records() {
+            *charge = decision
+                .as_ref()
+                .filter(|d| d.is_allowed())
+                .and_then(|d| self.charge(user, cost, d));
         }
         Ok(())
     }
@@ -394,14 +513,50 @@ impl<V: RequestView> RequestPolicy<V> {
         cost: u64,
         shadow: bool,
         grpc: bool,
+        foreign: Option<Charges>,
     ) -> Plan {
         let check =
             self.limiter
                 .decide_with_source(user, target.clone().into_owned(), cost, shadow);
         let policy = Arc::clone(self);
-        Plan::Check(Box::pin(async move { policy.settle(check.await, grpc) }))
+        // Kept only when a middleware stacked under this one may give back what it takes.
+        let charged: Option<Box<str>> = self.family.records().then(|| user.into());
+        Plan::Check(Box::pin(async move {
+            let checked = check.await;
+            let decision = checked.as_ref().ok().copied();
+            let mut verdict = policy.settle(checked, grpc);
+            match &mut verdict {
+                Verdict::Refused(_) => {
+                    if let Some(foreign) = foreign {
+                        foreign.give_back();
+                    }
+                }
+                Verdict::Allowed(allowed) => {
+                    if let (Some(user), Some(decision)) = (charged, decision) {
+                        allowed.charges.extend(policy.charge(&user, cost, &decision));
+                    }
+                }
+            }
+            verdict
+        }))
     }
 }
+
+/// Where a local decision and what it took (for a middleware stacked under this one to give
+/// back) are written.
+type Decided<'d> = (&'d mut Option<Decision>, &'d mut Option<Charge>);
+
+/// Adds what a request took to the charges in its extensions.
+#[cold]
+fn record<W: RequestView>(req: &mut W::Request, charge: Charge) {
+    let mut all =
+        W::with_extensions(req, |e| W::extension::<Charges>(e).cloned()).unwrap_or_default();
+    all.extend([charge]);
+    W::insert_into(req, all);
+}
+
+/// A request's several limits, its own target and its cost.
+type Several<'s, V> = (&'s [RouteLimit<V>], Target<'static>, u64);
 
 /// The method a request is charged as: HEAD as GET, since a route answers it with its GET
 /// handler, so a GET rule (or a GET route's operation) must cover it.

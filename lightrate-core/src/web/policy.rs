@@ -8,7 +8,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{Method, Response};
 
+use super::family::Family;
 use super::identify::{Identify, Kind, MissingIdentifier};
+use super::limits::RouteLimit;
 use super::operations::{Operation, PathTarget, RouteOperations, Served};
 use super::rejection::{RateLimitHeaders, Rejection};
 use super::shadow::{Mode, ShadowLog};
@@ -44,6 +46,9 @@ pub struct Options<V: RequestView> {
     pub insert_decision: bool,
     /// Whether refusals are enforced, or only counted (shadow mode).
     pub mode: Mode,
+    /// Limits every request gets beside its own (its route's operation, else its method and
+    /// path), on routes that declare none.
+    pub also: Vec<RouteLimit<V>>,
 }
 
 impl<V: RequestView> Clone for Options<V> {
@@ -60,6 +65,7 @@ impl<V: RequestView> Clone for Options<V> {
             names_as_operations: self.names_as_operations,
             insert_decision: self.insert_decision,
             mode: self.mode,
+            also: self.also.clone(),
         }
     }
 }
@@ -76,6 +82,7 @@ impl<V: RequestView> fmt::Debug for Options<V> {
             .field("names_as_operations", &self.names_as_operations)
             .field("insert_decision", &self.insert_decision)
             .field("mode", &self.mode)
+            .field("also", &self.also)
             .finish_non_exhaustive()
     }
 }
@@ -95,6 +102,13 @@ pub struct RequestPolicy<V: RequestView> {
     pub(super) routes: RouteOperations,
     /// The operation of a per-route layer.
     pub(super) operation: Option<Operation>,
+    /// The limits of a per-route layer that declared several.
+    pub(super) route_limits: Option<Arc<[RouteLimit<V>]>>,
+    /// The request's own limit and [`Options::also`], when that is not empty.
+    pub(super) also_limits: Option<Arc<[RouteLimit<V>]>>,
+    /// This middleware, its clones and the per-route middlewares it declares: requests are
+    /// decided once by each family (shared by every clone).
+    pub(super) family: Arc<Family>,
     view: PhantomData<fn() -> V>,
 }
 
@@ -105,6 +119,9 @@ impl<V: RequestView> Clone for RequestPolicy<V> {
             options: self.options.clone(),
             routes: self.routes.clone(),
             operation: self.operation.clone(),
+            route_limits: self.route_limits.clone(),
+            also_limits: self.also_limits.clone(),
+            family: self.family.clone(),
             simple: self.simple,
             shadow_log: self.shadow_log.clone(),
             view: PhantomData,
@@ -140,9 +157,13 @@ impl<V: RequestView> RequestPolicy<V> {
                 names_as_operations: false,
                 insert_decision: true,
                 mode: Mode::default(),
+                also: Vec::new(),
             },
             routes: RouteOperations::default(),
             operation: None,
+            route_limits: None,
+            also_limits: None,
+            family: Family::new(),
             simple: false,
             shadow_log: Arc::default(),
             view: PhantomData,
@@ -160,12 +181,19 @@ impl<V: RequestView> RequestPolicy<V> {
 
     /// Derives from the options whether requests take the default configuration's path.
     fn derive(&mut self) {
+        self.also_limits = (!self.options.also.is_empty()).then(|| {
+            std::iter::once(RouteLimit::request())
+                .chain(self.options.also.iter().cloned())
+                .collect()
+        });
         let o = &self.options;
         self.simple = matches!(o.identify.kind(), Kind::PeerIp)
             && o.trusted_proxies == 0
             && o.exclude_paths.is_empty()
             && o.exclude.is_none()
             && self.operation.is_none()
+            && self.route_limits.is_none()
+            && o.also.is_empty()
             && o.path_target == PathTarget::Concrete
             && !o.names_as_operations
             && o.mode == Mode::Enforce
@@ -188,6 +216,27 @@ impl<V: RequestView> RequestPolicy<V> {
         self.routes.insert(method, template, op.clone());
         let mut route = self.clone();
         route.operation = Some(op);
+        route.derive();
+        route
+    }
+
+    /// Declares that requests to the route `template` (with `method`, or any method) are
+    /// limited by `limits`, all or nothing, and returns the policy of a middleware for that
+    /// route.
+    pub fn declare_limits(
+        &self,
+        method: Option<Method>,
+        template: &str,
+        limits: Vec<RouteLimit<V>>,
+    ) -> Self {
+        let shared: Arc<[RouteLimit<V>]> = limits.iter().cloned().collect();
+        self.routes.insert(
+            method,
+            template,
+            super::operations::Declared::Limits(Arc::new(limits)),
+        );
+        let mut route = self.clone();
+        route.route_limits = Some(shared);
         route.derive();
         route
     }

@@ -30,10 +30,13 @@ pub enum RateLimitHeaders {
 pub enum Rejection {
     /// Rate limited: 429 with `Retry-After`.
     RateLimited {
-        /// The decision.
+        /// The decision: of a request with several limits, the refusal with the longest wait.
         decision: Decision,
         /// The rule's id (the policy name of the IETF fields), when known.
         policy: Option<Arc<str>>,
+        /// Of a request with several limits, every limit decided, with its rule's id (empty
+        /// for a request with one limit: `decision` is all there is).
+        limits: Vec<(Decision, Option<Arc<str>>)>,
     },
     /// The token source could not answer and the policy is to deny: 503 with `Retry-After`.
     Unavailable {
@@ -56,7 +59,11 @@ impl Rejection {
                 kind,
                 retry_after_secs: decision.retry_after_secs(),
             },
-            _ => Rejection::RateLimited { decision, policy },
+            _ => Rejection::RateLimited {
+                decision,
+                policy,
+                limits: Vec::new(),
+            },
         }
     }
 
@@ -94,7 +101,11 @@ impl Rejection {
     /// ```
     pub fn to_response(&self, headers: RateLimitHeaders) -> Response<Bytes> {
         let (body, retry_after) = match self {
-            Rejection::RateLimited { decision, policy } => {
+            Rejection::RateLimited {
+                decision,
+                policy,
+                limits,
+            } => {
                 let secs = decision.retry_after_secs();
                 let mut body = serde_json::json!({
                     "error": "rate_limited",
@@ -104,6 +115,17 @@ impl Rejection {
                 if let Some(policy) = policy {
                     body["rule"] = serde_json::Value::String(policy.to_string());
                 }
+                // One per refusing limit (the one limit of a request that had one).
+                let violations: Vec<serde_json::Value> = if limits.is_empty() {
+                    vec![violation(decision, policy.as_deref())]
+                } else {
+                    limits
+                        .iter()
+                        .filter(|(d, _)| !d.is_allowed())
+                        .map(|(d, rule)| violation(d, rule.as_deref()))
+                        .collect()
+                };
+                body["violations"] = serde_json::Value::Array(violations);
                 (body, Some(secs))
             }
             Rejection::Unavailable {
@@ -136,9 +158,18 @@ impl Rejection {
         if let Some(secs) = retry_after {
             h.insert(RETRY_AFTER, HeaderValue::from(secs.max(1)));
         }
-        if let Rejection::RateLimited { decision, policy } = self {
+        if let Rejection::RateLimited {
+            decision,
+            policy,
+            limits,
+        } = self
+        {
             if headers != RateLimitHeaders::Off {
-                write_rate_limit_headers(h, decision, policy.as_deref().unwrap_or("default"));
+                if limits.is_empty() {
+                    write_rate_limit_headers(h, decision, policy.as_deref().unwrap_or("default"));
+                } else {
+                    write_all_rate_limit_headers(h, limits);
+                }
             }
         }
         response
@@ -182,7 +213,9 @@ impl Rejection {
     /// ```
     pub fn to_grpc_response(&self) -> Response<Bytes> {
         let (message, retry_after_ms) = match self {
-            Rejection::RateLimited { decision, policy } => {
+            Rejection::RateLimited {
+                decision, policy, ..
+            } => {
                 let ms = u64::try_from(decision.retry_after().as_millis())
                     .unwrap_or(u64::MAX)
                     .max(1);
@@ -259,10 +292,48 @@ fn describe(kind: ErrorKind) -> &'static str {
 ///
 /// `t` is the retry-after of a denial, and for an allowed request the seconds until the bucket
 /// is full again.
+/// One refusing limit in a 429's `violations`.
+fn violation(decision: &Decision, rule: Option<&str>) -> serde_json::Value {
+    serde_json::json!({
+        "rule": rule.unwrap_or("default"),
+        "retryAfter": decision.retry_after_secs(),
+    })
+}
+
 pub(crate) fn write_rate_limit_headers(headers: &mut HeaderMap, decision: &Decision, policy: &str) {
-    let Some(rule) = decision.rule() else {
+    write_all_rate_limit_headers(headers, &[(*decision, Some(policy.into()))]);
+}
+
+/// The IETF fields of several limits: one list item per limit in `RateLimit-Policy` and
+/// `RateLimit` (draft -10 allows a list of policies).
+pub(crate) fn write_all_rate_limit_headers(
+    headers: &mut HeaderMap,
+    limits: &[(Decision, Option<Arc<str>>)],
+) {
+    let mut policies = Vec::with_capacity(limits.len());
+    let mut states = Vec::with_capacity(limits.len());
+    for (decision, policy) in limits {
+        if let Some((policy_item, state_item)) =
+            rate_limit_items(decision, policy.as_deref().unwrap_or("default"))
+        {
+            policies.push(policy_item);
+            states.push(state_item);
+        }
+    }
+    if policies.is_empty() {
         return;
-    };
+    }
+    if let Ok(value) = HeaderValue::try_from(policies.join(", ")) {
+        headers.insert(HeaderName::from_static("ratelimit-policy"), value);
+    }
+    if let Ok(value) = HeaderValue::try_from(states.join(", ")) {
+        headers.insert(HeaderName::from_static("ratelimit"), value);
+    }
+}
+
+/// One limit's items of `RateLimit-Policy` and `RateLimit`.
+fn rate_limit_items(decision: &Decision, policy: &str) -> Option<(String, String)> {
+    let rule = decision.rule()?;
     let name: String = policy
         .chars()
         .filter(|c| c.is_ascii_graphic() && *c != '"' && *c != '\\')
@@ -281,12 +352,7 @@ pub(crate) fn write_rate_limit_headers(headers: &mut HeaderMap, decision: &Decis
     };
     let policy_value = format!("\"{name}\";q={};w={window}", rule.burst_rate());
     let limit_value = format!("\"{name}\";r={};t={reset}", decision.remaining());
-    if let Ok(value) = HeaderValue::try_from(policy_value) {
-        headers.insert(HeaderName::from_static("ratelimit-policy"), value);
-    }
-    if let Ok(value) = HeaderValue::try_from(limit_value) {
-        headers.insert(HeaderName::from_static("ratelimit"), value);
-    }
+    Some((policy_value, limit_value))
 }
 
 #[cfg(test)]

@@ -70,6 +70,9 @@ pub trait RequestView: Sized + 'static {
     /// Whether `extensions` hold a `T`.
     fn contains<T: Send + Sync + 'static>(extensions: &Self::Extensions) -> bool;
 
+    /// The `T` in `extensions`, if any.
+    fn extension<T: Send + Sync + 'static>(extensions: &Self::Extensions) -> Option<&T>;
+
     /// Puts `value` in `extensions`.
     fn insert<T: Clone + Send + Sync + 'static>(extensions: &mut Self::Extensions, value: T);
 
