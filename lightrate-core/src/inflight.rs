@@ -10,11 +10,10 @@
 //! - [`InFlight::shared`]: a cap across a fleet, kept by an [`InFlightStore`]
 //!   (`lightrate_redis::RedisInFlight`: slots in Redis that expire when their process dies).
 
-use std::cell::RefCell;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -170,8 +169,6 @@ pub struct InFlight {
 }
 
 struct Inner {
-    /// Tells this cap's memos from another's (see [`Memo`]); never 0.
-    id: u64,
     max: u32,
     name: Box<str>,
     /// The fleet's store; `None` for a cap per process.
@@ -211,7 +208,6 @@ impl InFlight {
     fn build(max: u32, name: Box<str>, store: Option<Arc<dyn InFlightStore>>) -> InFlight {
         InFlight {
             inner: Arc::new(Inner {
-                id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
                 max: max.min(DEAD - 1),
                 name,
                 store,
@@ -304,105 +300,24 @@ impl InFlight {
     }
 }
 
-/// The ids of caps, from 1.
-static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-
-/// The longest identifier a [`Memo`] keeps.
-const MEMO_KEY_BYTES: usize = 64;
-
-/// The identifier this thread last found in a cap's map, and its count: the next acquire of
-/// that identifier on the thread (a client with requests in flight, sending more) enters no
-/// epoch and probes no map. A count a sweep took out is dead, so a stale memo sends the acquire
-/// to the map; a memo holds one count alive, at most, per thread.
-struct Memo {
-    cap: u64,
-    key: String,
-    count: Option<Arc<AtomicU32>>,
-    /// The address of the count last found in a map.
-    seen: usize,
-}
-
-thread_local! {
-    static MEMO: RefCell<Memo> = const {
-        RefCell::new(Memo {
-            cap: 0,
-            key: String::new(),
-            count: None,
-            seen: 0,
-        })
-    };
-}
-
 impl Inner {
     #[inline]
     fn acquire_local(&self, key: &str) -> Acquired {
-        let memoized = MEMO.try_with(|memo| {
-            let memo = memo.try_borrow().ok()?;
-            if memo.cap != self.id || !same_bytes(memo.key.as_bytes(), key.as_bytes()) {
-                return None;
-            }
-            let count = memo.count.as_ref()?;
-            self.answer(take(count, self.max), count)
-        });
-        match memoized {
-            Ok(Some(answer)) => answer,
-            _ => self.acquire_mapped(key),
-        }
-    }
-
-    /// The answer for what [`take`] did on `count`; `None` when it was dead.
-    #[inline]
-    fn answer(&self, taken: Taken, count: &Arc<AtomicU32>) -> Option<Acquired> {
-        match taken {
-            Taken::Slot => Some(Acquired::Slot(InFlightSlot::local(count.clone()))),
-            Taken::Full(in_flight) => Some(Acquired::Full {
-                in_flight,
-                max: self.max,
-            }),
-            Taken::Dead => None,
-        }
-    }
-
-    /// Through the map: `key`'s count, remembered in this thread's memo.
-    fn acquire_mapped(&self, key: &str) -> Acquired {
         let map = &self.local.map;
         let guard = map.guard();
         if let Some(count) = map.get(key, &guard) {
-            if let Some(answer) = self.answer(take(count, self.max), count) {
-                self.remember(key, count);
-                return answer;
+            match take(count, self.max) {
+                Taken::Slot => return Acquired::Slot(InFlightSlot::local(count.clone())),
+                Taken::Full(in_flight) => {
+                    return Acquired::Full {
+                        in_flight,
+                        max: self.max,
+                    }
+                }
+                Taken::Dead => {}
             }
         }
         self.acquire_new(key, &guard)
-    }
-
-    /// Makes (`key`, `count`) this thread's memo when the thread found `count` in the map the
-    /// time before too (a hot identifier; copying every identifier of a stream of different
-    /// ones would cost more than the memo saves); else notes that it found it. Allocates once
-    /// per thread (the key's room); an identifier longer than [`MEMO_KEY_BYTES`] is not kept.
-    fn remember(&self, key: &str, count: &Arc<AtomicU32>) {
-        let _ = MEMO.try_with(|memo| {
-            let Ok(mut memo) = memo.try_borrow_mut() else {
-                return;
-            };
-            // The address only tells counts apart: one at a reused address is memoized a
-            // lookup early, which costs nothing but the copy.
-            let seen = Arc::as_ptr(count) as usize;
-            if memo.seen != seen {
-                memo.seen = seen;
-                return;
-            }
-            if key.len() > MEMO_KEY_BYTES {
-                return;
-            }
-            if memo.key.capacity() < MEMO_KEY_BYTES {
-                memo.key.reserve_exact(MEMO_KEY_BYTES);
-            }
-            memo.cap = self.id;
-            memo.key.clear();
-            memo.key.push_str(key);
-            memo.count = Some(count.clone());
-        });
     }
 
     /// The slow path: `key` has no entry (or only one a sweep took out).
@@ -439,33 +354,19 @@ impl Inner {
                 Compute::Aborted(count) => count,
                 Compute::Removed(..) => unreachable!("the computation never removes"),
             };
-            // `None`: swept in between, so a new entry is made.
-            if let Some(answer) = self.answer(take(&count, self.max), &count) {
-                return answer;
+            match take(&count, self.max) {
+                Taken::Slot => return Acquired::Slot(InFlightSlot::local(count)),
+                Taken::Full(in_flight) => {
+                    return Acquired::Full {
+                        in_flight,
+                        max: self.max,
+                    }
+                }
+                // Swept in between: make a new entry.
+                Taken::Dead => continue,
             }
         }
     }
-}
-
-/// Whether `a` and `b` are the same bytes: identifiers of 4 to 16 bytes in two overlapping
-/// words, without a call to `memcmp`.
-#[inline]
-fn same_bytes(a: &[u8], b: &[u8]) -> bool {
-    let n = a.len();
-    if n != b.len() {
-        return false;
-    }
-    if (8..=16).contains(&n) {
-        let word =
-            |s: &[u8], at: usize| u64::from_ne_bytes(s[at..at + 8].try_into().unwrap_or([0; 8]));
-        return word(a, 0) == word(b, 0) && word(a, n - 8) == word(b, n - 8);
-    }
-    if (4..8).contains(&n) {
-        let word =
-            |s: &[u8], at: usize| u32::from_ne_bytes(s[at..at + 4].try_into().unwrap_or([0; 4]));
-        return word(a, 0) == word(b, 0) && word(a, n - 4) == word(b, n - 4);
-    }
-    a == b
 }
 
 /// What one CAS on a count came to.
@@ -751,40 +652,6 @@ mod tests {
         assert_eq!(cap.name(), DEFAULT_IN_FLIGHT_NAME);
         assert!(slot(&other, "alice").is_some());
         drop((a, b));
-    }
-
-    #[test]
-    fn inflight_memo_of_a_swept_identifier_goes_to_the_map() {
-        let cap = InFlight::new(2);
-        // Remembered by this thread (found in the map twice in a row), then swept out at 0.
-        for _ in 0..3 {
-            drop(slot(&cap, "memoized-user").unwrap());
-        }
-        cap.inner.local.sweep();
-        assert_eq!(cap.tracked(), 0);
-        // The memo's count is dead: the slot is counted on a new entry, which the map holds.
-        let a = slot(&cap, "memoized-user").unwrap();
-        let b = slot(&cap, "memoized-user").unwrap();
-        assert_eq!(cap.tracked(), 1);
-        assert_eq!(cap.in_flight("memoized-user"), Some(2));
-        assert!(slot(&cap, "memoized-user").is_none());
-        // Same length, other bytes: not the memo's identifier.
-        assert!(slot(&cap, "memoized-usex").is_some());
-        drop((a, b));
-    }
-
-    #[test]
-    fn inflight_same_bytes_compares_every_byte() {
-        for n in 0..40 {
-            let a: Vec<u8> = (0..n as u8).collect();
-            assert!(same_bytes(&a, &a.clone()));
-            for i in 0..n {
-                let mut b = a.clone();
-                b[i] ^= 1;
-                assert!(!same_bytes(&a, &b), "{n} {i}");
-            }
-            assert!(!same_bytes(&a, &a[..n.saturating_sub(1)]) || n == 0);
-        }
     }
 
     #[test]
