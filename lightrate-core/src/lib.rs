@@ -36,6 +36,7 @@ mod embedded;
 pub mod env_vars;
 mod error;
 mod from_env;
+mod inflight;
 mod ip;
 mod limiter;
 #[cfg(feature = "metrics")]
@@ -56,6 +57,10 @@ pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use embedded::{EmbeddedSource, EmbeddedStats, DEFAULT_MAX_SOURCE_BUCKETS};
 pub use error::{Error, ErrorKind};
 pub use from_env::EnvSource;
+pub use inflight::{
+    Acquired, InFlight, InFlightSlot, InFlightStore, StoreAcquired, StoreFuture, StoreSlot,
+    DEFAULT_IN_FLIGHT_NAME, IN_FLIGHT_RETRY_AFTER,
+};
 pub use limiter::{
     BreakerState, BucketStatus, Decision, DecisionSource, Decisions, Limit, Limiter,
     LimiterBuilder, OnUnavailable, RuleSummary, Stats, DEFAULT_LEASE_SIZE,

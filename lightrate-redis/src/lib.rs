@@ -88,6 +88,7 @@
 mod cluster;
 mod connection;
 mod env;
+mod inflight;
 mod keys;
 mod script;
 mod source;
@@ -95,6 +96,7 @@ mod source;
 pub mod test_util;
 
 pub use env::builder_from_env;
+pub use inflight::{RedisInFlight, RedisInFlightBuilder, DEFAULT_SLOT_TTL};
 pub use script::MAX_BUCKET_UNITS;
 pub use source::{
     RedisSource, RedisSourceBuilder, DEFAULT_APPLICATION_ID, DEFAULT_PREFIX, DEFAULT_REDIS_TIMEOUT,
