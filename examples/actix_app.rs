@@ -15,6 +15,7 @@
 //! | `POST /emails` | operation `send_email` | `{"sent": true}` |
 //! | `GET /search` | the user's `search_per_second` AND `search_per_day` | `{"results": []}` |
 //! | `GET /reports` | the user's path rule `^/reports` AND the organisation's `org_reports` (`x-org-id`) | `{"org": "<org>"}` |
+//! | `GET /export?ms=N` | at most 2 requests of a user in flight (across every process on one Redis with `LIGHTRATE_REDIS_URL`) | `{"exported": true}` after N ms |
 //! | `GET /healthz` | not limited | `ok` |
 //! | `GET /metrics` | not limited | Prometheus text (`lightrate_` metrics) |
 //!
@@ -41,7 +42,7 @@ use actix_web::http::header::HeaderName;
 use actix_web::http::Method;
 use actix_web::{web, App, HttpRequest, HttpServer};
 use lightrate::actix::{Identify, LightRate, MissingIdentifier, Mode, Operation, RouteLimit};
-use lightrate::{EnvSource, Limiter, RuleSet};
+use lightrate::{EnvSource, InFlight, Limiter, RuleSet};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde_json::{json, Value};
 
@@ -50,6 +51,18 @@ const USER_HEADER: HeaderName = HeaderName::from_static("x-user-id");
 
 /// The header that names the user's organisation (`/reports`).
 const ORG_HEADER: HeaderName = HeaderName::from_static("x-org-id");
+
+/// How many `/export` requests of one user may be in flight.
+pub const EXPORTS_IN_FLIGHT: u32 = 2;
+
+/// The longest an `/export` request is held (`?ms=`).
+const MAX_EXPORT_MS: u64 = 10_000;
+
+/// `/export`'s query: how long to hold the request.
+#[derive(serde::Deserialize)]
+struct ExportQuery {
+    ms: Option<u64>,
+}
 
 /// The process's Prometheus recorder (installed on first use, without an HTTP listener of
 /// its own: `/metrics` serves it).
@@ -71,6 +84,7 @@ pub fn prometheus() -> PrometheusHandle {
 pub fn app(
     limiter: Limiter,
     mode: Mode,
+    exports: InFlight,
 ) -> App<
     impl ServiceFactory<
         ServiceRequest,
@@ -121,6 +135,15 @@ pub fn app(
                 .wrap(rate_limit.limits_for(Method::GET, "/reports", reports_limits))
                 .route(web::get().to(reports)),
         )
+        .service(
+            web::resource("/export")
+                .wrap(rate_limit.limits_for(
+                    Method::GET,
+                    "/export",
+                    [RouteLimit::in_flight(exports)],
+                ))
+                .route(web::get().to(export)),
+        )
         .route("/items/{id}", web::get().to(item))
         .service(
             web::resource("/emails")
@@ -142,6 +165,13 @@ async fn hello(req: HttpRequest) -> String {
             .map_or_else(|| "anonymous".into(), |peer| peer.ip().to_string()),
     };
     format!("hello {user}")
+}
+
+/// `/export?ms=N`: answers after N ms (at most 10 000).
+async fn export(query: web::Query<ExportQuery>) -> web::Json<Value> {
+    let ms = query.ms.unwrap_or(0).min(MAX_EXPORT_MS);
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    web::Json(json!({ "exported": true }))
 }
 
 async fn search() -> web::Json<Value> {
@@ -174,7 +204,11 @@ pub fn server(
     mode: Mode,
     workers: usize,
 ) -> std::io::Result<Server> {
-    Ok(HttpServer::new(move || app(limiter.clone(), mode))
+    // `/export`'s cap: shared on Redis when the buckets are.
+    let exports = lightrate_redis::in_flight_from_env(EXPORTS_IN_FLIGHT)
+        .map_err(std::io::Error::other)?
+        .named("export");
+    Ok(HttpServer::new(move || app(limiter.clone(), mode, exports.clone()))
         .workers(workers.max(1))
         .listen(listener)?
         .run())

@@ -15,6 +15,7 @@
 //! | `POST /emails` | operation `send_email` | `{"sent": true}` |
 //! | `GET /search` | the user's `search_per_second` AND `search_per_day` | `{"results": []}` |
 //! | `GET /reports` | the user's path rule `^/reports` AND the organisation's `org_reports` (`x-org-id`) | `{"org": "<org>"}` |
+//! | `GET /export?ms=N` | at most 2 requests of a user in flight (across every process on one Redis with `LIGHTRATE_REDIS_URL`) | `{"exported": true}` after N ms |
 //! | `GET /healthz` | not limited | `ok` |
 //! | `GET /metrics` | not limited | Prometheus text (`lightrate_` metrics) |
 //!
@@ -34,14 +35,14 @@ use std::process::ExitCode;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, Path};
+use axum::extract::{ConnectInfo, Path, Query};
 use axum::http::{HeaderMap, HeaderName, Method};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use lightrate::tower::{Identify, LightRateLayer, MissingIdentifier, Mode, Operation, RouteLimit};
-use lightrate::{EnvSource, Limiter, RuleSet};
+use lightrate::{EnvSource, InFlight, Limiter, RuleSet};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde_json::{json, Value};
 use tower::Service as _;
@@ -51,6 +52,18 @@ const USER_HEADER: HeaderName = HeaderName::from_static("x-user-id");
 
 /// The header that names the user's organisation (`/reports`).
 const ORG_HEADER: HeaderName = HeaderName::from_static("x-org-id");
+
+/// How many `/export` requests of one user may be in flight.
+pub const EXPORTS_IN_FLIGHT: u32 = 2;
+
+/// The longest an `/export` request is held (`?ms=`).
+const MAX_EXPORT_MS: u64 = 10_000;
+
+/// `/export`'s query: how long to hold the request.
+#[derive(serde::Deserialize)]
+struct ExportQuery {
+    ms: Option<u64>,
+}
 
 /// How long a connection may take to send a complete request head: from its start, and
 /// between two requests of a kept-alive connection. Then it is closed.
@@ -74,8 +87,14 @@ pub fn prometheus() -> PrometheusHandle {
         .clone()
 }
 
-/// The demo routes behind the rate limiter, enforcing or (`Mode::Shadow`) only counting.
+/// The demo routes behind the rate limiter, enforcing or (`Mode::Shadow`) only counting;
+/// `/export`'s cap in this process.
 pub fn app(limiter: Limiter, mode: Mode) -> Router {
+    app_with(limiter, mode, InFlight::new(EXPORTS_IN_FLIGHT).named("export"))
+}
+
+/// [`app`], with `/export`'s in-flight cap (shared by a fleet on Redis, say).
+pub fn app_with(limiter: Limiter, mode: Mode, exports: InFlight) -> Router {
     let metrics = {
         let (limiter, prometheus) = (limiter.clone(), prometheus());
         move || async move {
@@ -113,6 +132,14 @@ pub fn app(limiter: Limiter, mode: Mode) -> Router {
             "/reports",
             get(reports).layer(rate_limit.limits_for(Method::GET, "/reports", reports_limits)),
         )
+        .route(
+            "/export",
+            get(export).layer(rate_limit.limits_for(
+                Method::GET,
+                "/export",
+                [RouteLimit::in_flight(exports)],
+            )),
+        )
         .route("/items/{id}", get(item))
         .route(
             "/emails",
@@ -141,6 +168,13 @@ async fn item(Path(id): Path<String>) -> Json<Value> {
 
 async fn send_email() -> Json<Value> {
     Json(json!({ "sent": true }))
+}
+
+/// `/export?ms=N`: answers after N ms (at most 10 000).
+async fn export(Query(query): Query<ExportQuery>) -> Json<Value> {
+    let ms = query.ms.unwrap_or(0).min(MAX_EXPORT_MS);
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    Json(json!({ "exported": true }))
 }
 
 async fn search() -> Json<Value> {
@@ -251,7 +285,10 @@ async fn run() -> Result<(), String> {
     });
     println!("listening on http://{address}");
     let _ = std::io::stdout().flush();
-    serve(listener, app(builder.build(), mode))
+    let exports = lightrate_redis::in_flight_from_env(EXPORTS_IN_FLIGHT)
+        .map_err(|e| e.to_string())?
+        .named("export");
+    serve(listener, app_with(builder.build(), mode, exports))
         .await
         .map_err(|e| e.to_string())
 }

@@ -43,6 +43,11 @@ pub use lightrate_core::{
     RuleSet, RuleSetBuilder, RuleSpec, Target, TokenSource, DEFAULT_MAX_SOURCE_BUCKETS,
     MAX_USER_IDENTIFIER_BYTES,
 };
+// In-flight caps.
+pub use lightrate_core::{
+    Acquired, InFlight, InFlightSlot, InFlightStore, StoreAcquired, StoreFuture, StoreSlot,
+    DEFAULT_IN_FLIGHT_NAME, IN_FLIGHT_RETRY_AFTER,
+};
 // Time, and errors.
 pub use lightrate_core::{Clock, Error, ErrorKind, ManualClock, SystemClock, Timestamp};
 // The LightRate API client.

@@ -1,6 +1,8 @@
 //! The demo apps' choice of token source from the environment, with Redis among the choices.
 
-use lightrate_core::{env_vars, EnvSource, Error, ErrorKind, Limiter, LimiterBuilder, RuleSet};
+use lightrate_core::{
+    env_vars, EnvSource, Error, ErrorKind, InFlight, Limiter, LimiterBuilder, RuleSet,
+};
 
 use crate::RedisSource;
 
@@ -31,6 +33,45 @@ pub fn builder_from_env(rules: RuleSet) -> Result<(LimiterBuilder, EnvSource), E
     match redis_from_lookup(&rules, |name| std::env::var(name).ok())? {
         Some(chosen) => Ok(chosen),
         None => Limiter::builder_from_env(rules),
+    }
+}
+
+/// An in-flight cap of `max` per identifier, where the environment puts the buckets: shared
+/// by every process on that Redis (or Redis Cluster) when `LIGHTRATE_REDIS_URL` or
+/// `LIGHTRATE_REDIS_CLUSTER_URLS` is set and no API key is ([`RedisInFlight`](crate::RedisInFlight)),
+/// else in this process only (the LightRate API has no in-flight slots).
+///
+/// ```
+/// let export = lightrate_redis::in_flight_from_env(2)?.named("export");
+/// assert_eq!(export.max(), 2);
+/// # Ok::<(), lightrate_core::Error>(())
+/// ```
+pub fn in_flight_from_env(max: u32) -> Result<InFlight, Error> {
+    in_flight_from_lookup(max, |name| std::env::var(name).ok())
+}
+
+fn in_flight_from_lookup(
+    max: u32,
+    var: impl Fn(&str) -> Option<String>,
+) -> Result<InFlight, Error> {
+    let var = |name: &str| var(name).filter(|v| !v.trim().is_empty());
+    if var(env_vars::API_KEY).is_some() || var(env_vars::APPLICATION_ID).is_some() {
+        return Ok(InFlight::new(max));
+    }
+    match (var(env_vars::REDIS_URL), var(env_vars::REDIS_CLUSTER_URLS)) {
+        (Some(url), None) => Ok(InFlight::shared(max, crate::RedisInFlight::connect(&url)?)),
+        (None, Some(urls)) => {
+            let urls: Vec<&str> = urls
+                .split(',')
+                .map(str::trim)
+                .filter(|u| !u.is_empty())
+                .collect();
+            Ok(InFlight::shared(
+                max,
+                crate::RedisInFlight::connect_cluster(urls)?,
+            ))
+        }
+        _ => Ok(InFlight::new(max)),
     }
 }
 

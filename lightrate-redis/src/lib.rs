@@ -95,7 +95,7 @@ mod source;
 #[cfg(feature = "test-util")]
 pub mod test_util;
 
-pub use env::builder_from_env;
+pub use env::{builder_from_env, in_flight_from_env};
 pub use inflight::{RedisInFlight, RedisInFlightBuilder, DEFAULT_SLOT_TTL};
 pub use script::MAX_BUCKET_UNITS;
 pub use source::{

@@ -71,6 +71,7 @@ impl<V: RequestView> RequestPolicy<V> {
                 family: self.family.clone(),
                 decisions: None,
                 charges: Vec::new(),
+                slots: Vec::new(),
             }),
             None => Verdict::Refused(self.refuse(&decision, grpc)),
         }

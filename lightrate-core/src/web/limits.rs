@@ -15,7 +15,7 @@ use super::rejection::Rejection;
 use super::shadow::Mode;
 use super::view::RequestView;
 use crate::limiter::Local;
-use crate::{Decisions, Error, Limit, Target};
+use crate::{Acquired, Decision, DecisionSource, Decisions, Error, InFlight, InFlightSlot, Limit, Target};
 
 type PlanFn<V> = dyn Fn(&<V as RequestView>::Request, &str) -> Option<Operation> + Send + Sync;
 
@@ -55,6 +55,8 @@ enum LimitTarget<V: RequestView> {
     Operation(Operation),
     /// Chosen per request; `None`: the request's own target.
     Plan(Arc<PlanFn<V>>),
+    /// At most so many requests of the identifier in flight.
+    InFlight(InFlight),
 }
 
 impl<V: RequestView> Clone for RouteLimit<V> {
@@ -65,6 +67,7 @@ impl<V: RequestView> Clone for RouteLimit<V> {
                 LimitTarget::Request => LimitTarget::Request,
                 LimitTarget::Operation(op) => LimitTarget::Operation(op.clone()),
                 LimitTarget::Plan(f) => LimitTarget::Plan(f.clone()),
+                LimitTarget::InFlight(cap) => LimitTarget::InFlight(cap.clone()),
             },
             cost: self.cost,
         }
@@ -78,6 +81,7 @@ impl<V: RequestView> fmt::Debug for RouteLimit<V> {
             LimitTarget::Request => d.field("target", &"request"),
             LimitTarget::Operation(op) => d.field("operation", &op.name()),
             LimitTarget::Plan(_) => d.field("target", &"plan(..)"),
+            LimitTarget::InFlight(cap) => d.field("in_flight", cap),
         };
         d.field("identify", &self.identify)
             .field("cost", &self.cost)
@@ -101,6 +105,19 @@ impl<V: RequestView> RouteLimit<V> {
         RouteLimit {
             identify: None,
             target: LimitTarget::Operation(operation.into()),
+            cost: None,
+        }
+    }
+
+    /// At most `cap.max()` requests of the identifier in flight (in this process, or across a
+    /// fleet for a shared [`InFlight`]): a slot is taken once every other limit of the request
+    /// admitted it, and held until the response is ready, or the request is dropped (the
+    /// client went away, a timeout, a panic). A request that finds none free gets 429 with
+    /// `Retry-After: 1`, and takes nothing from its other limits.
+    pub fn in_flight(cap: InFlight) -> Self {
+        RouteLimit {
+            identify: None,
+            target: LimitTarget::InFlight(cap),
             cost: None,
         }
     }
@@ -134,9 +151,21 @@ impl<V: RequestView> RouteLimit<V> {
 /// A limit of one request, owned: its identifier, target and cost.
 type Owned = (Box<str>, Target<'static>, u64);
 
+/// The in-flight caps of one request, with their identifiers.
+type Caps = Vec<(InFlight, Box<str>)>;
+
+/// What taking a request's in-flight slots came to.
+enum Slots {
+    /// Every slot.
+    Held(Vec<InFlightSlot>),
+    /// This cap (its name) was full.
+    Full(String),
+}
+
 impl<V: RequestView> RequestPolicy<V> {
     /// Decides `req` against `limits` (the request's own target being `target`, at `cost`):
-    /// every identifier first (400 before any token is taken), then one decision for all.
+    /// every identifier first (400 before any token is taken), then one decision for all,
+    /// then the in-flight slots.
     #[inline(never)]
     pub(super) fn plan_limits(
         self: &Arc<Self>,
@@ -145,8 +174,8 @@ impl<V: RequestView> RequestPolicy<V> {
         target: &Target<'_>,
         cost: u64,
     ) -> Plan {
-        let owned = match self.identify_limits(req, limits, target, cost) {
-            Ok(Some(owned)) => owned,
+        let (owned, caps) = match self.identify_limits(req, limits, target, cost) {
+            Ok(Some(identified)) => identified,
             // Not limited: shadow mode let an unusable identifier through, or no address.
             Ok(None) => {
                 self.family.claim::<V>(req);
@@ -163,33 +192,106 @@ impl<V: RequestView> RequestPolicy<V> {
             self.limiter.check_all_locally(&borrowed, shadow)
         };
         let grpc = V::is_grpc(req);
-        match local {
-            Local::Decided(decisions) => match self.verdict_all(decisions, &owned, grpc) {
-                Verdict::Allowed(allowed) => Plan::Call(allowed.mark_request::<V>(req)),
-                Verdict::Refused(answer) => {
-                    V::with_extensions(req, |e| self.family.refused::<V>(e));
-                    Plan::Refused(answer)
+        let decisions = match local {
+            Local::Decided(decisions) => decisions,
+            Local::Ask(decisions, ask) => {
+                return self.check_limits(req, owned, caps, (decisions, ask), shadow, grpc)
+            }
+        };
+        let slots = if caps.is_empty() || !decisions.is_allowed() {
+            Slots::Held(Vec::new())
+        } else {
+            match try_slots(&caps) {
+                Some(slots) => slots,
+                // A fleet's cap: Redis is asked.
+                None => {
+                    let policy = Arc::clone(self);
+                    let foreign = V::with_extensions(req, |e| self.family.before_source::<V>(e));
+                    return Plan::Check(Box::pin(async move {
+                        let verdict = policy.with_slots(decisions, &owned, &caps, grpc).await;
+                        refused_after_source(&verdict, foreign);
+                        verdict
+                    }));
+                }
+            }
+        };
+        match self.verdict_all(decisions, &owned, slots, grpc) {
+            Verdict::Allowed(allowed) => Plan::Call(allowed.mark_request::<V>(req)),
+            Verdict::Refused(answer) => {
+                V::with_extensions(req, |e| self.family.refused::<V>(e));
+                Plan::Refused(answer)
+            }
+        }
+    }
+
+    /// The plan of a request whose limits must ask the token source (concurrently), then take
+    /// their in-flight slots.
+    #[cold]
+    fn check_limits(
+        self: &Arc<Self>,
+        req: &V::Request,
+        owned: Vec<Owned>,
+        caps: Caps,
+        (decisions, ask): (Decisions, u64),
+        shadow: bool,
+        grpc: bool,
+    ) -> Plan {
+        let foreign = V::with_extensions(req, |e| self.family.before_source::<V>(e));
+        let check = self
+            .limiter
+            .check_all_with_source(owned.clone(), decisions, ask, shadow);
+        let policy = Arc::clone(self);
+        Plan::Check(Box::pin(async move {
+            let verdict = match check.await {
+                Ok(decisions) => policy.with_slots(decisions, &owned, &caps, grpc).await,
+                Err(error) => policy.settle(Err(error), grpc),
+            };
+            refused_after_source(&verdict, foreign);
+            verdict
+        }))
+    }
+
+    /// The verdict of decided limits, once their in-flight slots are taken (asking the fleet's
+    /// store, when a cap is shared).
+    async fn with_slots(
+        &self,
+        decisions: Decisions,
+        owned: &[Owned],
+        caps: &Caps,
+        grpc: bool,
+    ) -> Verdict {
+        if caps.is_empty() || !decisions.is_allowed() {
+            return self.verdict_all(decisions, owned, Slots::Held(Vec::new()), grpc);
+        }
+        match acquire_slots(caps).await {
+            Ok(slots) => self.verdict_all(decisions, owned, slots, grpc),
+            Err(error) => match self.limiter.on_unavailable() {
+                // Through without the cap's slot.
+                crate::OnUnavailable::Allow => {
+                    self.verdict_all(decisions, owned, Slots::Held(Vec::new()), grpc)
+                }
+                _ => {
+                    self.give_back_decisions(&decisions, owned);
+                    Verdict::Refused(self.respond(&Rejection::from_error(&error), grpc))
                 }
             },
-            Local::Ask(decisions, ask) => {
-                let foreign = V::with_extensions(req, |e| self.family.before_source::<V>(e));
-                let check = self.limiter.check_all_with_source(
-                    owned.clone(),
-                    decisions,
-                    ask,
-                    shadow,
-                );
-                let policy = Arc::clone(self);
-                Plan::Check(Box::pin(async move {
-                    let verdict = match check.await {
-                        Ok(decisions) => policy.verdict_all(decisions, &owned, grpc),
-                        Err(error) => policy.settle(Err(error), grpc),
-                    };
-                    if let (Verdict::Refused(_), Some(foreign)) = (&verdict, foreign) {
-                        foreign.give_back();
-                    }
-                    verdict
-                }))
+        }
+    }
+
+    /// Gives back what the allowed limits of a request took, when something after them
+    /// refused it.
+    fn give_back_decisions(&self, decisions: &Decisions, owned: &[Owned]) {
+        for (decision, (user, _, cost)) in decisions.iter().zip(owned) {
+            let Some(decision) = decision.filter(|d| d.is_allowed()) else {
+                continue;
+            };
+            let granted = match decision.source() {
+                DecisionSource::LocalBucket => false,
+                DecisionSource::TokenSource => true,
+                _ => continue,
+            };
+            if let Some(rule) = decision.rule() {
+                self.limiter.give_back(user, rule.slot, *cost, granted);
             }
         }
     }
@@ -202,8 +304,9 @@ impl<V: RequestView> RequestPolicy<V> {
         limits: &[RouteLimit<V>],
         target: &Target<'_>,
         cost: u64,
-    ) -> Result<Option<Vec<Owned>>, Plan> {
+    ) -> Result<Option<(Vec<Owned>, Caps)>, Plan> {
         let mut owned = Vec::with_capacity(limits.len());
+        let mut caps = Vec::new();
         for limit in limits {
             let own = limit.identify.is_none();
             let identify = limit.identify.as_ref().unwrap_or(&self.options.identify);
@@ -220,6 +323,10 @@ impl<V: RequestView> RequestPolicy<V> {
                 return Ok(None);
             };
             let (limit_target, limit_cost) = match &limit.target {
+                LimitTarget::InFlight(cap) => {
+                    caps.push((cap.clone(), Box::from(&*user)));
+                    continue;
+                }
                 LimitTarget::Request => (target.clone().into_owned(), cost),
                 LimitTarget::Operation(op) => (op.target().into_owned(), op.cost()),
                 LimitTarget::Plan(choose) => match choose(req, &user) {
@@ -233,7 +340,7 @@ impl<V: RequestView> RequestPolicy<V> {
                 limit.cost.unwrap_or(limit_cost),
             ));
         }
-        Ok(Some(owned))
+        Ok(Some((owned, caps)))
     }
 
     /// The identifier `identify` finds in `req`, validated: `Ok(None)` when the request is not
@@ -278,7 +385,7 @@ impl<V: RequestView> RequestPolicy<V> {
     }
 
     /// What the decisions of a request's limits mean for it.
-    pub(super) fn verdict_all(&self, decisions: Decisions, owned: &[Owned], grpc: bool) -> Verdict {
+    fn verdict_all(&self, decisions: Decisions, owned: &[Owned], slots: Slots, grpc: bool) -> Verdict {
         let enforce = self.options.mode != Mode::Shadow;
         if !decisions.is_allowed() && enforce {
             return Verdict::Refused(self.refuse_all(&decisions, grpc));
@@ -286,6 +393,18 @@ impl<V: RequestView> RequestPolicy<V> {
         if !decisions.is_allowed() {
             self.let_through(&self.rejection_of(&decisions));
         }
+        let slots = match slots {
+            Slots::Held(slots) => slots,
+            Slots::Full(name) => {
+                let rejection = self.rejection_in_flight(&decisions, &name);
+                if enforce {
+                    self.give_back_decisions(&decisions, owned);
+                    return Verdict::Refused(self.respond(&rejection, grpc));
+                }
+                self.let_through(&rejection);
+                Vec::new()
+            }
+        };
         let charges = if self.family.records() && decisions.is_allowed() {
             self.charges(&decisions, owned)
         } else {
@@ -303,6 +422,7 @@ impl<V: RequestView> RequestPolicy<V> {
             family: self.family.clone(),
             decisions: self.options.insert_decision.then(|| Box::new(decisions)),
             charges,
+            slots,
         })
     }
 
@@ -353,6 +473,32 @@ impl<V: RequestView> RequestPolicy<V> {
         }
     }
 
+    /// The rejection of a request whose in-flight cap `name` was full (its other limits
+    /// admitted it): 429, `Retry-After: 1`.
+    fn rejection_in_flight(&self, decisions: &Decisions, name: &str) -> Rejection {
+        let full = Decision {
+            allowed: false,
+            source: DecisionSource::LocalBucket,
+            tokens_left: 0,
+            remaining: 0,
+            retry_after_nanos: crate::clock::duration_to_nanos(crate::IN_FLIGHT_RETRY_AFTER),
+            rule: None,
+            unavailable: None,
+        };
+        let rule: Option<Arc<str>> = Some(format!("in_flight_{name}").into());
+        let limits = decisions
+            .iter()
+            .flatten()
+            .map(|d| (*d, self.rule_id(d)))
+            .chain([(full, rule.clone())])
+            .collect();
+        Rejection::RateLimited {
+            decision: full,
+            policy: rule,
+            limits,
+        }
+    }
+
     /// The answer to a request its limits refused.
     #[cold]
     fn refuse_all(&self, decisions: &Decisions, grpc: bool) -> Box<http::Response<bytes::Bytes>> {
@@ -376,5 +522,38 @@ impl<V: RequestView> RequestPolicy<V> {
             .collect();
         super::rejection::write_all_rate_limit_headers(&mut fields, &limits);
         fields
+    }
+}
+
+/// A request's in-flight slots taken in this process: `None` when a cap is shared (its
+/// store must be asked); the slots taken so far are released then, or when one is full.
+fn try_slots(caps: &Caps) -> Option<Slots> {
+    let mut slots = Vec::with_capacity(caps.len());
+    for (cap, key) in caps {
+        match cap.try_acquire_local(key)? {
+            Acquired::Slot(slot) => slots.push(slot),
+            Acquired::Full { .. } => return Some(Slots::Full(cap.name().to_owned())),
+        }
+    }
+    Some(Slots::Held(slots))
+}
+
+/// A request's in-flight slots, asking the stores of shared caps.
+async fn acquire_slots(caps: &Caps) -> Result<Slots, Error> {
+    let mut slots = Vec::with_capacity(caps.len());
+    for (cap, key) in caps {
+        match cap.acquire(key).await? {
+            Acquired::Slot(slot) => slots.push(slot),
+            Acquired::Full { .. } => return Ok(Slots::Full(cap.name().to_owned())),
+        }
+    }
+    Ok(Slots::Held(slots))
+}
+
+/// What the families before get when the source (or a fleet's store) made a request refused:
+/// their charges back.
+fn refused_after_source(verdict: &Verdict, foreign: Option<super::family::Charges>) {
+    if let (Verdict::Refused(_), Some(foreign)) = (verdict, foreign) {
+        foreign.give_back();
     }
 }

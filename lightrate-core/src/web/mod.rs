@@ -66,7 +66,7 @@ pub mod adapter {
     //! The answers are `http::Response<`[`AnswerBody`]`>`; the adapter turns them into its
     //! framework's response type.
 
-    pub use super::plan::{Allowed, Check, Plan, Verdict};
+    pub use super::plan::{After, Allowed, Check, Plan, Verdict};
     pub use super::policy::{Options, RequestPolicy};
     pub use super::stage::Stage;
     pub use super::view::{ReadExtension, RequestView};

@@ -24,14 +24,42 @@ use crate::ip::IpText;
 use crate::limiter::{IpProbe, PathProbe, Probe};
 use crate::{Decision, Decisions, Target};
 
+/// What an allowed request's response gets once the inner service has answered: the IETF
+/// fields to add, and the in-flight slots its limits hold until then (released when the
+/// response is ready, or when the request is dropped: the client went away, a timeout, a
+/// panic).
+#[derive(Debug, Default)]
+pub struct After {
+    headers: Option<Box<HeaderMap>>,
+    slots: Vec<crate::InFlightSlot>,
+}
+
+impl After {
+    /// `Some` when there is something to do after the inner service.
+    pub(super) fn of(
+        headers: Option<Box<HeaderMap>>,
+        slots: Vec<crate::InFlightSlot>,
+    ) -> Option<Box<After>> {
+        (headers.is_some() || !slots.is_empty()).then(|| Box::new(After { headers, slots }))
+    }
+
+    /// The inner service answered: the slots are released, and the fields to add returned.
+    pub(super) fn finish(self: Box<Self>) -> Option<Box<HeaderMap>> {
+        let After { headers, slots } = *self;
+        drop(slots);
+        headers
+    }
+}
+
 /// What to do with a request, decided before the inner service is called.
 #[must_use]
 pub enum Plan {
-    /// Call the inner service, then add these IETF fields to its response, if any. The
+    /// Call the inner service, then do what [`After`] says (add IETF fields to its response,
+    /// release in-flight slots), if anything. The
     /// request is not limited (excluded, already decided by another LightRate middleware, or
     /// no identifier and the policy lets it through), or a local bucket allowed it and
     /// [`plan`](RequestPolicy::plan) has marked it.
-    Call(Option<Box<HeaderMap>>),
+    Call(Option<Box<After>>),
     /// Refused (429, 503, 400): answer this, without calling the inner service. Boxed, so
     /// that the common plans stay small.
     Refused(Box<Response<Bytes>>),
@@ -87,6 +115,8 @@ pub struct Allowed {
     /// What its limits took, when a middleware stacked under this one may refuse the request
     /// and give it back.
     pub(super) charges: Vec<Charge>,
+    /// In-flight slots it holds until its response is ready.
+    pub(super) slots: Vec<crate::InFlightSlot>,
 }
 
 impl Allowed {
@@ -96,7 +126,7 @@ impl Allowed {
     /// LightRate middleware does, joining the decision), and returns the IETF fields to add to
     /// the response, if any.
     #[inline]
-    pub fn mark<V: RequestView>(self, extensions: &mut V::Extensions) -> Option<Box<HeaderMap>> {
+    pub fn mark<V: RequestView>(self, extensions: &mut V::Extensions) -> Option<Box<After>> {
         self.family.claim_in::<V>(extensions);
         if !self.charges.is_empty() {
             Charges::record::<V>(extensions, self.charges);
@@ -109,14 +139,11 @@ impl Allowed {
                 V::insert(extensions, *decisions);
             }
         }
-        self.headers
+        After::of(self.headers, self.slots)
     }
 
     /// [`mark`](Self::mark), on the request.
-    pub(super) fn mark_request<V: RequestView>(
-        self,
-        req: &mut V::Request,
-    ) -> Option<Box<HeaderMap>> {
+    pub(super) fn mark_request<V: RequestView>(self, req: &mut V::Request) -> Option<Box<After>> {
         self.family.claim::<V>(req);
         if !self.charges.is_empty() {
             let mut all = V::with_extensions(req, |e| V::extension::<Charges>(e).cloned())
@@ -132,7 +159,7 @@ impl Allowed {
                 V::insert_into(req, *decisions);
             }
         }
-        self.headers
+        After::of(self.headers, self.slots)
     }
 }
 
@@ -303,7 +330,7 @@ impl<V: RequestView> RequestPolicy<V> {
         match self.admit(decision) {
             Some(headers) => {
                 self.mark::<V>(req, decision, charge);
-                Plan::Call(headers)
+                Plan::Call(After::of(headers, Vec::new()))
             }
             None => {
                 V::with_extensions(req, |e| self.family.refused::<V>(e));

@@ -9,7 +9,7 @@ use std::task::{ready, Context, Poll};
 use http::HeaderMap;
 use pin_project_lite::pin_project;
 
-use super::plan::{Check, Verdict};
+use super::plan::{After, Check, Verdict};
 
 pin_project! {
     /// Where an adapter's response future is. `F` is the inner service's future, `A` the
@@ -27,12 +27,12 @@ pin_project! {
     #[project = StateProj]
     #[project_replace = StateOwned]
     enum State<F, A, C> {
-        // The inner service's future (allowed, or not limited), and the IETF fields to add to
-        // its response.
+        // The inner service's future (allowed, or not limited), and what its response gets
+        // (the IETF fields to add; in-flight slots, held until it is ready).
         Inner {
             #[pin]
             future: F,
-            headers: Option<Box<HeaderMap>>,
+            after: Option<Box<After>>,
         },
         // The answer, ready.
         Answer {
@@ -48,11 +48,12 @@ pin_project! {
 }
 
 impl<F, A, C> Stage<F, A, C> {
-    /// Calls the inner service: `future`, then `headers` on its response.
+    /// Calls the inner service: `future`, then what its response gets (`after`: the IETF
+    /// fields to add; in-flight slots held until it is ready, or until the stage is dropped).
     #[inline]
-    pub fn inner(future: F, headers: Option<Box<HeaderMap>>) -> Self {
+    pub fn inner(future: F, after: Option<Box<After>>) -> Self {
         Stage {
-            state: State::Inner { future, headers },
+            state: State::Inner { future, after },
         }
     }
 
@@ -90,13 +91,13 @@ impl<F: Future, A, C> Stage<F, A, C> {
         let mut state = self.project().state;
         match state.as_mut().project() {
             // The hot path, kept small: the rare states are polled out of line.
-            StateProj::Inner { future, headers } => {
-                if headers.is_none() {
+            StateProj::Inner { future, after } => {
+                if after.is_none() {
                     // Nothing to add: the inner service's output goes straight through.
                     return future.poll(cx).map(|output| respond(output, None));
                 }
                 let output = ready!(future.poll(cx));
-                Poll::Ready(respond(output, headers.take()))
+                Poll::Ready(respond(output, after.take().and_then(After::finish)))
             }
             _ => poll_rare(state, cx, resume, respond, answer),
         }
@@ -123,9 +124,9 @@ fn poll_rare<F: Future, A, C, O>(
         state.set(resume(call, verdict).state);
     }
     match state.as_mut().project() {
-        StateProj::Inner { future, headers } => {
+        StateProj::Inner { future, after } => {
             let output = ready!(future.poll(cx));
-            Poll::Ready(respond(output, headers.take()))
+            Poll::Ready(respond(output, after.take().and_then(After::finish)))
         }
         StateProj::Answer { .. } | StateProj::Done => {
             Poll::Ready(answer(match state.project_replace(State::Done) {
