@@ -109,8 +109,10 @@ pub fn app(
         .exclude_path("/metrics")
         .mode(mode);
     // Several limits per request, all or nothing.
-    let hello_limits = [RouteLimit::request()
-        .plan(|_, user| user.starts_with("pro_").then(|| Operation::new("hello_pro")))];
+    let hello_limits = [RouteLimit::request().plan(|_, user| {
+        user.starts_with("pro_")
+            .then(|| Operation::new("hello_pro"))
+    })];
     let search_limits = [
         RouteLimit::operation("search_per_second"),
         RouteLimit::operation("search_per_day"),
@@ -208,10 +210,12 @@ pub fn server(
     let exports = lightrate_redis::in_flight_from_env(EXPORTS_IN_FLIGHT)
         .map_err(std::io::Error::other)?
         .named("export");
-    Ok(HttpServer::new(move || app(limiter.clone(), mode, exports.clone()))
-        .workers(workers.max(1))
-        .listen(listener)?
-        .run())
+    Ok(
+        HttpServer::new(move || app(limiter.clone(), mode, exports.clone()))
+            .workers(workers.max(1))
+            .listen(listener)?
+            .run(),
+    )
 }
 
 /// Says where tokens come from, on stderr.

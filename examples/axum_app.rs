@@ -90,7 +90,11 @@ pub fn prometheus() -> PrometheusHandle {
 /// The demo routes behind the rate limiter, enforcing or (`Mode::Shadow`) only counting;
 /// `/export`'s cap in this process.
 pub fn app(limiter: Limiter, mode: Mode) -> Router {
-    app_with(limiter, mode, InFlight::new(EXPORTS_IN_FLIGHT).named("export"))
+    app_with(
+        limiter,
+        mode,
+        InFlight::new(EXPORTS_IN_FLIGHT).named("export"),
+    )
 }
 
 /// [`app`], with `/export`'s in-flight cap (shared by a fleet on Redis, say).
@@ -109,8 +113,10 @@ pub fn app_with(limiter: Limiter, mode: Mode, exports: InFlight) -> Router {
         .exclude_path("/metrics")
         .mode(mode);
     // Several limits per request, all or nothing.
-    let hello_limits = [RouteLimit::request()
-        .plan(|_, user| user.starts_with("pro_").then(|| Operation::new("hello_pro")))];
+    let hello_limits = [RouteLimit::request().plan(|_, user| {
+        user.starts_with("pro_")
+            .then(|| Operation::new("hello_pro"))
+    })];
     let search_limits = [
         RouteLimit::operation("search_per_second"),
         RouteLimit::operation("search_per_day"),

@@ -38,7 +38,9 @@ pub fn start_in(limiter: Limiter, mode: Mode) -> RunningApp {
 /// Runs the server `make` builds on a listener on 127.0.0.1:0, in its own thread with its
 /// own actix `System`; returns once the server answers HTTP. Dropping the `RunningApp` stops
 /// it (without waiting for open connections) and waits for its thread.
-fn serve(make: impl FnOnce(TcpListener) -> std::io::Result<Server> + Send + 'static) -> RunningApp {
+pub fn serve(
+    make: impl FnOnce(TcpListener) -> std::io::Result<Server> + Send + 'static,
+) -> RunningApp {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let address = listener.local_addr().unwrap();
     let (handle_tx, handle_rx) = mpsc::channel();
@@ -106,28 +108,30 @@ fn recording_server(limiter: Limiter, log: Arc<Mutex<Vec<Seen>>>) -> RunningApp 
     serve(move |listener| {
         Ok(HttpServer::new(move || {
             let log = log.clone();
-            actix_app::app(limiter.clone(), Mode::Enforce).wrap_fn(move |req, srv| {
-                let log = log.clone();
-                let call = srv.call(req);
-                async move {
-                    let response = call.await?;
-                    let source = response
-                        .request()
-                        .extensions()
-                        .get::<Decision>()
-                        .map(Decision::source);
-                    let worker = std::thread::current()
-                        .name()
-                        .unwrap_or("unnamed")
-                        .to_owned();
-                    log.lock().unwrap().push(Seen {
-                        worker,
-                        source,
-                        status: response.status().as_u16(),
-                    });
-                    Ok(response)
-                }
-            })
+            actix_app::app(limiter.clone(), Mode::Enforce, lightrate::InFlight::new(2)).wrap_fn(
+                move |req, srv| {
+                    let log = log.clone();
+                    let call = srv.call(req);
+                    async move {
+                        let response = call.await?;
+                        let source = response
+                            .request()
+                            .extensions()
+                            .get::<Decision>()
+                            .map(Decision::source);
+                        let worker = std::thread::current()
+                            .name()
+                            .unwrap_or("unnamed")
+                            .to_owned();
+                        log.lock().unwrap().push(Seen {
+                            worker,
+                            source,
+                            status: response.status().as_u16(),
+                        });
+                        Ok(response)
+                    }
+                },
+            )
         })
         .workers(WORKERS)
         .listen(listener)?

@@ -23,3 +23,14 @@ pub fn start_in(limiter: Limiter, mode: Mode) -> RunningApp {
     let task = tokio::spawn(axum_app::serve(listener, axum_app::app(limiter, mode)));
     RunningApp::new(format!("http://{address}"), move || task.abort())
 }
+
+/// Serves `router` (any axum app) on 127.0.0.1:0, with the peer address known, on the current
+/// tokio runtime.
+pub fn serve_router(router: axum::Router) -> RunningApp {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let address = listener.local_addr().unwrap();
+    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+    let task = tokio::spawn(axum_app::serve(listener, router));
+    RunningApp::new(format!("http://{address}"), move || task.abort())
+}

@@ -8,6 +8,7 @@ mod axum;
 mod examples;
 mod hot_key;
 mod secrets;
+mod several;
 mod suite;
 mod support;
 mod typical_rules;

@@ -185,6 +185,36 @@ impl LocalBucket {
         }
     }
 
+    /// Puts back `tokens` a lease granted straight to a request (they were never in the
+    /// bucket) that another limit of the request refused: spendable until `deadline_ms`, the
+    /// lease's. The newest generation's when that lease filed it (its deadline is the
+    /// bucket's), else the older one's, whose deadline is no later; lost when that has passed
+    /// or the bucket was removed (`false`).
+    pub(crate) fn give_back_granted(&self, tokens: u64, deadline_ms: u64, now_ms: u64) -> bool {
+        if now_ms >= deadline_ms {
+            return false;
+        }
+        // Deposits and moves hold this lock: `older` and `state` change together.
+        let _moving = self.learned();
+        let current = self.state.load(Ordering::Acquire);
+        if current & DEAD != 0 {
+            return false;
+        }
+        if deadline_of(current) != deadline_ms.min(TIME_MASK) {
+            return self.give_back(tokens, now_ms);
+        }
+        // `older` first: a hit that sees the new `state` sees the newest count with it.
+        let older = self.older.load(Ordering::Acquire);
+        self.older.store(
+            pack(
+                newest_of(older).saturating_add(tokens),
+                older_deadline(older),
+            ),
+            Ordering::Release,
+        );
+        self.give_back(tokens, now_ms)
+    }
+
     /// Whether a take that left `left` of `left + cost` tokens crosses the refill-ahead mark.
     #[inline]
     pub(crate) fn crosses_low_water(&self, left: u64, cost: u64) -> bool {
@@ -638,6 +668,24 @@ mod tests {
         assert!(b.give_back(2, 5_100));
         assert_eq!(b.live_tokens(5_100), 10);
         assert_eq!(b.try_take(1, 5_100), Take::Stale);
+    }
+
+    #[test]
+    fn a_granted_token_given_back_joins_its_lease() {
+        let b = LocalBucket::new(0);
+        // A lease that served its waiters and filed nothing.
+        b.deposit(0, 5_000, 0).unwrap();
+        assert!(b.give_back_granted(1, 5_000, 10));
+        assert_eq!(b.live_tokens(10), 1);
+        assert_eq!(b.try_take(1, 20), Take::Taken(0));
+        // A grant of an older lease goes to the older generation, and dies with it.
+        b.deposit(3, 5_000, 100).unwrap();
+        b.deposit(4, 7_000, 200).unwrap();
+        assert!(b.give_back_granted(1, 5_000, 300));
+        assert_eq!(b.live_tokens(4_999), 8);
+        assert_eq!(b.live_tokens(5_000), 4);
+        // Past its deadline: lost.
+        assert!(!b.give_back_granted(1, 5_000, 5_000));
     }
 
     #[test]

@@ -46,6 +46,9 @@ pub(crate) enum Answer {
         source_remaining: u64,
         /// What the bucket holds after the lease.
         tokens_left: u64,
+        /// Until when the lease's tokens are spendable (ms; 0: not held in a bucket): where a
+        /// granted token goes back if another limit of the request refuses it.
+        deadline_ms: u64,
     },
     /// The source had less than it needs.
     Denied {

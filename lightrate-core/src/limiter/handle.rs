@@ -139,6 +139,28 @@ impl Limiter {
         }
     }
 
+    /// [`decide_with_source`](Self::decide_with_source), and for a request a lease granted
+    /// its tokens, until when they are spendable (ms; 0 otherwise): where they go back if a
+    /// middleware stacked under the caller's refuses the request.
+    pub(crate) fn decide_with_source_granting(
+        &self,
+        user: impl Into<Box<str>>,
+        target: Target<'static>,
+        cost: u64,
+        shadow: bool,
+    ) -> impl Future<Output = Result<(Decision, u64), Error>> + Send + 'static {
+        let inner = self.inner.clone();
+        let user = user.into();
+        async move {
+            let checked = inner
+                .clone()
+                .check_slow_granting(user, target, cost.max(1))
+                .await;
+            inner.count(&checked.as_ref().map(|(d, _)| *d), shadow);
+            checked
+        }
+    }
+
     /// Counts a request refused for its user identifier before it reached the limiter (the
     /// web policy's 400s), for the `metrics` feature.
     pub(crate) fn count_invalid(&self) {

@@ -248,6 +248,7 @@ impl Lease {
                         rule,
                         source_remaining: remaining,
                         tokens_left: 0,
+                        deadline_ms: 0,
                     }
                 } else {
                     Answer::Denied {
@@ -308,6 +309,7 @@ impl Lease {
                 rule,
                 source_remaining: remaining,
                 tokens_left,
+                deadline_ms,
             };
             match waiter.reply.send(answer) {
                 Ok(()) => inner.counters.served(rule.slot, waiter.cost),

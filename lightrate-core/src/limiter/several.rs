@@ -227,6 +227,7 @@ impl Limiter {
                 let owned = limits.iter().map(Limit::to_owned_parts).collect();
                 self.check_all_with_source(owned, decisions, ask, false)
                     .await
+                    .map(|granted| granted.decisions)
             }
         }
     }
@@ -239,7 +240,7 @@ impl Limiter {
         match self.check_all_locally(limits, false) {
             Local::Decided(decisions) => Some(decisions),
             Local::Ask(decisions, _) => {
-                self.give_back_all(limits.iter().map(Limit::parts), &decisions);
+                self.give_back_all(limits.iter().map(Limit::parts), &decisions, &[]);
                 None
             }
         }
@@ -269,7 +270,7 @@ impl Limiter {
             }
         }
         if refused {
-            self.give_back_all(limits.iter().map(Limit::parts), &decisions);
+            self.give_back_all(limits.iter().map(Limit::parts), &decisions, &[]);
             return Local::Decided(decisions);
         }
         if ask == 0 {
@@ -288,7 +289,7 @@ impl Limiter {
         decisions: Decisions,
         ask: u64,
         shadow: bool,
-    ) -> impl Future<Output = Result<Decisions, Error>> + Send + 'static {
+    ) -> impl Future<Output = Result<GrantedDecisions, Error>> + Send + 'static {
         let limiter = self.clone();
         async move {
             // Until the answers are in, what was taken goes back if this future is dropped.
@@ -296,6 +297,7 @@ impl Limiter {
                 limiter: &limiter,
                 limits: &limits,
                 decisions,
+                deadlines: vec![0; limits.len()],
                 settled: false,
             };
             let asked = |index: usize| ask & (1 << index.min(63)) != 0;
@@ -304,8 +306,11 @@ impl Limiter {
                 .enumerate()
                 .filter(|(index, _)| asked(*index))
                 .map(|(index, (user, target, cost))| {
-                    let check =
-                        Arc::clone(&limiter.inner).check_slow(user.clone(), target.clone(), *cost);
+                    let check = Arc::clone(&limiter.inner).check_slow_granting(
+                        user.clone(),
+                        target.clone(),
+                        *cost,
+                    );
                     (
                         index,
                         Box::pin(check) as Pin<Box<dyn Future<Output = _> + Send>>,
@@ -316,8 +321,9 @@ impl Limiter {
             std::future::poll_fn(|cx| {
                 pending.retain_mut(|(index, check)| match check.as_mut().poll(cx) {
                     Poll::Pending => true,
-                    Poll::Ready(Ok(decision)) => {
+                    Poll::Ready(Ok((decision, deadline_ms))) => {
                         *held.decisions.slot(*index) = Some(decision);
+                        held.deadlines[*index] = deadline_ms;
                         false
                     }
                     Poll::Ready(Err(error)) => {
@@ -334,10 +340,11 @@ impl Limiter {
             .await;
             held.settled = true;
             let decisions = std::mem::replace(&mut held.decisions, Decisions::undecided(0));
+            let deadlines = std::mem::take(&mut held.deadlines);
             let inner = &limiter.inner;
             if let Some(error) = failed {
                 inner.count(&Err(&error), shadow);
-                limiter.give_back_all(limits.iter().map(parts_of), &decisions);
+                limiter.give_back_all(limits.iter().map(parts_of), &decisions, &deadlines);
                 return Err(error);
             }
             let allowed = decisions.is_allowed();
@@ -349,16 +356,19 @@ impl Limiter {
                 }
             }
             if !allowed {
-                limiter.give_back_all(limits.iter().map(parts_of), &decisions);
+                limiter.give_back_all(limits.iter().map(parts_of), &decisions, &deadlines);
             }
-            Ok(decisions)
+            Ok(GrantedDecisions {
+                decisions,
+                deadlines,
+            })
         }
     }
 
     /// Puts back `cost` tokens a request took from the bucket of (user, rule `slot`) when
-    /// something else refused it (`granted`: the source granted them to the request).
-    pub(crate) fn give_back(&self, user: &str, slot: u32, cost: u64, granted: bool) {
-        self.inner.give_back(user, slot, cost, granted);
+    /// something else refused it.
+    pub(crate) fn give_back(&self, user: &str, slot: u32, cost: u64, taken: Taken) {
+        self.inner.give_back(user, slot, cost, taken);
     }
 
     /// Gives back the tokens of every limit that allowed a request another limit refused:
@@ -368,19 +378,18 @@ impl Limiter {
         &self,
         limits: impl Iterator<Item = (&'l str, u64)>,
         decisions: &Decisions,
+        deadlines: &[u64],
     ) {
         for (index, (user, cost)) in limits.enumerate() {
             let Some(decision) = decisions.get(index).filter(|d| d.is_allowed()) else {
                 continue;
             };
-            let granted = match decision.source() {
-                DecisionSource::LocalBucket => false,
-                DecisionSource::TokenSource => true,
-                // Allowed by the outage policy: nothing was taken.
-                DecisionSource::Unavailable | DecisionSource::DenialCache => continue,
+            let deadline_ms = deadlines.get(index).copied().unwrap_or(0);
+            let Some(taken) = Taken::of(decision, deadline_ms) else {
+                continue;
             };
             if let Some(rule) = decision.rule() {
-                self.inner.give_back(user, rule.slot, cost, granted);
+                self.inner.give_back(user, rule.slot, cost, taken);
             }
         }
     }
@@ -410,29 +419,40 @@ struct Held<'a> {
     limiter: &'a Limiter,
     limits: &'a [OwnedLimit],
     decisions: Decisions,
+    /// Of the limits the source granted, their leases' deadlines (ms).
+    deadlines: Vec<u64>,
     settled: bool,
 }
 
 impl Drop for Held<'_> {
     fn drop(&mut self) {
         if !self.settled {
-            self.limiter
-                .give_back_all(self.limits.iter().map(parts_of), &self.decisions);
+            self.limiter.give_back_all(
+                self.limits.iter().map(parts_of),
+                &self.decisions,
+                &self.deadlines,
+            );
         }
     }
 }
 
 impl Inner {
     /// Puts `cost` tokens back in the bucket of (user, slot): a take of a request another limit
-    /// refused (`granted`: the source granted them to the request, rather than a local take).
+    /// refused (a local take, or a grant of the source straight to the request).
     /// Lost when they cannot go back (the bucket is gone, or its tokens died meanwhile).
-    pub(super) fn give_back(&self, user: &str, slot: u32, cost: u64, granted: bool) {
+    pub(super) fn give_back(&self, user: &str, slot: u32, cost: u64, taken: Taken) {
         let now_ms = self.clock.now().as_millis();
         let guard = self.buckets.guard();
-        let back = self
-            .buckets
-            .get(user.as_bytes(), slot, &guard)
-            .is_some_and(|bucket| bucket.give_back(cost, now_ms));
+        let bucket = self.buckets.get(user.as_bytes(), slot, &guard);
+        let (back, granted) = match taken {
+            Taken::Local => (bucket.is_some_and(|b| b.give_back(cost, now_ms)), false),
+            // Granted for one request, never held (the SDKs' way for the default rule).
+            Taken::Granted { deadline_ms: 0 } => (false, true),
+            Taken::Granted { deadline_ms } => (
+                bucket.is_some_and(|b| b.give_back_granted(cost, deadline_ms, now_ms)),
+                true,
+            ),
+        };
         match (back, granted) {
             (true, true) => self.counters.returned(slot, cost),
             // A local take lost: every token deposited is taken, held or lost.
@@ -441,4 +461,34 @@ impl Inner {
             _ => {}
         }
     }
+}
+
+/// Where the tokens of an allowed limit came from, to give them back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Taken {
+    /// A local bucket.
+    Local,
+    /// The source, straight to the request, from a lease whose tokens are spendable until
+    /// `deadline_ms` (0: not held in a bucket).
+    Granted { deadline_ms: u64 },
+}
+
+impl Taken {
+    /// How `decision` (allowed) took its tokens, `deadline_ms` being its lease's when the
+    /// source granted them; `None` when it took none (the outage policy allowed it).
+    pub(crate) fn of(decision: &Decision, deadline_ms: u64) -> Option<Taken> {
+        match decision.source() {
+            DecisionSource::LocalBucket => Some(Taken::Local),
+            DecisionSource::TokenSource => Some(Taken::Granted { deadline_ms }),
+            DecisionSource::Unavailable | DecisionSource::DenialCache => None,
+        }
+    }
+}
+
+/// The decisions of a request's limits after the source was asked, with the deadlines of
+/// the leases that granted some (what giving them back needs).
+#[derive(Debug)]
+pub(crate) struct GrantedDecisions {
+    pub(crate) decisions: Decisions,
+    pub(crate) deadlines: Vec<u64>,
 }

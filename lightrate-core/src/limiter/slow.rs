@@ -40,6 +40,20 @@ impl Inner {
         target: Target<'static>,
         cost: u64,
     ) -> Result<Decision, Error> {
+        self.check_slow_granting(user, target, cost)
+            .await
+            .map(|(decision, _)| decision)
+    }
+
+    /// [`check_slow`](Self::check_slow), and for a request a lease granted its tokens, until
+    /// when the lease's tokens are spendable (ms; 0 otherwise): where they go back if another
+    /// limit refuses the request.
+    pub(super) async fn check_slow_granting(
+        self: Arc<Self>,
+        user: Box<str>,
+        target: Target<'static>,
+        cost: u64,
+    ) -> Result<(Decision, u64), Error> {
         crate::protocol::check_user_identifier(&user)?;
         self.maybe_sweep();
         let mut last_rule = None;
@@ -67,10 +81,13 @@ impl Inner {
                 Some((rule, target_key)) => {
                     last_rule = Some(rule);
                     if !self.settings.leases(rule.is_default) {
-                        return self.per_request(&user, &target, cost, now).await;
+                        return self
+                            .per_request(&user, &target, cost, now)
+                            .await
+                            .map(|d| (d, 0));
                     }
                     if let Some(decision) = self.take_or_deny(&user, rule, cost, now) {
-                        return Ok(decision);
+                        return Ok((decision, 0));
                     }
                     let key = FlightKey::Bucket {
                         user: user.clone(),
@@ -84,33 +101,48 @@ impl Inner {
             match self.join_or_start(key, lease_target, rule, waiter, now) {
                 Ok(Some(lease)) => lease.await,
                 Ok(None) => {}
-                Err((error, retry_after)) => return self.unavailable(error, retry_after),
+                Err((error, retry_after)) => {
+                    return self.unavailable(error, retry_after).map(|d| (d, 0))
+                }
             }
             if let Some(result) = self.answered(answer.await) {
                 return result;
             }
         }
         // The rule kept changing under this request: denied, never admitted without a token.
-        Ok(match last_rule {
-            Some(rule) => Decision::denied(DecisionSource::TokenSource, Duration::ZERO, 0, rule),
-            None => Decision::unavailable(false, ErrorKind::Unavailable, Duration::from_secs(1)),
-        })
+        Ok((
+            match last_rule {
+                Some(rule) => {
+                    Decision::denied(DecisionSource::TokenSource, Duration::ZERO, 0, rule)
+                }
+                None => {
+                    Decision::unavailable(false, ErrorKind::Unavailable, Duration::from_secs(1))
+                }
+            },
+            0,
+        ))
     }
 
     /// What a request that waited for a lease gets from its answer; `None` to go round again.
     fn answered(
         &self,
         answer: Result<Answer, oneshot::error::RecvError>,
-    ) -> Option<Result<Decision, Error>> {
-        match answer {
+    ) -> Option<Result<(Decision, u64), Error>> {
+        let decided = match answer {
             Ok(Answer::Granted {
                 rule,
                 source_remaining,
                 tokens_left,
-            }) => Some(Ok(Decision {
-                source: DecisionSource::TokenSource,
-                ..Decision::local(tokens_left, source_remaining, rule)
-            })),
+                deadline_ms,
+            }) => {
+                return Some(Ok((
+                    Decision {
+                        source: DecisionSource::TokenSource,
+                        ..Decision::local(tokens_left, source_remaining, rule)
+                    },
+                    deadline_ms,
+                )))
+            }
             Ok(Answer::Denied {
                 rule,
                 source_remaining,
@@ -134,7 +166,8 @@ impl Inner {
                 ),
                 Duration::from_secs(1),
             )),
-        }
+        };
+        decided.map(|checked| checked.map(|d| (d, 0)))
     }
 
     /// Takes from the bucket of (user, rule), or denies from the denial cache; `None` when the

@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use super::view::RequestView;
+use crate::limiter::Taken;
 use crate::Limiter;
 
 /// How many families can hold a zero-sized mark at once; others record [`Charges`] always.
@@ -78,10 +79,8 @@ impl Family {
         match self.mark {
             Some(k) => with_mark(k, InsertNew::<V>(req)),
             None => {
-                let mut charges = V::with_extensions(req, |e| {
-                    V::extension::<Charges>(e).cloned()
-                })
-                .unwrap_or_default();
+                let mut charges = V::with_extensions(req, |e| V::extension::<Charges>(e).cloned())
+                    .unwrap_or_default();
                 if charges.families.contains(&self.id) {
                     return false;
                 }
@@ -98,9 +97,7 @@ impl Family {
         match self.mark {
             Some(k) => with_mark(k, Remove::<V>(req)),
             None => {
-                let charges = V::with_extensions(req, |e| {
-                    V::extension::<Charges>(e).cloned()
-                });
+                let charges = V::with_extensions(req, |e| V::extension::<Charges>(e).cloned());
                 if let Some(mut charges) = charges {
                     charges.families.retain(|id| *id != self.id);
                     V::insert_into(req, charges);
@@ -114,8 +111,9 @@ impl Family {
     pub(crate) fn decided<V: RequestView>(&self, extensions: &V::Extensions) -> bool {
         match self.mark {
             Some(k) => with_mark(k, Contains::<V>(extensions)),
-            None => V::extension::<Charges>(extensions)
-                .is_some_and(|c| c.families.contains(&self.id)),
+            None => {
+                V::extension::<Charges>(extensions).is_some_and(|c| c.families.contains(&self.id))
+            }
         }
     }
 
@@ -237,7 +235,7 @@ pub(crate) struct Charge {
     pub(crate) user: Box<str>,
     pub(crate) slot: u32,
     pub(crate) cost: u64,
-    pub(crate) granted: bool,
+    pub(crate) taken: Taken,
 }
 
 impl Charges {
@@ -263,7 +261,7 @@ impl Charges {
         for charge in &self.charges {
             charge
                 .limiter
-                .give_back(&charge.user, charge.slot, charge.cost, charge.granted);
+                .give_back(&charge.user, charge.slot, charge.cost, charge.taken);
         }
     }
 }

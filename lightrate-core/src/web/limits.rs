@@ -14,8 +14,10 @@ use super::policy::RequestPolicy;
 use super::rejection::Rejection;
 use super::shadow::Mode;
 use super::view::RequestView;
-use crate::limiter::Local;
-use crate::{Acquired, Decision, DecisionSource, Decisions, Error, InFlight, InFlightSlot, Limit, Target};
+use crate::limiter::{GrantedDecisions, Local, Taken};
+use crate::{
+    Acquired, Decision, DecisionSource, Decisions, Error, InFlight, InFlightSlot, Limit, Target,
+};
 
 type PlanFn<V> = dyn Fn(&<V as RequestView>::Request, &str) -> Option<Operation> + Send + Sync;
 
@@ -208,14 +210,14 @@ impl<V: RequestView> RequestPolicy<V> {
                     let policy = Arc::clone(self);
                     let foreign = V::with_extensions(req, |e| self.family.before_source::<V>(e));
                     return Plan::Check(Box::pin(async move {
-                        let verdict = policy.with_slots(decisions, &owned, &caps, grpc).await;
+                        let verdict = policy.with_slots(decisions, &[], &owned, &caps, grpc).await;
                         refused_after_source(&verdict, foreign);
                         verdict
                     }));
                 }
             }
         };
-        match self.verdict_all(decisions, &owned, slots, grpc) {
+        match self.verdict_all((decisions, &[]), &owned, slots, grpc) {
             Verdict::Allowed(allowed) => Plan::Call(allowed.mark_request::<V>(req)),
             Verdict::Refused(answer) => {
                 V::with_extensions(req, |e| self.family.refused::<V>(e));
@@ -243,7 +245,15 @@ impl<V: RequestView> RequestPolicy<V> {
         let policy = Arc::clone(self);
         Plan::Check(Box::pin(async move {
             let verdict = match check.await {
-                Ok(decisions) => policy.with_slots(decisions, &owned, &caps, grpc).await,
+                Ok(granted) => {
+                    let GrantedDecisions {
+                        decisions,
+                        deadlines,
+                    } = granted;
+                    policy
+                        .with_slots(decisions, &deadlines, &owned, &caps, grpc)
+                        .await
+                }
                 Err(error) => policy.settle(Err(error), grpc),
             };
             refused_after_source(&verdict, foreign);
@@ -256,22 +266,24 @@ impl<V: RequestView> RequestPolicy<V> {
     async fn with_slots(
         &self,
         decisions: Decisions,
+        deadlines: &[u64],
         owned: &[Owned],
         caps: &Caps,
         grpc: bool,
     ) -> Verdict {
-        if caps.is_empty() || !decisions.is_allowed() {
-            return self.verdict_all(decisions, owned, Slots::Held(Vec::new()), grpc);
+        let taken = (decisions, deadlines);
+        if caps.is_empty() || !taken.0.is_allowed() {
+            return self.verdict_all(taken, owned, Slots::Held(Vec::new()), grpc);
         }
         match acquire_slots(caps).await {
-            Ok(slots) => self.verdict_all(decisions, owned, slots, grpc),
+            Ok(slots) => self.verdict_all(taken, owned, slots, grpc),
             Err(error) => match self.limiter.on_unavailable() {
                 // Through without the cap's slot.
                 crate::OnUnavailable::Allow => {
-                    self.verdict_all(decisions, owned, Slots::Held(Vec::new()), grpc)
+                    self.verdict_all(taken, owned, Slots::Held(Vec::new()), grpc)
                 }
                 _ => {
-                    self.give_back_decisions(&decisions, owned);
+                    self.give_back_decisions(&taken.0, taken.1, owned);
                     Verdict::Refused(self.respond(&Rejection::from_error(&error), grpc))
                 }
             },
@@ -280,18 +292,14 @@ impl<V: RequestView> RequestPolicy<V> {
 
     /// Gives back what the allowed limits of a request took, when something after them
     /// refused it.
-    fn give_back_decisions(&self, decisions: &Decisions, owned: &[Owned]) {
-        for (decision, (user, _, cost)) in decisions.iter().zip(owned) {
+    fn give_back_decisions(&self, decisions: &Decisions, deadlines: &[u64], owned: &[Owned]) {
+        for (index, (decision, (user, _, cost))) in decisions.iter().zip(owned).enumerate() {
             let Some(decision) = decision.filter(|d| d.is_allowed()) else {
                 continue;
             };
-            let granted = match decision.source() {
-                DecisionSource::LocalBucket => false,
-                DecisionSource::TokenSource => true,
-                _ => continue,
-            };
-            if let Some(rule) = decision.rule() {
-                self.limiter.give_back(user, rule.slot, *cost, granted);
+            let deadline_ms = deadlines.get(index).copied().unwrap_or(0);
+            if let (Some(rule), Some(taken)) = (decision.rule(), Taken::of(decision, deadline_ms)) {
+                self.limiter.give_back(user, rule.slot, *cost, taken);
             }
         }
     }
@@ -385,7 +393,13 @@ impl<V: RequestView> RequestPolicy<V> {
     }
 
     /// What the decisions of a request's limits mean for it.
-    fn verdict_all(&self, decisions: Decisions, owned: &[Owned], slots: Slots, grpc: bool) -> Verdict {
+    fn verdict_all(
+        &self,
+        (decisions, deadlines): (Decisions, &[u64]),
+        owned: &[Owned],
+        slots: Slots,
+        grpc: bool,
+    ) -> Verdict {
         let enforce = self.options.mode != Mode::Shadow;
         if !decisions.is_allowed() && enforce {
             return Verdict::Refused(self.refuse_all(&decisions, grpc));
@@ -398,7 +412,7 @@ impl<V: RequestView> RequestPolicy<V> {
             Slots::Full(name) => {
                 let rejection = self.rejection_in_flight(&decisions, &name);
                 if enforce {
-                    self.give_back_decisions(&decisions, owned);
+                    self.give_back_decisions(&decisions, deadlines, owned);
                     return Verdict::Refused(self.respond(&rejection, grpc));
                 }
                 self.let_through(&rejection);
@@ -406,7 +420,7 @@ impl<V: RequestView> RequestPolicy<V> {
             }
         };
         let charges = if self.family.records() && decisions.is_allowed() {
-            self.charges(&decisions, owned)
+            self.charges(&decisions, deadlines, owned)
         } else {
             Vec::new()
         };
@@ -427,24 +441,13 @@ impl<V: RequestView> RequestPolicy<V> {
     }
 
     /// What each allowed limit took, for a family stacked under this one to give back.
-    fn charges(&self, decisions: &Decisions, owned: &[Owned]) -> Vec<Charge> {
+    fn charges(&self, decisions: &Decisions, deadlines: &[u64], owned: &[Owned]) -> Vec<Charge> {
         decisions
             .iter()
             .zip(owned)
-            .filter_map(|(d, (user, _, cost))| {
-                let d = d?;
-                let granted = match d.source() {
-                    crate::DecisionSource::LocalBucket => false,
-                    crate::DecisionSource::TokenSource => true,
-                    _ => return None,
-                };
-                Some(Charge {
-                    limiter: self.limiter.clone(),
-                    user: user.clone(),
-                    slot: d.rule()?.slot,
-                    cost: *cost,
-                    granted,
-                })
+            .enumerate()
+            .filter_map(|(index, (d, (user, _, cost)))| {
+                self.charge(user, *cost, d?, deadlines.get(index).copied().unwrap_or(0))
             })
             .collect()
     }
@@ -464,7 +467,9 @@ impl<V: RequestView> RequestPolicy<V> {
             .map(|d| (*d, self.rule_id(d)))
             .collect();
         match Rejection::from_decision(deciding, self.rule_id(&deciding)) {
-            Rejection::RateLimited { decision, policy, .. } => Rejection::RateLimited {
+            Rejection::RateLimited {
+                decision, policy, ..
+            } => Rejection::RateLimited {
                 decision,
                 policy,
                 limits,

@@ -1,7 +1,7 @@
 //! Per-route operations, and the target a request is charged to.
 
-use std::borrow::Cow;
 use std::any::Any;
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 

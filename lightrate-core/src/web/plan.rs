@@ -21,7 +21,7 @@ use super::rejection::Rejection;
 use super::shadow::Mode;
 use super::view::RequestView;
 use crate::ip::IpText;
-use crate::limiter::{IpProbe, PathProbe, Probe};
+use crate::limiter::{IpProbe, PathProbe, Probe, Taken};
 use crate::{Decision, Decisions, Target};
 
 /// What an allowed request's response gets once the inner service has answered: the IETF
@@ -237,25 +237,26 @@ impl<V: RequestView> RequestPolicy<V> {
     /// stacked under this one to give back.
     #[cold]
     fn record_simple<W: RequestView>(&self, req: &mut W::Request, ip: IpAddr, decision: &Decision) {
-        if let Some(charge) = self.charge(IpText::new(ip).as_str(), 1, decision) {
+        if let Some(charge) = self.charge(IpText::new(ip).as_str(), 1, decision, 0) {
             record::<W>(req, charge);
         }
     }
 
-    /// What an allowed decision of `user` took, as a middleware stacked under this one gives
-    /// it back.
-    pub(super) fn charge(&self, user: &str, cost: u64, decision: &Decision) -> Option<Charge> {
-        let granted = match decision.source() {
-            crate::DecisionSource::LocalBucket => false,
-            crate::DecisionSource::TokenSource => true,
-            _ => return None,
-        };
+    /// What an allowed decision of `user` took (`deadline_ms`: of the lease that granted it,
+    /// when the source did), as a middleware stacked under this one gives it back.
+    pub(super) fn charge(
+        &self,
+        user: &str,
+        cost: u64,
+        decision: &Decision,
+        deadline_ms: u64,
+    ) -> Option<Charge> {
         Some(Charge {
             limiter: self.limiter.clone(),
             user: user.into(),
             slot: decision.rule()?.slot,
             cost,
-            granted,
+            taken: Taken::of(decision, deadline_ms)?,
         })
     }
 
@@ -293,12 +294,9 @@ impl<V: RequestView> RequestPolicy<V> {
         // What it takes, when a middleware stacked under this one may give it back.
         let mut charge = None;
         let asked = match self.options.identify.kind() {
-            Kind::Extension(get) => self.decide_by_extension(
-                req,
-                &**get,
-                (&mut decision, &mut charge),
-                &mut several,
-            ),
+            Kind::Extension(get) => {
+                self.decide_by_extension(req, &**get, (&mut decision, &mut charge), &mut several)
+            }
             kind => self.with_target(req, |target, cost, limits| {
                 if let Some(limits) = limits {
                     several = Some((limits, target.clone().into_owned(), cost));
@@ -342,7 +340,12 @@ impl<V: RequestView> RequestPolicy<V> {
     /// Marks an allowed request decided by this middleware, and puts its `Decision` in its
     /// extensions for the handler, if it is kept.
     #[inline(always)]
-    fn mark<W: RequestView>(&self, req: &mut W::Request, decision: &Decision, charge: Option<Charge>) {
+    fn mark<W: RequestView>(
+        &self,
+        req: &mut W::Request,
+        decision: &Decision,
+        charge: Option<Charge>,
+    ) {
         self.family.claim::<W>(req);
         if self.options.insert_decision {
             W::insert_into(req, *decision);
@@ -389,8 +392,7 @@ impl<V: RequestView> RequestPolicy<V> {
         then: impl FnOnce(&Target<'_>, u64, Option<&'s [RouteLimit<V>]>) -> Result<O, Plan>,
     ) -> Result<O, Plan> {
         let path = V::path(req);
-        if V::with_extensions(req, |e| self.family.decided::<V>(e)) || self.is_excluded(req, path)
-        {
+        if V::with_extensions(req, |e| self.family.decided::<V>(e)) || self.is_excluded(req, path) {
             return Err(Plan::Call(None));
         }
         let shown = V::method(req);
@@ -525,7 +527,7 @@ impl<V: RequestView> RequestPolicy<V> {
             *charge = decision
                 .as_ref()
                 .filter(|d| d.is_allowed())
-                .and_then(|d| self.charge(user, cost, d));
+                .and_then(|d| self.charge(user, cost, d, 0));
         }
         Ok(())
     }
@@ -542,16 +544,19 @@ impl<V: RequestView> RequestPolicy<V> {
         grpc: bool,
         foreign: Option<Charges>,
     ) -> Plan {
-        let check =
-            self.limiter
-                .decide_with_source(user, target.clone().into_owned(), cost, shadow);
+        let check = self.limiter.decide_with_source_granting(
+            user,
+            target.clone().into_owned(),
+            cost,
+            shadow,
+        );
         let policy = Arc::clone(self);
         // Kept only when a middleware stacked under this one may give back what it takes.
         let charged: Option<Box<str>> = self.family.records().then(|| user.into());
         Plan::Check(Box::pin(async move {
             let checked = check.await;
-            let decision = checked.as_ref().ok().copied();
-            let mut verdict = policy.settle(checked, grpc);
+            let granted = checked.as_ref().ok().copied();
+            let mut verdict = policy.settle(checked.map(|(d, _)| d), grpc);
             match &mut verdict {
                 Verdict::Refused(_) => {
                     if let Some(foreign) = foreign {
@@ -559,8 +564,9 @@ impl<V: RequestView> RequestPolicy<V> {
                     }
                 }
                 Verdict::Allowed(allowed) => {
-                    if let (Some(user), Some(decision)) = (charged, decision) {
-                        allowed.charges.extend(policy.charge(&user, cost, &decision));
+                    if let (Some(user), Some((decision, deadline_ms))) = (charged, granted) {
+                        let charge = policy.charge(&user, cost, &decision, deadline_ms);
+                        allowed.charges.extend(charge);
                     }
                 }
             }
