@@ -82,3 +82,61 @@ async fn two_demo_apps_on_one_redis_share_one_bucket_per_user() {
         assert!(stderr.contains(&expected), "{stderr}");
     }
 }
+
+/// `/export`'s in-flight cap (2 per user) is shared by every app on one Redis: of four slow
+/// requests of one user sent at once, two to each app, exactly two are admitted.
+#[tokio::test]
+async fn two_demo_apps_on_one_redis_share_the_in_flight_cap() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let url = redis.url();
+    let (axum, actix) = (start("axum_app", &url), start("actix_app", &url));
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let requests: Vec<_> = [&axum, &actix, &axum, &actix]
+        .iter()
+        .map(|app| {
+            let (client, url) = (client.clone(), format!("{}/export?ms=2000", app.base_url()));
+            tokio::spawn(async move {
+                let response = client
+                    .get(url)
+                    .header("x-user-id", "pia")
+                    .send()
+                    .await
+                    .unwrap();
+                (response.status(), started.elapsed())
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for request in requests {
+        answers.push(request.await.unwrap());
+    }
+    let admitted = answers.iter().filter(|(s, _)| *s == StatusCode::OK).count();
+    let refused: Vec<_> = answers
+        .iter()
+        .filter(|(s, _)| *s == StatusCode::TOO_MANY_REQUESTS)
+        .collect();
+    assert_eq!((admitted, refused.len()), (2, 2), "{answers:?}");
+    // Refused at once, not after the others finished.
+    assert!(
+        refused.iter().all(|(_, at)| *at < Duration::from_secs(2)),
+        "{answers:?}"
+    );
+    // Both apps' slots are free again.
+    for app in [&axum, &actix] {
+        let response = client
+            .get(format!("{}/export", app.base_url()))
+            .header("x-user-id", "pia")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    stop(axum);
+    stop(actix);
+}

@@ -897,3 +897,35 @@ async fn head_is_charged_as_get() {
     );
     expect::all_charged(&source.calls(), "GET /hello", 1);
 }
+
+#[actix_rt::test]
+async fn an_in_flight_slot_is_freed_when_the_handler_panics() {
+    let source = Recording::demo();
+    let cap = lightrate_core::InFlight::new(1).named("p");
+    let limit = LightRate::new(source.limiter(OnUnavailable::Allow)).identify(user_header());
+    let app = init_service(
+        App::new()
+            .service(
+                web::resource("/panic")
+                    .wrap(limit.limits("/panic", [RouteLimit::in_flight(cap.clone())]))
+                    .route(web::get().to(|| async {
+                        panic!("the handler fails");
+                        #[allow(unreachable_code)]
+                        HttpResponse::Ok().finish()
+                    })),
+            )
+            .wrap(limit),
+    )
+    .await;
+    let app = std::rc::Rc::new(app);
+    let calling = app.clone();
+    // The handler's panic unwinds through the middleware's future, which releases the slot.
+    let failed = actix_rt::spawn(async move {
+        let _ = calling
+            .call(request(Method::GET, "/panic", Some("pam")).to_request())
+            .await;
+    })
+    .await;
+    assert!(failed.is_err());
+    assert_eq!(cap.in_flight("pam"), Some(0));
+}

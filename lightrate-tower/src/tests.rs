@@ -649,3 +649,56 @@ async fn head_is_charged_as_get() {
         StatusCode::TOO_MANY_REQUESTS
     );
 }
+
+#[tokio::test]
+async fn an_in_flight_slot_is_freed_when_the_handler_panics_or_the_request_is_dropped() {
+    let source = Recording::demo();
+    let cap = lightrate_core::InFlight::new(1).named("p");
+    let layer = LightRateLayer::new(source.limiter(OnUnavailable::Allow)).identify(user_header());
+    let (started_tx, started_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let app = Router::new()
+        .route(
+            "/panic",
+            get(|| async {
+                panic!("the handler fails");
+                #[allow(unreachable_code)]
+                ""
+            })
+            .layer(layer.limits("/panic", [RouteLimit::in_flight(cap.clone())])),
+        )
+        .route(
+            "/hang",
+            get(move || {
+                let started = started_tx.clone();
+                async move {
+                    let _ = started.send(());
+                    std::future::pending::<&str>().await
+                }
+            })
+            .layer(layer.limits("/hang", [RouteLimit::in_flight(cap.clone())])),
+        )
+        .layer(layer);
+    let request = |path: &str| {
+        Request::get(path)
+            .header("x-user-id", "pam")
+            .body(Body::empty())
+            .unwrap()
+    };
+    // A panicking handler: the request's task fails, and its slot is released on the way.
+    let failed = tokio::spawn(app.clone().oneshot(request("/panic"))).await;
+    assert!(failed.unwrap_err().is_panic());
+    assert_eq!(cap.in_flight("pam"), Some(0));
+    // A request dropped mid-handler (a client gone, a timeout): its slot is released.
+    let mut started_rx = started_rx;
+    let hanging = tokio::spawn(app.clone().oneshot(request("/hang")));
+    started_rx.recv().await.unwrap();
+    assert_eq!(cap.in_flight("pam"), Some(1));
+    let (status, headers, _) = send(&app, Method::GET, "/hang", Some("pam")).await;
+    assert_eq!(
+        (status, &headers["retry-after"]),
+        (StatusCode::TOO_MANY_REQUESTS, &"1".parse().unwrap())
+    );
+    hanging.abort();
+    assert!(hanging.await.unwrap_err().is_cancelled());
+    assert_eq!(cap.in_flight("pam"), Some(0));
+}

@@ -44,8 +44,8 @@ impl After {
     }
 
     /// The inner service answered: the slots are released, and the fields to add returned.
-    pub(super) fn finish(self: Box<Self>) -> Option<Box<HeaderMap>> {
-        let After { headers, slots } = *self;
+    pub(super) fn finish(self) -> Option<Box<HeaderMap>> {
+        let After { headers, slots } = self;
         drop(slots);
         headers
     }

@@ -97,7 +97,10 @@ impl<F: Future, A, C> Stage<F, A, C> {
                     return future.poll(cx).map(|output| respond(output, None));
                 }
                 let output = ready!(future.poll(cx));
-                Poll::Ready(respond(output, after.take().and_then(After::finish)))
+                Poll::Ready(respond(
+                    output,
+                    after.take().and_then(|after| after.finish()),
+                ))
             }
             _ => poll_rare(state, cx, resume, respond, answer),
         }
@@ -126,7 +129,10 @@ fn poll_rare<F: Future, A, C, O>(
     match state.as_mut().project() {
         StateProj::Inner { future, after } => {
             let output = ready!(future.poll(cx));
-            Poll::Ready(respond(output, after.take().and_then(After::finish)))
+            Poll::Ready(respond(
+                output,
+                after.take().and_then(|after| after.finish()),
+            ))
         }
         StateProj::Answer { .. } | StateProj::Done => {
             Poll::Ready(answer(match state.project_replace(State::Done) {
