@@ -168,6 +168,7 @@ macro_rules! guide_links {
          [axum]: crate::guide::axum\n\
          [actix]: crate::guide::actix\n\
          [engine]: crate::guide::engine\n\
+         [limits]: crate::guide::limits\n\
          [client]: crate::guide::client\n\
          [production]: crate::guide::production\n\
          [testing]: crate::guide::testing\n\
@@ -186,6 +187,7 @@ macro_rules! guide_links {
 /// |---|---|
 /// | [`axum`](crate::guide::axum) | `LightRateLayer` on axum and tower: targets, per-route operations, identifiers, exclusions, the `Decision` |
 /// | [`actix`](crate::guide::actix) | the actix-web middleware: workers, scopes, named resources |
+/// | [`limits`](crate::guide::limits) | several limits in one decision, all or nothing: per second and per day, user and organisation, plans, in-flight caps |
 /// | [`answers`](crate::guide::answers) | 429, 400 and 503 answers, IETF fields, outages, shadow mode |
 /// | [`grpc`](crate::guide::grpc) | tonic: gRPC refusals, operations per gRPC method |
 /// | [`engine`](crate::guide::engine) | the `Limiter`: the local hit, lease sizing, bounds, calls and latency |
@@ -202,6 +204,9 @@ pub mod guide {
     #[doc = guide_links!()]
     #[doc = include_str!("../docs/actix.md")]
     pub mod actix {}
+    #[doc = guide_links!()]
+    #[doc = include_str!("../docs/limits.md")]
+    pub mod limits {}
     #[doc = guide_links!()]
     #[doc = include_str!("../docs/answers.md")]
     pub mod answers {}
