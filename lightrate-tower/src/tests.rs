@@ -702,3 +702,89 @@ async fn an_in_flight_slot_is_freed_when_the_handler_panics_or_the_request_is_dr
     assert!(hanging.await.unwrap_err().is_cancelled());
     assert_eq!(cap.in_flight("pam"), Some(0));
 }
+
+/// A fleet's slot store that cannot answer (Redis down).
+#[derive(Debug)]
+struct DownStore;
+
+impl lightrate_core::InFlightStore for DownStore {
+    fn acquire<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a str,
+        _: u32,
+    ) -> lightrate_core::StoreFuture<'a, lightrate_core::StoreAcquired> {
+        Box::pin(async { Err(Error::new(ErrorKind::Timeout, "the store timed out")) })
+    }
+
+    fn release(&self, _: lightrate_core::StoreSlot) -> lightrate_core::StoreFuture<'static, ()> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+#[tokio::test]
+async fn a_fleet_cap_that_cannot_answer_follows_the_outage_policy() {
+    for (policy, expected) in [
+        (OnUnavailable::Allow, StatusCode::OK),
+        (OnUnavailable::Deny, StatusCode::SERVICE_UNAVAILABLE),
+    ] {
+        let source = Recording::demo();
+        let cap = lightrate_core::InFlight::shared(2, DownStore);
+        let layer = LightRateLayer::new(source.limiter(policy)).identify(user_header());
+        let app = Router::new()
+            .route(
+                "/export",
+                get(|| async { "done" })
+                    .layer(layer.limits("/export", [RouteLimit::in_flight(cap)])),
+            )
+            .layer(layer);
+        let (status, headers, _) = send(&app, Method::GET, "/export", Some("pam")).await;
+        assert_eq!(status, expected, "{policy:?}");
+        if expected == StatusCode::SERVICE_UNAVAILABLE {
+            assert!(headers.contains_key("retry-after"));
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_limit_added_to_every_request_joins_its_decision() {
+    let source = Recording::demo();
+    let limiter = source.limiter(OnUnavailable::Allow);
+    let layer = LightRateLayer::new(limiter.clone())
+        .identify(user_header())
+        .also(
+            RouteLimit::request().identify(Identify::header(HeaderName::from_static("x-org-id"))),
+        );
+    let app = Router::new()
+        .route("/hello", get(|| async { "hi" }))
+        .layer(layer);
+    let mut admitted = 0;
+    for org in 0..25 {
+        let request = Request::get("/hello")
+            .header("x-user-id", "uma")
+            .header("x-org-id", format!("org{org}"))
+            .body(Body::empty())
+            .unwrap();
+        let response = app.clone().oneshot(request).await.unwrap();
+        match response.status() {
+            StatusCode::OK => admitted += 1,
+            StatusCode::TOO_MANY_REQUESTS => {
+                let body = response.into_body().collect().await.unwrap().to_bytes();
+                let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                assert_eq!(body["violations"][0]["rule"], "rule_hello", "{body}");
+            }
+            other => panic!("{other}"),
+        }
+    }
+    // The user's burst (20), and the refused requests' organisations keep their token.
+    assert_eq!(admitted, 20);
+    let hello = lightrate_core::Target::path(Method::GET, "/hello");
+    let mut left = 0;
+    while limiter.check("org24", &hello).await.unwrap().is_allowed() {
+        left += 1;
+    }
+    assert_eq!(left, 20);
+    // Without the organisation's header: 400, nothing taken from the user.
+    let (status, _, _) = send(&app, Method::GET, "/hello", Some("ivy")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}

@@ -189,19 +189,29 @@ impl LocalBucket {
     /// bucket) that another limit of the request refused: spendable until `deadline_ms`, the
     /// lease's. The newest generation's when that lease filed it (its deadline is the
     /// bucket's), else the older one's, whose deadline is no later; lost when that has passed
-    /// or the bucket was removed (`false`).
-    pub(crate) fn give_back_granted(&self, tokens: u64, deadline_ms: u64, now_ms: u64) -> bool {
+    /// or the bucket was removed (`false`). Also returns the older generation's tokens it found
+    /// past their deadline and dropped.
+    pub(crate) fn give_back_granted(
+        &self,
+        tokens: u64,
+        deadline_ms: u64,
+        now_ms: u64,
+    ) -> (bool, u64) {
         if now_ms >= deadline_ms {
-            return false;
+            return (false, 0);
         }
         // Deposits and moves hold this lock: `older` and `state` change together.
         let _moving = self.learned();
+        // What is left of the older generation past its deadline is lost first, as in a
+        // deposit: with the newest count raised before `state`, a hit that read the old
+        // `state` and the new `older` would spend it (found by reading for the model checks).
+        let stale = self.drop_stale(now_ms);
         let current = self.state.load(Ordering::Acquire);
         if current & DEAD != 0 {
-            return false;
+            return (false, stale);
         }
         if deadline_of(current) != deadline_ms.min(TIME_MASK) {
-            return self.give_back(tokens, now_ms);
+            return (self.give_back(tokens, now_ms), stale);
         }
         // `older` first: a hit that sees the new `state` sees the newest count with it.
         let older = self.older.load(Ordering::Acquire);
@@ -212,7 +222,7 @@ impl LocalBucket {
             ),
             Ordering::Release,
         );
-        self.give_back(tokens, now_ms)
+        (self.give_back(tokens, now_ms), stale)
     }
 
     /// Whether a take that left `left` of `left + cost` tokens crosses the refill-ahead mark.
@@ -675,17 +685,25 @@ mod tests {
         let b = LocalBucket::new(0);
         // A lease that served its waiters and filed nothing.
         b.deposit(0, 5_000, 0).unwrap();
-        assert!(b.give_back_granted(1, 5_000, 10));
+        assert_eq!(b.give_back_granted(1, 5_000, 10), (true, 0));
         assert_eq!(b.live_tokens(10), 1);
         assert_eq!(b.try_take(1, 20), Take::Taken(0));
         // A grant of an older lease goes to the older generation, and dies with it.
         b.deposit(3, 5_000, 100).unwrap();
         b.deposit(4, 7_000, 200).unwrap();
-        assert!(b.give_back_granted(1, 5_000, 300));
+        assert_eq!(b.give_back_granted(1, 5_000, 300), (true, 0));
         assert_eq!(b.live_tokens(4_999), 8);
         assert_eq!(b.live_tokens(5_000), 4);
         // Past its deadline: lost.
-        assert!(!b.give_back_granted(1, 5_000, 5_000));
+        assert_eq!(b.give_back_granted(1, 5_000, 5_000), (false, 0));
+        // The older generation's leftovers past their deadline are dropped before a grant
+        // joins the newest (a hit must not read them as the newest's).
+        let c = LocalBucket::new(0);
+        c.deposit(2, 5_000, 0).unwrap();
+        c.deposit(3, 7_000, 1_000).unwrap();
+        assert_eq!(c.give_back_granted(2, 7_000, 5_000), (true, 2));
+        assert_eq!(c.live_tokens(5_000), 5);
+        assert_eq!(c.try_take(5, 5_000), Take::Taken(0));
     }
 
     #[test]

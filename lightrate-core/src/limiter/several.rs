@@ -19,6 +19,10 @@ use super::handle::Limiter;
 use super::inner::Inner;
 use crate::{Error, Target};
 
+/// How many times a request's limits may ask the source in turn (a local bucket emptied while
+/// the others asked) before it is refused.
+const ROUNDS: usize = 4;
+
 /// How many limits a request keeps without allocating.
 pub const INLINE_LIMITS: usize = 4;
 
@@ -300,48 +304,100 @@ impl Limiter {
                 deadlines: vec![0; limits.len()],
                 settled: false,
             };
-            let asked = |index: usize| ask & (1 << index.min(63)) != 0;
-            let mut pending: Vec<(usize, Pin<Box<dyn Future<Output = _> + Send>>)> = limits
-                .iter()
-                .enumerate()
-                .filter(|(index, _)| asked(*index))
-                .map(|(index, (user, target, cost))| {
-                    let check = Arc::clone(&limiter.inner).check_slow_granting(
-                        user.clone(),
-                        target.clone(),
-                        *cost,
-                    );
-                    (
-                        index,
-                        Box::pin(check) as Pin<Box<dyn Future<Output = _> + Send>>,
-                    )
-                })
-                .collect();
-            let mut failed = None;
-            std::future::poll_fn(|cx| {
-                pending.retain_mut(|(index, check)| match check.as_mut().poll(cx) {
-                    Poll::Pending => true,
-                    Poll::Ready(Ok((decision, deadline_ms))) => {
-                        *held.decisions.slot(*index) = Some(decision);
-                        held.deadlines[*index] = deadline_ms;
-                        false
-                    }
-                    Poll::Ready(Err(error)) => {
-                        failed.get_or_insert(error);
-                        false
-                    }
-                });
-                if pending.is_empty() {
-                    Poll::Ready(())
-                } else {
-                    Poll::Pending
+            let bit = |index: usize| 1u64 << index.min(63);
+            // Local takes are not held while the source is asked: a lease landing on their
+            // bucket meanwhile would mix their generation with its own. They go back now and
+            // are taken again once the source has answered.
+            let mut retake = 0u64;
+            for index in 0..limits.len() {
+                if ask & bit(index) == 0 {
+                    held.release_local(index, &mut retake);
                 }
-            })
-            .await;
+            }
+            let (mut ask, mut asked, mut failed, mut refused) = (ask, 0u64, None, false);
+            for _ in 0..ROUNDS {
+                asked |= ask;
+                let mut pending: Vec<(usize, Pin<Box<dyn Future<Output = _> + Send>>)> = limits
+                    .iter()
+                    .enumerate()
+                    .filter(|(index, _)| ask & bit(*index) != 0)
+                    .map(|(index, (user, target, cost))| {
+                        let check = Arc::clone(&limiter.inner).check_slow_granting(
+                            user.clone(),
+                            target.clone(),
+                            *cost,
+                        );
+                        (
+                            index,
+                            Box::pin(check) as Pin<Box<dyn Future<Output = _> + Send>>,
+                        )
+                    })
+                    .collect();
+                std::future::poll_fn(|cx| {
+                    pending.retain_mut(|(index, check)| match check.as_mut().poll(cx) {
+                        Poll::Pending => true,
+                        Poll::Ready(Ok((decision, deadline_ms))) => {
+                            *held.decisions.slot(*index) = Some(decision);
+                            held.deadlines[*index] = deadline_ms;
+                            // A local take (tokens came meanwhile) waits for no one either.
+                            held.release_local(*index, &mut retake);
+                            false
+                        }
+                        Poll::Ready(Err(error)) => {
+                            failed.get_or_insert(error);
+                            false
+                        }
+                    });
+                    if pending.is_empty() {
+                        Poll::Ready(())
+                    } else {
+                        Poll::Pending
+                    }
+                })
+                .await;
+                refused = held.decisions.iter().flatten().any(|d| !d.is_allowed());
+                if failed.is_some() || refused {
+                    break;
+                }
+                // The local takes again, all at once: a bucket emptied meanwhile asks the
+                // source in another round.
+                ask = 0;
+                for (index, (user, target, cost)) in limits.iter().enumerate() {
+                    if retake & bit(index) == 0 {
+                        continue;
+                    }
+                    let slot = held.decisions.slot(index);
+                    limiter
+                        .inner
+                        .check_local(user.as_bytes(), target, *cost, shadow, slot);
+                    match slot {
+                        Some(decision) if !decision.is_allowed() => refused = true,
+                        Some(_) => {}
+                        None => ask |= bit(index),
+                    }
+                }
+                retake = 0;
+                if refused || ask == 0 {
+                    break;
+                }
+            }
             held.settled = true;
-            let decisions = std::mem::replace(&mut held.decisions, Decisions::undecided(0));
+            let mut decisions = std::mem::replace(&mut held.decisions, Decisions::undecided(0));
             let deadlines = std::mem::take(&mut held.deadlines);
             let inner = &limiter.inner;
+            if ask != 0 && failed.is_none() && !refused {
+                // Emptied again at every round (a bucket others drain as fast as it fills):
+                // refused, never admitted without a token.
+                for index in 0..limits.len() {
+                    if ask & bit(index) != 0 {
+                        *decisions.slot(index) = Some(Decision::unavailable(
+                            false,
+                            crate::ErrorKind::Unavailable,
+                            Duration::from_millis(100),
+                        ));
+                    }
+                }
+            }
             if let Some(error) = failed {
                 inner.count(&Err(&error), shadow);
                 limiter.give_back_all(limits.iter().map(parts_of), &decisions, &deadlines);
@@ -351,7 +407,7 @@ impl Limiter {
             for (index, decision) in decisions.iter().enumerate() {
                 let Some(decision) = decision else { continue };
                 // A limit the source allowed counts only if the request went ahead.
-                if asked(index) && (allowed || !decision.is_allowed()) {
+                if asked & bit(index) != 0 && (allowed || !decision.is_allowed()) {
                     inner.count(&Ok(*decision), shadow);
                 }
             }
@@ -424,6 +480,27 @@ struct Held<'a> {
     settled: bool,
 }
 
+impl Held<'_> {
+    /// If the limit at `index` took its tokens from a local bucket, puts them back now, and
+    /// marks it to be taken again (in `retake`).
+    fn release_local(&mut self, index: usize, retake: &mut u64) {
+        let slot = self.decisions.slot(index);
+        let Some(decision) = slot.filter(|d| d.is_allowed()) else {
+            return;
+        };
+        if decision.source() != DecisionSource::LocalBucket {
+            return;
+        }
+        if let (Some(rule), Some((user, _, cost))) = (decision.rule(), self.limits.get(index)) {
+            self.limiter
+                .inner
+                .give_back(user, rule.slot, *cost, Taken::Local);
+        }
+        *slot = None;
+        *retake |= 1 << index.min(63);
+    }
+}
+
 impl Drop for Held<'_> {
     fn drop(&mut self) {
         if !self.settled {
@@ -448,10 +525,13 @@ impl Inner {
             Taken::Local => (bucket.is_some_and(|b| b.give_back(cost, now_ms)), false),
             // Granted for one request, never held (the SDKs' way for the default rule).
             Taken::Granted { deadline_ms: 0 } => (false, true),
-            Taken::Granted { deadline_ms } => (
-                bucket.is_some_and(|b| b.give_back_granted(cost, deadline_ms, now_ms)),
-                true,
-            ),
+            Taken::Granted { deadline_ms } => {
+                let (back, stale) = bucket.map_or((false, 0), |b| {
+                    b.give_back_granted(cost, deadline_ms, now_ms)
+                });
+                self.counters.expired(slot, stale);
+                (back, true)
+            }
         };
         match (back, granted) {
             (true, true) => self.counters.returned(slot, cost),

@@ -77,6 +77,8 @@ impl Family {
     #[inline]
     pub(crate) fn claim<V: RequestView>(&self, req: &mut V::Request) -> bool {
         match self.mark {
+            // The first family's mark inline: an app's one middleware takes no jump.
+            Some(0) => V::insert_new(req, Mark::<0>),
             Some(k) => with_mark(k, InsertNew::<V>(req)),
             None => {
                 let mut charges = V::with_extensions(req, |e| V::extension::<Charges>(e).cloned())
@@ -110,6 +112,7 @@ impl Family {
     #[inline]
     pub(crate) fn decided<V: RequestView>(&self, extensions: &V::Extensions) -> bool {
         match self.mark {
+            Some(0) => V::contains::<Mark<0>>(extensions),
             Some(k) => with_mark(k, Contains::<V>(extensions)),
             None => {
                 V::extension::<Charges>(extensions).is_some_and(|c| c.families.contains(&self.id))
