@@ -1,4 +1,5 @@
-//! The local-hit hot path against governor's keyed limiter, in the same run.
+//! The local-hit hot path against governor's keyed limiter, in the same run; and a request
+//! against two limits (`check_all_local`) against two governor keyed limiters in a row.
 //!
 //! `cargo bench -p lightrate-core --bench local_bucket`
 
@@ -11,8 +12,8 @@ use std::time::Instant;
 use criterion::{criterion_group, criterion_main, Criterion};
 use governor::{Quota, RateLimiter};
 use lightrate_core::http::Method;
-use lightrate_core::{Decision, Limiter, Target};
-use lightrate_testing::Unlimited;
+use lightrate_core::{Decision, Decisions, Limit, Limiter, Target};
+use lightrate_testing::{Unlimited, UnlimitedPerTarget};
 
 /// One decision: the local hit, or (once per million) a lease.
 #[inline]
@@ -27,6 +28,20 @@ fn decide(
         None => runtime
             .block_on(limiter.check_with_source(user, target.clone().into_owned(), 1))
             .unwrap(),
+    }
+}
+
+/// One decision against several limits: every limit a local hit, or (once per million) a
+/// lease.
+#[inline]
+fn decide_all(
+    limiter: &Limiter,
+    runtime: &tokio::runtime::Runtime,
+    limits: &[Limit<'_>],
+) -> Decisions {
+    match limiter.check_all_local(limits) {
+        Some(decisions) => decisions,
+        None => runtime.block_on(limiter.check_all(limits)).unwrap(),
     }
 }
 
@@ -124,5 +139,52 @@ fn hot_key(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, local_hit, hot_key);
+/// One user, one thread: a request against two limits (a rule each: a per-second and a
+/// per-day limit, say) beside two governor keyed limiters checked in a row; one limit of each
+/// for reference.
+fn two_limits(c: &mut Criterion) {
+    let runtime = runtime();
+    let mut group = c.benchmark_group("two_limits");
+    let target = Target::path(Method::GET, "/bench/items");
+
+    let one = Unlimited::limiter();
+    decide(&one, &runtime, "user-1", &target);
+    group.bench_function("lightrate_one_limit", |b| {
+        b.iter(|| decide(&one, &runtime, black_box("user-1"), black_box(&target)))
+    });
+
+    let two = UnlimitedPerTarget::limiter();
+    let limits = [
+        Limit::new("user-1", target.clone()),
+        Limit::new("user-1", Target::path(Method::GET, "/bench/day")),
+    ];
+    for _ in 0..2 {
+        assert!(decide_all(&two, &runtime, &limits).is_allowed());
+    }
+    group.bench_function("lightrate_check_all_local", |b| {
+        b.iter(|| decide_all(&two, &runtime, black_box(&limits)))
+    });
+
+    let quota = Quota::per_second(NonZeroU32::MAX);
+    let (first, second) = (
+        RateLimiter::<String, _, _>::keyed(quota),
+        RateLimiter::<String, _, _>::keyed(quota),
+    );
+    let key = "user-1".to_owned();
+    first.check_key(&key).unwrap();
+    second.check_key(&key).unwrap();
+    group.bench_function("governor_one_keyed", |b| {
+        b.iter(|| first.check_key(black_box(&key)))
+    });
+    group.bench_function("governor_two_keyed_in_a_row", |b| {
+        b.iter(|| {
+            first
+                .check_key(black_box(&key))
+                .and_then(|_| second.check_key(black_box(&key)))
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, local_hit, hot_key, two_limits);
 criterion_main!(benches);

@@ -10,10 +10,14 @@
 //!
 //! `... 100000 many [users]` hits 10 000 users (or `users`) in turn instead of one, each hit
 //! through the map.
+//!
+//! `... 100000 all [limits]` decides every request against two limits (or `limits`, at most
+//! 4) with `Limiter::check_all_local`: the same user, each limit on a target and rule of its
+//! own (`/bench/items`, `/bench/day`, `/bench/l2`, `/bench/l3`), every limit a local hit.
 #![allow(missing_docs, clippy::unwrap_used, clippy::print_stdout)]
 use lightrate_core::http::Method;
 use lightrate_core::*;
-use lightrate_testing::Unlimited;
+use lightrate_testing::{Unlimited, UnlimitedPerTarget};
 use std::hint::black_box;
 fn main() {
     let n: u64 = std::env::args()
@@ -43,6 +47,39 @@ fn main() {
         .refill_ahead(false)
         .build();
     let target = Target::path(Method::GET, "/bench/items");
+    if std::env::args().nth(2).as_deref() == Some("all") {
+        let count: usize = std::env::args()
+            .nth(3)
+            .map(|s| s.parse().unwrap())
+            .unwrap_or(2);
+        let paths = ["/bench/items", "/bench/day", "/bench/l2", "/bench/l3"];
+        let limits: Vec<Limit<'_>> = paths[..count]
+            .iter()
+            .map(|path| Limit::new("user-1", Target::path(Method::GET, *path)))
+            .collect();
+        let limiter = Limiter::builder(UnlimitedPerTarget)
+            .lease_size(MAX_LEASE_SIZE)
+            .min_lease_size(MAX_LEASE_SIZE)
+            .refill_ahead(false)
+            .build();
+        // The first request learns the rules; the second leases the buckets full.
+        for _ in 0..2 {
+            assert!(rt
+                .block_on(limiter.check_all(&limits))
+                .unwrap()
+                .is_allowed());
+        }
+        let mut allowed = 0u64;
+        for _ in 0..n {
+            if let Some(d) = limiter.check_all_local(black_box(&limits)) {
+                if d.is_allowed() {
+                    allowed += 1;
+                }
+            }
+        }
+        println!("{allowed}");
+        return;
+    }
     if std::env::args().nth(2).as_deref() == Some("many") {
         // Many users (10 000, or the third argument) in turn: every hit goes through the map.
         let count: usize = std::env::args()

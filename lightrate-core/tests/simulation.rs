@@ -17,7 +17,10 @@
 //! - uneven demand on a quota strands (almost) nothing: 990 to 1000 of 1000 admitted;
 //! - a cold key far from its limit waits for the source at most two round trips: on each
 //!   process a user never seen, at a steady 200 requests a second, has at most two round
-//!   trips' worth of its requests wait.
+//!   trips' worth of its requests wait;
+//! - two limits per request (`Limiter::check_all`: 10/s burst 20 AND 1000/day), all or
+//!   nothing: each rule keeps its bound, no request is refused while both rules' source
+//!   buckets held tokens for it, and the day's tokens go to admitted requests only.
 //!
 //! It prints calls per admitted request and the share of requests that waited for each run,
 //! beside a fixed lease of 5 (the official SDKs' way) on the same traffic (see BENCHMARKS.md).
@@ -30,8 +33,8 @@ use std::time::Duration;
 
 use lightrate_core::http::Method;
 use lightrate_core::{
-    Clock, ConsumeRequest, ConsumeTokensResponse, DecisionSource, EmbeddedSource, Error, Limiter,
-    RefillRate, RuleSet, RuleSpec, Target, Timestamp, TokenSource, DEFAULT_TOKEN_HORIZON,
+    Clock, ConsumeRequest, ConsumeTokensResponse, DecisionSource, EmbeddedSource, Error, Limit,
+    Limiter, RefillRate, RuleSet, RuleSpec, Target, Timestamp, TokenSource, DEFAULT_TOKEN_HORIZON,
 };
 
 /// Simulated time: tokio's (paused) clock, from one second after the start.
@@ -68,6 +71,8 @@ struct SimSource {
     latency: Latency,
     rng: Mutex<fastrand::Rng>,
     granted: AtomicU64,
+    /// What it granted, by rule id.
+    granted_by_rule: Mutex<HashMap<String, u64>>,
     calls: AtomicU64,
     /// The latency of every call, by user.
     latencies: Mutex<HashMap<String, Vec<Duration>>>,
@@ -90,6 +95,12 @@ impl TokenSource for SimSource {
         let answer = self.inner.consume_now(request)?;
         self.granted
             .fetch_add(answer.tokens_consumed, Ordering::SeqCst);
+        *self
+            .granted_by_rule
+            .lock()
+            .unwrap()
+            .entry(answer.rule.id.clone())
+            .or_default() += answer.tokens_consumed;
         tokio::time::sleep(latency / 2).await;
         Ok(answer)
     }
@@ -129,6 +140,19 @@ fn rules() -> RuleSet {
             RuleSpec::operation("per day", "^day$", RefillRate::per_day(10_000), 10_000)
                 .with_id("day"),
         )
+        .rule(
+            RuleSpec::operation(
+                "two limits: per second",
+                "^per_second$",
+                PER_SECOND.0,
+                PER_SECOND.1,
+            )
+            .with_id("second"),
+        )
+        .rule(
+            RuleSpec::operation("two limits: per day", "^per_day$", PER_DAY.0, PER_DAY.1)
+                .with_id("daily"),
+        )
         .build()
         .unwrap()
 }
@@ -154,7 +178,25 @@ enum Traffic {
     /// requests a second at a steady pace (open loop, from a random phase) on `search` (far
     /// from its limit) for 2 s.
     Cold,
+    /// Two limits per request, [`PER_SECOND`] and [`PER_DAY`], of one user that every process
+    /// serves: Poisson arrivals at [`TWO_LIMITS_RATE`] a second over the fleet for
+    /// [`TWO_LIMITS_FOR`], three times what the per-second limit admits, until the day's
+    /// quota runs out and then past it.
+    TwoLimits,
 }
+
+/// The per-second limit of [`Traffic::TwoLimits`]: 10 a second, burst 20.
+const PER_SECOND: (RefillRate, u64) = (RefillRate::per_second(10), 20);
+
+/// The daily limit of [`Traffic::TwoLimits`]: 1000 a day, burst 1000.
+const PER_DAY: (RefillRate, u64) = (RefillRate::per_day(1000), 1000);
+
+/// The offered load of [`Traffic::TwoLimits`] (requests a second, over the fleet).
+const TWO_LIMITS_RATE: f64 = 30.0;
+
+/// How long [`Traffic::TwoLimits`] runs: the per-second limit alone would admit
+/// 20 + 10·120 = 1 220, so the day's 1 000 run out after about 98 s.
+const TWO_LIMITS_FOR: Duration = Duration::from_secs(120);
 
 /// The pace of [`Traffic::Cold`], per process.
 const COLD_RATE: u32 = 200;
@@ -197,6 +239,9 @@ struct Record {
     false_denial: bool,
     /// It waited for an answer of the source.
     waited: bool,
+    /// Of a request against two limits, whether it was refused while both rules' source
+    /// buckets held tokens for it (counted on its first record only).
+    false_refusal_both: bool,
 }
 
 #[derive(Debug, Default)]
@@ -208,6 +253,14 @@ struct Outcome {
     calls: u64,
     false_denials: u64,
     quota_admitted: u64,
+    /// Requests against two limits refused while both rules' source buckets held tokens.
+    false_refusals_both: u64,
+    /// What the source granted, by rule id.
+    granted_by_rule: HashMap<String, u64>,
+    /// Tokens held in the fleet's live buckets at the end, by rule id.
+    held_by_rule: HashMap<String, u64>,
+    /// Tokens lost (expired, or held at the end and dropped by `Limiter::reset`), all rules.
+    lost: u64,
     waited: u64,
     /// The requests that waited, by user.
     waited_by_user: HashMap<usize, u64>,
@@ -249,7 +302,56 @@ impl World {
             allowed: decision.is_allowed(),
             false_denial,
             waited: decision.source() == DecisionSource::TokenSource,
+            false_refusal_both: false,
         });
+    }
+
+    /// One request of `user` on `limiter` against [`PER_SECOND`] and [`PER_DAY`] at once,
+    /// recorded once per rule (an admitted request took a token of each).
+    ///
+    /// A refusal is false when, after it was decided, the source bucket of *each* rule holds
+    /// more tokens than could have become whole since the answer that refused it was made
+    /// (as for one limit in [`World::request`]): the request could have had both. A refusal
+    /// is also checked per limit: a limit that refused while its own source bucket held more
+    /// than that is a false denial of that limit, as for one limit.
+    async fn request_two(&self, limiter: &Limiter, user: usize) {
+        let name = format!("user-{user}");
+        let targets = [
+            Target::operation("per_second"),
+            Target::operation("per_day"),
+        ];
+        let limits = [
+            Limit::new(&name, targets[0].clone()),
+            Limit::new(&name, targets[1].clone()),
+        ];
+        let decisions = limiter.check_all(&limits).await.unwrap();
+        let allowed = decisions.is_allowed();
+        let window = self.source.latency.base.mul_f64(7.5 / 2.0) + Duration::from_millis(1);
+        let accrued = [PER_SECOND.0, PER_DAY.0]
+            .map(|rate| rate.tokens_in(window) + u64::from(!rate.is_zero()));
+        let had = [0, 1].map(|i| self.source.inner.available(&name, &targets[i]) > accrued[i]);
+        let false_refusal_both = !allowed && had.iter().all(|h| *h);
+        let false_denial = decisions.refusing().any(|(index, _)| had[index]);
+        let waited = decisions
+            .iter()
+            .flatten()
+            .any(|d| d.source() == DecisionSource::TokenSource);
+        for d in decisions.iter().flatten() {
+            assert_ne!(d.source(), DecisionSource::Unavailable);
+        }
+        let at = self.clock.now();
+        let mut records = self.records.lock().unwrap();
+        for (i, rule) in ["second", "daily"].into_iter().enumerate() {
+            records.push(Record {
+                at,
+                user,
+                rule: rule.to_owned(),
+                allowed,
+                false_denial: i == 0 && false_denial,
+                waited: i == 0 && waited,
+                false_refusal_both: i == 0 && false_refusal_both,
+            });
+        }
     }
 }
 
@@ -259,6 +361,7 @@ async fn poisson(world: &World, limiters: &[Limiter], traffic: Traffic, rng: &mu
     let (duration, rate_per_s) = match traffic {
         Traffic::Hot => (Duration::from_secs(5), 100.0 * processes as f64),
         Traffic::Sparse => (Duration::from_secs(30 * 60), 0.8),
+        Traffic::TwoLimits => (TWO_LIMITS_FOR, TWO_LIMITS_RATE),
         _ => (Duration::from_secs(10), 300.0),
     };
     let mut tasks = tokio::task::JoinSet::new();
@@ -288,6 +391,11 @@ async fn poisson(world: &World, limiters: &[Limiter], traffic: Traffic, rng: &mu
                     _ => Target::path(Method::GET, "/items/1"),
                 };
                 (rng.usize(0..processes), rng.usize(0..12), target)
+            }
+            Traffic::TwoLimits => {
+                let (world, limiter) = (world.clone(), limiters[rng.usize(0..processes)].clone());
+                tasks.spawn(async move { world.request_two(&limiter, 0).await });
+                continue;
             }
             _ => {
                 // The first process sees 5 requests, spread over the run; the others all the
@@ -407,6 +515,7 @@ fn simulate(
             latency: Latency { base: latency },
             rng: Mutex::new(fastrand::Rng::with_seed(rng.u64(..))),
             granted: AtomicU64::new(0),
+            granted_by_rule: Mutex::default(),
             calls: AtomicU64::new(0),
             latencies: Mutex::default(),
         });
@@ -440,13 +549,26 @@ fn simulate(
 
         let records = world.records.lock().unwrap();
         check_window_bound(&records);
-        let stats: Vec<_> = limiters.iter().map(Limiter::stats).collect();
+        let mut held_by_rule = HashMap::new();
+        for status in limiters.iter().flat_map(Limiter::bucket_statuses) {
+            *held_by_rule.entry(status.rule_id).or_default() += status.tokens;
+        }
+        let expired: u64 = limiters.iter().map(|l| l.stats().expired_tokens).sum();
+        // What is still held is lost too once the buckets go: counted as expired by `reset`
+        // (also the tokens past their deadline that no take has counted yet).
+        limiters.iter().for_each(Limiter::reset);
+        let lost = limiters.iter().map(|l| l.stats().expired_tokens).sum();
         let latencies = source.latencies.lock().unwrap().clone();
+        let granted_by_rule = source.granted_by_rule.lock().unwrap().clone();
         Outcome {
             requests: records.len() as u64,
             admitted: records.iter().filter(|r| r.allowed).count() as u64,
             granted: source.granted.load(Ordering::SeqCst),
-            expired: stats.iter().map(|s| s.expired_tokens).sum(),
+            expired,
+            lost,
+            held_by_rule,
+            granted_by_rule,
+            false_refusals_both: records.iter().filter(|r| r.false_refusal_both).count() as u64,
             calls: source.calls.load(Ordering::SeqCst),
             false_denials: records.iter().filter(|r| r.false_denial).count() as u64,
             quota_admitted: records
@@ -659,6 +781,68 @@ fn cold_keys_wait_at_most_two_round_trips() {
                     "{at}: {waited} requests of process {user} waited (at most {bound})"
                 );
             }
+        }
+    }
+}
+
+#[test]
+fn two_limits_keep_both_bounds_and_take_nothing_for_refused_requests() {
+    for (i, processes) in [1, 4, 16, 64].into_iter().enumerate() {
+        for (j, latency_ms) in [0, 20].into_iter().enumerate() {
+            let latency = Duration::from_millis(latency_ms);
+            let seed = (i * 10 + j) as u64 + 200;
+            let o = simulate(Traffic::TwoLimits, processes, latency, Leasing::Sized, seed);
+            let at = format!("P={processes}, {latency:?}");
+            // Two records per request.
+            let (requests, admitted) = (o.requests / 2, o.admitted / 2);
+            let granted = |rule: &str| o.granted_by_rule.get(rule).copied().unwrap_or(0);
+            let held = |rule: &str| o.held_by_rule.get(rule).copied().unwrap_or(0);
+            let (second, daily) = (granted("second"), granted("daily"));
+            println!(
+                "TwoLimits: P={processes:<2} latency {latency_ms:>2} ms: {requests} requests, \
+                 {admitted} admitted, {} calls, granted {second} per second and {daily} per day, \
+                 held at the end {} and {}, {} expired unused during the run ({} lost in all), \
+                 {} false denials (a refusing limit's source had tokens), {} false refusals \
+                 (both sources had tokens)",
+                o.calls,
+                held("second"),
+                held("daily"),
+                o.expired,
+                o.lost,
+                o.false_denials,
+                o.false_refusals_both,
+            );
+            assert_eq!(
+                o.false_refusals_both, 0,
+                "{at}: refused while both had tokens"
+            );
+            assert_eq!(
+                o.false_denials, 0,
+                "{at}: a limit refused while its source had tokens"
+            );
+            // The day's quota binds: the per-second limit alone would admit more.
+            let day_bound =
+                PER_DAY.1 + PER_DAY.0.tokens_in(TWO_LIMITS_FOR + DEFAULT_TOKEN_HORIZON) + 1;
+            assert!(admitted <= day_bound, "{at}: {admitted} admitted");
+            // Every token the source granted, of either rule, was taken by an admitted request
+            // (one of each) or lost unused (expired, or still held at the end): none went to a
+            // refused request.
+            assert_eq!(
+                second + daily,
+                2 * admitted + o.lost,
+                "{at}: granted {second} + {daily}, {admitted} admitted, {} lost",
+                o.lost
+            );
+            // The day's tokens alone: granted = taken by admitted requests + still held +
+            // expired. The limiter counts expiry for all rules together, so the day's share is
+            // bounded by what expired of both (`lost` less what was still held).
+            let held_all: u64 = o.held_by_rule.values().sum();
+            assert!(daily >= admitted + held("daily"), "{at}");
+            assert!(
+                daily - admitted - held("daily") <= o.lost - held_all,
+                "{at}: {daily} granted per day, {admitted} admitted, {} held",
+                held("daily")
+            );
         }
     }
 }

@@ -1,7 +1,8 @@
 //! What the tests and benchmarks of the lightrate workspace share (`publish = false`):
 //!
 //! - [`Unlimited`]: a token source that grants everything, so that what is measured is the
-//!   limiter or the middleware alone;
+//!   limiter or the middleware alone; [`UnlimitedPerTarget`], the same with a rule of its own
+//!   for each target (several limits on distinct rules);
 //! - [`Recording`]: the embedded source with the demo rules, recording every call, and able
 //!   to fail on demand;
 //! - [`Counting`]: the system allocator, counting allocations per thread and live bytes, for
@@ -27,4 +28,4 @@ pub use buckets::{new_buckets, BucketCost};
 pub use logs::Logs;
 pub use process::{demo_app, example_binary, Listening};
 pub use scrape::Scrape;
-pub use sources::{Recording, Unlimited};
+pub use sources::{Recording, Unlimited, UnlimitedPerTarget};

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use lightrate_core::{
     ConsumeRequest, ConsumeTokensResponse, EmbeddedSource, Error, Limiter, LimiterBuilder,
-    ManualClock, OnUnavailable, RefillRate, Rule, RuleSet, TokenSource, MAX_LEASE_SIZE,
+    ManualClock, OnUnavailable, RefillRate, Rule, RuleSet, Target, TokenSource, MAX_LEASE_SIZE,
 };
 
 /// Grants whatever is asked, under one rule (every `GET` path), keeping no state of its own:
@@ -120,12 +120,59 @@ impl Unlimited {
     /// refill-ahead, hour-long TTLs. After the first two requests of a (user, target) (the
     /// first learns the rule, the second leases), every one is a local hit.
     pub fn limiter() -> Limiter {
-        Limiter::builder(Unlimited)
-            .lease_size(MAX_LEASE_SIZE)
-            .min_lease_size(MAX_LEASE_SIZE)
-            .refill_ahead(false)
-            .bucket_ttl(Duration::from_secs(3600))
-            .rule_ttl(Duration::from_secs(3600))
-            .build()
+        unlimited_limiter(Unlimited)
     }
+}
+
+/// Grants whatever is asked, as [`Unlimited`] does, but under one rule per target (its id the
+/// target's operation or path, its matcher that name exactly): two limits of a user on two
+/// targets are two rules, two buckets, as a per-second and a per-day limit are.
+/// Names are used as regular expressions unescaped: keep them to letters, digits, `/`, `_`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct UnlimitedPerTarget;
+
+impl TokenSource for UnlimitedPerTarget {
+    async fn consume_tokens(
+        &self,
+        request: ConsumeRequest<'_>,
+    ) -> Result<ConsumeTokensResponse, Error> {
+        let (name, method) = match request.target {
+            Target::Operation(op) => (op.to_string(), None),
+            Target::Path { method, path } => (path.to_string(), Some(method.to_string())),
+            Target::Default => ("default".to_owned(), None),
+        };
+        Ok(ConsumeTokensResponse {
+            tokens_remaining: 1 << 40,
+            tokens_consumed: request.tokens_requested,
+            throttles: 0,
+            rule: Rule {
+                id: name.clone(),
+                name: name.clone(),
+                refill_rate: RefillRate::per_second(1 << 30),
+                burst_rate: 1 << 40,
+                is_default: matches!(request.target, Target::Default),
+                matcher: Some(format!("^{name}$")),
+                http_method: method,
+            },
+            retry_after_ms: None,
+        })
+    }
+}
+
+impl UnlimitedPerTarget {
+    /// A limiter over [`UnlimitedPerTarget`] set up as [`Unlimited::limiter`] is.
+    pub fn limiter() -> Limiter {
+        unlimited_limiter(UnlimitedPerTarget)
+    }
+}
+
+/// A limiter that never runs out: leases as large as the cap, no refill-ahead, hour-long TTLs.
+fn unlimited_limiter(source: impl TokenSource) -> Limiter {
+    Limiter::builder(source)
+        .lease_size(MAX_LEASE_SIZE)
+        .min_lease_size(MAX_LEASE_SIZE)
+        .refill_ahead(false)
+        .bucket_ttl(Duration::from_secs(3600))
+        .rule_ttl(Duration::from_secs(3600))
+        .build()
 }
