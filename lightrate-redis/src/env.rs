@@ -60,19 +60,20 @@ fn in_flight_from_lookup(
     }
     match (var(env_vars::REDIS_URL), var(env_vars::REDIS_CLUSTER_URLS)) {
         (Some(url), None) => Ok(InFlight::shared(max, crate::RedisInFlight::connect(&url)?)),
-        (None, Some(urls)) => {
-            let urls: Vec<&str> = urls
-                .split(',')
-                .map(str::trim)
-                .filter(|u| !u.is_empty())
-                .collect();
-            Ok(InFlight::shared(
-                max,
-                crate::RedisInFlight::connect_cluster(urls)?,
-            ))
-        }
+        (None, Some(urls)) => Ok(InFlight::shared(
+            max,
+            crate::RedisInFlight::connect_cluster(cluster_urls(&urls))?,
+        )),
         _ => Ok(InFlight::new(max)),
     }
+}
+
+/// The node URLs of `LIGHTRATE_REDIS_CLUSTER_URLS` (comma-separated, blanks skipped).
+fn cluster_urls(urls: &str) -> Vec<&str> {
+    urls.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect()
 }
 
 /// The Redis choice, or `None` when the environment does not ask for Redis (then the core's
@@ -101,12 +102,7 @@ fn redis_from_lookup(
         }
         (Some(url), None) => url,
         (None, Some(urls)) => {
-            let urls: Vec<&str> = urls
-                .split(',')
-                .map(str::trim)
-                .filter(|u| !u.is_empty())
-                .collect();
-            let source = RedisSource::connect_cluster(&urls, rules.clone())?;
+            let source = RedisSource::connect_cluster(cluster_urls(&urls), rules.clone())?;
             let nodes = source.addresses().to_vec();
             let builder = Limiter::builder(source).env_settings_from(var)?;
             return Ok(Some((builder, EnvSource::RedisCluster { nodes })));
