@@ -31,15 +31,16 @@ mod options;
 mod plan;
 mod policy;
 mod rejection;
+mod route_limit;
 mod shadow;
 mod stage;
 mod view;
 
 pub use identifier::{InvalidIdentifier, MAX_REQUEST_IDENTIFIER_BYTES};
 pub use identify::{Identify, MissingIdentifier};
-pub use limits::RouteLimit;
 pub use operations::{Operation, PathTarget};
 pub use rejection::{RateLimitHeaders, Rejection};
+pub use route_limit::RouteLimit;
 pub use shadow::Mode;
 
 pub mod adapter {

@@ -127,7 +127,7 @@ struct Declarations {
 type Table = HashMap<String, Vec<(Option<Method>, Declared)>>;
 
 /// What a route is declared to be: an operation, or a list of limits (the
-/// [`RouteLimit`](super::RouteLimit)s of the policy's request view, type-erased so that the
+/// `RouteLimit`s of the policy's request view, type-erased so that the
 /// table does not depend on it).
 #[derive(Clone, Debug)]
 pub(crate) enum Declared {
@@ -144,13 +144,12 @@ impl Declared {
         }
     }
 
-    /// The limits, if that is what was declared (for the request view `V`).
-    pub(crate) fn limits<V: super::view::RequestView>(&self) -> Option<&[super::RouteLimit<V>]> {
+    /// The limits, if that is what was declared (a `Vec<RouteLimit<V>>` of the policy's
+    /// request view `V`, for it to downcast).
+    pub(crate) fn limits(&self) -> Option<&(dyn Any + Send + Sync)> {
         match self {
             Declared::Operation(_) => None,
-            Declared::Limits(any) => any
-                .downcast_ref::<Vec<super::RouteLimit<V>>>()
-                .map(Vec::as_slice),
+            Declared::Limits(any) => Some(&**any),
         }
     }
 

@@ -14,10 +14,10 @@ use http::{HeaderMap, Method, Response};
 use super::family::{Charge, Charges, Family};
 use super::identifier::{client_ip, validate_identifier};
 use super::identify::{ExtensionFn, Kind, MissingIdentifier};
-use super::limits::RouteLimit;
 use super::operations::{target_for, Declared, PathTarget};
 use super::policy::RequestPolicy;
 use super::rejection::Rejection;
+use super::route_limit::RouteLimit;
 use super::shadow::Mode;
 use super::view::RequestView;
 use crate::ip::IpText;
@@ -431,7 +431,12 @@ impl<V: RequestView> RequestPolicy<V> {
         let limits = self
             .route_limits
             .as_deref()
-            .or_else(|| declared.and_then(Declared::limits::<V>))
+            .or_else(|| {
+                declared
+                    .and_then(Declared::limits)
+                    .and_then(|any| any.downcast_ref::<Vec<RouteLimit<V>>>())
+                    .map(Vec::as_slice)
+            })
             .or(self.also_limits.as_deref());
         let name = match operation {
             None if self.options.names_as_operations => V::route_name(req, path),

@@ -10,9 +10,9 @@ use http::{Method, Response};
 
 use super::family::Family;
 use super::identify::{Identify, Kind, MissingIdentifier};
-use super::limits::RouteLimit;
 use super::operations::{Operation, PathTarget, RouteOperations, Served};
 use super::rejection::{RateLimitHeaders, Rejection};
+use super::route_limit::RouteLimit;
 use super::shadow::{Mode, ShadowLog};
 use super::view::RequestView;
 use crate::Limiter;
