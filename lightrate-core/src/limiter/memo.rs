@@ -16,6 +16,12 @@
 //! Buckets start inline in their entries, where a hit among many users finds them with one
 //! cache miss; only the bucket of a user this thread served twice in a row is moved out to be
 //! shared (once), so that traffic from many users pays for no memo but a compare of addresses.
+//!
+//! A request decided against several limits looks each up in its own [`Lane`] (its place in
+//! the request's list): each lane remembers where it found its target and bucket last, so that
+//! the limits of one request, which come in the same order every time, do not take turns
+//! evicting each other's places (measured: two limits searched the memos on every hit and
+//! never memoized a bucket, 1 498 instructions a request; BENCHMARKS.md).
 
 use std::cell::{Cell, RefCell};
 use std::net::IpAddr;
@@ -28,6 +34,10 @@ use crate::ip::IpText;
 
 const TARGETS: usize = 4;
 const BUCKETS: usize = 2;
+
+/// Lanes besides the memos' own: the places in a request's list of limits, after the first,
+/// that remember their own places in the memos (the limits past the last share it).
+const LANES: usize = 3;
 
 /// The longest identifier whose bucket is memoized (an IPv6 address, a UUID fit): the memos
 /// hold identifiers inline, so that filling them never allocates.
@@ -92,6 +102,8 @@ struct Memos {
     buckets: [Option<BucketMemo>; BUCKETS],
     next_bucket: usize,
     last_bucket: Cell<usize>,
+    /// What each lane keeps while another looks: its `last_target` and `last_bucket`.
+    lanes: [(Cell<usize>, Cell<usize>); LANES],
 }
 
 thread_local! {
@@ -103,10 +115,56 @@ thread_local! {
             buckets: [const { None }; BUCKETS],
             next_bucket: 0,
             last_bucket: Cell::new(0),
+            lanes: [const { (Cell::new(0), Cell::new(0)) }; LANES],
         })
     };
-    /// The address of the bucket this thread last found in a map (not memoized).
-    static LAST_FOUND: Cell<usize> = const { Cell::new(0) };
+    /// The address of the bucket this thread last found in a map (not memoized), and what each
+    /// lane keeps of it while another looks.
+    static LAST_FOUND: (Cell<usize>, [Cell<usize>; LANES]) =
+        const { (Cell::new(0), [const { Cell::new(0) }; LANES]) };
+}
+
+/// The limit at one place of a request's list, looking in the memos: while it is entered,
+/// the memos look first where this place found its last, and what it finds is kept for it
+/// (until [`leave`](Self::leave), or drop). The first place is the memos' own, where a
+/// one-limit hit looks: entering it costs nothing.
+pub(super) struct Lane(usize);
+
+impl Lane {
+    /// Enters the lane of the limit at `index` of its request's list.
+    #[inline]
+    pub(super) fn enter(index: usize) -> Lane {
+        let lane = Lane(index.min(LANES));
+        lane.swap();
+        lane
+    }
+
+    /// Leaves the lane (as dropping it does).
+    #[inline]
+    pub(super) fn leave(self) {}
+
+    /// Swaps the lane's places with the memos' own: on entering, in; on leaving, back out.
+    #[inline]
+    fn swap(&self) {
+        let Some(at) = self.0.checked_sub(1) else {
+            return;
+        };
+        let _ = MEMOS.try_with(|memos| {
+            if let Ok(memos) = memos.try_borrow() {
+                let (target, bucket) = &memos.lanes[at];
+                memos.last_target.swap(target);
+                memos.last_bucket.swap(bucket);
+            }
+        });
+        let _ = LAST_FOUND.try_with(|(last, lanes)| last.swap(&lanes[at]));
+    }
+}
+
+impl Drop for Lane {
+    #[inline]
+    fn drop(&mut self) {
+        self.swap();
+    }
 }
 
 /// What a memo (or the map behind it) says about a target.
@@ -229,7 +287,7 @@ fn put<T>(slots: &mut [Option<T>], next: &mut usize, memo: T, same: impl Fn(&T) 
 pub(super) fn found_again(bucket: &LocalBucket) -> bool {
     let address = std::ptr::from_ref(bucket) as usize;
     LAST_FOUND
-        .try_with(|last| last.replace(address) == address)
+        .try_with(|(last, _)| last.replace(address) == address)
         .unwrap_or(false)
 }
 
@@ -261,7 +319,7 @@ pub(super) fn memoize(limiter: u64, user: &[u8], slot: u32, bucket: Arc<LocalBuc
             m.limiter == limiter && m.slot == slot && m.user.is(user)
         });
     });
-    let _ = LAST_FOUND.try_with(|last| last.set(0));
+    let _ = LAST_FOUND.try_with(|(last, _)| last.set(0));
 }
 
 #[cfg(test)]
@@ -392,6 +450,53 @@ mod tests {
         );
         assert_eq!(slot(1_000_001, 6, &target), Some(8));
         assert_eq!(slot(1_000_001, 5, &target), None);
+    }
+
+    #[test]
+    fn each_lane_keeps_its_own_places() {
+        // Two limits of one request, in turn: each lane finds its own bucket twice in a row
+        // (memoized by the second request), where one lane saw them take turns.
+        let (a, b) = (LocalBucket::new(0), LocalBucket::new(0));
+        let found = |index: usize, bucket: &LocalBucket| {
+            let lane = Lane::enter(index);
+            let again = found_again(bucket);
+            lane.leave();
+            again
+        };
+        assert!(
+            !found(0, &a) && !found(1, &b),
+            "first request: found once each"
+        );
+        assert!(
+            found(0, &a) && found(1, &b),
+            "second request: each found again"
+        );
+        assert!(
+            !found_again(&b),
+            "outside a lane, the first lane's last is a"
+        );
+        // And the targets: each lane looks first where it found its own.
+        let (first, _) = remembered(5_000_001, "lane-first", 1);
+        let (second, _) = remembered(5_000_001, "lane-second", 2);
+        let slot_in = |index: usize, target: &Target<'_>| {
+            let lane = Lane::enter(index);
+            let slot = slot_of(5_000_001, 1, target);
+            drop(lane);
+            slot
+        };
+        for _ in 0..3 {
+            assert_eq!(slot_in(0, &first), Some(1));
+            assert_eq!(slot_in(1, &second), Some(2));
+        }
+        let last = |index: usize| {
+            let _lane = Lane::enter(index);
+            MEMOS.with(|m| m.borrow().last_target.get())
+        };
+        assert_ne!(
+            last(0),
+            last(1),
+            "each lane's last slot is its own target's"
+        );
     }
 
     #[test]

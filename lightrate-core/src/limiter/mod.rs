@@ -99,7 +99,7 @@ pub use self::several::{Decisions, Limit, INLINE_LIMITS};
 pub use self::stats::Stats;
 
 pub(crate) use self::keys::{IpProbe, PathProbe, Probe};
-pub(crate) use self::several::{GrantedDecisions, Local, Taken};
+pub(crate) use self::several::{GrantedDecisions, Taken};
 
 #[cfg(test)]
 mod tests;

@@ -13,7 +13,7 @@ use super::rejection::Rejection;
 use super::route_limit::{LimitTarget, RouteLimit};
 use super::shadow::Mode;
 use super::view::RequestView;
-use crate::limiter::{GrantedDecisions, Local, Taken};
+use crate::limiter::{GrantedDecisions, Taken};
 use crate::{
     Acquired, Decision, DecisionSource, Decisions, Error, InFlight, InFlightSlot, Limit, Target,
 };
@@ -54,20 +54,19 @@ impl<V: RequestView> RequestPolicy<V> {
             Err(plan) => return plan,
         };
         let shadow = self.options.mode == Mode::Shadow;
-        let local = {
+        let mut decisions = Decisions::undecided(owned.len());
+        let ask = {
             let borrowed: Vec<Limit<'_>> = owned
                 .iter()
                 .map(|(user, target, cost)| Limit::new(user, target.clone()).with_cost(*cost))
                 .collect();
-            self.limiter.check_all_locally(&borrowed, shadow)
+            self.limiter
+                .check_all_locally(&borrowed, shadow, &mut decisions)
         };
         let grpc = V::is_grpc(req);
-        let decisions = match local {
-            Local::Decided(decisions) => decisions,
-            Local::Ask(decisions, ask) => {
-                return self.check_limits(req, owned, caps, (decisions, ask), shadow, grpc)
-            }
-        };
+        if ask != 0 {
+            return self.check_limits(req, owned, caps, (decisions, ask), shadow, grpc);
+        }
         let slots = if caps.is_empty() || !decisions.is_allowed() {
             Slots::Held(Vec::new())
         } else {
