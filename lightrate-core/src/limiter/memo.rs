@@ -32,8 +32,14 @@ use super::decision::RuleSummary;
 use super::keys::{Probe, TargetKey, UserProbe};
 use crate::ip::IpText;
 
-const TARGETS: usize = 4;
-const BUCKETS: usize = 2;
+/// Memo slots shared by the one-limit hits and the first limit of a request's list (taken in
+/// turn); the lanes after the first have one more slot each, their own, past these. A lane's
+/// slots stay empty where no request has more than one limit, and an empty slot costs a
+/// search one compare.
+const TARGETS: usize = 4 + LANES;
+const SHARED_TARGETS: usize = 4;
+const BUCKETS: usize = 2 + LANES;
+const SHARED_BUCKETS: usize = 2;
 
 /// Lanes besides the memos' own: the places in a request's list of limits, after the first,
 /// that remember their own places in the memos (the limits past the last share it).
@@ -104,6 +110,21 @@ struct Memos {
     last_bucket: Cell<usize>,
     /// What each lane keeps while another looks: its `last_target` and `last_bucket`.
     lanes: [(Cell<usize>, Cell<usize>); LANES],
+    /// The lane entered, 1-based; 0 for none (the first place's, the memos' own).
+    lane: Cell<usize>,
+}
+
+impl Memos {
+    /// The slots a search looks in: outside a lane, only the `shared` ones (the lanes' own are
+    /// filled only in lanes).
+    #[inline]
+    fn searched<'m, T>(&self, slots: &'m [Option<T>], shared: usize) -> &'m [Option<T>] {
+        if self.lane.get() == 0 {
+            &slots[..shared]
+        } else {
+            slots
+        }
+    }
 }
 
 thread_local! {
@@ -116,6 +137,7 @@ thread_local! {
             next_bucket: 0,
             last_bucket: Cell::new(0),
             lanes: [const { (Cell::new(0), Cell::new(0)) }; LANES],
+            lane: Cell::new(0),
         })
     };
     /// The address of the bucket this thread last found in a map (not memoized), and what each
@@ -135,7 +157,7 @@ impl Lane {
     #[inline]
     pub(super) fn enter(index: usize) -> Lane {
         let lane = Lane(index.min(LANES));
-        lane.swap();
+        lane.swap(lane.0);
         lane
     }
 
@@ -143,9 +165,10 @@ impl Lane {
     #[inline]
     pub(super) fn leave(self) {}
 
-    /// Swaps the lane's places with the memos' own: on entering, in; on leaving, back out.
+    /// Swaps the lane's places with the memos' own: on entering, in; on leaving, back out;
+    /// and notes `entered` as the lane entered.
     #[inline]
-    fn swap(&self) {
+    fn swap(&self, entered: usize) {
         let Some(at) = self.0.checked_sub(1) else {
             return;
         };
@@ -154,6 +177,7 @@ impl Lane {
                 let (target, bucket) = &memos.lanes[at];
                 memos.last_target.swap(target);
                 memos.last_bucket.swap(bucket);
+                memos.lane.set(entered);
             }
         });
         let _ = LAST_FOUND.try_with(|(last, lanes)| last.swap(&lanes[at]));
@@ -163,7 +187,7 @@ impl Lane {
 impl Drop for Lane {
     #[inline]
     fn drop(&mut self) {
-        self.swap();
+        self.swap(0);
     }
 }
 
@@ -198,9 +222,13 @@ pub(super) fn hit(
             let is_target = move |m: &TargetMemo| {
                 m.limiter == limiter && m.generation == generation && target.matches(&m.key)
             };
-            let memo = match &memos.targets[memos.last_target.get() % TARGETS] {
-                Some(m) if is_target(m) => m,
-                _ => match search(&memos.targets, &memos.last_target, is_target) {
+            let memo = match memos.targets.get(memos.last_target.get()) {
+                Some(Some(m)) if is_target(m) => m,
+                _ => match search(
+                    memos.searched(&memos.targets, SHARED_TARGETS),
+                    &memos.last_target,
+                    is_target,
+                ) {
                     Some(m) => m,
                     None => return false,
                 },
@@ -215,9 +243,13 @@ pub(super) fn hit(
                     && m.user.is(user)
                     && !m.bucket.is_dead()
             };
-            let bucket = match &memos.buckets[memos.last_bucket.get() % BUCKETS] {
-                Some(m) if is_bucket(m) => Some(m),
-                _ => search(&memos.buckets, &memos.last_bucket, is_bucket),
+            let bucket = match memos.buckets.get(memos.last_bucket.get()) {
+                Some(Some(m)) if is_bucket(m) => Some(m),
+                _ => search(
+                    memos.searched(&memos.buckets, SHARED_BUCKETS),
+                    &memos.last_bucket,
+                    is_bucket,
+                ),
             };
             take(rule, bucket.map(|memo| &*memo.bucket))
         })
@@ -251,11 +283,17 @@ pub(super) fn remember(limiter: u64, generation: u64, resolved: Resolved, key: &
         let Memos {
             targets,
             next_target,
+            lane,
             ..
         } = memos;
-        put(targets, next_target, memo, |m| {
-            m.limiter == limiter && *m.key == **key
-        });
+        put(
+            targets,
+            SHARED_TARGETS,
+            lane.get(),
+            next_target,
+            memo,
+            |m| m.limiter == limiter && *m.key == **key,
+        );
     });
 }
 
@@ -268,15 +306,26 @@ fn with_memos(f: impl FnOnce(&mut Memos)) {
     });
 }
 
-/// Puts `memo` in the slot of the one it replaces (`same`), else in the oldest.
-fn put<T>(slots: &mut [Option<T>], next: &mut usize, memo: T, same: impl Fn(&T) -> bool) {
+/// Puts `memo` in the slot of the one it replaces (`same`), else in the slot of `lane`
+/// (1-based; past the first `shared` slots), else (lane 0) in the oldest of the `shared`.
+fn put<T>(
+    slots: &mut [Option<T>],
+    shared: usize,
+    lane: usize,
+    next: &mut usize,
+    memo: T,
+    same: impl Fn(&T) -> bool,
+) {
     let at = slots
         .iter()
         .position(|m| m.as_ref().is_some_and(&same))
-        .unwrap_or_else(|| {
-            let at = *next;
-            *next = (at + 1) % slots.len();
-            at
+        .unwrap_or_else(|| match lane.checked_sub(1) {
+            Some(own) => (shared + own).min(slots.len() - 1),
+            None => {
+                let at = *next % shared;
+                *next = (at + 1) % shared;
+                at
+            }
         });
     slots[at] = Some(memo);
 }
@@ -313,11 +362,17 @@ pub(super) fn memoize(limiter: u64, user: &[u8], slot: u32, bucket: Arc<LocalBuc
         let Memos {
             buckets,
             next_bucket,
+            lane,
             ..
         } = memos;
-        put(buckets, next_bucket, memo, |m| {
-            m.limiter == limiter && m.slot == slot && m.user.is(user)
-        });
+        put(
+            buckets,
+            SHARED_BUCKETS,
+            lane.get(),
+            next_bucket,
+            memo,
+            |m| m.limiter == limiter && m.slot == slot && m.user.is(user),
+        );
     });
     let _ = LAST_FOUND.try_with(|(last, _)| last.set(0));
 }
@@ -500,8 +555,29 @@ mod tests {
     }
 
     #[test]
+    fn four_limits_of_one_user_keep_four_buckets() {
+        // Each lane memoizes into its own slot: the fourth does not evict the first (with the
+        // two shared slots alone, every request of three limits memoized again).
+        let limiter = 6_000_001;
+        let found: Vec<_> = (0..4u32)
+            .map(|i| {
+                let (target, bucket) = remembered(limiter, ["l0", "l1", "l2", "l3"][i as usize], i);
+                let lane = Lane::enter(i as usize);
+                memoize(limiter, b"alice", i, bucket);
+                drop(lane);
+                target
+            })
+            .collect();
+        for (i, target) in found.iter().enumerate() {
+            let _lane = Lane::enter(i);
+            let hit_bucket = hit(limiter, 1, 0, target, &b"alice"[..], |_, b| b.is_some());
+            assert!(hit_bucket, "limit {i}'s bucket is still memoized");
+        }
+    }
+
+    #[test]
     fn holds_a_few_targets() {
-        let keys: Vec<_> = (0..TARGETS + 1)
+        let keys: Vec<_> = (0..SHARED_TARGETS + 1)
             .map(|i| Arc::new(TargetKey::from_target(&Target::operation(format!("op{i}")))))
             .collect();
         for (i, key) in keys.iter().enumerate() {
@@ -513,6 +589,6 @@ mod tests {
         }
         let found = |i: usize| slot_of(2_000_001, 1, &keys[i].as_target()).is_some();
         assert!(!found(0), "the oldest was replaced");
-        assert!((1..=TARGETS).all(found));
+        assert!((1..=SHARED_TARGETS).all(found));
     }
 }
