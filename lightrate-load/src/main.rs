@@ -6,7 +6,10 @@
 //! `user` is one user's traffic: N requests one after the other with a pause between them
 //! (paced), or N clients each sending as fast as it is answered for S seconds (concurrent).
 //! It prints one line: requests, 200s, 429s, other answers, p50/p90/p99 latency, requests per
-//! second, and the source calls the server counted meanwhile, per request.
+//! second, and the source calls the server counted meanwhile, per request. With
+//! `--first-ms MS` (repeatable), also the latencies of the requests sent in the first MS
+//! milliseconds, a line each: a cold start measured per request, where wrk's first-second
+//! statistics are of a run cut short.
 //!
 //! Every minute it prints one line: requests, 200s, 429s, errors (anything else, and failed
 //! connections), p50 and p99 latency, the resident memory of the app and the server (from
@@ -320,6 +323,10 @@ struct UserRun {
     /// Concurrent: for how many seconds (at least 1).
     #[arg(long, value_name = "S", default_value_t = 2)]
     seconds: u64,
+    /// Also report the latencies of the requests sent in the first MS milliseconds (a cold
+    /// start: each window on a line of its own; repeat for several windows).
+    #[arg(long = "first-ms", value_name = "MS", value_parser = millis)]
+    first: Vec<Duration>,
 }
 
 /// A whole number of milliseconds.
@@ -388,14 +395,25 @@ async fn user(o: UserRun) -> Result<(), String> {
             .map_err(|e| format!("cannot build the request: {e}"))?,
     );
     let started = Instant::now();
+    // (When each request was sent, after the start; its latency), for the first windows.
+    let sent_at = Arc::new(Mutex::new(Vec::<(Duration, Duration)>::new()));
+    let longest_window = o.first.iter().max().copied().unwrap_or_default();
     if let Some(clients) = o.clients {
         let end = started + Duration::from_secs(o.seconds);
         let mut tasks = Vec::new();
         for _ in 0..clients {
             let (client, seen, request) = (client.clone(), seen.clone(), request.clone());
+            let sent_at = sent_at.clone();
             tasks.push(tokio::spawn(async move {
                 while Instant::now() < end {
+                    let at = Instant::now();
                     send(&client, &request, &seen).await;
+                    if at - started < longest_window {
+                        sent_at
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push((at - started, at.elapsed()));
+                    }
                 }
             }));
         }
@@ -441,6 +459,24 @@ async fn user(o: UserRun) -> Result<(), String> {
         percentile(&latencies, 0.99),
         sent as f64 / elapsed.as_secs_f64(),
     );
+    let sent_at = std::mem::take(&mut *sent_at.lock().unwrap_or_else(|p| p.into_inner()));
+    for window in &o.first {
+        let mut first: Vec<u32> = sent_at
+            .iter()
+            .filter(|(at, _)| at < window)
+            .map(|(_, latency)| u32::try_from(latency.as_micros()).unwrap_or(u32::MAX))
+            .collect();
+        first.sort_unstable();
+        println!(
+            "first {} ms: {} requests; p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            window.as_millis(),
+            first.len(),
+            percentile(&first, 0.5),
+            percentile(&first, 0.9),
+            percentile(&first, 0.99),
+            percentile(&first, 1.0),
+        );
+    }
     let kinds = seen.error_kinds.lock().unwrap_or_else(|p| p.into_inner());
     if !kinds.is_empty() {
         let list: Vec<String> = kinds.iter().map(|(k, n)| format!("{k} ×{n}")).collect();
@@ -512,6 +548,7 @@ mod tests {
                 interval: Duration::from_millis(50),
                 clients: None,
                 seconds: 2,
+                first: Vec::new(),
             }
         );
         let Ok(Cli::User(concurrent)) =
@@ -525,6 +562,14 @@ mod tests {
         };
         assert_eq!(one.clients, Some(1));
         assert_eq!(concurrent.interval, Duration::from_millis(5));
+        let Ok(Cli::User(cold)) =
+            args("user --app http://a --clients 32 --first-ms 1000 --first-ms 4000")
+        else {
+            panic!("not a user run")
+        };
+        let windows = [Duration::from_secs(1), Duration::from_secs(4)];
+        assert_eq!(cold.first, windows);
+        assert!(args("user --app http://a --first-ms soon").is_err());
         assert!(args("user --app x --interval-ms soon")
             .unwrap_err()
             .contains("--interval-ms"));
