@@ -10,11 +10,10 @@
 //! deadline passes, at most `newest` tokens of the bucket are still alive; the hot path sees
 //! that as [`Take::Stale`] and the slow path drops the excess.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
-
 use super::learned::Learned;
 use crate::clock::Timestamp;
+use crate::sync::checked::atomic::{AtomicU32, AtomicU64, Ordering};
+use crate::sync::checked::{self, Mutex, MutexGuard};
 
 /// `state`: bits 0..24 tokens held; bits 24..63 the deadline of the newest tokens, in
 /// milliseconds since the clock's epoch (17 years); bit 63: removed from the map.
@@ -483,9 +482,12 @@ impl LocalBucket {
     /// What lease sizing has learned about this bucket (the slow path's; leases of one bucket
     /// never run concurrently, so this lock is not contended).
     pub(crate) fn learned(&self) -> MutexGuard<'_, Learned> {
-        crate::sync::lock(&self.learned)
+        checked::lock(&self.learned)
     }
 }
+
+#[cfg(all(test, lightrate_loom))]
+mod loom;
 
 #[cfg(test)]
 mod tests {
