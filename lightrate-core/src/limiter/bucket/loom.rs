@@ -1,10 +1,11 @@
 //! The bucket's lock-free paths under the loom model checker: every interleaving of two or
 //! three threads (up to a preemption bound), each case asserting that no token is created or
-//! lost: deposited (plus grants given back) = taken + held + lost, and nothing spent past its
-//! deadline.
+//! lost (deposited, plus grants given back, = taken + held + lost) and that no token is spent
+//! past its deadline (what was taken, and what the bucket still lets a request take later,
+//! fits in the tokens alive then: [`assert_in_time`]).
 //!
-//! `RUSTFLAGS="--cfg lightrate_loom" cargo test -p lightrate-core --lib --release --target-dir
-//! target/loom loom` (`LOOM_MAX_PREEMPTIONS` overrides the bound).
+//! `RUSTFLAGS="--cfg lightrate_loom" cargo test -p lightrate-core --lib --profile loom loom`
+//! (`LOOM_MAX_PREEMPTIONS` overrides the bound; docs/testing.md).
 
 use std::sync::Arc;
 
@@ -14,11 +15,12 @@ use ::loom::thread;
 use super::{LocalBucket, Take};
 use crate::sync::checked::atomic::Ordering;
 
-/// Runs `f` over every interleaving with at most 3 preemptions (each case runs in seconds).
+/// Runs `f` over every interleaving with at most 2 preemptions (`LOOM_MAX_PREEMPTIONS`
+/// overrides it): each case then runs in seconds.
 fn model(f: impl Fn() + Sync + Send + 'static) {
     let mut builder = Builder::new();
     if builder.preemption_bound.is_none() {
-        builder.preemption_bound = Some(3);
+        builder.preemption_bound = Some(2);
     }
     builder.check(f);
 }
@@ -39,6 +41,15 @@ fn take(bucket: &LocalBucket, cost: u64, now_ms: u64) -> bool {
             }
         }
     }
+}
+
+/// Takes one token at a time at `at_ms` until refused: what requests can still spend then.
+fn drain(bucket: &LocalBucket, at_ms: u64) -> u64 {
+    let mut spent = 0;
+    while take(bucket, 1, at_ms) {
+        spent += 1;
+    }
+    spent
 }
 
 fn deposited(bucket: &LocalBucket) -> u64 {
@@ -62,6 +73,44 @@ fn assert_conserved(bucket: &LocalBucket, into: u64, taken: u64, lost_outside: u
     );
 }
 
+/// No token spent past its deadline: the takes `spent` (time, count; given back ones not
+/// counted) can each be matched to its own token of `tokens` (deadline, count: every token
+/// that entered the bucket) whose deadline is after the take. Which token a take spent is not
+/// observable (a take given back may come back as another generation's), so this is Hall's
+/// condition: for every time t, what is taken at t or later is at most what has a deadline
+/// after t. (When a token came in is the conservation check's business.)
+#[track_caller]
+fn assert_in_time(tokens: &[(u64, u64)], spent: &[(u64, u64)]) {
+    for &(t, _) in spent {
+        let from_t: u64 = spent.iter().filter(|s| s.0 >= t).map(|s| s.1).sum();
+        let alive: u64 = tokens.iter().filter(|d| d.0 > t).map(|d| d.1).sum();
+        assert!(
+            from_t <= alive,
+            "{from_t} taken at {t} ms or later, {alive} tokens alive then: \
+             taken {spent:?} of {tokens:?}"
+        );
+    }
+}
+
+/// What the bucket still lets requests take later, given that `taken` was taken at `now_ms`:
+/// at each of `probes` (`live_tokens`, which mirrors a take) and then, taking it, at `drain_ms`;
+/// each asserted in time. Returns what the drain took.
+#[track_caller]
+fn assert_later_in_time(
+    bucket: &LocalBucket,
+    tokens: &[(u64, u64)],
+    (now_ms, taken): (u64, u64),
+    probes: &[u64],
+    drain_ms: u64,
+) -> u64 {
+    for &at in probes {
+        assert_in_time(tokens, &[(now_ms, taken), (at, bucket.live_tokens(at))]);
+    }
+    let drained = drain(bucket, drain_ms);
+    assert_in_time(tokens, &[(now_ms, taken), (drain_ms, drained)]);
+    drained
+}
+
 /// Two takes race a refill-ahead lease landing (3 tokens until 7 s) on 2 tokens until 5 s.
 #[test]
 fn loom_two_takes_and_a_deposit() {
@@ -81,8 +130,12 @@ fn loom_two_takes_and_a_deposit() {
         assert_conserved(&bucket, 5, taken, 0);
         assert_eq!(lost(&bucket), 0);
         assert_eq!(bucket.live_tokens(100), 5 - taken);
-        // At 5 s the first lease's tokens are dead: at most the 3 of the second are alive.
-        assert!(bucket.live_tokens(5_000) <= 3);
+        // At 5 s the first lease's tokens are dead (spent first): the second's 3 are left,
+        // less what the takes spent of them.
+        let tokens = [(5_000, 2), (7_000, 3)];
+        let drained = assert_later_in_time(&bucket, &tokens, (100, taken), &[100, 7_000], 5_000);
+        assert_eq!(drained, 3.min(5 - taken));
+        assert_conserved(&bucket, 5, taken + drained, 0);
     });
 }
 
@@ -113,19 +166,24 @@ fn loom_take_and_give_back_race_a_deposit() {
             let lost_outside = refused.join().unwrap();
             let taken = taker.join().unwrap();
             assert!(lease.is_ok());
+            assert_eq!(
+                lost_outside, 0,
+                "the bucket holds live tokens: it goes back"
+            );
+            assert_eq!(taken, 2, "2 tokens are alive whatever the order");
             assert_conserved(&bucket, 9, taken, lost_outside);
-            // Alive: all 9 before 5 s; from 5 s only the 3 + 4 of the two later leases.
-            let alive = if now < 5_000 { 9 } else { 7 };
-            assert_eq!(taken + bucket.live_tokens(now), alive);
-            assert!(bucket.live_tokens(7_000) <= 4);
+            let tokens = [(5_000, 2), (7_000, 3), (9_000, 4)];
+            let probes = [now, 7_000, 9_000];
+            let drained = assert_later_in_time(&bucket, &tokens, (now, taken), &probes, 5_000);
+            assert_conserved(&bucket, 9, taken + drained, 0);
         });
     }
 }
 
 /// A grant given back (another limit refused its request) races a take and a lease landing,
 /// at the older deadline of a bucket of two generations (2 tokens until 5 s, 3 until 7 s),
-/// before any hit dropped the 2 dead ones: the grant's 2 tokens join the newest generation,
-/// and no dead token is spent.
+/// before any hit dropped the 2 dead ones: the grant's 2 tokens join the generation of 7 s
+/// (or die early), and no dead token is spent.
 #[test]
 fn loom_give_back_granted_races_a_take_and_a_deposit() {
     model(|| {
@@ -142,15 +200,17 @@ fn loom_give_back_granted_races_a_take_and_a_deposit() {
             thread::spawn(move || if take(&bucket, 3, now) { 3 } else { 0 })
         };
         assert!(bucket.deposit(1, 9_000, now).is_ok());
-        assert!(
-            granted.join().unwrap(),
-            "its lease is alive: the grant goes back"
-        );
+        let (back, stale) = granted.join().unwrap();
+        assert!(back, "its lease is alive: the grant goes back");
+        assert!(stale <= 2);
         let taken = taker.join().unwrap();
+        assert_eq!(taken, 3, "3 tokens are alive whatever the order");
         assert_conserved(&bucket, 6 + 2, taken, 0);
-        // Alive at 5 s: the second lease's 3, the grant's 2 and the third lease's 1, each
-        // spent at most once; the first lease's 2 are dead.
-        assert_eq!(taken + bucket.live_tokens(now), 3 + 2 + 1);
+        let tokens = [(5_000, 2), (7_000, 3 + 2), (9_000, 1)];
+        let drained = assert_later_in_time(&bucket, &tokens, (now, taken), &[7_000, 9_000], now);
+        assert_conserved(&bucket, 6 + 2, taken + drained, 0);
+        // The first lease's 2 died at 5 s, whoever dropped them.
+        assert!(lost(&bucket) >= 2);
     });
 }
 
@@ -172,8 +232,9 @@ fn loom_give_back_races_kill() {
         // What the kill reported is what the dead bucket holds: nothing landed after it.
         assert_eq!(bucket.tokens(), killed);
         assert_eq!(killed, if back { 3 } else { 1 });
-        let taken = if back { 0 } else { 2 };
-        assert_conserved(&bucket, 3, taken, u64::from(!back) * 2);
+        // The 2 taken were given back: in the bucket (lost with it), or lost outside.
+        assert_conserved(&bucket, 3, 0, if back { 0 } else { 2 });
+        assert_eq!(drain(&bucket, 100), 0, "a dead bucket gives nothing");
     });
 }
 
@@ -197,9 +258,13 @@ fn loom_give_back_races_moved() {
             "nothing lands on the moved one"
         );
         assert_eq!(copy.tokens(), if back { 3 } else { 1 });
-        let taken = if back { 0 } else { 2 };
-        assert_conserved(&copy, 3, taken, u64::from(!back) * 2);
         assert_eq!(deposited(&copy), 3);
+        assert_conserved(&copy, 3, 0, if back { 0 } else { 2 });
+        assert_eq!(drain(&bucket, 100), 0, "the moved one gives nothing");
+        let held = copy.tokens();
+        let drained = assert_later_in_time(&copy, &[(5_000, 3)], (100, 0), &[5_000], 100);
+        assert_eq!(drained, held, "the copy's tokens are alive");
+        assert_conserved(&copy, 3, drained, if back { 0 } else { 2 });
     });
 }
 
@@ -234,7 +299,9 @@ fn loom_two_limits_all_or_nothing() {
         assert_eq!(spent, u64::from(allowed));
         assert_eq!(other_spent, u64::from(other_allowed));
         assert_conserved(&a, 2, 1, 0);
-        assert_eq!(a.live_tokens(100), 1);
         assert_conserved(&b, 1, 1, 0);
+        let a_left = assert_later_in_time(&a, &[(5_000, 2)], (100, 1), &[], 100);
+        let b_left = assert_later_in_time(&b, &[(5_000, 1)], (100, 1), &[], 100);
+        assert_eq!((a_left, b_left), (1, 0));
     });
 }
