@@ -305,3 +305,98 @@ fn loom_two_limits_all_or_nothing() {
         assert_eq!((a_left, b_left), (1, 0));
     });
 }
+
+// Races the model checks found in the bucket, not fixed yet: each test fails (run them with
+// `-- --ignored`).
+
+/// A take given back after a lease landed: a bucket holds 1 token until 5 s and 3 until 7 s;
+/// a request takes the token of 5 s (spent first) and gives it back while a lease of 4 until
+/// 9 s lands. The lease sees no token of 5 s left, so the bucket's two generations become
+/// 7 s and 9 s; the token given back joins the older, and lives until 7 s, not 5 s.
+#[test]
+#[ignore = "the bucket's race: a token given back across a deposit outlives its deadline"]
+fn loom_give_back_across_a_deposit_outlives_its_deadline() {
+    model(|| {
+        let bucket = Arc::new(LocalBucket::new(0));
+        bucket.deposit(1, 5_000, 0).unwrap();
+        bucket.deposit(3, 7_000, 1_000).unwrap();
+        let refused = {
+            let bucket = Arc::clone(&bucket);
+            thread::spawn(move || take(&bucket, 1, 1_000) && !bucket.give_back(1, 1_000))
+        };
+        assert!(bucket.deposit(4, 9_000, 1_000).is_ok());
+        let lost_outside = u64::from(refused.join().unwrap());
+        assert_conserved(&bucket, 8, 0, lost_outside);
+        let tokens = [(5_000, 1), (7_000, 3), (9_000, 4)];
+        assert_later_in_time(&bucket, &tokens, (1_000, 0), &[7_000], 5_000);
+    });
+}
+
+/// The same with a grant given back: a lease of 5 s filed nothing (its tokens went straight
+/// to a request), two more leases land (7 s, 9 s) while the request gives the grant back;
+/// `give_back_granted` finds the bucket's deadline is not its lease's and gives it back as
+/// the older generation's, whose deadline is now 7 s.
+#[test]
+#[ignore = "the bucket's race: a grant given back across two deposits outlives its deadline"]
+fn loom_give_back_granted_across_deposits_outlives_its_deadline() {
+    model(|| {
+        let bucket = Arc::new(LocalBucket::new(0));
+        bucket.deposit(0, 5_000, 0).unwrap();
+        let granted = {
+            let bucket = Arc::clone(&bucket);
+            thread::spawn(move || bucket.give_back_granted(1, 5_000, 1_000))
+        };
+        assert!(bucket.deposit(3, 7_000, 1_000).is_ok());
+        assert!(bucket.deposit(4, 9_000, 1_000).is_ok());
+        let (back, _) = granted.join().unwrap();
+        assert_conserved(&bucket, 8, 0, u64::from(!back));
+        let tokens = [(5_000, 1), (7_000, 3), (9_000, 4)];
+        assert_later_in_time(&bucket, &tokens, (1_000, 0), &[7_000], 5_000);
+    });
+}
+
+/// A deposit at 4.999 s races a take at 5 s, on a bucket whose older generation (2 tokens)
+/// dies at 5 s and whose newest lease filed nothing: the deposit writes `older` (newest: 3)
+/// before `state`, and a take that reads the old `state` with the new `older` sees nothing
+/// stale, and spends a dead token.
+#[test]
+#[ignore = "the bucket's race: a take between a deposit's two stores spends a dead token"]
+fn loom_deposit_races_a_take_at_the_older_deadline() {
+    model(|| {
+        let bucket = Arc::new(LocalBucket::new(0));
+        bucket.deposit(2, 5_000, 0).unwrap();
+        bucket.deposit(0, 7_000, 1_000).unwrap();
+        let taker = {
+            let bucket = Arc::clone(&bucket);
+            thread::spawn(move || u64::from(take(&bucket, 1, 5_000)))
+        };
+        assert!(bucket.deposit(3, 9_000, 4_999).is_ok());
+        let taken = taker.join().unwrap();
+        assert_conserved(&bucket, 5, taken, 0);
+        let tokens = [(5_000, 2), (9_000, 3)];
+        assert_later_in_time(&bucket, &tokens, (5_000, taken), &[], 5_000);
+    });
+}
+
+/// `give_back_granted` at 4.999 s races a take at 5 s on the same kind of bucket (2 tokens
+/// until 5 s, 1 until 7 s): it raises the newest count in `older` before adding the grant
+/// to `state`, and a take in between reads the old `state` as not stale.
+#[test]
+#[ignore = "the bucket's race: a take between a grant's two stores spends a dead token"]
+fn loom_give_back_granted_races_a_take_at_the_older_deadline() {
+    model(|| {
+        let bucket = Arc::new(LocalBucket::new(0));
+        bucket.deposit(2, 5_000, 0).unwrap();
+        bucket.deposit(1, 7_000, 1_000).unwrap();
+        let taker = {
+            let bucket = Arc::clone(&bucket);
+            thread::spawn(move || if take(&bucket, 2, 5_000) { 2 } else { 0 })
+        };
+        let (back, _) = bucket.give_back_granted(2, 7_000, 4_999);
+        assert!(back);
+        let taken = taker.join().unwrap();
+        assert_conserved(&bucket, 5, taken, 0);
+        let tokens = [(5_000, 2), (7_000, 1 + 2)];
+        assert_later_in_time(&bucket, &tokens, (5_000, taken), &[], 5_000);
+    });
+}
