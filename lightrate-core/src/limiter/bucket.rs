@@ -210,6 +210,13 @@ impl LocalBucket {
             return (false, stale);
         }
         if deadline_of(current) != deadline_ms.min(TIME_MASK) {
+            // Filed with the older generation, the grant lives until that one's deadline:
+            // only if it is no later than the grant's own. Two leases landed since the grant
+            // (its generation is gone): lost, not kept past its deadline (found by the model
+            // checks, `loom_give_back_granted_across_deposits_outlives_its_deadline`).
+            if older_deadline(self.older.load(Ordering::Acquire)) > deadline_ms.min(TIME_MASK) {
+                return (false, stale);
+            }
             return (self.give_back(tokens, now_ms), stale);
         }
         // `older` first: a hit that sees the new `state` sees the newest count with it.

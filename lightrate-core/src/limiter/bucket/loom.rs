@@ -337,7 +337,6 @@ fn loom_give_back_across_a_deposit_outlives_its_deadline() {
 /// `give_back_granted` finds the bucket's deadline is not its lease's and gives it back as
 /// the older generation's, whose deadline is now 7 s.
 #[test]
-#[ignore = "the bucket's race: a grant given back across two deposits outlives its deadline"]
 fn loom_give_back_granted_across_deposits_outlives_its_deadline() {
     model(|| {
         let bucket = Arc::new(LocalBucket::new(0));
