@@ -12,6 +12,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::hash::{Hash, Hasher};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -178,7 +179,9 @@ struct Inner {
 
 /// The counts of a cap per process: identifier → slots held.
 struct Counts {
-    map: papaya::HashMap<Box<str>, Arc<AtomicU32>, foldhash::fast::RandomState>,
+    /// Keyed with foldhash's per-map random seeds: identifiers are the clients' to choose, so
+    /// the hash must be unpredictable (HashDoS).
+    map: papaya::HashMap<Id, Arc<AtomicU32>, foldhash::fast::RandomState>,
     /// The map's length at which the next insert sweeps it.
     next_sweep: AtomicUsize,
     sweeping: AtomicBool,
@@ -287,9 +290,8 @@ impl InFlight {
         if self.inner.store.is_some() {
             return None;
         }
-        let map = &self.inner.local.map;
-        let guard = map.guard();
-        let held = map.get(key, &guard).map(|c| c.load(Ordering::Acquire));
+        let map = self.inner.local.map.pin();
+        let held = map.get(&Lookup(key)).map(|c| c.load(Ordering::Acquire));
         Some(held.filter(|n| *n != DEAD).unwrap_or(0))
     }
 
@@ -303,9 +305,8 @@ impl InFlight {
 impl Inner {
     #[inline]
     fn acquire_local(&self, key: &str) -> Acquired {
-        let map = &self.local.map;
-        let guard = map.guard();
-        if let Some(count) = map.get(key, &guard) {
+        let map = self.local.map.pin();
+        if let Some(count) = map.get(&Lookup(key)) {
             match take(count, self.max) {
                 Taken::Slot => return Acquired::Slot(InFlightSlot::local(count.clone())),
                 Taken::Full(in_flight) => {
@@ -317,30 +318,28 @@ impl Inner {
                 Taken::Dead => {}
             }
         }
-        self.acquire_new(key, &guard)
+        self.acquire_new(key, &map)
     }
 
     /// The slow path: `key` has no entry (or only one a sweep took out).
     #[cold]
-    fn acquire_new(&self, key: &str, guard: &papaya::LocalGuard<'_>) -> Acquired {
+    fn acquire_new(&self, key: &str, map: &CountsRef<'_>) -> Acquired {
         if self.max == 0 {
             return Acquired::Full {
                 in_flight: 0,
                 max: 0,
             };
         }
-        let map = &self.local.map;
         loop {
             // A new entry is made holding this slot, so no sweep can take it out first.
             let computed = map.compute(
-                key.into(),
+                Id(key.into()),
                 |existing| match existing {
                     Some((_, count)) if count.load(Ordering::Acquire) != DEAD => {
                         Operation::Abort(count.clone())
                     }
                     _ => Operation::Insert(Arc::new(AtomicU32::new(1))),
                 },
-                guard,
             );
             let count = match computed {
                 Compute::Inserted(_, count)
@@ -366,6 +365,74 @@ impl Inner {
                 Taken::Dead => continue,
             }
         }
+    }
+}
+
+/// The local map pinned (its epoch entered) for one acquire.
+type CountsRef<'m> = papaya::HashMapRef<
+    'm,
+    Id,
+    Arc<AtomicU32>,
+    foldhash::fast::RandomState,
+    papaya::LocalGuard<'m>,
+>;
+
+/// An identifier as the local map keeps it: hashed as its bytes alone (one pass of foldhash,
+/// which mixes in the length; a `str` adds a terminator byte, which a key made of one string
+/// does not need), and compared with [`same_bytes`].
+struct Id(Box<str>);
+
+/// An identifier looked up in the local map (hashed and compared as an [`Id`]).
+struct Lookup<'a>(&'a str);
+
+impl Hash for Id {
+    #[inline]
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write(self.0.as_bytes());
+    }
+}
+
+impl PartialEq for Id {
+    #[inline]
+    fn eq(&self, other: &Id) -> bool {
+        same_bytes(self.0.as_bytes(), other.0.as_bytes())
+    }
+}
+
+impl Eq for Id {}
+
+impl Hash for Lookup<'_> {
+    #[inline]
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write(self.0.as_bytes());
+    }
+}
+
+impl papaya::Equivalent<Id> for Lookup<'_> {
+    #[inline]
+    fn equivalent(&self, key: &Id) -> bool {
+        same_bytes(self.0.as_bytes(), key.0.as_bytes())
+    }
+}
+
+/// Whether `a` and `b` are the same bytes: up to 32 bytes (an identifier's usual length) in two
+/// overlapping loads of each, inline, rather than a call to `memcmp`.
+#[inline]
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    fn ends<const N: usize>(a: &[u8], b: &[u8]) -> bool {
+        a.first_chunk::<N>() == b.first_chunk::<N>() && a.last_chunk::<N>() == b.last_chunk::<N>()
+    }
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    match n {
+        0 => true,
+        1..=3 => a[0] == b[0] && a[n / 2] == b[n / 2] && a[n - 1] == b[n - 1],
+        4..=7 => ends::<4>(a, b),
+        8..=15 => ends::<8>(a, b),
+        16..=32 => ends::<16>(a, b),
+        _ => a == b,
     }
 }
 
@@ -652,6 +719,31 @@ mod tests {
         assert_eq!(cap.name(), DEFAULT_IN_FLIGHT_NAME);
         assert!(slot(&other, "alice").is_some());
         drop((a, b));
+    }
+
+    #[test]
+    fn inflight_same_bytes_compares_every_byte() {
+        for n in 0..48u8 {
+            let a: Vec<u8> = (0..n).collect();
+            assert!(same_bytes(&a, &a.clone()), "{n}");
+            for i in 0..usize::from(n) {
+                let mut b = a.clone();
+                b[i] ^= 0x80;
+                assert!(!same_bytes(&a, &b), "{n} bytes, byte {i}");
+            }
+            let mut longer = a.clone();
+            longer.push(0);
+            assert!(!same_bytes(&a, &longer), "{n}");
+        }
+        // The map finds identifiers of every length under its own key type.
+        let cap = InFlight::new(1);
+        let ids: Vec<String> = (0..40).map(|n| "x".repeat(n)).collect();
+        let held: Vec<_> = ids.iter().map(|id| slot(&cap, id).unwrap()).collect();
+        for id in &ids {
+            assert_eq!(cap.in_flight(id), Some(1), "{id:?}");
+            assert!(slot(&cap, id).is_none(), "{id:?}");
+        }
+        drop(held);
     }
 
     #[test]
