@@ -273,10 +273,10 @@ impl InFlight {
         }
         Ok(match store.acquire(&inner.name, key, inner.max).await? {
             StoreAcquired::Slot(slot) => Acquired::Slot(InFlightSlot {
-                held: Held::Fleet {
+                held: Held::Fleet(Arc::new(FleetSlot {
                     store: store.clone(),
                     slot: Some(slot),
-                },
+                })),
             }),
             StoreAcquired::Full { in_flight } => Acquired::Full {
                 in_flight,
@@ -567,11 +567,16 @@ pub struct InFlightSlot {
 enum Held {
     /// The count of its identifier.
     Local(Arc<AtomicU32>),
-    /// The store's slot; `None` once released.
-    Fleet {
-        store: Arc<dyn InFlightStore>,
-        slot: Option<StoreSlot>,
-    },
+    /// The store's slot, behind a pointer so that a slot (and an [`Acquired`]) stays two words,
+    /// moved in registers; an `Arc` (never shared) so that dropping either kind is the same
+    /// small code, inlined.
+    Fleet(Arc<FleetSlot>),
+}
+
+struct FleetSlot {
+    store: Arc<dyn InFlightStore>,
+    /// `None` once released.
+    slot: Option<StoreSlot>,
 }
 
 impl InFlightSlot {
@@ -587,8 +592,8 @@ impl InFlightSlot {
     pub async fn release(mut self) -> Result<(), Error> {
         match &mut self.held {
             Held::Local(_) => Ok(()),
-            Held::Fleet { store, slot } => match slot.take() {
-                Some(slot) => store.release(slot).await,
+            Held::Fleet(fleet) => match Arc::get_mut(fleet).and_then(|f| f.slot.take()) {
+                Some(slot) => fleet.store.release(slot).await,
                 None => Ok(()),
             },
         }
@@ -602,21 +607,32 @@ impl Drop for InFlightSlot {
             Held::Local(count) => {
                 count.fetch_sub(1, Ordering::Release);
             }
-            Held::Fleet { store, slot } => {
-                if let Some(slot) = slot.take() {
-                    let release = store.release(slot);
-                    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                        runtime.spawn(async move {
-                            if let Err(e) = release.await {
-                                tracing::debug!(
-                                    target: "lightrate::inflight",
-                                    error = %e,
-                                    "an in-flight slot was not released: it expires"
-                                );
-                            }
-                        });
-                    }
+            Held::Fleet(fleet) => {
+                if let Some(fleet) = Arc::get_mut(fleet) {
+                    fleet.release_in_background();
                 }
+            }
+        }
+    }
+}
+
+impl FleetSlot {
+    /// Spawns the slot's release on this thread's tokio runtime, if any (else the store lets
+    /// it expire).
+    #[cold]
+    fn release_in_background(&mut self) {
+        if let Some(slot) = self.slot.take() {
+            let release = self.store.release(slot);
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    if let Err(e) = release.await {
+                        tracing::debug!(
+                            target: "lightrate::inflight",
+                            error = %e,
+                            "an in-flight slot was not released: it expires"
+                        );
+                    }
+                });
             }
         }
     }
@@ -629,7 +645,10 @@ impl fmt::Debug for InFlightSlot {
                 .debug_struct("InFlightSlot")
                 .field("in_flight", &count.load(Ordering::Relaxed))
                 .finish(),
-            Held::Fleet { slot, .. } => f.debug_struct("InFlightSlot").field("slot", slot).finish(),
+            Held::Fleet(fleet) => f
+                .debug_struct("InFlightSlot")
+                .field("slot", &fleet.slot)
+                .finish(),
         }
     }
 }
@@ -1012,7 +1031,9 @@ mod tests {
         send_static::<Acquired>();
         fn sync_send<T: Send + Sync + Clone>() {}
         sync_send::<InFlight>();
-        assert!(std::mem::size_of::<InFlightSlot>() <= 48);
+        // Two words: returned and dropped in registers.
+        assert!(std::mem::size_of::<InFlightSlot>() <= 2 * std::mem::size_of::<usize>());
+        assert!(std::mem::size_of::<Acquired>() <= 2 * std::mem::size_of::<usize>());
         let cap = InFlight::new(1);
         let s = slot(&cap, "a").unwrap();
         assert!(format!("{s:?}").contains("in_flight: 1"));
