@@ -6,15 +6,18 @@
 //! sent, the request's future dropped (client gone, timeout), a panic unwinding.
 //!
 //! - [`InFlight::new`]: a cap per process, in a lock-free map. Taking a slot of an identifier
-//!   that has an entry is one lookup and one CAS, allocates nothing, and takes no lock.
+//!   that has an entry is one lookup and one CAS, allocates nothing, and takes no lock; an
+//!   identifier a thread meets twice in a row is remembered there, and its next slots are one
+//!   compare and one CAS. Releasing a slot is one decrement, without a lookup.
 //! - [`InFlight::shared`]: a cap across a fleet, kept by an [`InFlightStore`]
 //!   (`lightrate_redis::RedisInFlight`: slots in Redis that expire when their process dies).
 
+use std::cell::RefCell;
 use std::fmt;
 use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -170,6 +173,9 @@ pub struct InFlight {
 }
 
 struct Inner {
+    /// Tells this cap's count in a thread's [`Memo`] from another cap's: from [`NEXT_ID`],
+    /// never reused, never 0.
+    id: u64,
     max: u32,
     name: Box<str>,
     /// The fleet's store; `None` for a cap per process.
@@ -211,6 +217,7 @@ impl InFlight {
     fn build(max: u32, name: Box<str>, store: Option<Arc<dyn InFlightStore>>) -> InFlight {
         InFlight {
             inner: Arc::new(Inner {
+                id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
                 max: max.min(DEAD - 1),
                 name,
                 store,
@@ -246,7 +253,8 @@ impl InFlight {
     /// [`Acquired::Full`]), `None` for a shared cap, whose store must be asked with
     /// [`acquire`](Self::acquire).
     ///
-    /// On an identifier that has an entry: one lookup and one CAS, no allocation, no lock.
+    /// On an identifier that has an entry: one lookup and one CAS (on the identifier this thread
+    /// met twice in a row, one compare and one CAS), no allocation, no lock.
     #[inline]
     pub fn try_acquire_local(&self, key: &str) -> Option<Acquired> {
         if self.inner.store.is_some() {
@@ -302,23 +310,133 @@ impl InFlight {
     }
 }
 
+/// The ids of caps ([`Inner::id`]), from 1.
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// The longest identifier a [`Memo`] keeps: inline, so that filling the memo never allocates,
+/// and in a room longer than any length it can hold, so that reading it checks no bound.
+const MEMO_KEY_BYTES: usize = u8::MAX as usize;
+
+/// The identifier this thread found in a cap's map twice in a row, and its count: the next
+/// acquires of it on this thread (a client with requests in flight, sending more) take their
+/// slot on that count directly, without entering the map's epoch, hashing or probing.
+///
+/// The map stays the truth: a count is taken out of its map only once a sweep has made it
+/// [`DEAD`], and a count that is not dead is the one its map holds for the identifier (a sweep
+/// removes no other, and a new entry replaces only a dead one), so counting a slot on the
+/// memo's count is counting it on the map's; a dead one sends the acquire to the map, as a
+/// dead count found in the map does. A memo holds one count alive at most per thread.
+struct Memo {
+    /// The [`Inner::id`] of the cap whose count this is; 0 (no cap's) at first.
+    cap: u64,
+    len: u8,
+    key: [u8; MEMO_KEY_BYTES + 1],
+    /// At first a dead count of no cap's (so that there is always one to look at).
+    count: Arc<AtomicU32>,
+    /// The address of the count this thread last found in a map: a stream of different
+    /// identifiers costs a compare and a store of it, never a copy of the identifier. (An
+    /// address reused by another count makes that one memoized a lookup early: harmless.)
+    seen: usize,
+}
+
+thread_local! {
+    static MEMO: RefCell<Memo> = RefCell::new(Memo {
+        cap: 0,
+        len: 0,
+        key: [0; MEMO_KEY_BYTES + 1],
+        count: Arc::new(AtomicU32::new(DEAD)),
+        seen: 0,
+    });
+}
+
+impl Memo {
+    /// The memoized count if it is `key`'s under the cap `cap`.
+    #[inline]
+    fn count(&self, cap: u64, key: &str) -> Option<&Arc<AtomicU32>> {
+        let memoized = &self.key[..usize::from(self.len)];
+        (self.cap == cap && same_bytes(memoized, key.as_bytes())).then_some(&self.count)
+    }
+
+    /// Notes that this thread found `count` (`key`'s under the cap `cap`) in the map, and
+    /// memoizes it if it did the time before too.
+    #[inline]
+    fn found(&mut self, cap: u64, key: &str, count: &Arc<AtomicU32>) {
+        let at = Arc::as_ptr(count) as usize;
+        if self.seen != at {
+            self.seen = at;
+        } else {
+            self.remember(cap, key, count);
+        }
+    }
+
+    #[cold]
+    fn remember(&mut self, cap: u64, key: &str, count: &Arc<AtomicU32>) {
+        let (Ok(len), Some(room)) = (u8::try_from(key.len()), self.key.get_mut(..key.len())) else {
+            return;
+        };
+        room.copy_from_slice(key.as_bytes());
+        self.len = len;
+        self.cap = cap;
+        self.count = count.clone();
+    }
+}
+
 impl Inner {
     #[inline]
     fn acquire_local(&self, key: &str) -> Acquired {
-        let map = self.local.map.pin();
-        if let Some(count) = map.get(&Lookup(key)) {
-            match take(count, self.max) {
-                Taken::Slot => return Acquired::Slot(InFlightSlot::local(count.clone())),
-                Taken::Full(in_flight) => {
-                    return Acquired::Full {
-                        in_flight,
-                        max: self.max,
+        // One look at this thread's memo: the count there if it is key's, else the map (whose
+        // find is noted in the memo, still borrowed).
+        let memoized = MEMO.try_with(|memo| match memo.try_borrow_mut() {
+            Ok(mut memo) => {
+                if let Some(count) = memo.count(self.id, key) {
+                    if let Some(acquired) = self.answer(take(count, self.max), count) {
+                        return acquired;
                     }
                 }
-                Taken::Dead => {}
+                self.acquire_mapped(key, Some(&mut memo))
+            }
+            // Only were the map's code to acquire again from inside (it does not).
+            Err(_) => self.acquire_unmemoized(key),
+        });
+        match memoized {
+            Ok(acquired) => acquired,
+            // This thread's memo is gone (its thread-locals being destroyed).
+            Err(_) => self.acquire_unmemoized(key),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn acquire_unmemoized(&self, key: &str) -> Acquired {
+        self.acquire_mapped(key, None)
+    }
+
+    /// Takes a slot of `key` through the map, noting the count found in `memo`.
+    #[inline(always)]
+    fn acquire_mapped(&self, key: &str, memo: Option<&mut Memo>) -> Acquired {
+        let map = self.local.map.pin();
+        if let Some(count) = map.get(&Lookup(key)) {
+            if let Some(acquired) = self.answer(take(count, self.max), count) {
+                if let Some(memo) = memo {
+                    memo.found(self.id, key, count);
+                }
+                return acquired;
             }
         }
         self.acquire_new(key, &map)
+    }
+
+    /// The answer for what [`take`] did on `count`: `None` if it was dead.
+    #[inline]
+    fn answer(&self, taken: Taken, count: &Arc<AtomicU32>) -> Option<Acquired> {
+        match taken {
+            Taken::Slot => Some(Acquired::Slot(InFlightSlot::local(count.clone()))),
+            Taken::Full(in_flight) => Some(Acquired::Full {
+                in_flight,
+                max: self.max,
+            }),
+            Taken::Dead => None,
+        }
     }
 
     /// The slow path: `key` has no entry (or only one a sweep took out).
@@ -332,15 +450,12 @@ impl Inner {
         }
         loop {
             // A new entry is made holding this slot, so no sweep can take it out first.
-            let computed = map.compute(
-                Id(key.into()),
-                |existing| match existing {
-                    Some((_, count)) if count.load(Ordering::Acquire) != DEAD => {
-                        Operation::Abort(count.clone())
-                    }
-                    _ => Operation::Insert(Arc::new(AtomicU32::new(1))),
-                },
-            );
+            let computed = map.compute(Id(key.into()), |existing| match existing {
+                Some((_, count)) if count.load(Ordering::Acquire) != DEAD => {
+                    Operation::Abort(count.clone())
+                }
+                _ => Operation::Insert(Arc::new(AtomicU32::new(1))),
+            });
             let count = match computed {
                 Compute::Inserted(_, count)
                 | Compute::Updated {
@@ -369,13 +484,8 @@ impl Inner {
 }
 
 /// The local map pinned (its epoch entered) for one acquire.
-type CountsRef<'m> = papaya::HashMapRef<
-    'm,
-    Id,
-    Arc<AtomicU32>,
-    foldhash::fast::RandomState,
-    papaya::LocalGuard<'m>,
->;
+type CountsRef<'m> =
+    papaya::HashMapRef<'m, Id, Arc<AtomicU32>, foldhash::fast::RandomState, papaya::LocalGuard<'m>>;
 
 /// An identifier as the local map keeps it: hashed as its bytes alone (one pass of foldhash,
 /// which mixes in the length; a `str` adds a terminator byte, which a key made of one string
@@ -419,20 +529,25 @@ impl papaya::Equivalent<Id> for Lookup<'_> {
 /// overlapping loads of each, inline, rather than a call to `memcmp`.
 #[inline]
 fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    // The last bytes first: identifiers that differ often share a prefix ("user-000…").
     fn ends<const N: usize>(a: &[u8], b: &[u8]) -> bool {
-        a.first_chunk::<N>() == b.first_chunk::<N>() && a.last_chunk::<N>() == b.last_chunk::<N>()
+        a.last_chunk::<N>() == b.last_chunk::<N>() && a.first_chunk::<N>() == b.first_chunk::<N>()
     }
     let n = a.len();
     if n != b.len() {
-        return false;
-    }
-    match n {
-        0 => true,
-        1..=3 => a[0] == b[0] && a[n / 2] == b[n / 2] && a[n - 1] == b[n - 1],
-        4..=7 => ends::<4>(a, b),
-        8..=15 => ends::<8>(a, b),
-        16..=32 => ends::<16>(a, b),
-        _ => a == b,
+        false
+    } else if n >= 8 {
+        if n <= 16 {
+            ends::<8>(a, b)
+        } else if n <= 32 {
+            ends::<16>(a, b)
+        } else {
+            a == b
+        }
+    } else if n >= 4 {
+        ends::<4>(a, b)
+    } else {
+        n == 0 || (a[0] == b[0] && a[n / 2] == b[n / 2] && a[n - 1] == b[n - 1])
     }
 }
 
@@ -607,11 +722,7 @@ impl Drop for InFlightSlot {
             Held::Local(count) => {
                 count.fetch_sub(1, Ordering::Release);
             }
-            Held::Fleet(fleet) => {
-                if let Some(fleet) = Arc::get_mut(fleet) {
-                    fleet.release_in_background();
-                }
-            }
+            Held::Fleet(fleet) => FleetSlot::release_in_background(fleet),
         }
     }
 }
@@ -620,9 +731,14 @@ impl FleetSlot {
     /// Spawns the slot's release on this thread's tokio runtime, if any (else the store lets
     /// it expire).
     #[cold]
-    fn release_in_background(&mut self) {
-        if let Some(slot) = self.slot.take() {
-            let release = self.store.release(slot);
+    #[inline(never)]
+    fn release_in_background(this: &mut Arc<FleetSlot>) {
+        // Never shared: always this slot's alone.
+        let Some(fleet) = Arc::get_mut(this) else {
+            return;
+        };
+        if let Some(slot) = fleet.slot.take() {
+            let release = fleet.store.release(slot);
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                 runtime.spawn(async move {
                     if let Err(e) = release.await {
@@ -738,6 +854,109 @@ mod tests {
         assert_eq!(cap.name(), DEFAULT_IN_FLIGHT_NAME);
         assert!(slot(&other, "alice").is_some());
         drop((a, b));
+    }
+
+    #[test]
+    fn inflight_memo_of_a_swept_identifier_goes_to_the_map() {
+        let cap = InFlight::new(2);
+        // Found in the map twice in a row: this thread's memo; then taken from the memo.
+        for _ in 0..4 {
+            drop(slot(&cap, "memoized-user").unwrap());
+        }
+        // Swept out at 0: the memo's count is dead.
+        cap.inner.local.sweep();
+        assert_eq!(cap.tracked(), 0);
+        // The slots are counted on a new entry, which the map holds, and the cap holds.
+        let a = slot(&cap, "memoized-user").unwrap();
+        let b = slot(&cap, "memoized-user").unwrap();
+        assert_eq!(cap.tracked(), 1);
+        assert_eq!(cap.in_flight("memoized-user"), Some(2));
+        assert!(slot(&cap, "memoized-user").is_none());
+        drop(a);
+        // Memoized again (found twice in a row), and still counted where the map counts.
+        let c = slot(&cap, "memoized-user").unwrap();
+        assert_eq!(cap.in_flight("memoized-user"), Some(2));
+        assert!(slot(&cap, "memoized-user").is_none());
+        drop((b, c));
+        assert_eq!(cap.in_flight("memoized-user"), Some(0));
+    }
+
+    #[test]
+    fn inflight_memo_tells_identifiers_and_caps_apart() {
+        let cap = InFlight::new(1);
+        for _ in 0..3 {
+            drop(slot(&cap, "memoized-user").unwrap());
+        }
+        let held = slot(&cap, "memoized-user").unwrap();
+        // Same length, same first bytes, one byte apart: not the memo's identifier.
+        assert!(slot(&cap, "memoized-usex").is_some());
+        assert!(slot(&cap, "xemoized-user").is_some());
+        assert!(slot(&cap, "memoized-user").is_none());
+        // Another cap (and a renamed one) counts the same identifier apart.
+        let other = InFlight::new(1);
+        let other_held = slot(&other, "memoized-user").unwrap();
+        let renamed = cap.clone().named("export");
+        assert!(slot(&renamed, "memoized-user").is_some());
+        assert!(slot(&other, "memoized-user").is_none());
+        assert!(slot(&cap, "memoized-user").is_none());
+        drop((held, other_held));
+        assert!(slot(&cap, "memoized-user").is_some());
+        assert!(slot(&other, "memoized-user").is_some());
+        // Identifiers too long for a memo are counted in the map alone.
+        let long = "l".repeat(300);
+        for _ in 0..3 {
+            drop(slot(&cap, &long).unwrap());
+        }
+        let long_held = slot(&cap, &long).unwrap();
+        assert!(slot(&cap, &long).is_none());
+        drop(long_held);
+        assert_eq!(cap.in_flight(&long), Some(0));
+    }
+
+    #[test]
+    fn inflight_memoized_hot_identifier_under_sweeps_never_exceeds_max() {
+        // Every thread takes its slots of one hot identifier from its memo, or from the map
+        // when another identifier took the memo, while fresh identifiers make the map sweep
+        // throughout: a sweep kills the hot count whenever it finds it at 0, and a slot counted
+        // on a count no longer in the map (by a memo that kept it) would let a second holder in
+        // beside one counted on the map's new entry.
+        const MAX: u32 = 1;
+        let cap = InFlight::new(MAX);
+        let holding = Arc::new(AtomicU32::new(0));
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let (cap, holding) = (cap.clone(), holding.clone());
+                std::thread::spawn(move || {
+                    let mut granted = 0u32;
+                    for i in 0..60_000u32 {
+                        if i % 8 == 0 {
+                            // Another identifier, twice in a row, takes this thread's memo:
+                            // the hot one is then found in the map (or made anew) again.
+                            for _ in 0..2 {
+                                drop(slot(&cap, &format!("own-{t}")));
+                            }
+                        }
+                        let hot = slot(&cap, "hot");
+                        if hot.is_some() {
+                            let now = holding.fetch_add(1, Ordering::SeqCst) + 1;
+                            assert!(now <= MAX, "{now} slots held at once");
+                            granted += 1;
+                        }
+                        // Held across the churn's insert (and its sweep, at times).
+                        drop(slot(&cap, &format!("churn-{t}-{i}")));
+                        if hot.is_some() {
+                            holding.fetch_sub(1, Ordering::SeqCst);
+                        }
+                        drop(hot);
+                    }
+                    granted
+                })
+            })
+            .collect();
+        let granted: u32 = threads.into_iter().map(|t| t.join().unwrap()).sum();
+        assert!(granted > 0);
+        assert_eq!(cap.in_flight("hot"), Some(0));
+        assert!(cap.tracked() <= 4 * MIN_SWEEP_LEN, "{}", cap.tracked());
     }
 
     #[test]

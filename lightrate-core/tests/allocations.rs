@@ -1,5 +1,5 @@
-//! What the allocator says: a local hit allocates nothing; a live bucket costs under 256
-//! bytes; memory stays flat under a stream of new users.
+//! What the allocator says: a local hit allocates nothing, nor does a local in-flight slot; a
+//! live bucket costs under 256 bytes; memory stays flat under a stream of new users.
 //!
 //! One test binary with a counting global allocator; the tests take turns (the counts are
 //! process-wide).
@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use lightrate_core::http::Method;
-use lightrate_core::{ConsumeRequest, Limit, Limiter, ManualClock, RefillRate, Target};
+use lightrate_core::{ConsumeRequest, InFlight, Limit, Limiter, ManualClock, RefillRate, Target};
 use lightrate_testing::{allocations, live_bytes, new_buckets, Counting, Unlimited};
 
 #[global_allocator]
@@ -267,4 +267,33 @@ fn a_flood_of_new_users_stays_under_the_limiters_cap() {
     assert_eq!(admitted, 1_000_000);
     assert!(admitted <= stats.leased_tokens + stats.per_request_tokens);
     assert_flat(&bytes[1..4], &bytes[4..]);
+}
+
+#[test]
+fn inflight_local_slots_allocate_nothing() {
+    let _turn = turn();
+    let cap = InFlight::new(4);
+    let users: Vec<String> = (0..64).map(|i| format!("user-{i:08}")).collect();
+    // Every identifier has its entry (and this thread its epoch registration and memo).
+    for user in &users {
+        for _ in 0..3 {
+            drop(cap.try_acquire_local(user).unwrap());
+        }
+    }
+    let before = allocations();
+    let mut taken = 0;
+    for i in 0..10_000 {
+        // Runs of six of one identifier (from the map twice, which memoizes it, then from this
+        // thread's memo), and two others between (from the map).
+        let user = if i % 8 < 6 {
+            &users[(i / 8) % users.len()]
+        } else {
+            &users[(i * 7) % users.len()]
+        };
+        let slot = cap.try_acquire_local(user).unwrap().into_slot();
+        taken += usize::from(slot.is_some());
+    }
+    let allocations = allocations() - before;
+    assert_eq!(taken, 10_000);
+    assert_eq!(allocations, 0, "{allocations} allocations in 10 000 slots");
 }
