@@ -214,18 +214,25 @@ fn loom_give_back_granted_races_a_take_and_a_deposit() {
     });
 }
 
+/// A bucket of 3 tokens (until 5 s) from which 2 were taken at 0.1 s, and a thread giving
+/// those 2 back: the start of the races with `kill` and `moved`.
+fn two_taken_and_given_back() -> (Arc<LocalBucket>, thread::JoinHandle<bool>) {
+    let bucket = Arc::new(LocalBucket::new(0));
+    assert!(bucket.deposit(3, 5_000, 0).is_ok());
+    assert!(take(&bucket, 2, 100));
+    let back = {
+        let bucket = Arc::clone(&bucket);
+        thread::spawn(move || bucket.give_back(2, 100))
+    };
+    (bucket, back)
+}
+
 /// A take given back races the bucket's removal: tokens given back to a dead bucket are
 /// reported lost (`false`), never added to it.
 #[test]
 fn loom_give_back_races_kill() {
     model(|| {
-        let bucket = Arc::new(LocalBucket::new(0));
-        bucket.deposit(3, 5_000, 0).unwrap();
-        assert!(take(&bucket, 2, 100));
-        let back = {
-            let bucket = Arc::clone(&bucket);
-            thread::spawn(move || bucket.give_back(2, 100))
-        };
+        let (bucket, back) = two_taken_and_given_back();
         let killed = bucket.kill();
         let back = back.join().unwrap();
         assert!(bucket.is_dead());
@@ -243,13 +250,7 @@ fn loom_give_back_races_kill() {
 #[test]
 fn loom_give_back_races_moved() {
     model(|| {
-        let bucket = Arc::new(LocalBucket::new(0));
-        bucket.deposit(3, 5_000, 0).unwrap();
-        assert!(take(&bucket, 2, 100));
-        let back = {
-            let bucket = Arc::clone(&bucket);
-            thread::spawn(move || bucket.give_back(2, 100))
-        };
+        let (bucket, back) = two_taken_and_given_back();
         let copy = bucket.moved().unwrap();
         let back = back.join().unwrap();
         assert_eq!(
