@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use papaya::{Compute, Operation};
 
+use crate::limiter::same_bytes;
 use crate::Error;
 
 /// How long a refused request is told to wait (`Retry-After: 1`): slots are freed by requests
@@ -525,32 +526,6 @@ impl papaya::Equivalent<Id> for Lookup<'_> {
     }
 }
 
-/// Whether `a` and `b` are the same bytes: up to 32 bytes (an identifier's usual length) in two
-/// overlapping loads of each, inline, rather than a call to `memcmp`.
-#[inline]
-fn same_bytes(a: &[u8], b: &[u8]) -> bool {
-    // The last bytes first: identifiers that differ often share a prefix ("user-000…").
-    fn ends<const N: usize>(a: &[u8], b: &[u8]) -> bool {
-        a.last_chunk::<N>() == b.last_chunk::<N>() && a.first_chunk::<N>() == b.first_chunk::<N>()
-    }
-    let n = a.len();
-    if n != b.len() {
-        false
-    } else if n >= 8 {
-        if n <= 16 {
-            ends::<8>(a, b)
-        } else if n <= 32 {
-            ends::<16>(a, b)
-        } else {
-            a == b
-        }
-    } else if n >= 4 {
-        ends::<4>(a, b)
-    } else {
-        n == 0 || (a[0] == b[0] && a[n / 2] == b[n / 2] && a[n - 1] == b[n - 1])
-    }
-}
-
 /// What one CAS on a count came to.
 enum Taken {
     Slot,
@@ -960,20 +935,8 @@ mod tests {
     }
 
     #[test]
-    fn inflight_same_bytes_compares_every_byte() {
-        for n in 0..48u8 {
-            let a: Vec<u8> = (0..n).collect();
-            assert!(same_bytes(&a, &a.clone()), "{n}");
-            for i in 0..usize::from(n) {
-                let mut b = a.clone();
-                b[i] ^= 0x80;
-                assert!(!same_bytes(&a, &b), "{n} bytes, byte {i}");
-            }
-            let mut longer = a.clone();
-            longer.push(0);
-            assert!(!same_bytes(&a, &longer), "{n}");
-        }
-        // The map finds identifiers of every length under its own key type.
+    fn identifiers_of_every_length_are_found_under_their_own_key() {
+        // (`same_bytes` itself is tested byte by byte in `limiter::keys`.)
         let cap = InFlight::new(1);
         let ids: Vec<String> = (0..40).map(|n| "x".repeat(n)).collect();
         let held: Vec<_> = ids.iter().map(|id| slot(&cap, id).unwrap()).collect();

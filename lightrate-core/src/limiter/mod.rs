@@ -98,7 +98,7 @@ pub use self::settings::{
 pub use self::several::{Decisions, Limit, INLINE_LIMITS};
 pub use self::stats::Stats;
 
-pub(crate) use self::keys::{IpProbe, PathProbe, Probe};
+pub(crate) use self::keys::{same_bytes, IpProbe, PathProbe, Probe};
 pub(crate) use self::several::{GrantedDecisions, Taken};
 
 #[cfg(test)]
