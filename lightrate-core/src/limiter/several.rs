@@ -203,6 +203,62 @@ impl Decisions {
     }
 }
 
+/// The bit of the limit at `index` in a set of limits (a `u64`: more than 64 limits ask one by
+/// one, the bit of the 64th serving them all).
+#[inline]
+fn bit(index: usize) -> u64 {
+    1 << index.min(63)
+}
+
+/// What one limit's local phase came to.
+#[derive(Clone, Copy)]
+enum Step {
+    /// Its tokens taken.
+    Taken,
+    /// Refused (a local bucket, the denial cache).
+    Refused,
+    /// The source must be asked.
+    Ask,
+}
+
+impl Step {
+    /// Notes the step of the limit at `index`: its bit in `ask`, or `refused`.
+    #[inline]
+    fn note(self, index: usize, ask: &mut u64, refused: &mut bool) {
+        match self {
+            Step::Taken => {}
+            Step::Refused => *refused = true,
+            Step::Ask => *ask |= bit(index),
+        }
+    }
+}
+
+impl Inner {
+    /// The local hit of the limit at `index` of a request's list, in its memo lane, written to
+    /// its place in `decisions`: the one step of the local phase and of every retake after the
+    /// source answered.
+    #[inline]
+    fn check_at(
+        self: &Arc<Self>,
+        index: usize,
+        user: &str,
+        target: &Target<'_>,
+        cost: u64,
+        shadow: bool,
+        decisions: &mut Decisions,
+    ) -> Step {
+        let slot = decisions.slot(index);
+        let lane = memo::Lane::enter(index);
+        self.check_local(user.as_bytes(), target, cost, shadow, slot);
+        lane.leave();
+        match slot {
+            Some(decision) if !decision.is_allowed() => Step::Refused,
+            Some(_) => Step::Taken,
+            None => Step::Ask,
+        }
+    }
+}
+
 /// A limit as the slow phase owns it.
 pub(crate) type OwnedLimit = (Box<str>, Target<'static>, u64);
 
@@ -261,25 +317,13 @@ impl Limiter {
         shadow: bool,
         decisions: &mut Decisions,
     ) -> u64 {
-        let mut ask = 0u64;
-        let mut refused = false;
+        let (mut ask, mut refused) = (0u64, false);
         for (index, limit) in limits.iter().enumerate() {
-            let slot = decisions.slot(index);
-            let lane = memo::Lane::enter(index);
-            self.inner.check_local(
-                limit.user.as_bytes(),
-                &limit.target,
-                limit.cost,
-                shadow,
-                slot,
-            );
-            lane.leave();
-            match slot {
-                Some(decision) if !decision.is_allowed() => refused = true,
-                Some(_) => {}
-                // More than 64 limits ask one by one (the bit of the 64th serves them all).
-                None => ask |= 1 << index.min(63),
-            }
+            let (user, target, cost) = (limit.user, &limit.target, limit.cost);
+            let step = self
+                .inner
+                .check_at(index, user, target, cost, shadow, decisions);
+            step.note(index, &mut ask, &mut refused);
         }
         if refused {
             self.give_back_all(limits.iter().map(Limit::parts), decisions, &[]);
@@ -308,7 +352,6 @@ impl Limiter {
                 deadlines: vec![0; limits.len()],
                 settled: false,
             };
-            let bit = |index: usize| 1u64 << index.min(63);
             // Local takes are not held while the source is asked: a lease landing on their
             // bucket meanwhile would mix their generation with its own. They go back now and
             // are taken again once the source has answered.
@@ -370,16 +413,11 @@ impl Limiter {
                     if retake & bit(index) == 0 {
                         continue;
                     }
-                    let slot = held.decisions.slot(index);
-                    let _lane = memo::Lane::enter(index);
-                    limiter
+                    let decisions = &mut held.decisions;
+                    let step = limiter
                         .inner
-                        .check_local(user.as_bytes(), target, *cost, shadow, slot);
-                    match slot {
-                        Some(decision) if !decision.is_allowed() => refused = true,
-                        Some(_) => {}
-                        None => ask |= bit(index),
-                    }
+                        .check_at(index, user, target, *cost, shadow, decisions);
+                    step.note(index, &mut ask, &mut refused);
                 }
                 retake = 0;
                 if refused || ask == 0 {
@@ -502,7 +540,7 @@ impl Held<'_> {
                 .give_back(user, rule.slot, *cost, Taken::Local);
         }
         *slot = None;
-        *retake |= 1 << index.min(63);
+        *retake |= bit(index);
     }
 }
 
