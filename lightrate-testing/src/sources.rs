@@ -19,21 +19,41 @@ impl TokenSource for Unlimited {
         &self,
         request: ConsumeRequest<'_>,
     ) -> Result<ConsumeTokensResponse, Error> {
-        Ok(ConsumeTokensResponse {
-            tokens_remaining: 1 << 40,
-            tokens_consumed: request.tokens_requested,
-            throttles: 0,
-            rule: Rule {
+        Ok(granted_all(
+            &request,
+            Rule {
                 id: "unlimited".into(),
                 name: "Unlimited".into(),
-                refill_rate: RefillRate::per_second(1 << 30),
-                burst_rate: 1 << 40,
                 is_default: false,
                 matcher: Some("^/".into()),
                 http_method: Some("GET".into()),
+                ..UNLIMITED_RULE
             },
-            retry_after_ms: None,
-        })
+        ))
+    }
+}
+
+/// The rates of the unlimited sources' rules (2^30 a second, burst 2^40); the rest is each
+/// source's own.
+const UNLIMITED_RULE: Rule = Rule {
+    id: String::new(),
+    name: String::new(),
+    refill_rate: RefillRate::per_second(1 << 30),
+    burst_rate: 1 << 40,
+    is_default: false,
+    matcher: None,
+    http_method: None,
+};
+
+/// An answer granting everything `request` asked, under `rule`, out of a budget that never
+/// runs out.
+fn granted_all(request: &ConsumeRequest<'_>, rule: Rule) -> ConsumeTokensResponse {
+    ConsumeTokensResponse {
+        tokens_remaining: 1 << 40,
+        tokens_consumed: request.tokens_requested,
+        throttles: 0,
+        rule,
+        retry_after_ms: None,
     }
 }
 
@@ -141,21 +161,15 @@ impl TokenSource for UnlimitedPerTarget {
             Target::Path { method, path } => (path.to_string(), Some(method.to_string())),
             Target::Default => ("default".to_owned(), None),
         };
-        Ok(ConsumeTokensResponse {
-            tokens_remaining: 1 << 40,
-            tokens_consumed: request.tokens_requested,
-            throttles: 0,
-            rule: Rule {
-                id: name.clone(),
-                name: name.clone(),
-                refill_rate: RefillRate::per_second(1 << 30),
-                burst_rate: 1 << 40,
-                is_default: matches!(request.target, Target::Default),
-                matcher: Some(format!("^{name}$")),
-                http_method: method,
-            },
-            retry_after_ms: None,
-        })
+        let rule = Rule {
+            id: name.clone(),
+            name: name.clone(),
+            is_default: matches!(request.target, Target::Default),
+            matcher: Some(format!("^{name}$")),
+            http_method: method,
+            ..UNLIMITED_RULE
+        };
+        Ok(granted_all(&request, rule))
     }
 }
 
