@@ -5,9 +5,12 @@
 //! instead of sleeping.
 
 use std::fmt;
+use std::future::Future;
 use std::ops::{Add, Sub};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 /// A point in time: nanoseconds since the epoch of the [`Clock`] that produced it.
@@ -101,7 +104,17 @@ pub trait Clock: Send + Sync + fmt::Debug + 'static {
     fn coarse_now(&self) -> Timestamp {
         self.now()
     }
+
+    /// A future that is ready once `duration` has passed on this clock: what a request that
+    /// waits for its tokens ([`Limiter::acquire`](crate::Limiter::acquire)) awaits. The default
+    /// is tokio's timer (real time); [`ManualClock`] wakes its sleepers as it is advanced.
+    fn sleep(&self, duration: Duration) -> Sleep {
+        Box::pin(tokio::time::sleep(duration))
+    }
 }
+
+/// What [`Clock::sleep`] returns.
+pub type Sleep = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 impl<C: Clock + ?Sized> Clock for Arc<C> {
     fn now(&self) -> Timestamp {
@@ -110,6 +123,10 @@ impl<C: Clock + ?Sized> Clock for Arc<C> {
 
     fn coarse_now(&self) -> Timestamp {
         (**self).coarse_now()
+    }
+
+    fn sleep(&self, duration: Duration) -> Sleep {
+        (**self).sleep(duration)
     }
 }
 
@@ -202,7 +219,15 @@ impl Clock for SystemClock {
 #[derive(Clone, Debug, Default)]
 pub struct ManualClock {
     nanos: Arc<AtomicU64>,
+    /// Who sleeps until when (ns): woken when the clock passes it.
+    sleepers: Arc<Mutex<Vec<Sleeper>>>,
 }
+
+/// A sleeping future of a [`ManualClock`]: its id, until when (ns), its waker.
+type Sleeper = (u64, u64, Waker);
+
+/// The ids of [`ManualClock`] sleeps.
+static SLEEP_IDS: AtomicU64 = AtomicU64::new(0);
 
 impl ManualClock {
     /// A clock at its epoch.
@@ -214,18 +239,96 @@ impl ManualClock {
     pub fn advance(&self, by: Duration) {
         self.nanos
             .fetch_add(duration_to_nanos(by), Ordering::SeqCst);
+        self.wake_due();
+    }
+
+    /// How many futures of [`Clock::sleep`] wait on this clock (registered when last polled,
+    /// and not yet woken).
+    pub fn sleepers(&self) -> usize {
+        self.sleepers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
+
+    /// Wakes the sleepers whose time has come.
+    fn wake_due(&self) {
+        let now = self.nanos.load(Ordering::SeqCst);
+        let due: Vec<Waker> = {
+            let mut sleepers = self.sleepers.lock().unwrap_or_else(|e| e.into_inner());
+            let (due, waiting) = sleepers.drain(..).partition(|(_, until, _)| *until <= now);
+            *sleepers = waiting;
+            due.into_iter().map(|(_, _, waker)| waker).collect()
+        };
+        due.into_iter().for_each(Waker::wake);
     }
 
     /// Sets the clock to `to`. Setting it backwards is allowed (to test clocks that misbehave);
     /// lightrate treats time that goes backwards as time that stood still.
     pub fn set(&self, to: Timestamp) {
         self.nanos.store(to.as_nanos(), Ordering::SeqCst);
+        self.wake_due();
     }
 }
 
 impl Clock for ManualClock {
     fn now(&self) -> Timestamp {
         Timestamp(self.nanos.load(Ordering::SeqCst))
+    }
+
+    /// Ready once the clock has been advanced past `duration` from now.
+    fn sleep(&self, duration: Duration) -> Sleep {
+        let until = self
+            .now()
+            .as_nanos()
+            .saturating_add(duration_to_nanos(duration));
+        Box::pin(ManualSleep {
+            clock: self.clone(),
+            id: SLEEP_IDS.fetch_add(1, Ordering::Relaxed),
+            until,
+        })
+    }
+}
+
+/// A [`ManualClock`]'s sleep.
+struct ManualSleep {
+    clock: ManualClock,
+    id: u64,
+    until: u64,
+}
+
+impl Drop for ManualSleep {
+    fn drop(&mut self) {
+        let mut sleepers = self
+            .clock
+            .sleepers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        sleepers.retain(|(id, _, _)| *id != self.id);
+    }
+}
+
+impl Future for ManualSleep {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.clock.nanos.load(Ordering::SeqCst) >= self.until {
+            return Poll::Ready(());
+        }
+        let mut sleepers = self
+            .clock
+            .sleepers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        // Checked again under the lock: an advance in between has woken no one for us.
+        if self.clock.nanos.load(Ordering::SeqCst) >= self.until {
+            return Poll::Ready(());
+        }
+        match sleepers.iter_mut().find(|(id, _, _)| *id == self.id) {
+            Some(entry) => entry.2.clone_from(cx.waker()),
+            None => sleepers.push((self.id, self.until, cx.waker().clone())),
+        }
+        Poll::Pending
     }
 }
 
@@ -254,6 +357,13 @@ impl ClockHandle {
         match self {
             ClockHandle::System(_) => SystemClock::new().now(),
             ClockHandle::Other(clock) => clock.now(),
+        }
+    }
+
+    pub(crate) fn sleep(&self, duration: Duration) -> Sleep {
+        match self {
+            ClockHandle::System(_) => Box::pin(tokio::time::sleep(duration)),
+            ClockHandle::Other(clock) => clock.sleep(duration),
         }
     }
 }

@@ -53,7 +53,7 @@ pub use client::{
     ClientBuilder, Configuration, LightRateClient, LocalBucketResponse, DEFAULT_API_TIMEOUT,
     DEFAULT_BASE_URL, DEFAULT_RETRY_ATTEMPTS,
 };
-pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
+pub use clock::{Clock, ManualClock, Sleep, SystemClock, Timestamp};
 pub use embedded::{EmbeddedSource, EmbeddedStats, DEFAULT_MAX_SOURCE_BUCKETS};
 pub use error::{Error, ErrorKind};
 pub use from_env::EnvSource;
@@ -63,8 +63,9 @@ pub use inflight::{
 };
 pub use limiter::{
     BreakerState, BucketStatus, Decision, DecisionSource, Decisions, Limit, Limiter,
-    LimiterBuilder, OnUnavailable, RuleSummary, Stats, DEFAULT_LEASE_SIZE,
-    DEFAULT_MAX_LOCAL_BUCKETS, DEFAULT_TOKEN_HORIZON, INLINE_LIMITS, MAX_LEASE_SIZE,
+    LimiterBuilder, OnDrop, OnUnavailable, Reservation, RuleSummary, Settled, Stats,
+    DEFAULT_LEASE_SIZE, DEFAULT_MAX_LOCAL_BUCKETS, DEFAULT_TOKEN_HORIZON, INLINE_LIMITS,
+    MAX_LEASE_SIZE,
 };
 pub use protocol::{
     ConsumeRequest, ConsumeTokensResponse, RefillRate, Rule, Target, MAX_USER_IDENTIFIER_BYTES,

@@ -153,6 +153,35 @@ impl LocalBucket {
         }
     }
 
+    /// Takes up to `most` tokens, as many as are alive, and returns how many it took: what a
+    /// reservation settled above its estimate takes locally before it owes the rest. Takes
+    /// nothing from a bucket whose older generation must be dropped first (the rest is owed:
+    /// never more taken than is alive).
+    pub(crate) fn take_up_to(&self, most: u64, now_ms: u64) -> u64 {
+        let mut current = self.state.load(Ordering::Acquire);
+        loop {
+            let tokens = tokens_of(current);
+            if current & DEAD != 0 || now_ms >= deadline_of(current) || tokens == 0 {
+                return 0;
+            }
+            let older = self.older.load(Ordering::Acquire);
+            if now_ms >= older_deadline(older) && tokens > newest_of(older) {
+                return 0;
+            }
+            let taken = tokens.min(most);
+            let next = (current & !TOKEN_MASK) | (tokens - taken);
+            match self.state.compare_exchange_weak(
+                current,
+                next,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return taken,
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
     /// Puts back `tokens` that a take of this bucket (or a grant to a request) handed out and a
     /// request did not spend: another limit of the request refused it. They keep the deadline
     /// of what the bucket holds, and count as its older generation when there are two (they

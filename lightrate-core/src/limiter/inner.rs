@@ -11,9 +11,11 @@ use super::buckets::Buckets;
 use super::counters::{Counted, Counters};
 use super::decision::{Decision, DecisionSource, RuleSummary};
 use super::flight::Flights;
+use super::reserve::Debts;
 use super::routes::Routes;
 use super::settings::Settings;
 use super::upstream::Upstream;
+use super::wait::Waiting;
 use crate::clock::{ClockHandle, Timestamp};
 use crate::source::DynTokenSource;
 use crate::{ConsumeRequest, ConsumeTokensResponse, Error, Target};
@@ -33,6 +35,10 @@ pub(super) struct Inner {
     pub(super) flights: Arc<Flights>,
     /// What Stats and the metrics read.
     pub(super) counters: Counters,
+    /// What reservations settled above their estimate owe.
+    pub(super) debts: Debts,
+    /// The requests waiting for their tokens.
+    pub(super) waiting: Waiting,
 }
 
 impl Inner {
@@ -51,6 +57,8 @@ impl Inner {
             buckets: Buckets::new(collector),
             flights: Arc::new(Flights::new()),
             counters: Counters::default(),
+            debts: Debts::default(),
+            waiting: Waiting::default(),
         }
     }
 

@@ -79,6 +79,7 @@ mod maps;
 mod memo;
 #[cfg(feature = "metrics")]
 mod publish;
+mod reserve;
 mod routes;
 mod settings;
 mod several;
@@ -86,11 +87,13 @@ mod sizing;
 mod slow;
 mod stats;
 mod upstream;
+mod wait;
 
 pub use self::breaker::BreakerState;
 pub use self::builder::LimiterBuilder;
 pub use self::decision::{Decision, DecisionSource, RuleSummary};
 pub use self::handle::{BucketStatus, Limiter};
+pub use self::reserve::{OnDrop, Reservation, Settled};
 pub use self::settings::{
     OnUnavailable, DEFAULT_LEASE_SIZE, DEFAULT_MAX_LOCAL_BUCKETS, DEFAULT_TOKEN_HORIZON,
     MAX_LEASE_SIZE,

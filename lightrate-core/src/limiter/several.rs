@@ -139,6 +139,24 @@ impl Decisions {
         }
     }
 
+    /// Sets the decision of the limit at `index`.
+    pub(crate) fn set(&mut self, index: usize, decision: Decision) {
+        if index < self.len {
+            *self.slot(index) = Some(decision);
+        }
+    }
+
+    /// Raises the wait of the refusal with the longest wait to `wait`, when it said less.
+    pub(crate) fn wait_at_least(&mut self, wait: Duration) {
+        let Some((index, _)) = self.refusing().max_by_key(|(_, d)| d.retry_after()) else {
+            return;
+        };
+        if let Some(decision) = self.slot(index) {
+            let nanos = crate::clock::duration_to_nanos(wait);
+            decision.retry_after_nanos = decision.retry_after_nanos.max(nanos);
+        }
+    }
+
     /// How many limits the request had.
     pub fn len(&self) -> usize {
         self.len
@@ -499,7 +517,7 @@ impl Limit<'_> {
         (self.user, self.cost)
     }
 
-    fn to_owned_parts(&self) -> OwnedLimit {
+    pub(super) fn to_owned_parts(&self) -> OwnedLimit {
         (
             self.user.into(),
             self.target.clone().into_owned(),

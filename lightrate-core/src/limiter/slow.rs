@@ -70,16 +70,27 @@ impl Inner {
                 )
             };
             let (key, lease_target, rule) = match resolved {
-                None => (
-                    FlightKey::Target {
-                        user: user.clone(),
-                        target: TargetKey::from_target(&target),
-                    },
-                    Arc::new(TargetKey::from_target(&target)),
-                    None,
-                ),
+                None => {
+                    if let Some(rule) = self.debts.rule_of(&user, &target) {
+                        if let Some(refused) = self.repay(&user, rule, cost).await {
+                            return Ok((refused, 0));
+                        }
+                    }
+                    (
+                        FlightKey::Target {
+                            user: user.clone(),
+                            target: TargetKey::from_target(&target),
+                        },
+                        Arc::new(TargetKey::from_target(&target)),
+                        None,
+                    )
+                }
                 Some((rule, target_key)) => {
                     last_rule = Some(rule);
+                    // What a reservation used beyond its estimate is charged first.
+                    if let Some(refused) = self.repay(&user, rule, cost).await {
+                        return Ok((refused, 0));
+                    }
                     if !self.settings.leases(rule.is_default) {
                         return self
                             .per_request(&user, &target, cost, now)

@@ -10,7 +10,9 @@ use proptest::prelude::*;
 
 use super::*;
 
+mod reserve;
 mod several;
+mod wait;
 use crate::clock::{Clock, Timestamp};
 use crate::{
     ConsumeRequest, ConsumeTokensResponse, EmbeddedSource, Error, ErrorKind, ManualClock,

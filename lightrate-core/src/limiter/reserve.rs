@@ -1,0 +1,408 @@
+//! Reserve, then settle: [`Reservation`], what [`Limiter::reserve`] returns, and the debts of
+//! reservations settled above their estimate.
+//!
+//! A reservation is a request's limits decided as [`Limiter::check_all`] decides them, at an
+//! estimate of their cost, and held. Settled at what was really used:
+//!
+//! - **Less**: the difference goes back to the local bucket it was taken from (or, granted by
+//!   the source straight to the request, to the bucket of its lease), at once: the same user's
+//!   next requests spend it. It stays leased: it dies at its lease's horizon like any leased
+//!   token, and is never handed back to the source (so the bound per limit is unchanged).
+//! - **More**: the difference is taken from the local bucket, as much as it holds; the rest is
+//!   owed. A debt is charged to the source by the next request of that (user, rule) that
+//!   misses its local bucket, before anything else: what the source grants pays it; what it
+//!   cannot grant yet refuses that request, with the time until the source has it as its
+//!   `Retry-After`, and the denial cache holds the user's next requests off until then,
+//!   without calls. The finished request is never refused.
+//!
+//! Dropped without being settled, a reservation is charged in full ([`OnDrop::Charge`]), or
+//! released ([`OnDrop::Release`]).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use super::decision::{Decision, DecisionSource, RuleSummary};
+use super::handle::Limiter;
+use super::inner::Inner;
+use super::lease::{next_token, wait_for};
+use super::several::{Decisions, Limit, OwnedLimit, Taken};
+use crate::clock::duration_to_nanos;
+use crate::{Error, Target};
+
+/// The most (user, rule) debts a limiter keeps; a debt past it is forgiven (logged).
+const MAX_DEBTS: usize = 65_536;
+
+/// What becomes of a [`Reservation`] dropped without being settled.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OnDrop {
+    /// Every token reserved is spent (the default: a request that went away may still have
+    /// cost what it reserved).
+    #[default]
+    Charge,
+    /// Every token reserved goes back, as if settled at 0.
+    Release,
+}
+
+/// What settling one limit of a [`Reservation`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Settled {
+    /// Tokens reserved and not used, given back to the local bucket.
+    pub returned: u64,
+    /// Tokens used beyond the reservation, taken from the local bucket.
+    pub charged: u64,
+    /// Tokens used beyond the reservation that no local bucket held: owed, and charged to the
+    /// source by the next request of the (user, rule) that misses its bucket.
+    pub owed: u64,
+}
+
+/// A request's limits decided at an estimate of their cost, and held until it is settled at
+/// what was used ([`settle`](Self::settle)), released, or dropped.
+///
+/// ```
+/// use lightrate_core::{EmbeddedSource, Limit, Limiter, RefillRate, RuleSet, Target};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), lightrate_core::Error> {
+/// let rules = RuleSet::builder()
+///     .default_rule(RefillRate::per_second(1), 5)
+///     .operation("tokens", "^llm_tokens$", RefillRate::per_minute(1_000), 1_000)
+///     .build()?;
+/// let limiter = Limiter::new(EmbeddedSource::new(rules));
+/// let mut admitted = 0;
+/// for _ in 0..10 {
+///     // Each request reserves the worst case (500 tokens)...
+///     let limits = [Limit::new("alice", Target::operation("llm_tokens")).with_cost(500)];
+///     let reservation = limiter.reserve(&limits).await?;
+///     if reservation.is_allowed() {
+///         admitted += 1;
+///     }
+///     // ...and uses 50: the other 450 go back at once.
+///     reservation.settle(&[50]);
+/// }
+/// assert_eq!(admitted, 10);
+/// # Ok(()) }
+/// ```
+#[must_use = "a reservation is charged in full when dropped: settle it"]
+pub struct Reservation {
+    limiter: Limiter,
+    limits: Vec<OwnedLimit>,
+    decisions: Decisions,
+    /// Of the limits the source granted, their leases' deadlines (ms).
+    deadlines: Vec<u64>,
+    on_drop: OnDrop,
+    /// Whether it still holds tokens to settle.
+    open: bool,
+}
+
+impl fmt::Debug for Reservation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Reservation")
+            .field("limits", &self.limits)
+            .field("decisions", &self.decisions)
+            .field("on_drop", &self.on_drop)
+            .field("open", &self.open)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Reservation {
+    pub(crate) fn new(
+        limiter: Limiter,
+        limits: Vec<OwnedLimit>,
+        decisions: Decisions,
+        deadlines: Vec<u64>,
+    ) -> Self {
+        let open = decisions.is_allowed();
+        Reservation {
+            limiter,
+            limits,
+            decisions,
+            deadlines,
+            on_drop: OnDrop::default(),
+            open,
+        }
+    }
+
+    /// The decision of every limit, as [`Limiter::check_all`] gives it.
+    pub fn decisions(&self) -> &Decisions {
+        &self.decisions
+    }
+
+    /// Whether every limit admitted the request (only then does it hold tokens).
+    pub fn is_allowed(&self) -> bool {
+        self.decisions.is_allowed()
+    }
+
+    /// How long until the request can be allowed (zero when allowed).
+    pub fn retry_after(&self) -> Duration {
+        self.decisions.retry_after()
+    }
+
+    /// The tokens reserved on the limit at `index` (its cost), 0 when there is no such limit.
+    pub fn reserved(&self, index: usize) -> u64 {
+        self.limits.get(index).map_or(0, |limit| limit.2)
+    }
+
+    /// A refusal whose wait is `estimate` (a waiter's place in its queue): its deciding
+    /// refusal says so, when it said less.
+    pub(super) fn waited(mut self, estimate: Duration) -> Self {
+        self.decisions.wait_at_least(estimate);
+        self
+    }
+
+    /// Sets what happens if this reservation is dropped without being settled.
+    pub fn on_drop(mut self, on_drop: OnDrop) -> Self {
+        self.on_drop = on_drop;
+        self
+    }
+
+    /// Settles every limit at what the request used, in the order the limits were given (a
+    /// limit missing from `used` is settled at what it reserved). Tokens reserved and not used
+    /// go back to the local bucket at once; tokens used beyond the reservation are taken from
+    /// it, and what it does not hold is owed (see the [module](self)). Never refuses; nothing
+    /// happens for a reservation that was refused.
+    pub fn settle(mut self, used: &[u64]) -> Vec<Settled> {
+        let settled = (0..self.limits.len())
+            .map(|index| {
+                let used = used.get(index).copied().unwrap_or(self.reserved(index));
+                self.settle_limit(index, used)
+            })
+            .collect();
+        self.open = false;
+        settled
+    }
+
+    /// Settles every limit at 0: every token reserved goes back.
+    pub fn release(self) {
+        let zeros = vec![0; self.limits.len()];
+        let _ = self.settle(&zeros);
+    }
+
+    /// Settles the limit at `index` at `used`.
+    fn settle_limit(&self, index: usize, used: u64) -> Settled {
+        if !self.open {
+            return Settled::default();
+        }
+        let (Some(decision), Some((user, target, reserved))) =
+            (self.decisions.get(index), self.limits.get(index))
+        else {
+            return Settled::default();
+        };
+        let deadline_ms = self.deadlines.get(index).copied().unwrap_or(0);
+        let (Some(rule), Some(taken)) = (decision.rule(), Taken::of(decision, deadline_ms)) else {
+            // Allowed without a token (the outage policy): nothing to give back or charge.
+            return Settled::default();
+        };
+        let inner = &self.limiter.inner;
+        match used.cmp(reserved) {
+            std::cmp::Ordering::Equal => Settled::default(),
+            std::cmp::Ordering::Less => {
+                let returned = reserved - used;
+                inner.give_back(user, rule.slot, returned, taken);
+                Settled {
+                    returned,
+                    ..Settled::default()
+                }
+            }
+            std::cmp::Ordering::Greater => inner.charge(user, target, rule, used - reserved),
+        }
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if self.open && self.on_drop == OnDrop::Release {
+            for index in 0..self.limits.len() {
+                self.settle_limit(index, 0);
+            }
+        }
+        self.open = false;
+    }
+}
+
+impl Limiter {
+    /// Reserves a request's limits at an estimate of their cost (each [`Limit`]'s cost), all
+    /// or nothing as [`check_all`](Self::check_all) decides them, to be settled later at what
+    /// was used: [`Reservation::settle`]. A refused reservation holds nothing.
+    pub async fn reserve(&self, limits: &[Limit<'_>]) -> Result<Reservation, Error> {
+        let owned: Vec<OwnedLimit> = limits.iter().map(Limit::to_owned_parts).collect();
+        let mut decisions = Decisions::undecided(limits.len());
+        match self.check_all_locally(limits, false, &mut decisions) {
+            0 => Ok(Reservation::new(self.clone(), owned, decisions, Vec::new())),
+            ask => {
+                let granted = self
+                    .check_all_with_source(owned.clone(), decisions, ask, false)
+                    .await?;
+                Ok(Reservation::new(
+                    self.clone(),
+                    owned,
+                    granted.decisions,
+                    granted.deadlines,
+                ))
+            }
+        }
+    }
+}
+
+/// What the reservations of a limiter owe, per (user, rule slot).
+#[derive(Debug, Default)]
+pub(super) struct Debts {
+    /// How many (user, rule) owe: the slow path looks no further while it is 0.
+    count: AtomicUsize,
+    owed: Mutex<HashMap<(Box<str>, u32), Owed>>,
+}
+
+/// A debt: tokens, the target to charge them to, and its rule.
+#[derive(Debug)]
+struct Owed {
+    tokens: u64,
+    target: Target<'static>,
+    rule: RuleSummary,
+}
+
+impl Debts {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(Box<str>, u32), Owed>> {
+        self.owed.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds `tokens` to what (user, slot) owes.
+    fn add(&self, user: &str, rule: RuleSummary, target: &Target<'_>, tokens: u64) {
+        let slot = rule.slot;
+        if tokens == 0 {
+            return;
+        }
+        let mut owed = self.lock();
+        if let Some(debt) = owed.get_mut(&(Box::from(user), slot)) {
+            debt.tokens = debt.tokens.saturating_add(tokens);
+            return;
+        }
+        if owed.len() >= MAX_DEBTS {
+            tracing::warn!(
+                target: "lightrate",
+                tokens,
+                "a reservation's overuse was forgiven: too many users owe already"
+            );
+            return;
+        }
+        owed.insert(
+            (Box::from(user), slot),
+            Owed {
+                tokens,
+                target: target.clone().into_owned(),
+                rule,
+            },
+        );
+        self.count.store(owed.len(), Ordering::Release);
+    }
+
+    /// Takes what (user, slot) owes, to charge it.
+    fn take(&self, user: &str, slot: u32) -> Option<Owed> {
+        if self.count.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        let mut owed = self.lock();
+        let debt = owed.remove(&(Box::from(user), slot));
+        self.count.store(owed.len(), Ordering::Release);
+        debt
+    }
+
+    /// The rule of what `user` owes on `target`, when the request does not know its rule yet
+    /// (it is learned again after `rule_ttl`).
+    pub(super) fn rule_of(&self, user: &str, target: &Target<'_>) -> Option<RuleSummary> {
+        if self.count.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        self.lock()
+            .iter()
+            .find(|((who, _), debt)| &**who == user && debt.target == *target)
+            .map(|(_, debt)| debt.rule)
+    }
+
+    /// What (user, slot) owes.
+    #[cfg(test)]
+    pub(super) fn owed(&self, user: &str, slot: u32) -> u64 {
+        if self.count.load(Ordering::Acquire) == 0 {
+            return 0;
+        }
+        self.lock()
+            .get(&(Box::from(user), slot))
+            .map_or(0, |debt| debt.tokens)
+    }
+}
+
+impl Inner {
+    /// Charges `extra` tokens a reservation used beyond its estimate: from the local bucket of
+    /// (user, rule), as many as it holds; the rest owed.
+    fn charge(&self, user: &str, target: &Target<'_>, rule: RuleSummary, extra: u64) -> Settled {
+        let now_ms = self.clock.now().as_millis();
+        let charged = {
+            let guard = self.buckets.guard();
+            self.buckets
+                .get(user.as_bytes(), rule.slot, &guard)
+                .map_or(0, |bucket| {
+                    let taken = bucket.take_up_to(extra, now_ms);
+                    if taken == extra {
+                        return taken;
+                    }
+                    // An older generation past its deadline is dropped first, then the rest.
+                    self.counters.expired(rule.slot, bucket.drop_stale(now_ms));
+                    taken + bucket.take_up_to(extra - taken, now_ms)
+                })
+        };
+        let owed = extra - charged;
+        self.debts.add(user, rule, target, owed);
+        Settled {
+            returned: 0,
+            charged,
+            owed,
+        }
+    }
+
+    /// The slow path of a request of (user, rule) that owes: the debt charged to the source
+    /// first. `None` when paid (or nothing was owed, or the source could not be asked: the
+    /// request goes on, the debt kept); else the refusal, with the time until the source can
+    /// have the rest and the request's own `cost`, and the denial cache set until then.
+    pub(super) async fn repay(&self, user: &str, rule: RuleSummary, cost: u64) -> Option<Decision> {
+        let debt = self.debts.take(user, rule.slot)?;
+        let answer = match self
+            .call(user, &debt.target, debt.tokens, debt.tokens)
+            .await
+        {
+            Ok(answer) => answer,
+            Err(_) => {
+                self.debts.add(user, rule, &debt.target, debt.tokens);
+                return None;
+            }
+        };
+        let paid = answer.tokens_consumed.min(debt.tokens);
+        self.counters.per_request(rule.slot, paid);
+        let left = debt.tokens - paid;
+        if left == 0 {
+            return None;
+        }
+        self.debts.add(user, rule, &debt.target, left);
+        let remaining = answer.tokens_remaining;
+        let next = next_token(&answer, rule);
+        let retry_after = wait_for(rule, left.saturating_add(cost), remaining, next)
+            .max(Duration::from_millis(1));
+        let now = self.clock.now();
+        {
+            let guard = self.buckets.guard();
+            let bucket = self.bucket(user, rule.slot, now, &guard);
+            let until = now
+                .as_nanos()
+                .saturating_add(duration_to_nanos(retry_after));
+            bucket.set_denied_until(until.saturating_sub(1_000_000).max(1));
+        }
+        Some(Decision::denied(
+            DecisionSource::TokenSource,
+            retry_after,
+            remaining,
+            rule,
+        ))
+    }
+}

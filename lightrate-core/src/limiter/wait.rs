@@ -1,0 +1,246 @@
+//! Waiting instead of refusing: [`Limiter::acquire`], and the queues of the requests that wait
+//! for their tokens.
+//!
+//! A request that its limits refuse, and whose tokens can exist within its wait, joins the
+//! queue of its first limit's (user, target), first come first served. Only the queue's head
+//! is awake: it sleeps (on the limiter's clock) until the refusal's `Retry-After`, which the
+//! rule's refill rate and the source's answers give, then asks again; the others are parked
+//! in the queue's lock, woken one by one as the head before them is served. So waiting costs
+//! no CPU and no calls: the source is asked once per wake of the head, when its tokens should
+//! exist. A request that would have to wait past its wait (the refusal's `Retry-After`, plus
+//! the tokens the requests queued before it need, at the rule's rate) is refused at once with
+//! that time. A waiter that goes away (its future dropped) leaves the queue and takes nothing.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::decision::{Decision, DecisionSource, RuleSummary};
+use super::handle::Limiter;
+use super::reserve::Reservation;
+use super::several::{Decisions, Limit};
+use crate::clock::duration_to_nanos;
+use crate::Error;
+
+/// Whose queue: the user and the target (written out) of a request's first limit.
+type QueueKey = (Box<str>, String);
+
+/// The queues of the requests waiting for their tokens, per (user, target) of their first
+/// limit.
+#[derive(Debug, Default)]
+pub(super) struct Waiting {
+    /// How many queues there are: a request looks no further while it is 0.
+    count: AtomicUsize,
+    queues: Mutex<HashMap<QueueKey, Arc<Queue>>>,
+}
+
+/// One queue.
+#[derive(Debug, Default)]
+struct Queue {
+    /// Held by the head: tokio's mutex serves its waiters first come, first served.
+    turn: tokio::sync::Mutex<()>,
+    /// The tokens the requests in the queue need.
+    tokens: AtomicU64,
+    /// The rule its head was last refused by (its refill rate prices the queue).
+    rule: Mutex<Option<RuleSummary>>,
+}
+
+/// A request's place in a queue: leaves it when dropped.
+struct Place<'a> {
+    waiting: &'a Waiting,
+    key: QueueKey,
+    queue: Arc<Queue>,
+    tokens: u64,
+}
+
+impl Waiting {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<QueueKey, Arc<Queue>>> {
+        self.queues.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether anyone waits on `key`.
+    fn busy(&self, key: &QueueKey) -> bool {
+        self.count.load(Ordering::Acquire) != 0 && self.lock().contains_key(key)
+    }
+
+    /// Joins the queue of `key`, needing `tokens`: the place, and the tokens of those before.
+    fn join(&self, key: QueueKey, tokens: u64) -> (Place<'_>, u64) {
+        let queue = {
+            let mut queues = self.lock();
+            let queue = Arc::clone(queues.entry(key.clone()).or_default());
+            self.count.store(queues.len(), Ordering::Release);
+            queue
+        };
+        let before = queue.tokens.fetch_add(tokens, Ordering::AcqRel);
+        let place = Place {
+            waiting: self,
+            key,
+            queue,
+            tokens,
+        };
+        (place, before)
+    }
+
+    /// How many queues there are (tests).
+    #[cfg(test)]
+    pub(super) fn queues(&self) -> usize {
+        self.lock().len()
+    }
+}
+
+impl Drop for Place<'_> {
+    fn drop(&mut self) {
+        self.queue.tokens.fetch_sub(self.tokens, Ordering::AcqRel);
+        let mut queues = self.waiting.lock();
+        // The map's and this place's: no one else is in the queue.
+        if Arc::strong_count(&self.queue) == 2 {
+            queues.remove(&self.key);
+            self.waiting.count.store(queues.len(), Ordering::Release);
+        }
+    }
+}
+
+impl Limiter {
+    /// Reserves a request's limits as [`reserve`](Self::reserve) does, waiting up to
+    /// `max_wait` for their tokens instead of being refused: first come, first served among
+    /// the requests that wait on the same (user, target) of their first limit. Refused at
+    /// once, without waiting, when the tokens cannot exist within `max_wait`: the refusal's
+    /// `retry_after` is then the time they can.
+    ///
+    /// Cancel-safe: dropped while it waits, it leaves the queue and takes nothing. Waiting
+    /// costs no CPU and no calls to the source: it sleeps on the limiter's clock until the
+    /// tokens should exist (with a little jitter, so that a fleet's waiters do not all ask at
+    /// once), then asks.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use lightrate_core::{EmbeddedSource, Limit, Limiter, RefillRate, RuleSet, Target};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lightrate_core::Error> {
+    /// let rules = RuleSet::builder()
+    ///     .default_rule(RefillRate::per_second(1), 5)
+    ///     .operation("jobs", "^jobs$", RefillRate::per_second(50), 1)
+    ///     .build()?;
+    /// let limiter = Limiter::new(EmbeddedSource::new(rules));
+    /// let limits = [Limit::new("alice", Target::operation("jobs"))];
+    /// for _ in 0..3 {
+    ///     // The burst is 1: the next ones wait about 20 ms each for theirs.
+    ///     let reservation = limiter.acquire(&limits, Duration::from_secs(1)).await?;
+    ///     assert!(reservation.is_allowed());
+    ///     reservation.settle(&[]);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn acquire(
+        &self,
+        limits: &[Limit<'_>],
+        max_wait: Duration,
+    ) -> Result<Reservation, Error> {
+        let Some(first) = limits.first() else {
+            return self.reserve(limits).await;
+        };
+        let key = (Box::from(first.user()), format!("{:?}", first.target()));
+        let clock = &self.inner.clock;
+        let deadline = clock
+            .now()
+            .as_nanos()
+            .saturating_add(duration_to_nanos(max_wait));
+        // Ahead of no one: tried at once. Behind others: it takes its turn, first come first
+        // served, even if tokens exist now (they are the head's).
+        let (mut refused, rule, cost) = if self.inner.waiting.busy(&key) {
+            (None, None, first.cost())
+        } else {
+            let tried = self.reserve(limits).await?;
+            if tried.is_allowed() || max_wait.is_zero() {
+                return Ok(tried);
+            }
+            let Some((index, refusal)) = deciding_refusal(&tried) else {
+                // Not a rate limit (the source is down and the policy refuses): no wait helps.
+                return Ok(tried);
+            };
+            let cost = limits.get(index).map_or(1, Limit::cost);
+            (Some(tried), refusal.rule(), cost)
+        };
+        let (place, before) = self.inner.waiting.join(key, cost);
+        let rule = rule.or_else(|| *lock(&place.queue.rule));
+        if let Some(rule) = rule {
+            *lock(&place.queue.rule) = Some(rule);
+            // What the head waits for, then the tokens of those in between, at the rule's rate.
+            let head = refused
+                .as_ref()
+                .map_or(Duration::ZERO, Reservation::retry_after);
+            let queued = rule.refill_rate.time_for(before).unwrap_or(Duration::MAX);
+            let estimate = head.saturating_add(queued);
+            let now = clock.now().as_nanos();
+            if now.saturating_add(duration_to_nanos(estimate)) > deadline {
+                return Ok(match refused {
+                    Some(refused) => refused.waited(estimate),
+                    None => self.refused_behind(limits, rule, estimate),
+                });
+            }
+        }
+        let _turn = place.queue.turn.lock().await;
+        loop {
+            let tried = match refused.take() {
+                // Refused just now, before it queued: no need to ask again.
+                Some(tried) if before == 0 => tried,
+                _ => self.reserve(limits).await?,
+            };
+            if tried.is_allowed() {
+                return Ok(tried);
+            }
+            let Some((_, refusal)) = deciding_refusal(&tried) else {
+                return Ok(tried);
+            };
+            if let Some(rule) = refusal.rule() {
+                *lock(&place.queue.rule) = Some(rule);
+            }
+            let wait = tried.retry_after().max(Duration::from_millis(1));
+            let now = clock.now().as_nanos();
+            let left = deadline.saturating_sub(now);
+            if duration_to_nanos(wait) > left {
+                return Ok(tried);
+            }
+            // A little jitter (at most 1/32 of the wait, 2 ms), within the deadline.
+            let spare = left - duration_to_nanos(wait);
+            let most = (duration_to_nanos(wait) / 32).min(2_000_000).min(spare);
+            let jitter = Duration::from_nanos(fastrand::u64(0..=most));
+            drop(tried);
+            clock.sleep(wait + jitter).await;
+        }
+    }
+
+    /// The refusal of a request that would wait `estimate` behind the queue of its first
+    /// limit, where it was not tried (the tokens that exist are the queue's head's).
+    fn refused_behind(
+        &self,
+        limits: &[Limit<'_>],
+        rule: RuleSummary,
+        estimate: Duration,
+    ) -> Reservation {
+        let mut decisions = Decisions::undecided(limits.len());
+        decisions.set(
+            0,
+            Decision::denied(DecisionSource::LocalBucket, estimate, 0, rule),
+        );
+        let owned = limits.iter().map(Limit::to_owned_parts).collect();
+        Reservation::new(self.clone(), owned, decisions, Vec::new())
+    }
+}
+
+/// The refusal that speaks for a refused reservation, with its limit's place; `None` when it
+/// is not a rate limit's (the outage policy).
+fn deciding_refusal(reservation: &Reservation) -> Option<(usize, Decision)> {
+    reservation
+        .decisions()
+        .refusing()
+        .filter(|(_, d)| d.rule().is_some() && d.unavailable_kind().is_none())
+        .max_by_key(|(_, d)| d.retry_after())
+        .map(|(index, d)| (index, *d))
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
