@@ -15,6 +15,8 @@
 //! | `POST /emails` | operation `send_email` | `{"sent": true}` |
 //! | `GET /search` | the user's `search_per_second` AND `search_per_day` | `{"results": []}` |
 //! | `GET /reports` | the user's path rule `^/reports` AND the organisation's `org_reports` (`x-org-id`) | `{"org": "<org>"}` |
+//! | `POST /completions` | the user's `llm_requests` AND `llm_tokens`: `x-max-tokens` (1..=1000) reserved, settled at the use (`x-use-tokens`, default `x-max-tokens`); `x-fail: 1` answers 500 (settled at 0), `x-sleep-ms: N` holds it | `{"usage": {"total_tokens": U}}` |
+//! | `POST /jobs` | the user's `jobs`; over the limit, waits up to 2 s for its token | `{"queued": true}` |
 //! | `GET /export?ms=N` | at most 2 requests of a user in flight (across every process on one Redis with `LIGHTRATE_REDIS_URL`) | `{"exported": true}` after N ms |
 //! | `GET /healthz` | not limited | `ok` |
 //! | `GET /metrics` | not limited | Prometheus text (`lightrate_` metrics) |
@@ -36,12 +38,14 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use axum::extract::{ConnectInfo, Path, Query};
-use axum::http::{HeaderMap, HeaderName, Method};
+use axum::http::{HeaderMap, HeaderName, Method, StatusCode};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use lightrate::tower::{Identify, LightRateLayer, MissingIdentifier, Mode, Operation, RouteLimit};
+use lightrate::tower::{
+    Identify, LightRateLayer, MissingIdentifier, Mode, Operation, RouteLimit, Used,
+};
 use lightrate::{EnvSource, InFlight, Limiter, RuleSet};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde_json::{json, Value};
@@ -58,6 +62,15 @@ pub const EXPORTS_IN_FLIGHT: u32 = 2;
 
 /// The longest an `/export` request is held (`?ms=`).
 const MAX_EXPORT_MS: u64 = 10_000;
+
+/// The most tokens a `/completions` request may reserve (`x-max-tokens`).
+const MAX_COMPLETION_TOKENS: u64 = 1_000;
+
+/// The most tokens a `/completions` request may say it used (`x-use-tokens`).
+const MAX_USED_TOKENS: u64 = 100_000;
+
+/// How long a `/jobs` request over its limit may wait for its token.
+pub const JOBS_WAIT: Duration = Duration::from_secs(2);
 
 /// `/export`'s query: how long to hold the request.
 #[derive(serde::Deserialize)]
@@ -125,6 +138,14 @@ pub fn app_with(limiter: Limiter, mode: Mode, exports: InFlight) -> Router {
         RouteLimit::request(),
         RouteLimit::operation("org_reports").identify(Identify::header(ORG_HEADER)),
     ];
+    // The tokens of an LLM call: `x-max-tokens` reserved, settled at what the handler used.
+    let completions_limits = [
+        RouteLimit::operation("llm_requests"),
+        RouteLimit::operation("llm_tokens")
+            .cost_from(|req| max_tokens(req.headers.get("x-max-tokens")))
+            .settled(),
+    ];
+    let jobs_limits = [RouteLimit::operation("jobs").wait_up_to(JOBS_WAIT)];
     Router::new()
         .route(
             "/hello",
@@ -137,6 +158,18 @@ pub fn app_with(limiter: Limiter, mode: Mode, exports: InFlight) -> Router {
         .route(
             "/reports",
             get(reports).layer(rate_limit.limits_for(Method::GET, "/reports", reports_limits)),
+        )
+        .route(
+            "/completions",
+            post(completions).layer(rate_limit.limits_for(
+                Method::POST,
+                "/completions",
+                completions_limits,
+            )),
+        )
+        .route(
+            "/jobs",
+            post(jobs).layer(rate_limit.limits_for(Method::POST, "/jobs", jobs_limits)),
         )
         .route(
             "/export",
@@ -181,6 +214,70 @@ async fn export(Query(query): Query<ExportQuery>) -> Json<Value> {
     let ms = query.ms.unwrap_or(0).min(MAX_EXPORT_MS);
     tokio::time::sleep(Duration::from_millis(ms)).await;
     Json(json!({ "exported": true }))
+}
+
+/// The tokens a `/completions` request reserves: its `x-max-tokens`, 1..=1000.
+fn max_tokens(header: Option<&axum::http::HeaderValue>) -> Result<u64, String> {
+    let raw = header.ok_or("x-max-tokens is missing")?;
+    let tokens: u64 = raw
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or("x-max-tokens must be a whole number")?;
+    if (1..=MAX_COMPLETION_TOKENS).contains(&tokens) {
+        Ok(tokens)
+    } else {
+        Err(format!("x-max-tokens must be 1..={MAX_COMPLETION_TOKENS}"))
+    }
+}
+
+/// A header's whole number, at most `most`: `None` when absent, `Err` when unusable.
+fn number(headers: &HeaderMap, name: &str, most: u64) -> Result<Option<u64>, String> {
+    let Some(raw) = headers.get(name) else {
+        return Ok(None);
+    };
+    raw.to_str()
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .filter(|n| *n <= most)
+        .map(Some)
+        .ok_or_else(|| format!("{name} must be a whole number, 0..={most}"))
+}
+
+/// `/completions`: uses `x-use-tokens` tokens (default `x-max-tokens`) after `x-sleep-ms`, and
+/// says so in its answer and to the rate limiter ([`Used`]); `x-fail: 1` answers 500.
+async fn completions(headers: HeaderMap) -> (StatusCode, Extension<Used>, Json<Value>) {
+    let read = number(&headers, "x-max-tokens", MAX_COMPLETION_TOKENS)
+        .and_then(|max| {
+            Ok((
+                max.unwrap_or(0),
+                number(&headers, "x-use-tokens", MAX_USED_TOKENS)?,
+            ))
+        })
+        .and_then(|(max, used)| Ok((max, used, number(&headers, "x-sleep-ms", MAX_EXPORT_MS)?)));
+    let (max, used, sleep_ms) = match read {
+        Ok(read) => read,
+        Err(message) => {
+            let body = json!({ "error": "bad_request", "message": message });
+            return (StatusCode::BAD_REQUEST, Extension(Used(0)), Json(body));
+        }
+    };
+    tokio::time::sleep(Duration::from_millis(sleep_ms.unwrap_or(0))).await;
+    if headers.get("x-fail").is_some_and(|v| v == "1") {
+        let body = json!({ "error": "upstream_failed" });
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Extension(Used(0)),
+            Json(body),
+        );
+    }
+    let used = used.unwrap_or(max);
+    let body = json!({ "usage": { "total_tokens": used } });
+    (StatusCode::OK, Extension(Used(used)), Json(body))
+}
+
+async fn jobs() -> Json<Value> {
+    Json(json!({ "queued": true }))
 }
 
 async fn search() -> Json<Value> {

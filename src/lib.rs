@@ -37,6 +37,8 @@ pub use lightrate_core::{
     LimiterBuilder, OnUnavailable, RuleSummary, Stats, DEFAULT_LEASE_SIZE,
     DEFAULT_MAX_LOCAL_BUCKETS, DEFAULT_TOKEN_HORIZON, INLINE_LIMITS, MAX_LEASE_SIZE,
 };
+// Reserve, then settle.
+pub use lightrate_core::{OnDrop, Reservation, Settled};
 // Where tokens come from, and the protocol they speak.
 pub use lightrate_core::{
     ConsumeRequest, ConsumeTokensResponse, EmbeddedSource, EmbeddedStats, RefillRate, Rule,
@@ -49,7 +51,7 @@ pub use lightrate_core::{
     DEFAULT_IN_FLIGHT_NAME, IN_FLIGHT_RETRY_AFTER,
 };
 // Time, and errors.
-pub use lightrate_core::{Clock, Error, ErrorKind, ManualClock, SystemClock, Timestamp};
+pub use lightrate_core::{Clock, Error, ErrorKind, ManualClock, Sleep, SystemClock, Timestamp};
 // The LightRate API client.
 #[cfg(feature = "client")]
 pub use lightrate_core::{
@@ -92,7 +94,7 @@ pub use lightrate_core::metrics;
 pub mod tower {
     pub use lightrate_tower::{
         Identify, InvalidIdentifier, LightRateLayer, LightRateService, MissingIdentifier, Mode,
-        Operation, PathTarget, RateLimitHeaders, Rejection, ResponseFuture, RouteLimit,
+        Operation, PathTarget, RateLimitHeaders, Rejection, ResponseFuture, RouteLimit, Used,
         MAX_REQUEST_IDENTIFIER_BYTES,
     };
 }
@@ -125,7 +127,7 @@ pub mod tower {
 pub mod actix {
     pub use lightrate_actix::{
         Identify, InvalidIdentifier, LightRate, LightRateMiddleware, MissingIdentifier, Mode,
-        Operation, PathTarget, RateLimitHeaders, Rejection, ResponseFuture, RouteLimit,
+        Operation, PathTarget, RateLimitHeaders, Rejection, ResponseFuture, RouteLimit, Used,
         MAX_REQUEST_IDENTIFIER_BYTES,
     };
 }

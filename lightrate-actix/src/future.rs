@@ -10,6 +10,7 @@ use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse};
 use actix_web::HttpMessage;
 use lightrate_core::web::adapter::{Stage, Verdict};
+use lightrate_core::web::Used;
 use pin_project_lite::pin_project;
 
 use crate::convert::{append_headers, to_actix_response};
@@ -67,7 +68,15 @@ where
                     Stage::answer(Box::new(req.into_response(to_actix_response(*answer))))
                 }
             },
-            |output, headers| {
+            |output, after| {
+                let Some(after) = after else {
+                    return output.map(ServiceResponse::map_into_boxed_body);
+                };
+                let head = output.as_ref().ok().map(|response| {
+                    let used = response.response().extensions().get::<Used>().copied();
+                    (response.status().as_u16(), used)
+                });
+                let headers = after.finish(head);
                 output.map(|mut response| {
                     if let Some(headers) = headers {
                         append_headers(response.headers_mut(), *headers);

@@ -8,6 +8,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http::{Request, Response};
 use lightrate_core::web::adapter::{Stage, Verdict};
+use lightrate_core::web::Used;
 use pin_project_lite::pin_project;
 use tower::Service;
 
@@ -63,12 +64,19 @@ where
                 }
                 Verdict::Refused(answer) => Stage::answer(answer),
             },
-            |output, headers| match headers {
-                None => output,
-                Some(fields) => output.map(|mut response| {
-                    response.headers_mut().extend(*fields);
-                    response
-                }),
+            |output, after| {
+                let Some(after) = after else { return output };
+                let head = output.as_ref().ok().map(|response| {
+                    let used = response.extensions().get::<Used>().copied();
+                    (response.status().as_u16(), used)
+                });
+                match after.finish(head) {
+                    None => output,
+                    Some(fields) => output.map(|mut response| {
+                        response.headers_mut().extend(*fields);
+                        response
+                    }),
+                }
             },
             |answer| match answer {
                 Some(answer) => Ok(answer.map(ResBody::from)),

@@ -5,6 +5,7 @@
 mod actix;
 mod auth;
 mod axum;
+mod cost;
 mod examples;
 mod hot_key;
 mod secrets;

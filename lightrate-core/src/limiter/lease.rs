@@ -325,8 +325,18 @@ impl Lease {
             return None;
         }
         if granted < asked {
-            // The source had less than was asked: nothing for these.
+            // The source had less than was asked: nothing more for these. But what the bucket
+            // held already, with this grant, may be enough for some (a request costing more
+            // than either alone: a reservation's unused tokens came back to the bucket, say):
+            // those go round again and take them (without a call, unless others took them
+            // first).
+            let mut held = tokens_left;
             for waiter in unserved {
+                if waiter.cost <= held {
+                    held -= waiter.cost;
+                    let _ = waiter.reply.send(Answer::Again);
+                    continue;
+                }
                 let retry_after = wait_for(rule, waiter.cost, remaining, next);
                 let _ = waiter.reply.send(Answer::Denied {
                     rule,

@@ -127,6 +127,16 @@ impl Reservation {
         }
     }
 
+    /// Its decisions and the deadlines of the leases that granted some, for a caller that
+    /// keeps what it took (the middleware, which settles it later): it holds nothing after.
+    pub(crate) fn into_parts(mut self) -> (Decisions, Vec<u64>) {
+        self.open = false;
+        (
+            std::mem::replace(&mut self.decisions, Decisions::undecided(0)),
+            std::mem::take(&mut self.deadlines),
+        )
+    }
+
     /// The decision of every limit, as [`Limiter::check_all`] gives it.
     pub fn decisions(&self) -> &Decisions {
         &self.decisions
@@ -350,7 +360,11 @@ impl Inner {
                     }
                     // An older generation past its deadline is dropped first, then the rest.
                     self.counters.expired(rule.slot, bucket.drop_stale(now_ms));
-                    taken + bucket.take_up_to(extra - taken, now_ms)
+                    let taken = taken + bucket.take_up_to(extra - taken, now_ms);
+                    // Something is owed: the next request asks the source (which the denial
+                    // cache would spare it), to pay, and to learn for how long it must wait.
+                    bucket.set_denied_until(0);
+                    taken
                 })
         };
         let owed = extra - charged;

@@ -167,12 +167,17 @@ impl Limiter {
         let rule = rule.or_else(|| *lock(&place.queue.rule));
         if let Some(rule) = rule {
             *lock(&place.queue.rule) = Some(rule);
-            // What the head waits for, then the tokens of those in between, at the rule's rate.
-            let head = refused
-                .as_ref()
-                .map_or(Duration::ZERO, Reservation::retry_after);
-            let queued = rule.refill_rate.time_for(before).unwrap_or(Duration::MAX);
-            let estimate = head.saturating_add(queued);
+            // What it waits for itself (tried now), then the tokens of those before it, at the
+            // rule's rate; not tried (the queue was busy), the time for all of them and its own.
+            let rate = rule.refill_rate;
+            let estimate = match &refused {
+                Some(tried) => tried
+                    .retry_after()
+                    .saturating_add(rate.time_for(before).unwrap_or(Duration::MAX)),
+                None => rate
+                    .time_for(before.saturating_add(cost))
+                    .unwrap_or(Duration::MAX),
+            };
             let now = clock.now().as_nanos();
             if now.saturating_add(duration_to_nanos(estimate)) > deadline {
                 return Ok(match refused {
@@ -199,7 +204,12 @@ impl Limiter {
             }
             let wait = tried.retry_after().max(Duration::from_millis(1));
             let now = clock.now().as_nanos();
-            let left = deadline.saturating_sub(now);
+            // Once in the queue, a waiter whose tokens come a little late (those before it woke
+            // a little after theirs, and a bucket that was full meanwhile lost some refill) is
+            // served up to a sixteenth of its wait late rather than refused after waiting.
+            let left = deadline
+                .saturating_add(duration_to_nanos(max_wait) / 16)
+                .saturating_sub(now);
             if duration_to_nanos(wait) > left {
                 return Ok(tried);
             }

@@ -72,6 +72,7 @@ impl<V: RequestView> RequestPolicy<V> {
                 decisions: None,
                 charges: Vec::new(),
                 slots: Vec::new(),
+                settle: None,
             }),
             None => Verdict::Refused(self.refuse(&decision, grpc)),
         }

@@ -3,11 +3,12 @@
 
 use std::borrow::Cow;
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::family::Charge;
 use super::identifier::{client_ip, validate_identifier};
 use super::identify::{Identify, Kind, MissingIdentifier};
-use super::plan::{Allowed, Plan, Verdict};
+use super::plan::{Allowed, Plan, Settle, Verdict};
 use super::policy::RequestPolicy;
 use super::rejection::Rejection;
 use super::route_limit::{LimitTarget, RouteLimit};
@@ -15,7 +16,8 @@ use super::shadow::Mode;
 use super::view::RequestView;
 use crate::limiter::{GrantedDecisions, Taken};
 use crate::{
-    Acquired, Decision, DecisionSource, Decisions, Error, InFlight, InFlightSlot, Limit, Target,
+    Acquired, Decision, DecisionSource, Decisions, Error, InFlight, InFlightSlot, Limit,
+    Reservation, Target,
 };
 
 /// A limit of one request, owned: its identifier, target and cost.
@@ -23,6 +25,25 @@ type Owned = (Box<str>, Target<'static>, u64);
 
 /// The in-flight caps of one request, with their identifiers.
 type Caps = Vec<(InFlight, Box<str>)>;
+
+/// What a request's limits ask beyond their decision: which are settled at the response's
+/// use, and how long the request may wait for its tokens.
+#[derive(Clone, Copy, Debug, Default)]
+struct Terms {
+    /// The limits settled at the response's use (a bit each).
+    settle: u64,
+    /// Whether their 5xx answers are settled as any other (else at 0).
+    charge_server_errors: bool,
+    /// The longest wait among the limits.
+    wait: Duration,
+}
+
+/// A request's limits, identified: owned, its in-flight caps, and their terms.
+struct Identified {
+    owned: Vec<Owned>,
+    caps: Caps,
+    terms: Terms,
+}
 
 /// What taking a request's in-flight slots came to.
 enum Slots {
@@ -44,7 +65,7 @@ impl<V: RequestView> RequestPolicy<V> {
         target: &Target<'_>,
         cost: u64,
     ) -> Plan {
-        let (owned, caps) = match self.identify_limits(req, limits, target, cost) {
+        let identified = match self.identify_limits(req, limits, target, cost) {
             Ok(Some(identified)) => identified,
             // Not limited: shadow mode let an unusable identifier through, or no address.
             Ok(None) => {
@@ -54,19 +75,27 @@ impl<V: RequestView> RequestPolicy<V> {
             Err(plan) => return plan,
         };
         let shadow = self.options.mode == Mode::Shadow;
-        let mut decisions = Decisions::undecided(owned.len());
+        let mut decisions = Decisions::undecided(identified.owned.len());
         let ask = {
-            let borrowed: Vec<Limit<'_>> = owned
-                .iter()
-                .map(|(user, target, cost)| Limit::new(user, target.clone()).with_cost(*cost))
-                .collect();
+            let borrowed = borrow(&identified.owned);
             self.limiter
                 .check_all_locally(&borrowed, shadow, &mut decisions)
         };
         let grpc = V::is_grpc(req);
         if ask != 0 {
-            return self.check_limits(req, owned, caps, (decisions, ask), shadow, grpc);
+            return self.check_limits(req, identified, (decisions, ask), shadow, grpc);
         }
+        if !decisions.is_allowed() && identified.terms.wait > Duration::ZERO && !shadow {
+            // Refused now, it may wait for its tokens (given back by the local phase).
+            let policy = Arc::clone(self);
+            let foreign = V::with_extensions(req, |e| self.family.before_source::<V>(e));
+            return Plan::Check(Box::pin(async move {
+                let verdict = policy.wait_for_tokens(identified, grpc).await;
+                refused_after_source(&verdict, foreign);
+                verdict
+            }));
+        }
+        let Identified { owned, caps, terms } = identified;
         let slots = if caps.is_empty() || !decisions.is_allowed() {
             Slots::Held(Vec::new())
         } else {
@@ -76,20 +105,39 @@ impl<V: RequestView> RequestPolicy<V> {
                 None => {
                     let policy = Arc::clone(self);
                     let foreign = V::with_extensions(req, |e| self.family.before_source::<V>(e));
+                    let identified = Identified { owned, caps, terms };
                     return Plan::Check(Box::pin(async move {
-                        let verdict = policy.with_slots(decisions, &[], &owned, &caps, grpc).await;
+                        let verdict = policy.with_slots(decisions, &[], &identified, grpc).await;
                         refused_after_source(&verdict, foreign);
                         verdict
                     }));
                 }
             }
         };
-        match self.verdict_all((decisions, &[]), &owned, slots, grpc) {
+        match self.verdict_all((decisions, &[]), &owned, slots, terms, grpc) {
             Verdict::Allowed(allowed) => Plan::Call(allowed.mark_request::<V>(req)),
             Verdict::Refused(answer) => {
                 V::with_extensions(req, |e| self.family.refused::<V>(e));
                 Plan::Refused(answer)
             }
+        }
+    }
+
+    /// The verdict of a request its limits refused, that may wait for its tokens: it waits
+    /// (first come, first served) up to its longest wait, or is refused at once when they
+    /// cannot come within it.
+    async fn wait_for_tokens(&self, identified: Identified, grpc: bool) -> Verdict {
+        let acquired = {
+            let borrowed = borrow(&identified.owned);
+            self.limiter.acquire(&borrowed, identified.terms.wait).await
+        };
+        match acquired {
+            Ok(reservation) => {
+                let (decisions, deadlines) = reservation.into_parts();
+                self.with_slots(decisions, &deadlines, &identified, grpc)
+                    .await
+            }
+            Err(error) => self.settle(Err(error), grpc),
         }
     }
 
@@ -99,16 +147,15 @@ impl<V: RequestView> RequestPolicy<V> {
     fn check_limits(
         self: &Arc<Self>,
         req: &V::Request,
-        owned: Vec<Owned>,
-        caps: Caps,
+        identified: Identified,
         (decisions, ask): (Decisions, u64),
         shadow: bool,
         grpc: bool,
     ) -> Plan {
         let foreign = V::with_extensions(req, |e| self.family.before_source::<V>(e));
-        let check = self
-            .limiter
-            .check_all_with_source(owned.clone(), decisions, ask, shadow);
+        let check =
+            self.limiter
+                .check_all_with_source(identified.owned.clone(), decisions, ask, shadow);
         let policy = Arc::clone(self);
         Plan::Check(Box::pin(async move {
             let verdict = match check.await {
@@ -117,9 +164,14 @@ impl<V: RequestView> RequestPolicy<V> {
                         decisions,
                         deadlines,
                     } = granted;
-                    policy
-                        .with_slots(decisions, &deadlines, &owned, &caps, grpc)
-                        .await
+                    let waits = identified.terms.wait > Duration::ZERO && !shadow;
+                    if !decisions.is_allowed() && waits {
+                        policy.wait_for_tokens(identified, grpc).await
+                    } else {
+                        policy
+                            .with_slots(decisions, &deadlines, &identified, grpc)
+                            .await
+                    }
                 }
                 Err(error) => policy.settle(Err(error), grpc),
             };
@@ -134,20 +186,20 @@ impl<V: RequestView> RequestPolicy<V> {
         &self,
         decisions: Decisions,
         deadlines: &[u64],
-        owned: &[Owned],
-        caps: &Caps,
+        identified: &Identified,
         grpc: bool,
     ) -> Verdict {
+        let Identified { owned, caps, terms } = identified;
         let taken = (decisions, deadlines);
         if caps.is_empty() || !taken.0.is_allowed() {
-            return self.verdict_all(taken, owned, Slots::Held(Vec::new()), grpc);
+            return self.verdict_all(taken, owned, Slots::Held(Vec::new()), *terms, grpc);
         }
         match acquire_slots(caps).await {
-            Ok(slots) => self.verdict_all(taken, owned, slots, grpc),
+            Ok(slots) => self.verdict_all(taken, owned, slots, *terms, grpc),
             Err(error) => match self.limiter.on_unavailable() {
                 // Through without the cap's slot.
                 crate::OnUnavailable::Allow => {
-                    self.verdict_all(taken, owned, Slots::Held(Vec::new()), grpc)
+                    self.verdict_all(taken, owned, Slots::Held(Vec::new()), *terms, grpc)
                 }
                 _ => {
                     self.give_back_decisions(&taken.0, taken.1, owned);
@@ -171,28 +223,25 @@ impl<V: RequestView> RequestPolicy<V> {
         }
     }
 
-    /// Every limit's identifier (validated), target and cost; `Ok(None)` when the request is
-    /// not limited; `Err` with the answer when an identifier is missing or unusable.
+    /// Every limit's identifier (validated), target and cost, and their terms; `Ok(None)`
+    /// when the request is not limited; `Err` with the answer when an identifier is missing
+    /// or unusable, or a cost unreadable.
     fn identify_limits(
         &self,
         req: &V::Request,
         limits: &[RouteLimit<V>],
         target: &Target<'_>,
         cost: u64,
-    ) -> Result<Option<(Vec<Owned>, Caps)>, Plan> {
+    ) -> Result<Option<Identified>, Plan> {
         let mut owned = Vec::with_capacity(limits.len());
         let mut caps = Vec::new();
+        let mut terms = Terms::default();
         for limit in limits {
             let own = limit.identify.is_none();
             let identify = limit.identify.as_ref().unwrap_or(&self.options.identify);
             let found: Option<Cow<'_, str>> = match self.identifier(req, identify, own) {
                 Ok(found) => found,
-                Err(rejection) => {
-                    return match self.refuse_unidentified(rejection, req) {
-                        Ok(()) => Ok(None),
-                        Err(plan) => Err(plan),
-                    }
-                }
+                Err(rejection) => return self.refuse_unidentified(rejection, req).map(|()| None),
             };
             let Some(user) = found else {
                 return Ok(None);
@@ -209,13 +258,24 @@ impl<V: RequestView> RequestPolicy<V> {
                     None => (target.clone().into_owned(), cost),
                 },
             };
-            owned.push((
-                Box::from(&*user),
-                limit_target,
-                limit.cost.unwrap_or(limit_cost),
-            ));
+            let limit_cost = match &limit.cost_from {
+                None => limit.cost.unwrap_or(limit_cost),
+                Some(read) => match read(req) {
+                    Ok(read) => read.max(1),
+                    Err(why) => {
+                        let rejection = Rejection::InvalidCost(why);
+                        return self.refuse_unidentified(rejection, req).map(|()| None);
+                    }
+                },
+            };
+            if limit.settled {
+                terms.settle |= 1 << owned.len().min(63);
+                terms.charge_server_errors |= limit.charge_server_errors;
+            }
+            terms.wait = terms.wait.max(limit.wait);
+            owned.push((Box::from(&*user), limit_target, limit_cost));
         }
-        Ok(Some((owned, caps)))
+        Ok(Some(Identified { owned, caps, terms }))
     }
 
     /// The identifier `identify` finds in `req`, validated: `Ok(None)` when the request is not
@@ -265,6 +325,7 @@ impl<V: RequestView> RequestPolicy<V> {
         (decisions, deadlines): (Decisions, &[u64]),
         owned: &[Owned],
         slots: Slots,
+        terms: Terms,
         grpc: bool,
     ) -> Verdict {
         let enforce = self.options.mode != Mode::Shadow;
@@ -292,6 +353,18 @@ impl<V: RequestView> RequestPolicy<V> {
             Vec::new()
         };
         let deciding = decisions.deciding().copied();
+        let settle = (terms.settle != 0 && decisions.is_allowed()).then(|| {
+            Box::new(Settle {
+                reservation: Reservation::new(
+                    self.limiter.clone(),
+                    owned.to_vec(),
+                    decisions.clone(),
+                    deadlines.to_vec(),
+                ),
+                by_response: terms.settle,
+                charge_server_errors: terms.charge_server_errors,
+            })
+        });
         let headers = match self.options.headers {
             super::RateLimitHeaders::Always => Some(Box::new(self.fields_of(&decisions))),
             _ => None,
@@ -304,6 +377,7 @@ impl<V: RequestView> RequestPolicy<V> {
             decisions: self.options.insert_decision.then(|| Box::new(decisions)),
             charges,
             slots,
+            settle,
         })
     }
 
@@ -395,6 +469,14 @@ impl<V: RequestView> RequestPolicy<V> {
         super::rejection::write_all_rate_limit_headers(&mut fields, &limits);
         fields
     }
+}
+
+/// A request's owned limits, borrowed as the limiter takes them.
+fn borrow(owned: &[Owned]) -> Vec<Limit<'_>> {
+    owned
+        .iter()
+        .map(|(user, target, cost)| Limit::new(user, target.clone()).with_cost(*cost))
+        .collect()
 }
 
 /// A request's in-flight slots taken in this process: `None` when a cap is shared (its

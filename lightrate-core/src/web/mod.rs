@@ -39,6 +39,7 @@ mod view;
 pub use identifier::{InvalidIdentifier, MAX_REQUEST_IDENTIFIER_BYTES};
 pub use identify::{Identify, MissingIdentifier};
 pub use operations::{Operation, PathTarget};
+pub use plan::Used;
 pub use rejection::{RateLimitHeaders, Rejection};
 pub use route_limit::RouteLimit;
 pub use shadow::Mode;

@@ -24,14 +24,42 @@ use crate::ip::IpText;
 use crate::limiter::{IpProbe, PathProbe, Probe, Taken};
 use crate::{Decision, Decisions, Target};
 
+/// What a handler puts in its response's extensions to say how many tokens its request used,
+/// for a limit declared [`settled`](super::RouteLimit::settled): the reservation is settled at
+/// it.
+///
+/// ```
+/// use axum::{http::StatusCode, Extension, Json};
+/// use lightrate::tower::Used;
+///
+/// async fn completions() -> (Extension<Used>, Json<serde_json::Value>) {
+///     let total_tokens = 120;
+///     (Extension(Used(total_tokens)), Json(serde_json::json!({"usage": {"total_tokens": total_tokens}})))
+/// }
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Used(pub u64);
+
 /// What an allowed request's response gets once the inner service has answered: the IETF
-/// fields to add, and the in-flight slots its limits hold until then (released when the
-/// response is ready, or when the request is dropped: the client went away, a timeout, a
-/// panic).
+/// fields to add, the in-flight slots its limits hold until then, and the reservation of its
+/// [`settled`](super::RouteLimit::settled) limits (released, or settled, when the response is
+/// ready; dropped with the request, when the client went away, a timeout, a panic: the slots
+/// are released and the reservation charged in full).
 #[derive(Debug, Default)]
 pub struct After {
     headers: Option<Box<HeaderMap>>,
     slots: Vec<crate::InFlightSlot>,
+    settle: Option<Box<Settle>>,
+}
+
+/// The reservation of a request's settled limits.
+#[derive(Debug)]
+pub(super) struct Settle {
+    pub(super) reservation: crate::Reservation,
+    /// The limits settled at the response's [`Used`] (a bit each); the others at their cost.
+    pub(super) by_response: u64,
+    /// Whether a 5xx answer is settled as any other (else at 0).
+    pub(super) charge_server_errors: bool,
 }
 
 impl After {
@@ -39,15 +67,57 @@ impl After {
     pub(super) fn of(
         headers: Option<Box<HeaderMap>>,
         slots: Vec<crate::InFlightSlot>,
+        settle: Option<Box<Settle>>,
     ) -> Option<Box<After>> {
-        (headers.is_some() || !slots.is_empty()).then(|| Box::new(After { headers, slots }))
+        (headers.is_some() || !slots.is_empty() || settle.is_some()).then(|| {
+            Box::new(After {
+                headers,
+                slots,
+                settle,
+            })
+        })
     }
 
-    /// The inner service answered: the slots are released, and the fields to add returned.
-    pub(super) fn finish(self) -> Option<Box<HeaderMap>> {
-        let After { headers, slots } = self;
+    /// The inner service answered, with its response's status and the [`Used`] its handler
+    /// put in it (`None`: it failed without a response, settled as a 5xx): the slots are
+    /// released, the reservation settled, and the fields to add returned.
+    pub fn finish(self, response: Option<(u16, Option<Used>)>) -> Option<Box<HeaderMap>> {
+        let After {
+            headers,
+            slots,
+            settle,
+        } = self;
         drop(slots);
+        if let Some(settle) = settle {
+            settle.at(response);
+        }
         headers
+    }
+}
+
+impl Settle {
+    /// Settles the reservation at what the response says.
+    fn at(self: Box<Self>, response: Option<(u16, Option<Used>)>) {
+        let Settle {
+            reservation,
+            by_response,
+            charge_server_errors,
+        } = *self;
+        let failed = response.is_none_or(|(status, _)| status >= 500) && !charge_server_errors;
+        let used = response.and_then(|(_, used)| used);
+        let settled: Vec<u64> = (0..reservation.decisions().len())
+            .map(|index| {
+                let reserved = reservation.reserved(index);
+                if by_response & (1 << index.min(63)) == 0 {
+                    reserved
+                } else if failed {
+                    0
+                } else {
+                    used.map_or(reserved, |Used(used)| used)
+                }
+            })
+            .collect();
+        let _ = reservation.settle(&settled);
     }
 }
 
@@ -117,6 +187,8 @@ pub struct Allowed {
     pub(super) charges: Vec<Charge>,
     /// In-flight slots it holds until its response is ready.
     pub(super) slots: Vec<crate::InFlightSlot>,
+    /// The reservation of its settled limits, settled when its response is ready.
+    pub(super) settle: Option<Box<Settle>>,
 }
 
 impl Allowed {
@@ -139,7 +211,7 @@ impl Allowed {
                 V::insert(extensions, *decisions);
             }
         }
-        After::of(self.headers, self.slots)
+        After::of(self.headers, self.slots, self.settle)
     }
 
     /// [`mark`](Self::mark), on the request.
@@ -159,7 +231,7 @@ impl Allowed {
                 V::insert_into(req, *decisions);
             }
         }
-        After::of(self.headers, self.slots)
+        After::of(self.headers, self.slots, self.settle)
     }
 }
 
@@ -328,7 +400,7 @@ impl<V: RequestView> RequestPolicy<V> {
         match self.admit(decision) {
             Some(headers) => {
                 self.mark::<V>(req, decision, charge);
-                Plan::Call(After::of(headers, Vec::new()))
+                Plan::Call(After::of(headers, Vec::new(), None))
             }
             None => {
                 V::with_extensions(req, |e| self.family.refused::<V>(e));

@@ -49,6 +49,9 @@ pub enum Rejection {
     InvalidIdentifier(InvalidIdentifier),
     /// There is no user identifier and the policy is to reject: 400.
     MissingIdentifier,
+    /// The request does not say its cost usably (a limit's
+    /// [`cost_from`](super::RouteLimit::cost_from) refused it, with this message): 400.
+    InvalidCost(String),
 }
 
 impl Rejection {
@@ -81,9 +84,9 @@ impl Rejection {
         match self {
             Rejection::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Rejection::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            Rejection::InvalidIdentifier(_) | Rejection::MissingIdentifier => {
-                StatusCode::BAD_REQUEST
-            }
+            Rejection::InvalidIdentifier(_)
+            | Rejection::MissingIdentifier
+            | Rejection::InvalidCost(_) => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -150,6 +153,10 @@ impl Rejection {
                 }),
                 None,
             ),
+            Rejection::InvalidCost(why) => (
+                serde_json::json!({"error": "invalid_cost", "message": why}),
+                None,
+            ),
         };
         let mut response = Response::new(Bytes::from(body.to_string()));
         *response.status_mut() = self.status();
@@ -191,9 +198,9 @@ impl Rejection {
         match self {
             Rejection::RateLimited { .. } => grpc_status::RESOURCE_EXHAUSTED,
             Rejection::Unavailable { .. } => grpc_status::UNAVAILABLE,
-            Rejection::InvalidIdentifier(_) | Rejection::MissingIdentifier => {
-                grpc_status::INVALID_ARGUMENT
-            }
+            Rejection::InvalidIdentifier(_)
+            | Rejection::MissingIdentifier
+            | Rejection::InvalidCost(_) => grpc_status::INVALID_ARGUMENT,
         }
     }
 
@@ -240,6 +247,7 @@ impl Rejection {
             ),
             Rejection::InvalidIdentifier(why) => (why.to_string(), None),
             Rejection::MissingIdentifier => ("this method needs a user identifier".into(), None),
+            Rejection::InvalidCost(why) => (why.clone(), None),
         };
         let mut response = Response::new(Bytes::new());
         let h = response.headers_mut();

@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::identify::Identify;
 use super::operations::Operation;
@@ -11,6 +12,9 @@ use crate::InFlight;
 
 pub(super) type PlanFn<V> =
     dyn Fn(&<V as RequestView>::Request, &str) -> Option<Operation> + Send + Sync;
+
+pub(super) type CostFn<V> =
+    dyn Fn(&<V as RequestView>::Request) -> Result<u64, String> + Send + Sync;
 
 /// One limit of a request, as a middleware declares it: whose budget (an [`Identify`]; by
 /// default the middleware's own identifier), which rule (the request's own target, a fixed
@@ -39,6 +43,14 @@ pub struct RouteLimit<V: RequestView> {
     pub(super) identify: Option<Identify<V>>,
     pub(super) target: LimitTarget<V>,
     pub(super) cost: Option<u64>,
+    /// The cost read from each request, when it is not fixed.
+    pub(super) cost_from: Option<Arc<CostFn<V>>>,
+    /// Whether the cost is an estimate, settled at what the response says was used.
+    pub(super) settled: bool,
+    /// Whether a 5xx answer is settled as any other (else at 0).
+    pub(super) charge_server_errors: bool,
+    /// How long a request over this limit may wait for its tokens.
+    pub(super) wait: Duration,
 }
 
 pub(super) enum LimitTarget<V: RequestView> {
@@ -63,6 +75,10 @@ impl<V: RequestView> Clone for RouteLimit<V> {
                 LimitTarget::InFlight(cap) => LimitTarget::InFlight(cap.clone()),
             },
             cost: self.cost,
+            cost_from: self.cost_from.clone(),
+            settled: self.settled,
+            charge_server_errors: self.charge_server_errors,
+            wait: self.wait,
         }
     }
 }
@@ -78,6 +94,10 @@ impl<V: RequestView> fmt::Debug for RouteLimit<V> {
         };
         d.field("identify", &self.identify)
             .field("cost", &self.cost)
+            .field("cost_from", &self.cost_from.as_ref().map(|_| ".."))
+            .field("settled", &self.settled)
+            .field("charge_server_errors", &self.charge_server_errors)
+            .field("wait", &self.wait)
             .finish()
     }
 }
@@ -86,20 +106,24 @@ impl<V: RequestView> RouteLimit<V> {
     /// The request's own target (its route's operation, else its method and path), on the
     /// middleware's identifier.
     pub fn request() -> Self {
+        Self::of(LimitTarget::Request)
+    }
+
+    fn of(target: LimitTarget<V>) -> Self {
         RouteLimit {
             identify: None,
-            target: LimitTarget::Request,
+            target,
             cost: None,
+            cost_from: None,
+            settled: false,
+            charge_server_errors: false,
+            wait: Duration::ZERO,
         }
     }
 
     /// The operation `operation` (at its cost), on the middleware's identifier.
     pub fn operation(operation: impl Into<Operation>) -> Self {
-        RouteLimit {
-            identify: None,
-            target: LimitTarget::Operation(operation.into()),
-            cost: None,
-        }
+        Self::of(LimitTarget::Operation(operation.into()))
     }
 
     /// At most `cap.max()` requests of the identifier in flight (in this process, or across a
@@ -108,11 +132,7 @@ impl<V: RequestView> RouteLimit<V> {
     /// client went away, a timeout, a panic). A request that finds none free gets 429 with
     /// `Retry-After: 1`, and takes nothing from its other limits.
     pub fn in_flight(cap: InFlight) -> Self {
-        RouteLimit {
-            identify: None,
-            target: LimitTarget::InFlight(cap),
-            cost: None,
-        }
+        Self::of(LimitTarget::InFlight(cap))
     }
 
     /// Charges this limit to another identifier: an organisation's header, an extension an
@@ -126,6 +146,60 @@ impl<V: RequestView> RouteLimit<V> {
     /// Tokens a request takes from this limit (at least 1; default: the operation's cost, or 1).
     pub fn with_cost(mut self, cost: u64) -> Self {
         self.cost = Some(cost.max(1));
+        self
+    }
+
+    /// Reads the tokens a request takes from this limit from the request itself (a header, the
+    /// query): `cost` returns them, or why the request cannot say, which is answered 400 with
+    /// that message (`{"error": "invalid_cost"}`) before any token is taken from any limit. A
+    /// cost of 0 is taken as 1.
+    ///
+    /// ```
+    /// use lightrate::tower::RouteLimit;
+    ///
+    /// let tokens = RouteLimit::operation("llm_tokens").cost_from(|req| {
+    ///     let raw = req.headers.get("x-max-tokens").ok_or("x-max-tokens is missing")?;
+    ///     let n: u64 = raw.to_str().ok().and_then(|v| v.parse().ok()).ok_or("x-max-tokens is not a number")?;
+    ///     (1..=1000).contains(&n).then_some(n).ok_or_else(|| "x-max-tokens must be 1..=1000".into())
+    /// });
+    /// ```
+    pub fn cost_from(
+        mut self,
+        cost: impl Fn(&V::Request) -> Result<u64, String> + Send + Sync + 'static,
+    ) -> Self {
+        self.cost_from = Some(Arc::new(cost));
+        self
+    }
+
+    /// Takes this limit's cost as an estimate: reserved before the handler runs, then settled
+    /// at what the response says was used, a [`Used`](super::Used) the handler puts in its
+    /// response's extensions (without one, at the estimate). Tokens reserved and not used go
+    /// back to the user's budget at once; tokens used beyond the estimate are charged after
+    /// the fact (the finished request is never refused; the user's next requests wait it off).
+    /// A 5xx answer settles at 0, unless [`charge_server_errors`](Self::charge_server_errors);
+    /// a request dropped before its response (the client went away, a timeout, a panic) is
+    /// charged its estimate.
+    pub fn settled(mut self) -> Self {
+        self.settled = true;
+        self
+    }
+
+    /// Settles a [`settled`](Self::settled) limit's 5xx answers as any other (by default they
+    /// settle at 0: a request that failed costs nothing).
+    pub fn charge_server_errors(mut self) -> Self {
+        self.charge_server_errors = true;
+        self
+    }
+
+    /// Lets a request over this limit wait up to `wait` for its tokens instead of being
+    /// refused: one whose tokens can exist within it waits (first come, first served, without
+    /// CPU or calls to the token source while it waits) and goes on when they come; one that
+    /// would wait longer is refused at once, with the real `Retry-After`. A client that goes
+    /// away stops waiting and takes nothing, where the framework drops the request (axum
+    /// does; actix-web keeps running a request whose client went away, actix-web#3462). A
+    /// request with several limits waits up to the longest wait among them.
+    pub fn wait_up_to(mut self, wait: Duration) -> Self {
+        self.wait = wait;
         self
     }
 

@@ -6,7 +6,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use http::HeaderMap;
 use pin_project_lite::pin_project;
 
 use super::plan::{After, Check, Verdict};
@@ -77,15 +76,17 @@ impl<F, A, C> Stage<F, A, C> {
 impl<F: Future, A, C> Stage<F, A, C> {
     /// Polls the stage. After a check, `resume` turns its verdict and what calling the inner
     /// service takes into the next stage (the inner service, or an answer). Then `respond`
-    /// turns the inner service's output (and the IETF fields to add) into the adapter's
-    /// output, or `answer` the answer (`None` when polled after completion). Each is called
-    /// where its value is returned, so that a response is not moved again.
+    /// turns the inner service's output and what its response gets (its [`After`], which the
+    /// adapter [finishes](After::finish) with the response's status and
+    /// [`Used`](super::Used): the IETF fields to add) into the adapter's output, or `answer`
+    /// the answer (`None` when polled after completion). Each is called where its value is
+    /// returned, so that a response is not moved again.
     #[inline]
     pub fn poll_stage<O>(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         resume: impl FnOnce(C, Verdict) -> Self,
-        respond: impl FnOnce(F::Output, Option<Box<HeaderMap>>) -> O,
+        respond: impl FnOnce(F::Output, Option<Box<After>>) -> O,
         answer: impl FnOnce(Option<A>) -> O,
     ) -> Poll<O> {
         let mut state = self.project().state;
@@ -97,10 +98,7 @@ impl<F: Future, A, C> Stage<F, A, C> {
                     return future.poll(cx).map(|output| respond(output, None));
                 }
                 let output = ready!(future.poll(cx));
-                Poll::Ready(respond(
-                    output,
-                    after.take().and_then(|after| after.finish()),
-                ))
+                Poll::Ready(respond(output, after.take()))
             }
             _ => poll_rare(state, cx, resume, respond, answer),
         }
@@ -115,7 +113,7 @@ fn poll_rare<F: Future, A, C, O>(
     mut state: Pin<&mut State<F, A, C>>,
     cx: &mut Context<'_>,
     resume: impl FnOnce(C, Verdict) -> Stage<F, A, C>,
-    respond: impl FnOnce(F::Output, Option<Box<HeaderMap>>) -> O,
+    respond: impl FnOnce(F::Output, Option<Box<After>>) -> O,
     answer: impl FnOnce(Option<A>) -> O,
 ) -> Poll<O> {
     if let StateProj::Checking { checking } = state.as_mut().project() {
@@ -129,10 +127,7 @@ fn poll_rare<F: Future, A, C, O>(
     match state.as_mut().project() {
         StateProj::Inner { future, after } => {
             let output = ready!(future.poll(cx));
-            Poll::Ready(respond(
-                output,
-                after.take().and_then(|after| after.finish()),
-            ))
+            Poll::Ready(respond(output, after.take()))
         }
         StateProj::Answer { .. } | StateProj::Done => {
             Poll::Ready(answer(match state.project_replace(State::Done) {

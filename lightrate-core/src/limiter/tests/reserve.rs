@@ -259,3 +259,18 @@ fn owed_by(s: &Setup, user: &str) -> u64 {
         .map(|slot| s.limiter.inner.debts.owed(user, slot))
         .sum()
 }
+
+#[tokio::test]
+async fn a_request_costing_more_than_the_bucket_holds_takes_it_with_the_source_grant() {
+    // The demo's `llm_tokens` (10/s, burst 1 000): 600 reserved, 50 used, 550 back in the
+    // bucket. The next 600 need the bucket's 550 and 50 of the source's 400: admitted (it was
+    // refused for a minute when a grant smaller than the cost refused it alone).
+    let s = setup_with(RuleSet::demo(), true, |b| b.refill_ahead(true));
+    let first = reserve(&s, &[tokens("al", 600)]).await;
+    assert!(first.is_allowed());
+    assert_eq!(first.settle(&[50])[0].returned, 550);
+    let second = reserve(&s, &[tokens("al", 600)]).await;
+    assert!(second.is_allowed(), "{second:?}");
+    let _ = second.settle(&[600]);
+    assert!(s.source.granted() <= 1_000);
+}

@@ -178,3 +178,49 @@ async fn a_thousand_waiters_cost_calls_per_token_not_per_waiter() {
     assert!(calls <= 1_100, "{calls} calls for 1 000 tokens");
     assert!(s.source.granted() <= 1_001 + 1, "{}", s.source.granted());
 }
+
+#[tokio::test]
+async fn a_queue_of_its_whole_wait_is_served_though_each_waiter_wakes_late() {
+    // The demo's `jobs` (5 a second, burst 1) with a wait of 2 s: 10 waiters fit, 2 do not.
+    // The clock moves 205 ms at a time, so each token is taken 5 ms after it came and the
+    // full bucket loses that refill: the last waiter's token comes 45 ms after its 2 s.
+    let s = setup_with(RuleSet::demo(), true, |b| b);
+    let limits = [Limit::new("eve", Target::operation("jobs"))];
+    let r = s.limiter.acquire(&limits, Duration::ZERO).await.unwrap();
+    let _ = r.settle(&[]);
+    let results = Arc::new(Mutex::new(Vec::new()));
+    for _ in 0..12 {
+        let (limiter, results) = (s.limiter.clone(), results.clone());
+        tokio::spawn(async move {
+            let limits = [Limit::new("eve", Target::operation("jobs"))];
+            let r = limiter
+                .acquire(&limits, Duration::from_secs(2))
+                .await
+                .unwrap();
+            results
+                .lock()
+                .unwrap()
+                .push((r.is_allowed(), r.retry_after()));
+            let _ = r.settle(&[]);
+        });
+    }
+    run_tasks().await;
+    let refused_at_once = results.lock().unwrap().clone();
+    assert_eq!(refused_at_once.len(), 2);
+    for (allowed, retry_after) in refused_at_once {
+        assert!(
+            !allowed && retry_after > Duration::from_secs(2),
+            "{retry_after:?}"
+        );
+    }
+    for step in 1..=10 {
+        s.clock.advance(Duration::from_millis(205));
+        run_tasks().await;
+        let results = results.lock().unwrap();
+        assert_eq!(results.len(), 2 + step);
+        assert!(
+            results.iter().skip(2).all(|(allowed, _)| *allowed),
+            "{results:?}"
+        );
+    }
+}
