@@ -38,7 +38,7 @@ pub use lightrate_core::{
     DEFAULT_MAX_LOCAL_BUCKETS, DEFAULT_TOKEN_HORIZON, INLINE_LIMITS, MAX_LEASE_SIZE,
 };
 // Reserve, then settle.
-pub use lightrate_core::{OnDrop, Reservation, Settled};
+pub use lightrate_core::{LocalReservation, OnDrop, Reservation, Settled, Settlement};
 // Where tokens come from, and the protocol they speak.
 pub use lightrate_core::{
     ConsumeRequest, ConsumeTokensResponse, EmbeddedSource, EmbeddedStats, RefillRate, Rule,

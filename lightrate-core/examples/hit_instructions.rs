@@ -11,6 +11,9 @@
 //! `... 100000 many [users]` hits 10 000 users (or `users`) in turn instead of one, each hit
 //! through the map.
 //!
+//! `... 100000 reserve` reserves 10 tokens of one limit with `Limiter::reserve_local` and
+//! settles at 5 (5 given back to the bucket): a local reserve + settle, against a one-limit hit.
+//!
 //! `... 100000 all [limits]` decides every request against two limits (or `limits`, at most
 //! 4) with `Limiter::check_all_local`: the same user, each limit on a target and rule of its
 //! own (`/bench/items`, `/bench/day`, `/bench/l2`, `/bench/l3`), every limit a local hit.
@@ -47,6 +50,25 @@ fn main() {
         .refill_ahead(false)
         .build();
     let target = Target::path(Method::GET, "/bench/items");
+    if std::env::args().nth(2).as_deref() == Some("reserve") {
+        let limits = [Limit::new("user-1", target.clone()).with_cost(10)];
+        for _ in 0..2 {
+            let r = rt.block_on(limiter.reserve(&limits)).unwrap();
+            assert!(r.is_allowed());
+            let _ = r.settle(&[5]);
+        }
+        let mut allowed = 0u64;
+        for _ in 0..n {
+            if let Some(r) = limiter.reserve_local(black_box(&limits)) {
+                if r.is_allowed() {
+                    allowed += 1;
+                }
+                black_box(r.settle(black_box(&[5])));
+            }
+        }
+        println!("{allowed}");
+        return;
+    }
     if std::env::args().nth(2).as_deref() == Some("all") {
         let count: usize = std::env::args()
             .nth(3)

@@ -63,9 +63,9 @@ pub use inflight::{
 };
 pub use limiter::{
     BreakerState, BucketStatus, Decision, DecisionSource, Decisions, Limit, Limiter,
-    LimiterBuilder, OnDrop, OnUnavailable, Reservation, RuleSummary, Settled, Stats,
-    DEFAULT_LEASE_SIZE, DEFAULT_MAX_LOCAL_BUCKETS, DEFAULT_TOKEN_HORIZON, INLINE_LIMITS,
-    MAX_LEASE_SIZE,
+    LimiterBuilder, LocalReservation, OnDrop, OnUnavailable, Reservation, RuleSummary, Settled,
+    Settlement, Stats, DEFAULT_LEASE_SIZE, DEFAULT_MAX_LOCAL_BUCKETS, DEFAULT_TOKEN_HORIZON,
+    INLINE_LIMITS, MAX_LEASE_SIZE,
 };
 pub use protocol::{
     ConsumeRequest, ConsumeTokensResponse, RefillRate, Rule, Target, MAX_USER_IDENTIFIER_BYTES,

@@ -1,4 +1,5 @@
-//! What the allocator says: a local hit allocates nothing, nor does a local in-flight slot; a
+//! What the allocator says: a local hit allocates nothing, nor does a local in-flight slot or a
+//! local reserve and settle; a
 //! live bucket costs under 256 bytes; memory stays flat under a stream of new users.
 //!
 //! One test binary with a counting global allocator; the tests take turns (the counts are
@@ -117,6 +118,42 @@ fn two_limits_decided_locally_allocate_nothing() {
     assert_eq!(
         allocations, 0,
         "{allocations} allocations in 10 000 decisions"
+    );
+}
+
+#[test]
+fn a_local_reserve_and_settle_allocate_nothing() {
+    let _turn = turn();
+    let runtime = runtime();
+    let limiter = Limiter::builder(Unlimited)
+        .lease_size(1_000_000)
+        .min_lease_size(1_000_000)
+        .refill_ahead(false)
+        .build();
+    let limits = [
+        Limit::new("alice", Target::operation("llm_requests")),
+        Limit::new("alice", Target::operation("llm_tokens")).with_cost(500),
+    ];
+    for _ in 0..3 {
+        let reservation = runtime.block_on(limiter.reserve(&limits)).unwrap();
+        assert!(reservation.is_allowed());
+        let _ = reservation.settle(&[1, 100]);
+    }
+    for _ in 0..4 {
+        let _ = limiter.reserve_local(&limits).unwrap().settle(&[1, 10]);
+    }
+    let before = allocations();
+    let mut returned = 0;
+    for _ in 0..10_000 {
+        let reservation = limiter.reserve_local(&limits).unwrap();
+        assert!(reservation.is_allowed());
+        returned += reservation.settle(&[1, 10])[1].returned;
+    }
+    let allocations = allocations() - before;
+    assert_eq!(returned, 10_000 * 490, "490 of each 500 back");
+    assert_eq!(
+        allocations, 0,
+        "{allocations} allocations in 10 000 reservations"
     );
 }
 

@@ -93,7 +93,7 @@ pub use self::breaker::BreakerState;
 pub use self::builder::LimiterBuilder;
 pub use self::decision::{Decision, DecisionSource, RuleSummary};
 pub use self::handle::{BucketStatus, Limiter};
-pub use self::reserve::{OnDrop, Reservation, Settled};
+pub use self::reserve::{LocalReservation, OnDrop, Reservation, Settled, Settlement};
 pub use self::settings::{
     OnUnavailable, DEFAULT_LEASE_SIZE, DEFAULT_MAX_LOCAL_BUCKETS, DEFAULT_TOKEN_HORIZON,
     MAX_LEASE_SIZE,

@@ -28,7 +28,8 @@ use super::decision::{Decision, DecisionSource, RuleSummary};
 use super::handle::Limiter;
 use super::inner::Inner;
 use super::lease::{next_token, wait_for};
-use super::several::{Decisions, Limit, OwnedLimit, Taken};
+use super::memo;
+use super::several::{Decisions, Limit, OwnedLimit, Taken, INLINE_LIMITS};
 use crate::clock::duration_to_nanos;
 use crate::{Error, Target};
 
@@ -57,6 +58,70 @@ pub struct Settled {
     /// Tokens used beyond the reservation that no local bucket held: owed, and charged to the
     /// source by the next request of the (user, rule) that misses its bucket.
     pub owed: u64,
+}
+
+/// What settling a reservation did, one [`Settled`] per limit in the order they were given
+/// (up to [`INLINE_LIMITS`] kept without allocating).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Settlement {
+    len: usize,
+    inline: [Settled; INLINE_LIMITS],
+    more: Vec<Settled>,
+}
+
+impl Settlement {
+    fn of(len: usize) -> Self {
+        Settlement {
+            len,
+            inline: [Settled::default(); INLINE_LIMITS],
+            more: vec![Settled::default(); len.saturating_sub(INLINE_LIMITS)],
+        }
+    }
+
+    fn set(&mut self, index: usize, settled: Settled) {
+        match index.checked_sub(INLINE_LIMITS) {
+            None => self.inline[index] = settled,
+            Some(over) => self.more[over] = settled,
+        }
+    }
+
+    /// How many limits were settled.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether there was no limit.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// What settling the limit at `index` did.
+    pub fn get(&self, index: usize) -> Option<&Settled> {
+        if index >= self.len {
+            return None;
+        }
+        match index.checked_sub(INLINE_LIMITS) {
+            None => self.inline.get(index),
+            Some(over) => self.more.get(over),
+        }
+    }
+
+    /// Every limit's, in order.
+    pub fn iter(&self) -> impl Iterator<Item = &Settled> + '_ {
+        (0..self.len).filter_map(|index| self.get(index))
+    }
+}
+
+impl std::ops::Index<usize> for Settlement {
+    type Output = Settled;
+
+    /// What settling the limit at `index` did; panics if there is no such limit.
+    fn index(&self, index: usize) -> &Settled {
+        match self.get(index) {
+            Some(settled) => settled,
+            None => panic!("no limit at {index} of {}", self.len),
+        }
+    }
 }
 
 /// A request's limits decided at an estimate of their cost, and held until it is settled at
@@ -175,13 +240,12 @@ impl Reservation {
     /// go back to the local bucket at once; tokens used beyond the reservation are taken from
     /// it, and what it does not hold is owed (see the [module](self)). Never refuses; nothing
     /// happens for a reservation that was refused.
-    pub fn settle(mut self, used: &[u64]) -> Vec<Settled> {
-        let settled = (0..self.limits.len())
-            .map(|index| {
-                let used = used.get(index).copied().unwrap_or(self.reserved(index));
-                self.settle_limit(index, used)
-            })
-            .collect();
+    pub fn settle(mut self, used: &[u64]) -> Settlement {
+        let mut settled = Settlement::of(self.limits.len());
+        for index in 0..self.limits.len() {
+            let used = used.get(index).copied().unwrap_or(self.reserved(index));
+            settled.set(index, self.settle_limit(index, used));
+        }
         self.open = false;
         settled
     }
@@ -197,29 +261,14 @@ impl Reservation {
         if !self.open {
             return Settled::default();
         }
-        let (Some(decision), Some((user, target, reserved))) =
-            (self.decisions.get(index), self.limits.get(index))
-        else {
+        let Some((user, target, reserved)) = self.limits.get(index) else {
             return Settled::default();
         };
         let deadline_ms = self.deadlines.get(index).copied().unwrap_or(0);
-        let (Some(rule), Some(taken)) = (decision.rule(), Taken::of(decision, deadline_ms)) else {
-            // Allowed without a token (the outage policy): nothing to give back or charge.
-            return Settled::default();
-        };
-        let inner = &self.limiter.inner;
-        match used.cmp(reserved) {
-            std::cmp::Ordering::Equal => Settled::default(),
-            std::cmp::Ordering::Less => {
-                let returned = reserved - used;
-                inner.give_back(user, rule.slot, returned, taken);
-                Settled {
-                    returned,
-                    ..Settled::default()
-                }
-            }
-            std::cmp::Ordering::Greater => inner.charge(user, target, rule, used - reserved),
-        }
+        let taken = (self.decisions.get(index), deadline_ms);
+        self.limiter
+            .inner
+            .settle_one(user, target, *reserved, taken, used)
     }
 }
 
@@ -234,7 +283,118 @@ impl Drop for Reservation {
     }
 }
 
+/// A reservation decided without calling the token source ([`Limiter::reserve_local`]): as a
+/// [`Reservation`], borrowing the request's limits, so that reserving and settling allocate
+/// nothing (for up to [`INLINE_LIMITS`] limits).
+#[must_use = "a reservation is charged in full when dropped: settle it"]
+#[derive(Debug)]
+pub struct LocalReservation<'a> {
+    limiter: &'a Limiter,
+    limits: &'a [Limit<'a>],
+    decisions: Decisions,
+    on_drop: OnDrop,
+    open: bool,
+}
+
+impl LocalReservation<'_> {
+    /// The decision of every limit.
+    pub fn decisions(&self) -> &Decisions {
+        &self.decisions
+    }
+
+    /// Whether every limit admitted the request (only then does it hold tokens).
+    pub fn is_allowed(&self) -> bool {
+        self.decisions.is_allowed()
+    }
+
+    /// Sets what happens if this reservation is dropped without being settled.
+    pub fn on_drop(mut self, on_drop: OnDrop) -> Self {
+        self.on_drop = on_drop;
+        self
+    }
+
+    /// Settles every limit at what the request used, as [`Reservation::settle`] does.
+    #[inline]
+    pub fn settle(mut self, used: &[u64]) -> Settlement {
+        let mut settled = Settlement::of(self.limits.len());
+        if self.open {
+            for (index, limit) in self.limits.iter().enumerate() {
+                let used = used.get(index).copied().unwrap_or(limit.cost());
+                settled.set(index, self.settle_limit(index, used));
+            }
+        }
+        self.open = false;
+        settled
+    }
+
+    /// Settles every limit at 0: every token reserved goes back.
+    pub fn release(self) {
+        let _ = self.on_drop(OnDrop::Release);
+    }
+
+    fn settle_limit(&self, index: usize, used: u64) -> Settled {
+        let Some(limit) = self.limits.get(index) else {
+            return Settled::default();
+        };
+        let taken = (self.decisions.get(index), 0);
+        self.limiter
+            .inner
+            .settle_one(limit.user(), limit.target(), limit.cost(), taken, used)
+    }
+}
+
+impl Drop for LocalReservation<'_> {
+    fn drop(&mut self) {
+        if self.open && self.on_drop == OnDrop::Release {
+            for index in 0..self.limits.len() {
+                self.settle_limit(index, 0);
+            }
+        }
+    }
+}
+
 impl Limiter {
+    /// [`reserve`](Self::reserve) without calling the token source, when it can: `Some` when
+    /// every limit is a local hit or one refuses locally (a local bucket, the denial cache),
+    /// `None` when the source must be asked (and nothing is taken). Allocates nothing for up
+    /// to [`INLINE_LIMITS`] limits, nor does settling it.
+    ///
+    /// ```
+    /// use lightrate_core::{EmbeddedSource, Limit, Limiter, RefillRate, RuleSet, Target};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lightrate_core::Error> {
+    /// let rules = RuleSet::builder()
+    ///     .default_rule(RefillRate::per_second(1), 5)
+    ///     .operation("tokens", "^llm_tokens$", RefillRate::per_second(100), 10_000)
+    ///     .build()?;
+    /// let limiter = Limiter::new(EmbeddedSource::new(rules));
+    /// let limits = [Limit::new("alice", Target::operation("llm_tokens")).with_cost(500)];
+    /// // The first learns the rule, the second leases; the next are decided in the process.
+    /// for _ in 0..2 {
+    ///     limiter.reserve(&limits).await?.settle(&[100]);
+    /// }
+    /// let local = match limiter.reserve_local(&limits) {
+    ///     Some(local) => local,
+    ///     None => unreachable!("leased by the first"),
+    /// };
+    /// assert!(local.is_allowed());
+    /// assert_eq!(local.settle(&[100])[0].returned, 400);
+    /// # Ok(()) }
+    /// ```
+    #[inline]
+    pub fn reserve_local<'a>(&'a self, limits: &'a [Limit<'a>]) -> Option<LocalReservation<'a>> {
+        let decisions = self.check_all_local(limits)?;
+        let open = decisions.is_allowed();
+        Some(LocalReservation {
+            limiter: self,
+            limits,
+            decisions,
+            on_drop: OnDrop::default(),
+            open,
+        })
+    }
+
     /// Reserves a request's limits at an estimate of their cost (each [`Limit`]'s cost), all
     /// or nothing as [`check_all`](Self::check_all) decides them, to be settled later at what
     /// was used: [`Reservation::settle`]. A refused reservation holds nothing.
@@ -345,6 +505,68 @@ impl Debts {
 }
 
 impl Inner {
+    /// Settles one limit of a reservation at `used`: `reserved` taken by `decision` (with its
+    /// lease's deadline, granted by the source).
+    fn settle_one(
+        &self,
+        user: &str,
+        target: &Target<'_>,
+        reserved: u64,
+        (decision, deadline_ms): (Option<&Decision>, u64),
+        used: u64,
+    ) -> Settled {
+        let Some(decision) = decision.filter(|d| d.is_allowed()) else {
+            return Settled::default();
+        };
+        let (Some(rule), Some(taken)) = (decision.rule(), Taken::of(decision, deadline_ms)) else {
+            // Allowed without a token (the outage policy): nothing to give back or charge.
+            return Settled::default();
+        };
+        match used.cmp(&reserved) {
+            std::cmp::Ordering::Equal => Settled::default(),
+            std::cmp::Ordering::Less => {
+                let returned = reserved - used;
+                match taken {
+                    Taken::Local => self.give_back_local(user, target, rule.slot, returned),
+                    granted => self.give_back(user, rule.slot, returned, granted),
+                }
+                Settled {
+                    returned,
+                    ..Settled::default()
+                }
+            }
+            std::cmp::Ordering::Greater => self.charge(user, target, rule, used - reserved),
+        }
+    }
+
+    /// Gives back `tokens` a local take of (user, target) handed out: to the bucket this
+    /// thread's memo holds for them, without a map look-up, when it has it (a reservation
+    /// settled on the thread that made it); else as [`give_back`](Self::give_back) does.
+    fn give_back_local(&self, user: &str, target: &Target<'_>, slot: u32, tokens: u64) {
+        let now_ms = self.clock.coarse_now().as_millis();
+        let (limiter, generation) = self.routes.memo_key();
+        let mut back = None;
+        memo::hit(
+            limiter,
+            generation,
+            now_ms,
+            target,
+            user.as_bytes(),
+            |rule, bucket| {
+                if let Some(bucket) = bucket.filter(|_| rule.slot == slot) {
+                    back = Some(bucket.give_back(tokens, now_ms));
+                }
+                true
+            },
+        );
+        match back {
+            Some(true) => {}
+            // Lost: every token deposited is taken, held or lost.
+            Some(false) => self.counters.expired(slot, tokens),
+            None => self.give_back(user, slot, tokens, Taken::Local),
+        }
+    }
+
     /// Charges `extra` tokens a reservation used beyond its estimate: from the local bucket of
     /// (user, rule), as many as it holds; the rest owed.
     fn charge(&self, user: &str, target: &Target<'_>, rule: RuleSummary, extra: u64) -> Settled {

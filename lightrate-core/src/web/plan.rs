@@ -29,13 +29,11 @@ use crate::{Decision, Decisions, Target};
 /// it.
 ///
 /// ```
-/// use axum::{http::StatusCode, Extension, Json};
 /// use lightrate::tower::Used;
 ///
-/// async fn completions() -> (Extension<Used>, Json<serde_json::Value>) {
-///     let total_tokens = 120;
-///     (Extension(Used(total_tokens)), Json(serde_json::json!({"usage": {"total_tokens": total_tokens}})))
-/// }
+/// // In axum, a handler returns `(Extension(Used(120)), Json(...))`; by hand:
+/// let mut response = http::Response::new(r#"{"usage": {"total_tokens": 120}}"#);
+/// response.extensions_mut().insert(Used(120));
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Used(pub u64);
