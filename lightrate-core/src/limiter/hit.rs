@@ -135,7 +135,7 @@ impl Inner {
             }
             Tap::Ask => return,
             Tap::Empty => {
-                *decided = self.denied_here(held, *rule, shadow);
+                *decided = self.denied_here(held, *rule, cost, shadow);
                 return;
             }
         }
@@ -195,9 +195,10 @@ impl Inner {
         &self,
         bucket: &LocalBucket,
         rule: RuleSummary,
+        cost: u64,
         shadow: bool,
     ) -> Option<Decision> {
-        let denied = self.denied_locally(bucket, rule)?;
+        let denied = self.denied_locally(bucket, rule, cost)?;
         self.count(&Ok(denied), shadow);
         Some(denied)
     }

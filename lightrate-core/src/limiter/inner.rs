@@ -62,11 +62,15 @@ impl Inner {
         }
     }
 
-    /// The denial cache: `Some` while no token can exist for this bucket yet.
+    /// The denial cache: `Some` while no token can exist for this bucket yet. A request of
+    /// `cost` waits for the tokens it needs beyond what the bucket holds too, at the rule's
+    /// rate (a reservation of 500 refused when 450 came back to the bucket waits for 50, not
+    /// for one).
     pub(super) fn denied_locally(
         &self,
         bucket: &LocalBucket,
         rule: RuleSummary,
+        cost: u64,
     ) -> Option<Decision> {
         let until = bucket.denied_until();
         if until == 0 {
@@ -80,9 +84,11 @@ impl Inner {
         if bucket.touched_ms() < now_ms {
             bucket.touch(now_ms);
         }
+        let next = Duration::from_nanos(until - now.as_nanos());
+        let wait = wait_with(rule, cost, bucket.tokens(), bucket.deadline_ms(), now, next);
         Some(Decision::denied(
             DecisionSource::DenialCache,
-            Duration::from_nanos(until - now.as_nanos()),
+            wait,
             bucket.source_remaining(),
             rule,
         ))
@@ -161,4 +167,28 @@ impl Inner {
         let guard = self.buckets.guard();
         self.routes.sweep(now.as_millis(), &guard);
     }
+}
+
+/// How long a request of `cost` waits for its tokens when the source's next one comes in
+/// `next`: for those it needs beyond the `held` tokens of its bucket, if they live (until
+/// `deadline_ms`) that long; else for all of them.
+pub(super) fn wait_with(
+    rule: RuleSummary,
+    cost: u64,
+    held: u64,
+    deadline_ms: u64,
+    now: Timestamp,
+    next: Duration,
+) -> Duration {
+    let for_rest = |have: u64| {
+        let more = cost.saturating_sub(have.saturating_add(1));
+        next.saturating_add(rule.refill_rate.time_for(more).unwrap_or(Duration::ZERO))
+    };
+    let wait = for_rest(held);
+    let done_ms = (now + wait).as_millis();
+    if held > 0 && done_ms >= deadline_ms {
+        // The bucket's tokens die first: they do not count.
+        return for_rest(0);
+    }
+    wait
 }

@@ -14,7 +14,7 @@ use super::breaker::Gate;
 use super::bucket::LocalBucket;
 use super::decision::RuleSummary;
 use super::flight::{Answer, Flight, FlightGuard, FlightKey, Joined};
-use super::inner::Inner;
+use super::inner::{wait_with, Inner};
 use super::keys::TargetKey;
 use super::sizing::{LeaseView, QUICK_REFILL};
 use crate::clock::{duration_to_nanos, Timestamp};
@@ -337,7 +337,14 @@ impl Lease {
                     let _ = waiter.reply.send(Answer::Again);
                     continue;
                 }
-                let retry_after = wait_for(rule, waiter.cost, remaining, next);
+                // What the bucket holds counts toward its cost (while it lives): it waits for
+                // the rest.
+                let retry_after = if remaining >= waiter.cost {
+                    Duration::ZERO
+                } else {
+                    let cost = waiter.cost - remaining;
+                    wait_with(rule, cost, held, deadline_ms, now, next)
+                };
                 let _ = waiter.reply.send(Answer::Denied {
                     rule,
                     source_remaining: remaining,

@@ -627,11 +627,12 @@ impl Inner {
             .max(Duration::from_millis(1));
         let now = self.clock.now();
         {
+            // The denial cache holds the user off until the debt alone is refilled: each
+            // request it refuses waits for its own cost beyond that.
+            let paid_off = wait_for(rule, left, remaining, next);
             let guard = self.buckets.guard();
             let bucket = self.bucket(user, rule.slot, now, &guard);
-            let until = now
-                .as_nanos()
-                .saturating_add(duration_to_nanos(retry_after));
+            let until = now.as_nanos().saturating_add(duration_to_nanos(paid_off));
             bucket.set_denied_until(until.saturating_sub(1_000_000).max(1));
         }
         Some(Decision::denied(

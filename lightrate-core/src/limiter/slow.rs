@@ -205,7 +205,7 @@ impl Inner {
                     }
                     self.counters.expired(rule.slot, bucket.expire(now_ms));
                 }
-                Take::Empty => return self.denied_locally(bucket, rule),
+                Take::Empty => return self.denied_locally(bucket, rule, cost),
             }
         }
     }

@@ -274,3 +274,31 @@ async fn a_request_costing_more_than_the_bucket_holds_takes_it_with_the_source_g
     let _ = second.settle(&[600]);
     assert!(s.source.granted() <= 1_000);
 }
+
+#[tokio::test]
+async fn a_refused_reservation_waits_for_what_the_bucket_lacks_while_its_tokens_live() {
+    // `llm_tokens` of the demo (10/s, burst 1 000): 1 000 reserved, 550 used, 450 back in the
+    // bucket (until the lease's horizon, 5 s) and none at the source.
+    let s = setup_with(RuleSet::demo(), true, |b| b);
+    let first = reserve(&s, &[tokens("al", 1_000)]).await;
+    assert!(first.is_allowed());
+    let _ = first.settle(&[550]);
+    // 460 need 10 more: a second (not a tenth, the next token; nor 46, the whole cost).
+    let wait = reserve(&s, &[tokens("al", 460)]).await.retry_after();
+    assert!(
+        wait >= Duration::from_millis(900) && wait <= Duration::from_millis(1_100),
+        "{wait:?}"
+    );
+    // 500 need 50 more, which take 5 s: the 450 die first, so it waits for all 500 (50 s).
+    // (What keeping returned tokens local costs: README, "Cost known after the response".)
+    let wait = reserve(&s, &[tokens("al", 500)]).await.retry_after();
+    assert!(
+        wait >= Duration::from_secs(49) && wait <= Duration::from_secs(51),
+        "{wait:?}"
+    );
+    // And so it is.
+    s.clock.advance(Duration::from_millis(1_100));
+    let admitted = reserve(&s, &[tokens("al", 460)]).await;
+    assert!(admitted.is_allowed(), "{admitted:?}");
+    let _ = admitted.settle(&[460]);
+}
