@@ -15,11 +15,13 @@ use crate::clock::Timestamp;
 use crate::sync::checked::atomic::{AtomicU32, AtomicU64, Ordering};
 use crate::sync::checked::{self, Mutex, MutexGuard};
 
-/// `state`: bits 0..24 tokens held; bits 24..63 the deadline of the newest tokens, in
-/// milliseconds since the clock's epoch (17 years); bit 63: removed from the map.
+/// `state`: bits 0..24 tokens held; bits 24..62 the deadline of the newest tokens, in
+/// milliseconds since the clock's epoch (8.7 years); bit 62: a deposit is changing `older` and
+/// `state` together (takes wait); bit 63: removed from the map.
 const TOKEN_BITS: u32 = 24;
 const TOKEN_MASK: u64 = (1 << TOKEN_BITS) - 1;
-const TIME_MASK: u64 = (1 << 39) - 1;
+const TIME_MASK: u64 = (1 << 38) - 1;
+const BUSY: u64 = 1 << 62;
 const DEAD: u64 = 1 << 63;
 
 /// The most tokens one bucket holds.
@@ -60,6 +62,9 @@ pub(crate) enum Take {
     /// The older generation's deadline passed while some of it is left: the slow path drops it
     /// ([`LocalBucket::drop_stale`]) and tries again.
     Stale,
+    /// A deposit is changing the bucket's two words: the slow path tries again (it takes a
+    /// few instructions).
+    Busy,
 }
 
 /// Tokens of one (user, rule) in this process, inline in its map entry (which keeps its
@@ -122,8 +127,12 @@ impl LocalBucket {
         // new `state` also sees the `older` that goes with it.
         let mut current = self.state.load(Ordering::Acquire);
         loop {
-            if current & DEAD != 0 {
-                return Take::Expired;
+            if current & (DEAD | BUSY) != 0 {
+                return if current & DEAD != 0 {
+                    Take::Expired
+                } else {
+                    Take::Busy
+                };
             }
             let tokens = tokens_of(current);
             if now_ms >= deadline_of(current) {
@@ -161,6 +170,11 @@ impl LocalBucket {
         let mut current = self.state.load(Ordering::Acquire);
         loop {
             let tokens = tokens_of(current);
+            if current & BUSY != 0 && current & DEAD == 0 {
+                self.wait_for_deposit();
+                current = self.state.load(Ordering::Acquire);
+                continue;
+            }
             if current & DEAD != 0 || now_ms >= deadline_of(current) || tokens == 0 {
                 return 0;
             }
@@ -194,6 +208,11 @@ impl LocalBucket {
         loop {
             if current & DEAD != 0 || now_ms >= deadline_of(current) {
                 return false;
+            }
+            if current & BUSY != 0 {
+                self.wait_for_deposit();
+                current = self.state.load(Ordering::Acquire);
+                continue;
             }
             let total = tokens_of(current).saturating_add(tokens);
             let next = (current & !TOKEN_MASK) | total.min(TOKEN_MASK);
@@ -248,7 +267,12 @@ impl LocalBucket {
             }
             return (self.give_back(tokens, now_ms), stale);
         }
-        // `older` first: a hit that sees the new `state` sees the newest count with it.
+        // `older` and `state` change together: takes wait while `state` is marked busy (a
+        // take that read the old `state` and the new `older` spent a token of the older
+        // generation past its deadline: `loom_give_back_granted_races_a_take_at_the_older_deadline`).
+        let Some(frozen) = self.freeze() else {
+            return (false, stale);
+        };
         let older = self.older.load(Ordering::Acquire);
         self.older.store(
             pack(
@@ -257,7 +281,50 @@ impl LocalBucket {
             ),
             Ordering::Release,
         );
-        (self.give_back(tokens, now_ms), stale)
+        let total = tokens_of(frozen).saturating_add(tokens);
+        let next = (frozen & !(TOKEN_MASK | BUSY)) | total.min(TOKEN_MASK);
+        if !self.publish(frozen, next) {
+            return (false, stale);
+        }
+        self.lost
+            .fetch_add(total.saturating_sub(TOKEN_MASK), Ordering::Relaxed);
+        (true, stale)
+    }
+
+    /// Waits for a deposit that marked `state` busy to finish: it does so under the bucket's
+    /// lock, so taking the lock is waiting for it (no spinning). Never called with the lock
+    /// held: a holder of the lock never sees `state` busy (it is busy only under the lock).
+    pub(crate) fn wait_for_deposit(&self) {
+        drop(self.learned());
+    }
+
+    /// Marks `state` busy (a deposit is changing `older` and `state` together: takes and
+    /// give-backs wait) and returns what it was; `None` if the bucket was removed. Only under
+    /// the bucket's lock: one writer of `older` at a time.
+    fn freeze(&self) -> Option<u64> {
+        let mut current = self.state.load(Ordering::Acquire);
+        loop {
+            if current & DEAD != 0 {
+                return None;
+            }
+            match self.state.compare_exchange_weak(
+                current,
+                current | BUSY,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return Some(current | BUSY),
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
+    /// Replaces the busy `frozen` state with `next` (not busy); `false` if the bucket was
+    /// removed meanwhile (the only change a busy state may see).
+    fn publish(&self, frozen: u64, next: u64) -> bool {
+        self.state
+            .compare_exchange(frozen, next, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
     }
 
     /// Whether a take that left `left` of `left + cost` tokens crosses the refill-ahead mark.
@@ -284,7 +351,12 @@ impl LocalBucket {
         // computed from `older`: carried into the new generation, it would live on until the
         // newer deadline (a hit that saw it stale would have dropped it; none may have come).
         let stale = self.drop_stale(now_ms);
-        let current = self.state.load(Ordering::Acquire);
+        // Takes wait while `older` and `state` change (a take that read the old `state` and
+        // the new `older` spent a dead token: `loom_deposit_races_a_take_at_the_older_deadline`).
+        let Some(frozen) = self.freeze() else {
+            return Err(tokens);
+        };
+        let current = frozen & !BUSY;
         let held_alive = tokens_of(current) > 0 && now_ms < deadline_of(current);
         let older = self.older.load(Ordering::Acquire);
         let older_deadline = if !held_alive {
@@ -300,34 +372,20 @@ impl LocalBucket {
         let newest = tokens.min(MAX_TOKENS);
         self.older
             .store(pack(newest, older_deadline), Ordering::Release);
-        let mut current = current;
-        loop {
-            if current & DEAD != 0 {
-                return Err(tokens);
-            }
-            // Held tokens past their deadline are lost, not carried.
-            let (held, expired) = if now_ms < deadline_of(current) {
-                (tokens_of(current), 0)
-            } else {
-                (0, tokens_of(current))
-            };
-            let total = held.saturating_add(tokens);
-            let next = pack(total, deadline_ms);
-            match self.state.compare_exchange_weak(
-                current,
-                next,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => {
-                    self.deposited.fetch_add(tokens, Ordering::Relaxed);
-                    let lost = expired + total.saturating_sub(MAX_TOKENS);
-                    self.lost.fetch_add(lost, Ordering::Relaxed);
-                    return Ok(lost + stale);
-                }
-                Err(actual) => current = actual,
-            }
+        // Held tokens past their deadline are lost, not carried.
+        let (held, expired) = if now_ms < deadline_of(current) {
+            (tokens_of(current), 0)
+        } else {
+            (0, tokens_of(current))
+        };
+        let total = held.saturating_add(tokens);
+        if !self.publish(frozen, pack(total, deadline_ms)) {
+            return Err(tokens);
         }
+        self.deposited.fetch_add(tokens, Ordering::Relaxed);
+        let lost = expired + total.saturating_sub(MAX_TOKENS);
+        self.lost.fetch_add(lost, Ordering::Relaxed);
+        Ok(lost + stale)
     }
 
     /// Drops the tokens past their deadline; returns how many were lost.
@@ -357,7 +415,8 @@ impl LocalBucket {
                 // Set anew on every attempt: only the one that succeeds counts.
                 lost = 0;
                 let tokens = tokens_of(current);
-                let kept = keep(current).filter(|k| current & DEAD == 0 && *k < tokens)?;
+                // A deposit under way: what it files is its own to count.
+                let kept = keep(current).filter(|k| current & (DEAD | BUSY) == 0 && *k < tokens)?;
                 lost = tokens - kept;
                 Some((current & !TOKEN_MASK) | kept)
             });
@@ -385,7 +444,7 @@ impl LocalBucket {
             if current & DEAD != 0 {
                 return Some(0);
             }
-            if tokens_of(current) > 0 && now_ms < deadline_of(current) {
+            if current & BUSY != 0 || (tokens_of(current) > 0 && now_ms < deadline_of(current)) {
                 return None;
             }
             match self.state.compare_exchange_weak(

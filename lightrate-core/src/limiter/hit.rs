@@ -185,7 +185,7 @@ impl Inner {
                 }
             }
             Take::Empty => Tap::Empty,
-            Take::Expired | Take::Stale => Tap::Ask,
+            Take::Expired | Take::Stale | Take::Busy => Tap::Ask,
         }
     }
 

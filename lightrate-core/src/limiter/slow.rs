@@ -199,6 +199,8 @@ impl Inner {
                     return Some(Decision::local(left, bucket.source_remaining(), rule))
                 }
                 Take::Stale => self.counters.expired(rule.slot, bucket.drop_stale(now_ms)),
+                // A deposit is changing the bucket, for a few instructions.
+                Take::Busy => bucket.wait_for_deposit(),
                 Take::Expired => {
                     if bucket.is_dead() {
                         return None;
