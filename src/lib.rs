@@ -34,8 +34,9 @@
 // The engine: the limiter and its answers.
 pub use lightrate_core::{
     BreakerState, BucketStatus, Decision, DecisionSource, Decisions, EnvSource, Limit, Limiter,
-    LimiterBuilder, OnUnavailable, RuleSummary, Stats, DEFAULT_LEASE_SIZE,
-    DEFAULT_MAX_LOCAL_BUCKETS, DEFAULT_TOKEN_HORIZON, INLINE_LIMITS, MAX_LEASE_SIZE,
+    LimiterBuilder, OnDrop, OnUnavailable, Reservation, RuleSummary, Settled, Stats,
+    DEFAULT_LEASE_SIZE, DEFAULT_MAX_LOCAL_BUCKETS, DEFAULT_TOKEN_HORIZON, INLINE_LIMITS,
+    MAX_LEASE_SIZE,
 };
 // Where tokens come from, and the protocol they speak.
 pub use lightrate_core::{
