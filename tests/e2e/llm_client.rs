@@ -112,6 +112,7 @@ async fn the_llm_client_runs_the_upstream_at_its_limits() {
 }
 
 /// The issue's run, 200 calls, settled and not (BENCHMARKS.md, about 50 s):
+/// `cargo build --release --example llm_client`, then
 /// `cargo test --release --test e2e the_issues_run -- --ignored --nocapture`.
 #[tokio::test]
 #[ignore = "about 50 s: the measurement of BENCHMARKS.md"]
