@@ -43,7 +43,7 @@ use std::time::{Duration, Instant};
 use lightrate::{EnvSource, Limit, Limiter, RefillRate, Reservation, RuleSet, Target};
 use reqwest::{StatusCode, Url};
 use serde::Deserialize;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Semaphore;
 
 /// The operation that counts requests.
 const REQUESTS: &str = "llm_requests";
@@ -196,8 +196,6 @@ struct Run {
     config: Config,
     limiter: Limiter,
     http: reqwest::Client,
-    /// Told each time a call is settled: it may have given tokens back.
-    settled: Notify,
     counts: Counts,
 }
 
@@ -210,31 +208,17 @@ impl Run {
         ]
     }
 
-    /// Acquires the limits of the next call, waiting up to [`MAX_WAIT`] in all.
-    ///
-    /// A waiting `acquire` sleeps until its refusal's `retry_after`, the time the tokens refill
-    /// at the rules' rates: the tokens a call gives back when it settles do not wake it. So it
-    /// is asked again each time a call settles (a dropped `acquire` takes nothing).
+    /// Acquires the limits of the next call, waiting up to [`MAX_WAIT`] for its turn (woken
+    /// early when a call settles below its reservation and gives tokens back).
     async fn acquire(&self) -> Result<Reservation, String> {
-        let limits = self.limits();
-        let deadline = Instant::now() + MAX_WAIT;
-        loop {
-            let wait = deadline.saturating_duration_since(Instant::now());
-            tokio::select! {
-                biased;
-                acquired = self.limiter.acquire(&limits, wait) => {
-                    return match acquired {
-                        Ok(reservation) if reservation.is_allowed() => Ok(reservation),
-                        Ok(refused) => Err(format!(
-                            "its tokens would not exist for {} ms, past the wait of {} s",
-                            refused.retry_after().as_millis(),
-                            MAX_WAIT.as_secs()
-                        )),
-                        Err(e) => Err(format!("no tokens: {e}")),
-                    };
-                }
-                () = self.settled.notified() => {}
-            }
+        match self.limiter.acquire(&self.limits(), MAX_WAIT).await {
+            Ok(reservation) if reservation.is_allowed() => Ok(reservation),
+            Ok(refused) => Err(format!(
+                "its tokens would not exist for {} ms, past the wait of {} s",
+                refused.retry_after().as_millis(),
+                MAX_WAIT.as_secs()
+            )),
+            Err(e) => Err(format!("no tokens: {e}")),
         }
     }
 
@@ -250,7 +234,6 @@ impl Run {
         };
         let used = if self.config.settle { used } else { max_tokens };
         let _ = reservation.settle(&[1, used]);
-        self.settled.notify_one();
         self.count(outcome);
     }
 
@@ -349,7 +332,6 @@ async fn run() -> Result<bool, String> {
     let run = Arc::new(Run {
         limiter: builder.build(),
         http,
-        settled: Notify::new(),
         counts: Counts::default(),
         config,
     });

@@ -530,6 +530,8 @@ impl Inner {
                     Taken::Local => self.give_back_local(user, target, rule.slot, returned),
                     granted => self.give_back(user, rule.slot, returned, granted),
                 }
+                // Requests of this user waiting for their tokens ask again.
+                self.waiting.wake(user);
                 Settled {
                     returned,
                     ..Settled::default()

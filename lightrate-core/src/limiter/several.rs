@@ -594,10 +594,16 @@ impl Inner {
                 (back, true)
             }
         };
-        match (back, granted) {
-            (true, true) => self.counters.returned(slot, cost),
+        match (back, granted, taken) {
+            (true, true, _) => self.counters.returned(slot, cost),
             // A local take lost: every token deposited is taken, held or lost.
-            (false, false) => self.counters.expired(slot, cost),
+            (false, false, _) => self.counters.expired(slot, cost),
+            // A grant of a lease that could not go back (its generation is gone: two leases
+            // landed since): returned and lost, so that `Stats` shows it.
+            (false, true, Taken::Granted { deadline_ms }) if deadline_ms != 0 => {
+                self.counters.returned(slot, cost);
+                self.counters.expired(slot, cost);
+            }
             // Undone (a local take back), or granted and never held: nothing to count.
             _ => {}
         }

@@ -42,8 +42,12 @@ struct Queue {
     turn: tokio::sync::Mutex<()>,
     /// The tokens the requests in the queue need.
     tokens: AtomicU64,
-    /// The rule its head was last refused by (its refill rate prices the queue).
-    rule: Mutex<Option<RuleSummary>>,
+    /// The rule its head was last refused by (its refill rate prices the queue), and that
+    /// limit's place in the request's list (its cost is what each waiter needs).
+    rule: Mutex<Option<(RuleSummary, usize)>>,
+    /// Told when tokens of the queue's user came back (a reservation settled below its
+    /// estimate): the head asks again without waiting out its sleep.
+    woken: tokio::sync::Notify,
 }
 
 /// A request's place in a queue: leaves it when dropped.
@@ -64,6 +68,13 @@ impl Waiting {
         self.count.load(Ordering::Acquire) != 0 && self.lock().contains_key(key)
     }
 
+    /// The rule the queue of `key` waits on, and its limit's place, if known.
+    fn rule_of(&self, key: &QueueKey) -> Option<(RuleSummary, usize)> {
+        let queue = self.lock().get(key).cloned()?;
+        let rule = *lock(&queue.rule);
+        rule
+    }
+
     /// Joins the queue of `key`, needing `tokens`: the place, and the tokens of those before.
     fn join(&self, key: QueueKey, tokens: u64) -> (Place<'_>, u64) {
         let queue = {
@@ -80,6 +91,18 @@ impl Waiting {
             tokens,
         };
         (place, before)
+    }
+
+    /// Wakes the heads of `user`'s queues: tokens of theirs came back.
+    pub(super) fn wake(&self, user: &str) {
+        if self.count.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        for ((who, _), queue) in self.lock().iter() {
+            if &**who == user {
+                queue.woken.notify_one();
+            }
+        }
     }
 
     /// How many queues there are (tests).
@@ -149,8 +172,8 @@ impl Limiter {
             .saturating_add(duration_to_nanos(max_wait));
         // Ahead of no one: tried at once. Behind others: it takes its turn, first come first
         // served, even if tokens exist now (they are the head's).
-        let (mut refused, rule, cost) = if self.inner.waiting.busy(&key) {
-            (None, None, first.cost())
+        let (mut refused, rule) = if self.inner.waiting.busy(&key) {
+            (None, None)
         } else {
             let tried = self.reserve(limits).await?;
             if tried.is_allowed() || max_wait.is_zero() {
@@ -160,13 +183,16 @@ impl Limiter {
                 // Not a rate limit (the source is down and the policy refuses): no wait helps.
                 return Ok(tried);
             };
-            let cost = limits.get(index).map_or(1, Limit::cost);
-            (Some(tried), refusal.rule(), cost)
+            (Some(tried), refusal.rule().map(|rule| (rule, index)))
         };
+        // What it needs of the limit its queue waits on (the head's refusal says which).
+        let known = rule.or_else(|| self.inner.waiting.rule_of(&key));
+        let cost = known
+            .and_then(|(_, index)| limits.get(index))
+            .map_or(first.cost(), Limit::cost);
         let (place, before) = self.inner.waiting.join(key, cost);
-        let rule = rule.or_else(|| *lock(&place.queue.rule));
-        if let Some(rule) = rule {
-            *lock(&place.queue.rule) = Some(rule);
+        if let Some((rule, index)) = known {
+            *lock(&place.queue.rule) = Some((rule, index));
             // What it waits for itself (tried now), then the tokens of those before it, at the
             // rule's rate; not tried (the queue was busy), the time for all of them and its own.
             let rate = rule.refill_rate;
@@ -196,11 +222,11 @@ impl Limiter {
             if tried.is_allowed() {
                 return Ok(tried);
             }
-            let Some((_, refusal)) = deciding_refusal(&tried) else {
+            let Some((index, refusal)) = deciding_refusal(&tried) else {
                 return Ok(tried);
             };
             if let Some(rule) = refusal.rule() {
-                *lock(&place.queue.rule) = Some(rule);
+                *lock(&place.queue.rule) = Some((rule, index));
             }
             let wait = tried.retry_after().max(Duration::from_millis(1));
             let now = clock.now().as_nanos();
@@ -218,7 +244,12 @@ impl Limiter {
             let most = (duration_to_nanos(wait) / 32).min(2_000_000).min(spare);
             let jitter = Duration::from_nanos(fastrand::u64(0..=most));
             drop(tried);
-            clock.sleep(wait + jitter).await;
+            // Until its tokens should exist, or tokens of its user come back (a reservation
+            // settled below its estimate), whichever is first.
+            tokio::select! {
+                () = clock.sleep(wait + jitter) => {}
+                () = place.queue.woken.notified() => {}
+            }
         }
     }
 

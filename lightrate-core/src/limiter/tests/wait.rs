@@ -224,3 +224,33 @@ async fn a_queue_of_its_whole_wait_is_served_though_each_waiter_wakes_late() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_waiter_asks_again_when_a_reservation_gives_tokens_back() {
+    // LLM tokens, 10 a second, burst 1 000: 1 000 held; a waiter for 500 would wait 50 s.
+    let rules = RuleSet::builder()
+        .default_rule(RefillRate::per_second(1), 5)
+        .operation("tokens", "^llm_tokens$", RefillRate::per_second(10), 1_000)
+        .build()
+        .unwrap();
+    let s = setup_with(rules, true, |b| b);
+    let tokens = |cost| [Limit::new("al", Target::operation("llm_tokens")).with_cost(cost)];
+    let held = s.limiter.reserve(&tokens(1_000)).await.unwrap();
+    assert!(held.is_allowed());
+    let done = Arc::new(Mutex::new(None));
+    let (limiter, result) = (s.limiter.clone(), done.clone());
+    tokio::spawn(async move {
+        let r = limiter
+            .acquire(&tokens(500), Duration::from_secs(60))
+            .await
+            .unwrap();
+        *result.lock().unwrap() = Some(r.is_allowed());
+        let _ = r.settle(&[500]);
+    });
+    run_tasks().await;
+    assert_eq!(*done.lock().unwrap(), None, "it waits");
+    // The held one used 100: 900 back, and the waiter is served without the clock moving.
+    let _ = held.settle(&[100]);
+    run_tasks().await;
+    assert_eq!(*done.lock().unwrap(), Some(true));
+}
