@@ -94,8 +94,8 @@ pub use lightrate_core::metrics;
 pub mod tower {
     pub use lightrate_tower::{
         Identify, InvalidIdentifier, LightRateLayer, LightRateService, MissingIdentifier, Mode,
-        Operation, PathTarget, RateLimitHeaders, Rejection, ResponseFuture, RouteLimit, Used,
-        MAX_REQUEST_IDENTIFIER_BYTES,
+        Operation, PathTarget, RateLimitHeaders, Rejection, ResponseFuture, ResponseHead,
+        RouteLimit, Used, MAX_REQUEST_IDENTIFIER_BYTES,
     };
 }
 
@@ -127,8 +127,8 @@ pub mod tower {
 pub mod actix {
     pub use lightrate_actix::{
         Identify, InvalidIdentifier, LightRate, LightRateMiddleware, MissingIdentifier, Mode,
-        Operation, PathTarget, RateLimitHeaders, Rejection, ResponseFuture, RouteLimit, Used,
-        MAX_REQUEST_IDENTIFIER_BYTES,
+        Operation, PathTarget, RateLimitHeaders, Rejection, ResponseFuture, ResponseHead,
+        RouteLimit, Used, MAX_REQUEST_IDENTIFIER_BYTES,
     };
 }
 

@@ -31,6 +31,20 @@ pub(crate) fn http_method(method: &Method) -> Option<http::Method> {
 }
 
 /// Appends `http` 1 header fields to an actix header map.
+/// actix-web's headers as an `http::HeaderMap` (a copy; those that do not convert left out).
+pub(crate) fn http_headers(from: &HeaderMap) -> http::HeaderMap {
+    let mut to = http::HeaderMap::with_capacity(from.len());
+    for (name, value) in from {
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(name.as_str().as_bytes()),
+            http::HeaderValue::from_bytes(value.as_bytes()),
+        ) {
+            to.append(name, value);
+        }
+    }
+    to
+}
+
 pub(crate) fn append_headers(to: &mut HeaderMap, from: http::HeaderMap) {
     let mut name = None;
     for (next, value) in from {

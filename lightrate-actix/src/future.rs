@@ -10,10 +10,10 @@ use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse};
 use actix_web::HttpMessage;
 use lightrate_core::web::adapter::{Stage, Verdict};
-use lightrate_core::web::Used;
+use lightrate_core::web::{ResponseHead, Used};
 use pin_project_lite::pin_project;
 
-use crate::convert::{append_headers, to_actix_response};
+use crate::convert::{append_headers, http_headers, to_actix_response};
 use crate::request::ActixRequest;
 
 pin_project! {
@@ -74,9 +74,18 @@ where
                 };
                 let head = output.as_ref().ok().map(|response| {
                     let used = response.response().extensions().get::<Used>().copied();
-                    (response.status().as_u16(), used)
+                    // Made only for a closure that reads them (actix's are of another `http`).
+                    let headers = if after.reads_headers() {
+                        http_headers(response.headers())
+                    } else {
+                        http::HeaderMap::new()
+                    };
+                    (response.status().as_u16(), headers, used)
                 });
-                let headers = after.finish(head);
+                let head = head
+                    .as_ref()
+                    .map(|(status, headers, used)| ResponseHead::new(*status, headers, *used));
+                let headers = after.finish(head.as_ref());
                 output.map(|mut response| {
                     if let Some(headers) = headers {
                         append_headers(response.headers_mut(), *headers);

@@ -121,7 +121,7 @@ mod transform;
 pub use future::ResponseFuture;
 pub use lightrate_core::web::{
     InvalidIdentifier, MissingIdentifier, Mode, Operation, PathTarget, RateLimitHeaders, Rejection,
-    Used, MAX_REQUEST_IDENTIFIER_BYTES,
+    ResponseHead, Used, MAX_REQUEST_IDENTIFIER_BYTES,
 };
 pub use middleware::LightRateMiddleware;
 pub use request::ActixRequest;

@@ -40,17 +40,21 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// A limiter of an unlimited source leasing up to 1 000 000 tokens at a time, so that the
+/// hits of a test never run dry; no refill-ahead.
+fn ample_limiter() -> Limiter {
+    Limiter::builder(Unlimited)
+        .lease_size(1_000_000)
+        .min_lease_size(1_000_000)
+        .refill_ahead(false)
+        .build()
+}
+
 #[test]
 fn a_local_hit_allocates_nothing() {
     let _turn = turn();
     let runtime = runtime();
-    // Leases of 100 000 tokens (what the rule refills in 100 ms), so that the hits below never
-    // run dry.
-    let limiter = Limiter::builder(Unlimited)
-        .lease_size(1_000_000)
-        .min_lease_size(1_000_000)
-        .refill_ahead(false)
-        .build();
+    let limiter = ample_limiter();
     let targets = [
         Target::path(Method::GET, "/m/items"),
         Target::path(Method::GET, "/m/other"),
@@ -87,11 +91,7 @@ fn a_local_hit_allocates_nothing() {
 fn two_limits_decided_locally_allocate_nothing() {
     let _turn = turn();
     let runtime = runtime();
-    let limiter = Limiter::builder(Unlimited)
-        .lease_size(1_000_000)
-        .min_lease_size(1_000_000)
-        .refill_ahead(false)
-        .build();
+    let limiter = ample_limiter();
     let limits = [
         Limit::new("alice", Target::operation("search_per_second")),
         Limit::new("alice", Target::operation("search_per_day")),
@@ -125,11 +125,7 @@ fn two_limits_decided_locally_allocate_nothing() {
 fn a_local_reserve_and_settle_allocate_nothing() {
     let _turn = turn();
     let runtime = runtime();
-    let limiter = Limiter::builder(Unlimited)
-        .lease_size(1_000_000)
-        .min_lease_size(1_000_000)
-        .refill_ahead(false)
-        .build();
+    let limiter = ample_limiter();
     let limits = [
         Limit::new("alice", Target::operation("llm_requests")),
         Limit::new("alice", Target::operation("llm_tokens")).with_cost(500),

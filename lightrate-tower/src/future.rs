@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http::{Request, Response};
 use lightrate_core::web::adapter::{Stage, Verdict};
-use lightrate_core::web::Used;
+use lightrate_core::web::{ResponseHead, Used};
 use pin_project_lite::pin_project;
 use tower::Service;
 
@@ -68,9 +68,9 @@ where
                 let Some(after) = after else { return output };
                 let head = output.as_ref().ok().map(|response| {
                     let used = response.extensions().get::<Used>().copied();
-                    (response.status().as_u16(), used)
+                    ResponseHead::new(response.status().as_u16(), response.headers(), used)
                 });
-                match after.finish(head) {
+                match after.finish(head.as_ref()) {
                     None => output,
                     Some(fields) => output.map(|mut response| {
                         response.headers_mut().extend(*fields);

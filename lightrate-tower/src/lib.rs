@@ -74,7 +74,7 @@ pub use future::ResponseFuture;
 pub use layer::LightRateLayer;
 pub use lightrate_core::web::{
     InvalidIdentifier, MissingIdentifier, Mode, Operation, PathTarget, RateLimitHeaders, Rejection,
-    Used, MAX_REQUEST_IDENTIFIER_BYTES,
+    ResponseHead, Used, MAX_REQUEST_IDENTIFIER_BYTES,
 };
 pub use request::TowerRequest;
 pub use service::LightRateService;

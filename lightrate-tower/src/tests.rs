@@ -788,3 +788,45 @@ async fn a_limit_added_to_every_request_joins_its_decision() {
     let (status, _, _) = send(&app, Method::GET, "/hello", Some("ivy")).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
 }
+
+#[tokio::test]
+async fn a_settled_limit_reads_its_use_from_the_response_head_or_the_handler() {
+    let source = Recording::demo();
+    let limiter = source.limiter(OnUnavailable::Allow);
+    let layer = LightRateLayer::new(limiter.clone()).identify(user_header());
+    // `llm_tokens` of the demo rules: 10 a second, burst 1 000; each request reserves 500.
+    let by_header = [RouteLimit::operation("llm_tokens")
+        .with_cost(500)
+        .settle_with(|head| head.header("x-usage-tokens")?.parse().ok())];
+    let app = Router::new()
+        .route(
+            "/header",
+            post(|| async { ([("x-usage-tokens", "50")], "done") }).layer(layer.limits_for(
+                Method::POST,
+                "/header",
+                by_header.clone(),
+            )),
+        )
+        .route(
+            "/used",
+            post(|| async { (Extension(Used(50)), "done") }).layer(layer.limits_for(
+                Method::POST,
+                "/used",
+                by_header,
+            )),
+        )
+        .layer(layer);
+    // 11 requests that reserve 500 and use 50, by either way of saying it: each finds the 500
+    // it reserves (550 used at the end), where 2 would at their reservation.
+    for path in ["/header", "/used"] {
+        for _ in 0..5 {
+            let (status, _, body) = send(&app, Method::POST, path, Some("lou")).await;
+            assert_eq!((status, body.as_str()), (StatusCode::OK, "done"), "{path}");
+        }
+    }
+    let (status, _, _) = send(&app, Method::POST, "/header", Some("lou")).await;
+    assert_eq!(status, StatusCode::OK);
+    // Then 450 are left: the next reservation of 500 is refused.
+    let (status, _, _) = send(&app, Method::POST, "/used", Some("lou")).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+}

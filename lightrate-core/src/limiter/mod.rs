@@ -66,6 +66,7 @@ mod bucket;
 mod buckets;
 mod builder;
 mod counters;
+mod debts;
 mod decision;
 mod flight;
 mod handle;
@@ -79,6 +80,7 @@ mod maps;
 mod memo;
 #[cfg(feature = "metrics")]
 mod publish;
+mod queues;
 mod reserve;
 mod routes;
 mod settings;

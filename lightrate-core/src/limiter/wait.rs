@@ -11,118 +11,15 @@
 //! the tokens the requests queued before it need, at the rule's rate) is refused at once with
 //! that time. A waiter that goes away (its future dropped) leaves the queue and takes nothing.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::decision::{Decision, DecisionSource, RuleSummary};
 use super::handle::Limiter;
+use super::queues::lock;
 use super::reserve::Reservation;
 use super::several::{Decisions, Limit};
 use crate::clock::duration_to_nanos;
 use crate::Error;
-
-/// Whose queue: the user and the target (written out) of a request's first limit.
-type QueueKey = (Box<str>, String);
-
-/// The queues of the requests waiting for their tokens, per (user, target) of their first
-/// limit.
-#[derive(Debug, Default)]
-pub(super) struct Waiting {
-    /// How many queues there are: a request looks no further while it is 0.
-    count: AtomicUsize,
-    queues: Mutex<HashMap<QueueKey, Arc<Queue>>>,
-}
-
-/// One queue.
-#[derive(Debug, Default)]
-struct Queue {
-    /// Held by the head: tokio's mutex serves its waiters first come, first served.
-    turn: tokio::sync::Mutex<()>,
-    /// The tokens the requests in the queue need.
-    tokens: AtomicU64,
-    /// The rule its head was last refused by (its refill rate prices the queue), and that
-    /// limit's place in the request's list (its cost is what each waiter needs).
-    rule: Mutex<Option<(RuleSummary, usize)>>,
-    /// Told when tokens of the queue's user came back (a reservation settled below its
-    /// estimate): the head asks again without waiting out its sleep.
-    woken: tokio::sync::Notify,
-}
-
-/// A request's place in a queue: leaves it when dropped.
-struct Place<'a> {
-    waiting: &'a Waiting,
-    key: QueueKey,
-    queue: Arc<Queue>,
-    tokens: u64,
-}
-
-impl Waiting {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<QueueKey, Arc<Queue>>> {
-        self.queues.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Whether anyone waits on `key`.
-    fn busy(&self, key: &QueueKey) -> bool {
-        self.count.load(Ordering::Acquire) != 0 && self.lock().contains_key(key)
-    }
-
-    /// The rule the queue of `key` waits on, and its limit's place, if known.
-    fn rule_of(&self, key: &QueueKey) -> Option<(RuleSummary, usize)> {
-        let queue = self.lock().get(key).cloned()?;
-        let rule = *lock(&queue.rule);
-        rule
-    }
-
-    /// Joins the queue of `key`, needing `tokens`: the place, and the tokens of those before.
-    fn join(&self, key: QueueKey, tokens: u64) -> (Place<'_>, u64) {
-        let queue = {
-            let mut queues = self.lock();
-            let queue = Arc::clone(queues.entry(key.clone()).or_default());
-            self.count.store(queues.len(), Ordering::Release);
-            queue
-        };
-        let before = queue.tokens.fetch_add(tokens, Ordering::AcqRel);
-        let place = Place {
-            waiting: self,
-            key,
-            queue,
-            tokens,
-        };
-        (place, before)
-    }
-
-    /// Wakes the heads of `user`'s queues: tokens of theirs came back.
-    pub(super) fn wake(&self, user: &str) {
-        if self.count.load(Ordering::Acquire) == 0 {
-            return;
-        }
-        for ((who, _), queue) in self.lock().iter() {
-            if &**who == user {
-                queue.woken.notify_one();
-            }
-        }
-    }
-
-    /// How many queues there are (tests).
-    #[cfg(test)]
-    pub(super) fn queues(&self) -> usize {
-        self.lock().len()
-    }
-}
-
-impl Drop for Place<'_> {
-    fn drop(&mut self) {
-        self.queue.tokens.fetch_sub(self.tokens, Ordering::AcqRel);
-        let mut queues = self.waiting.lock();
-        // The map's and this place's: no one else is in the queue.
-        if Arc::strong_count(&self.queue) == 2 {
-            queues.remove(&self.key);
-            self.waiting.count.store(queues.len(), Ordering::Release);
-        }
-    }
-}
 
 impl Limiter {
     /// Reserves a request's limits as [`reserve`](Self::reserve) does, waiting up to
@@ -280,8 +177,4 @@ fn deciding_refusal(reservation: &Reservation) -> Option<(usize, Decision)> {
         .filter(|(_, d)| d.rule().is_some() && d.unavailable_kind().is_none())
         .max_by_key(|(_, d)| d.retry_after())
         .map(|(index, d)| (index, *d))
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -11,7 +11,7 @@ use super::identify::{Identify, Kind, MissingIdentifier};
 use super::plan::{Allowed, Plan, Settle, Verdict};
 use super::policy::RequestPolicy;
 use super::rejection::Rejection;
-use super::route_limit::{LimitTarget, RouteLimit};
+use super::route_limit::{LimitTarget, RouteLimit, SettleFn};
 use super::shadow::Mode;
 use super::view::RequestView;
 use crate::limiter::{GrantedDecisions, Taken};
@@ -28,7 +28,7 @@ type Caps = Vec<(InFlight, Box<str>)>;
 
 /// What a request's limits ask beyond their decision: which are settled at the response's
 /// use, and how long the request may wait for its tokens.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Default)]
 struct Terms {
     /// The limits settled at the response's use (a bit each).
     settle: u64,
@@ -36,6 +36,8 @@ struct Terms {
     charge_server_errors: bool,
     /// The longest wait among the limits.
     wait: Duration,
+    /// The closures that read a settled limit's use from the response, with the limit's place.
+    readers: Vec<(usize, Arc<SettleFn>)>,
 }
 
 /// A request's limits, identified: owned, its in-flight caps, and their terms.
@@ -114,7 +116,7 @@ impl<V: RequestView> RequestPolicy<V> {
                 }
             }
         };
-        match self.verdict_all((decisions, &[]), &owned, slots, terms, grpc) {
+        match self.verdict_all((decisions, &[]), &owned, slots, &terms, grpc) {
             Verdict::Allowed(allowed) => Plan::Call(allowed.mark_request::<V>(req)),
             Verdict::Refused(answer) => {
                 V::with_extensions(req, |e| self.family.refused::<V>(e));
@@ -192,14 +194,14 @@ impl<V: RequestView> RequestPolicy<V> {
         let Identified { owned, caps, terms } = identified;
         let taken = (decisions, deadlines);
         if caps.is_empty() || !taken.0.is_allowed() {
-            return self.verdict_all(taken, owned, Slots::Held(Vec::new()), *terms, grpc);
+            return self.verdict_all(taken, owned, Slots::Held(Vec::new()), terms, grpc);
         }
         match acquire_slots(caps).await {
-            Ok(slots) => self.verdict_all(taken, owned, slots, *terms, grpc),
+            Ok(slots) => self.verdict_all(taken, owned, slots, terms, grpc),
             Err(error) => match self.limiter.on_unavailable() {
                 // Through without the cap's slot.
                 crate::OnUnavailable::Allow => {
-                    self.verdict_all(taken, owned, Slots::Held(Vec::new()), *terms, grpc)
+                    self.verdict_all(taken, owned, Slots::Held(Vec::new()), terms, grpc)
                 }
                 _ => {
                     self.give_back_decisions(&taken.0, taken.1, owned);
@@ -271,6 +273,9 @@ impl<V: RequestView> RequestPolicy<V> {
             if limit.settled {
                 terms.settle |= 1 << owned.len().min(63);
                 terms.charge_server_errors |= limit.charge_server_errors;
+                if let Some(read) = &limit.settle_with {
+                    terms.readers.push((owned.len(), Arc::clone(read)));
+                }
             }
             terms.wait = terms.wait.max(limit.wait);
             owned.push((Box::from(&*user), limit_target, limit_cost));
@@ -325,7 +330,7 @@ impl<V: RequestView> RequestPolicy<V> {
         (decisions, deadlines): (Decisions, &[u64]),
         owned: &[Owned],
         slots: Slots,
-        terms: Terms,
+        terms: &Terms,
         grpc: bool,
     ) -> Verdict {
         let enforce = self.options.mode != Mode::Shadow;
@@ -363,6 +368,7 @@ impl<V: RequestView> RequestPolicy<V> {
                 ),
                 by_response: terms.settle,
                 charge_server_errors: terms.charge_server_errors,
+                readers: terms.readers.clone(),
             })
         });
         let headers = match self.options.headers {

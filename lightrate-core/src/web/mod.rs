@@ -31,6 +31,7 @@ mod options;
 mod plan;
 mod policy;
 mod rejection;
+mod response;
 mod route_limit;
 mod shadow;
 mod stage;
@@ -39,8 +40,8 @@ mod view;
 pub use identifier::{InvalidIdentifier, MAX_REQUEST_IDENTIFIER_BYTES};
 pub use identify::{Identify, MissingIdentifier};
 pub use operations::{Operation, PathTarget};
-pub use plan::Used;
 pub use rejection::{RateLimitHeaders, Rejection};
+pub use response::{ResponseHead, Used};
 pub use route_limit::RouteLimit;
 pub use shadow::Mode;
 

@@ -17,26 +17,13 @@ use super::identify::{ExtensionFn, Kind, MissingIdentifier};
 use super::operations::{target_for, Declared, PathTarget};
 use super::policy::RequestPolicy;
 use super::rejection::Rejection;
+use super::response::{ResponseHead, Used};
 use super::route_limit::RouteLimit;
 use super::shadow::Mode;
 use super::view::RequestView;
 use crate::ip::IpText;
 use crate::limiter::{IpProbe, PathProbe, Probe, Taken};
 use crate::{Decision, Decisions, Target};
-
-/// What a handler puts in its response's extensions to say how many tokens its request used,
-/// for a limit declared [`settled`](super::RouteLimit::settled): the reservation is settled at
-/// it.
-///
-/// ```
-/// use lightrate::tower::Used;
-///
-/// // In axum, a handler returns `(Extension(Used(120)), Json(...))`; by hand:
-/// let mut response = http::Response::new(r#"{"usage": {"total_tokens": 120}}"#);
-/// response.extensions_mut().insert(Used(120));
-/// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Used(pub u64);
 
 /// What an allowed request's response gets once the inner service has answered: the IETF
 /// fields to add, the in-flight slots its limits hold until then, and the reservation of its
@@ -51,13 +38,14 @@ pub struct After {
 }
 
 /// The reservation of a request's settled limits.
-#[derive(Debug)]
 pub(super) struct Settle {
     pub(super) reservation: crate::Reservation,
     /// The limits settled at the response's [`Used`] (a bit each); the others at their cost.
     pub(super) by_response: u64,
     /// Whether a 5xx answer is settled as any other (else at 0).
     pub(super) charge_server_errors: bool,
+    /// The closures that read a limit's use from the response's head, with its place.
+    pub(super) readers: Vec<(usize, Arc<super::route_limit::SettleFn>)>,
 }
 
 impl After {
@@ -76,10 +64,19 @@ impl After {
         })
     }
 
-    /// The inner service answered, with its response's status and the [`Used`] its handler
-    /// put in it (`None`: it failed without a response, settled as a 5xx): the slots are
-    /// released, the reservation settled, and the fields to add returned.
-    pub fn finish(self, response: Option<(u16, Option<Used>)>) -> Option<Box<HeaderMap>> {
+    /// Whether [`finish`](Self::finish) reads the response's headers (a
+    /// [`settle_with`](super::RouteLimit::settle_with) closure does): an adapter whose
+    /// responses do not keep an `http::HeaderMap` makes one only then.
+    pub fn reads_headers(&self) -> bool {
+        self.settle
+            .as_ref()
+            .is_some_and(|settle| !settle.readers.is_empty())
+    }
+
+    /// The inner service answered, with this response head (`None`: it failed without a
+    /// response, settled as a 5xx): the slots are released, the reservation settled, and the
+    /// fields to add returned.
+    pub fn finish(self, response: Option<&ResponseHead<'_>>) -> Option<Box<HeaderMap>> {
         let After {
             headers,
             slots,
@@ -93,26 +90,42 @@ impl After {
     }
 }
 
+impl fmt::Debug for Settle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Settle")
+            .field("reservation", &self.reservation)
+            .field("by_response", &self.by_response)
+            .field("charge_server_errors", &self.charge_server_errors)
+            .field("readers", &self.readers.len())
+            .finish()
+    }
+}
+
 impl Settle {
     /// Settles the reservation at what the response says.
-    fn at(self: Box<Self>, response: Option<(u16, Option<Used>)>) {
+    fn at(self: Box<Self>, response: Option<&ResponseHead<'_>>) {
         let Settle {
             reservation,
             by_response,
             charge_server_errors,
+            readers,
         } = *self;
-        let failed = response.is_none_or(|(status, _)| status >= 500) && !charge_server_errors;
-        let used = response.and_then(|(_, used)| used);
+        let failed = response.is_none_or(|head| head.status() >= 500) && !charge_server_errors;
         let settled: Vec<u64> = (0..reservation.decisions().len())
             .map(|index| {
                 let reserved = reservation.reserved(index);
                 if by_response & (1 << index.min(63)) == 0 {
-                    reserved
-                } else if failed {
-                    0
-                } else {
-                    used.map_or(reserved, |Used(used)| used)
+                    return reserved;
                 }
+                let Some(head) = response.filter(|_| !failed) else {
+                    return 0;
+                };
+                let read = readers
+                    .iter()
+                    .find(|(at, _)| *at == index)
+                    .and_then(|(_, read)| read(head));
+                read.or(head.used().map(|Used(used)| used))
+                    .unwrap_or(reserved)
             })
             .collect();
         let _ = reservation.settle(&settled);

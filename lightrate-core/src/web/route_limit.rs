@@ -7,11 +7,14 @@ use std::time::Duration;
 
 use super::identify::Identify;
 use super::operations::Operation;
+use super::response::ResponseHead;
 use super::view::RequestView;
 use crate::InFlight;
 
 pub(super) type PlanFn<V> =
     dyn Fn(&<V as RequestView>::Request, &str) -> Option<Operation> + Send + Sync;
+
+pub(super) type SettleFn = dyn Fn(&ResponseHead<'_>) -> Option<u64> + Send + Sync;
 
 pub(super) type CostFn<V> =
     dyn Fn(&<V as RequestView>::Request) -> Result<u64, String> + Send + Sync;
@@ -49,6 +52,8 @@ pub struct RouteLimit<V: RequestView> {
     pub(super) settled: bool,
     /// Whether a 5xx answer is settled as any other (else at 0).
     pub(super) charge_server_errors: bool,
+    /// Reads the use from the response's head, when the handler does not say it.
+    pub(super) settle_with: Option<Arc<SettleFn>>,
     /// How long a request over this limit may wait for its tokens.
     pub(super) wait: Duration,
 }
@@ -78,6 +83,7 @@ impl<V: RequestView> Clone for RouteLimit<V> {
             cost_from: self.cost_from.clone(),
             settled: self.settled,
             charge_server_errors: self.charge_server_errors,
+            settle_with: self.settle_with.clone(),
             wait: self.wait,
         }
     }
@@ -97,6 +103,7 @@ impl<V: RequestView> fmt::Debug for RouteLimit<V> {
             .field("cost_from", &self.cost_from.as_ref().map(|_| ".."))
             .field("settled", &self.settled)
             .field("charge_server_errors", &self.charge_server_errors)
+            .field("settle_with", &self.settle_with.as_ref().map(|_| ".."))
             .field("wait", &self.wait)
             .finish()
     }
@@ -117,6 +124,7 @@ impl<V: RequestView> RouteLimit<V> {
             cost_from: None,
             settled: false,
             charge_server_errors: false,
+            settle_with: None,
             wait: Duration::ZERO,
         }
     }
@@ -181,6 +189,26 @@ impl<V: RequestView> RouteLimit<V> {
     /// charged its estimate.
     pub fn settled(mut self) -> Self {
         self.settled = true;
+        self
+    }
+
+    /// [`settled`](Self::settled), with the use read from the response's head by `read` (a
+    /// header an upstream proxy set, say): `None` falls back to the handler's
+    /// [`Used`](super::Used), then to the estimate.
+    ///
+    /// ```
+    /// use lightrate::tower::RouteLimit;
+    ///
+    /// let tokens = RouteLimit::operation("llm_tokens")
+    ///     .with_cost(1_000)
+    ///     .settle_with(|head| head.header("x-usage-tokens")?.parse().ok());
+    /// ```
+    pub fn settle_with(
+        mut self,
+        read: impl Fn(&ResponseHead<'_>) -> Option<u64> + Send + Sync + 'static,
+    ) -> Self {
+        self.settled = true;
+        self.settle_with = Some(Arc::new(read));
         self
     }
 
