@@ -260,10 +260,10 @@ impl LocalBucket {
         if deadline_of(current) != deadline_ms.min(TIME_MASK) {
             // Filed with the older generation, the grant lives until that one's deadline:
             // only if it is no later than the grant's own. Two leases landed since the grant
-            // (its generation is gone): lost, not kept past its deadline (found by the model
+            // (its generation is gone): never kept past its own deadline (found by the model
             // checks, `loom_give_back_granted_across_deposits_outlives_its_deadline`).
             if older_deadline(self.older.load(Ordering::Acquire)) > deadline_ms.min(TIME_MASK) {
-                return (false, stale);
+                return (self.join_older_early(tokens, deadline_ms, now_ms), stale);
             }
             return (self.give_back(tokens, now_ms), stale);
         }
@@ -296,6 +296,48 @@ impl LocalBucket {
     /// held: a holder of the lock never sees `state` busy (it is busy only under the lock).
     pub(crate) fn wait_for_deposit(&self) {
         drop(self.learned());
+    }
+
+    /// Gives back `tokens` of a grant whose generation is gone (two leases landed since) by
+    /// making them the older generation's, and that generation die at the grant's deadline,
+    /// `deadline_ms`, if it lived longer: its tokens die early, never late. Worth it only when
+    /// the grant is at least what that generation holds (a reservation settled far below its
+    /// estimate): else the grant is lost (`false`), and the generation keeps its life. Under
+    /// the bucket's lock.
+    fn join_older_early(&self, tokens: u64, deadline_ms: u64, now_ms: u64) -> bool {
+        let Some(frozen) = self.freeze() else {
+            return false;
+        };
+        let current = frozen & !BUSY;
+        let held = tokens_of(current);
+        let older = self.older.load(Ordering::Acquire);
+        // Dropped past its deadline by the caller: an older generation alive, or none.
+        let older_alive = now_ms < older_deadline(older);
+        let in_older = if older_alive {
+            held.saturating_sub(newest_of(older))
+        } else {
+            0
+        };
+        if tokens < in_older || now_ms >= deadline_of(current) {
+            // Not worth it (or nothing alive to join): `state` as it was.
+            self.publish(frozen, current);
+            return false;
+        }
+        let (newest, dies_ms) = if older_alive {
+            (newest_of(older), older_deadline(older).min(deadline_ms))
+        } else {
+            // What the bucket holds is all of its newest lease.
+            (held, deadline_ms)
+        };
+        self.older.store(pack(newest, dies_ms), Ordering::Release);
+        let total = held.saturating_add(tokens);
+        let next = (frozen & !(TOKEN_MASK | BUSY)) | total.min(TOKEN_MASK);
+        if !self.publish(frozen, next) {
+            return false;
+        }
+        self.lost
+            .fetch_add(total.saturating_sub(TOKEN_MASK), Ordering::Relaxed);
+        true
     }
 
     /// Marks `state` busy (a deposit is changing `older` and `state` together: takes and
@@ -821,5 +863,27 @@ mod tests {
         assert!(b.crosses_low_water(0, 5));
         b.set_refill_below(0);
         assert!(!b.crosses_low_water(0, 1));
+    }
+
+    #[test]
+    fn a_big_grant_given_back_after_two_leases_joins_the_older_generation_early() {
+        // A lease of 5 s granted everything straight to requests; two leases landed since (1
+        // token until 7 s, 2 until 9 s).
+        let b = LocalBucket::new(0);
+        b.deposit(0, 5_000, 0).unwrap();
+        b.deposit(1, 7_000, 1_000).unwrap();
+        b.deposit(2, 9_000, 1_000).unwrap();
+        // 3 given back: more than the older generation holds (1), so they join it, and it
+        // dies at the grant's 5 s.
+        assert_eq!(b.give_back_granted(3, 5_000, 1_000), (true, 0));
+        assert_eq!(b.live_tokens(4_999), 6);
+        assert_eq!(b.live_tokens(5_000), 2);
+        // 1 given back to a bucket whose older generation holds 4: lost, and it keeps its life.
+        let b = LocalBucket::new(0);
+        b.deposit(0, 5_000, 0).unwrap();
+        b.deposit(4, 7_000, 1_000).unwrap();
+        b.deposit(2, 9_000, 1_000).unwrap();
+        assert_eq!(b.give_back_granted(1, 5_000, 1_000), (false, 0));
+        assert_eq!(b.live_tokens(6_999), 6);
     }
 }

@@ -356,6 +356,26 @@ fn loom_give_back_granted_across_deposits_outlives_its_deadline() {
     });
 }
 
+/// The same, with a grant bigger than the older generation it finds (3 given back, the 7 s
+/// lease's 1 left): it joins that generation, which now dies at the grant's 5 s, not at 7 s.
+#[test]
+fn loom_a_big_grant_given_back_across_deposits_joins_the_older_generation_early() {
+    model(|| {
+        let bucket = Arc::new(LocalBucket::new(0));
+        bucket.deposit(0, 5_000, 0).unwrap();
+        let granted = {
+            let bucket = Arc::clone(&bucket);
+            thread::spawn(move || bucket.give_back_granted(3, 5_000, 1_000))
+        };
+        assert!(bucket.deposit(1, 7_000, 1_000).is_ok());
+        assert!(bucket.deposit(2, 9_000, 1_000).is_ok());
+        let (back, _) = granted.join().unwrap();
+        assert_conserved(&bucket, 6, 0, if back { 0 } else { 3 });
+        let tokens = [(5_000, 3), (7_000, 1), (9_000, 2)];
+        assert_later_in_time(&bucket, &tokens, (1_000, 0), &[5_000, 7_000], 5_000);
+    });
+}
+
 /// A deposit at 4.999 s races a take at 5 s, on a bucket whose older generation (2 tokens)
 /// dies at 5 s and whose newest lease filed nothing: the deposit writes `older` (newest: 3)
 /// before `state`, and a take that reads the old `state` with the new `older` sees nothing
