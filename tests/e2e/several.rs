@@ -92,6 +92,10 @@ pub async fn reports_are_limited_per_user_and_per_organisation(framework: Framew
         assert_eq!(status, StatusCode::BAD_REQUEST, "{headers:?}: {body}");
         assert!(body["error"].is_string());
     }
+    // Missing, the answer names it (not "a user identifier": the user's is there).
+    let (_, _, body) = get(base, "/reports", &[("x-user-id", "bob")]).await;
+    assert_eq!(body["error"], "missing_identifier", "{body}");
+    assert_eq!(body["message"], "this endpoint needs the x-org-id header");
     let bob = [("x-user-id", "bob"), ("x-org-id", "acme")];
     for _ in 0..5 {
         let (status, _, body) = get(base, "/reports", &bob).await;

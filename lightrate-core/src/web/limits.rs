@@ -321,7 +321,14 @@ impl<V: RequestView> RequestPolicy<V> {
         if own && self.options.missing != MissingIdentifier::Reject {
             return Ok(None);
         }
-        Err(Rejection::MissingIdentifier)
+        if own {
+            return Err(Rejection::MissingIdentifier);
+        }
+        // A limit's own identifier: the answer names what is missing.
+        Err(Rejection::MissingLimitIdentifier(match identify.kind() {
+            Kind::Header(name) => format!("the {name} header"),
+            _ => "an identifier for one of its limits".to_owned(),
+        }))
     }
 
     /// What the decisions of a request's limits mean for it.

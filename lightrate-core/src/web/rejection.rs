@@ -49,6 +49,9 @@ pub enum Rejection {
     InvalidIdentifier(InvalidIdentifier),
     /// There is no user identifier and the policy is to reject: 400.
     MissingIdentifier,
+    /// The identifier a limit of the request is charged to is missing (what: `the x-org-id
+    /// header`, say): 400.
+    MissingLimitIdentifier(String),
     /// The request does not say its cost usably (a limit's
     /// [`cost_from`](super::RouteLimit::cost_from) refused it, with this message): 400.
     InvalidCost(String),
@@ -86,6 +89,7 @@ impl Rejection {
             Rejection::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Rejection::InvalidIdentifier(_)
             | Rejection::MissingIdentifier
+            | Rejection::MissingLimitIdentifier(_)
             | Rejection::InvalidCost(_) => StatusCode::BAD_REQUEST,
         }
     }
@@ -153,6 +157,13 @@ impl Rejection {
                 }),
                 None,
             ),
+            Rejection::MissingLimitIdentifier(what) => (
+                serde_json::json!({
+                    "error": "missing_identifier",
+                    "message": format!("this endpoint needs {what}"),
+                }),
+                None,
+            ),
             Rejection::InvalidCost(why) => (
                 serde_json::json!({"error": "invalid_cost", "message": why}),
                 None,
@@ -200,6 +211,7 @@ impl Rejection {
             Rejection::Unavailable { .. } => grpc_status::UNAVAILABLE,
             Rejection::InvalidIdentifier(_)
             | Rejection::MissingIdentifier
+            | Rejection::MissingLimitIdentifier(_)
             | Rejection::InvalidCost(_) => grpc_status::INVALID_ARGUMENT,
         }
     }
@@ -247,6 +259,7 @@ impl Rejection {
             ),
             Rejection::InvalidIdentifier(why) => (why.to_string(), None),
             Rejection::MissingIdentifier => ("this method needs a user identifier".into(), None),
+            Rejection::MissingLimitIdentifier(what) => (format!("this method needs {what}"), None),
             Rejection::InvalidCost(why) => (why.clone(), None),
         };
         let mut response = Response::new(Bytes::new());
