@@ -830,3 +830,62 @@ async fn a_settled_limit_reads_its_use_from_the_response_head_or_the_handler() {
     let (status, _, _) = send(&app, Method::POST, "/used", Some("lou")).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
 }
+
+#[tokio::test]
+async fn a_dropped_request_is_charged_its_reservation_unless_told_to_release_it() {
+    let source = Recording::demo();
+    let layer = LightRateLayer::new(source.limiter(OnUnavailable::Allow)).identify(user_header());
+    let (started_tx, mut started_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let hang = move || {
+        let started = started_tx.clone();
+        async move {
+            let _ = started.send(());
+            std::future::pending::<&str>().await
+        }
+    };
+    // `llm_tokens` of the demo rules: burst 1 000; each request reserves 600.
+    let tokens = || RouteLimit::operation("llm_tokens").with_cost(600).settled();
+    let app = Router::new()
+        .route(
+            "/charged",
+            post(hang.clone()).layer(layer.limits_for(Method::POST, "/charged", [tokens()])),
+        )
+        .route(
+            "/released",
+            post(hang).layer(layer.limits_for(
+                Method::POST,
+                "/released",
+                [tokens().release_when_dropped()],
+            )),
+        )
+        .layer(layer);
+    let request = |path: &str, user: &str| {
+        Request::post(path)
+            .header("x-user-id", user)
+            .body(Body::empty())
+            .unwrap()
+    };
+    for (path, user, again) in [
+        ("/charged", "cy", StatusCode::TOO_MANY_REQUESTS),
+        ("/released", "di", StatusCode::OK),
+    ] {
+        // A request dropped mid-handler (its client gone).
+        let hanging = tokio::spawn(app.clone().oneshot(request(path, user)));
+        started_rx.recv().await.unwrap();
+        hanging.abort();
+        assert!(hanging.await.unwrap_err().is_cancelled());
+        // Charged, 400 are left: another 600 is refused. Released: it is not.
+        let next = tokio::spawn(app.clone().oneshot(request(path, user)));
+        if again == StatusCode::OK {
+            // Admitted: its handler starts (a refusal would have answered instead).
+            let started = tokio::time::timeout(Duration::from_secs(10), started_rx.recv());
+            assert!(
+                started.await.is_ok(),
+                "{path}: the next request was not admitted"
+            );
+            next.abort();
+        } else {
+            assert_eq!(next.await.unwrap().unwrap().status(), again, "{path}");
+        }
+    }
+}

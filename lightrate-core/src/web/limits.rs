@@ -16,7 +16,7 @@ use super::shadow::Mode;
 use super::view::RequestView;
 use crate::limiter::{GrantedDecisions, Taken};
 use crate::{
-    Acquired, Decision, DecisionSource, Decisions, Error, InFlight, InFlightSlot, Limit,
+    Acquired, Decision, DecisionSource, Decisions, Error, InFlight, InFlightSlot, Limit, OnDrop,
     Reservation, Target,
 };
 
@@ -34,6 +34,8 @@ struct Terms {
     settle: u64,
     /// Whether their 5xx answers are settled as any other (else at 0).
     charge_server_errors: bool,
+    /// Whether a request dropped before its response gives back what they reserved.
+    release_dropped: bool,
     /// The longest wait among the limits.
     wait: Duration,
     /// The closures that read a settled limit's use from the response, with the limit's place.
@@ -273,6 +275,7 @@ impl<V: RequestView> RequestPolicy<V> {
             if limit.settled {
                 terms.settle |= 1 << owned.len().min(63);
                 terms.charge_server_errors |= limit.charge_server_errors;
+                terms.release_dropped |= limit.release_dropped;
                 if let Some(read) = &limit.settle_with {
                     terms.readers.push((owned.len(), Arc::clone(read)));
                 }
@@ -372,7 +375,12 @@ impl<V: RequestView> RequestPolicy<V> {
                     owned.to_vec(),
                     decisions.clone(),
                     deadlines.to_vec(),
-                ),
+                )
+                .on_drop(if terms.release_dropped {
+                    OnDrop::Release
+                } else {
+                    OnDrop::Charge
+                }),
                 by_response: terms.settle,
                 charge_server_errors: terms.charge_server_errors,
                 readers: terms.readers.clone(),

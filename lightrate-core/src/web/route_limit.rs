@@ -54,6 +54,8 @@ pub struct RouteLimit<V: RequestView> {
     pub(super) charge_server_errors: bool,
     /// Reads the use from the response's head, when the handler does not say it.
     pub(super) settle_with: Option<Arc<SettleFn>>,
+    /// Whether a request dropped before its response gives back what it reserved.
+    pub(super) release_dropped: bool,
     /// How long a request over this limit may wait for its tokens.
     pub(super) wait: Duration,
 }
@@ -84,6 +86,7 @@ impl<V: RequestView> Clone for RouteLimit<V> {
             settled: self.settled,
             charge_server_errors: self.charge_server_errors,
             settle_with: self.settle_with.clone(),
+            release_dropped: self.release_dropped,
             wait: self.wait,
         }
     }
@@ -104,6 +107,7 @@ impl<V: RequestView> fmt::Debug for RouteLimit<V> {
             .field("settled", &self.settled)
             .field("charge_server_errors", &self.charge_server_errors)
             .field("settle_with", &self.settle_with.as_ref().map(|_| ".."))
+            .field("release_dropped", &self.release_dropped)
             .field("wait", &self.wait)
             .finish()
     }
@@ -125,6 +129,7 @@ impl<V: RequestView> RouteLimit<V> {
             settled: false,
             charge_server_errors: false,
             settle_with: None,
+            release_dropped: false,
             wait: Duration::ZERO,
         }
     }
@@ -216,6 +221,14 @@ impl<V: RequestView> RouteLimit<V> {
     /// settle at 0: a request that failed costs nothing).
     pub fn charge_server_errors(mut self) -> Self {
         self.charge_server_errors = true;
+        self
+    }
+
+    /// Gives back what a [`settled`](Self::settled) limit reserved when its request is dropped
+    /// before its response (the client went away, a timeout, a panic). By default such a
+    /// request is charged its estimate: the work it started may have cost it.
+    pub fn release_when_dropped(mut self) -> Self {
+        self.release_dropped = true;
         self
     }
 
