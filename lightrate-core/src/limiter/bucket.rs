@@ -52,8 +52,9 @@ fn newest_of(older: u64) -> u64 {
 /// The result of trying to take tokens.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Take {
-    /// Taken; this many are left.
-    Taken(u64),
+    /// Taken; this many are left, and the tokens taken were spendable until this deadline
+    /// (ms: their generation's; the older one's when the take spent any of it).
+    Taken(u64, u64),
     /// Fewer live tokens than asked for (nothing was taken).
     Empty,
     /// It holds tokens past their deadline: the slow path counts them lost
@@ -156,7 +157,15 @@ impl LocalBucket {
                 Ordering::AcqRel,
                 Ordering::Acquire,
             ) {
-                Ok(_) => return Take::Taken(tokens - cost),
+                Ok(_) => {
+                    // Spent oldest first: any of the older generation, and it dies first.
+                    let until_ms = if tokens > newest_of(older) {
+                        older_deadline(older)
+                    } else {
+                        deadline_of(current)
+                    };
+                    return Take::Taken(tokens - cost, until_ms);
+                }
                 Err(actual) => current = actual,
             }
         }
@@ -226,6 +235,63 @@ impl LocalBucket {
                     let over = total.saturating_sub(TOKEN_MASK);
                     self.lost.fetch_add(over, Ordering::Relaxed);
                     return true;
+                }
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
+    /// Puts back `tokens` a take of this bucket handed out and a request did not spend (another
+    /// limit refused it, or a reservation was settled below its estimate), which were
+    /// spendable until `until_ms` (the take's [`Take::Taken`]). They land in a generation that
+    /// dies no later: lock-free while the bucket's generations allow it (the newest, or the
+    /// older, whichever they are counted in has a deadline no later than theirs); else, under
+    /// the bucket's lock, they join the older generation early (as a grant does, when they are
+    /// at least what it holds) or are lost. `false` when lost (past their deadline, the bucket
+    /// removed, or not worth the older generation's life); also returns the older
+    /// generation's tokens it found past their deadline and dropped.
+    pub(crate) fn give_back_taken(&self, tokens: u64, until_ms: u64, now_ms: u64) -> (bool, u64) {
+        let mut current = self.state.load(Ordering::Acquire);
+        loop {
+            if current & DEAD != 0 || now_ms >= until_ms.min(TIME_MASK) {
+                return (false, 0);
+            }
+            if current & BUSY != 0 {
+                self.wait_for_deposit();
+                current = self.state.load(Ordering::Acquire);
+                continue;
+            }
+            // `state` before `older`, as a take reads them; a deposit between the two marks
+            // `state` busy first, so that the compare-and-swap below fails.
+            let older = self.older.load(Ordering::Acquire);
+            let held = tokens_of(current);
+            // Counted after the tokens held: up to the newest lease's size they are the newest
+            // generation's, the rest the older one's.
+            let to_newest = newest_of(older).saturating_sub(held).min(tokens);
+            let to_older = tokens - to_newest;
+            let until = until_ms.min(TIME_MASK);
+            let newest_ok = to_newest == 0 || deadline_of(current) <= until;
+            let older_ok =
+                to_older == 0 || (now_ms < older_deadline(older) && older_deadline(older) <= until);
+            if !(newest_ok && older_ok) || now_ms >= deadline_of(current) {
+                // Their generation is gone (two leases landed since the take): under the lock,
+                // as a grant's.
+                let _moving = self.learned();
+                let stale = self.drop_stale(now_ms);
+                return (self.join_older_early(tokens, until_ms, now_ms), stale);
+            }
+            let total = held.saturating_add(tokens);
+            let next = (current & !TOKEN_MASK) | total.min(TOKEN_MASK);
+            match self.state.compare_exchange_weak(
+                current,
+                next,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => {
+                    self.lost
+                        .fetch_add(total.saturating_sub(TOKEN_MASK), Ordering::Relaxed);
+                    return (true, 0);
                 }
                 Err(actual) => current = actual,
             }
@@ -630,6 +696,14 @@ mod loom;
 mod tests {
     use super::*;
 
+    /// How many tokens a take left, if it took.
+    fn left(take: Take) -> Option<u64> {
+        match take {
+            Take::Taken(left, _) => Some(left),
+            _ => None,
+        }
+    }
+
     #[test]
     fn a_bucket_is_small() {
         // It lives inline in its map entry; what a hit reads is its first 32 bytes.
@@ -641,16 +715,16 @@ mod tests {
         let b = LocalBucket::new(0);
         assert_eq!(b.try_take(1, 0), Take::Empty);
         assert_eq!(b.deposit(3, 5_000, 0), Ok(0));
-        assert_eq!(b.try_take(2, 1), Take::Taken(1));
+        assert_eq!(left(b.try_take(2, 1)), Some(1));
         assert_eq!(b.try_take(2, 1), Take::Empty);
-        assert_eq!(b.try_take(1, 1), Take::Taken(0));
+        assert_eq!(left(b.try_take(1, 1)), Some(0));
     }
 
     #[test]
     fn tokens_die_at_their_deadline() {
         let b = LocalBucket::new(0);
         b.deposit(5, 5_000, 0).unwrap();
-        assert_eq!(b.try_take(1, 4_999), Take::Taken(4));
+        assert_eq!(left(b.try_take(1, 4_999)), Some(4));
         assert_eq!(b.try_take(1, 5_000), Take::Expired);
         assert_eq!(b.live_tokens(5_000), 0);
         assert_eq!(b.expire(5_000), 4);
@@ -662,17 +736,17 @@ mod tests {
     fn a_deposit_does_not_extend_the_life_of_older_tokens() {
         let b = LocalBucket::new(0);
         b.deposit(5, 5_000, 0).unwrap();
-        assert_eq!(b.try_take(2, 100), Take::Taken(3));
+        assert_eq!(left(b.try_take(2, 100)), Some(3));
         // A refill-ahead lease lands: 3 old (until 5 s) + 10 new (until 7 s).
         b.deposit(10, 7_000, 2_000).unwrap();
         assert_eq!(b.live_tokens(4_999), 13);
-        assert_eq!(b.try_take(1, 4_000), Take::Taken(12));
+        assert_eq!(left(b.try_take(1, 4_000)), Some(12));
         // At 5 s the 2 old ones left die; the 10 new ones live on.
         assert_eq!(b.live_tokens(5_000), 10);
         assert_eq!(b.try_take(1, 5_000), Take::Stale);
         assert_eq!(b.drop_stale(5_000), 2);
-        assert_eq!(b.try_take(1, 5_000), Take::Taken(9));
-        assert_eq!(b.try_take(9, 6_999), Take::Taken(0));
+        assert_eq!(left(b.try_take(1, 5_000)), Some(9));
+        assert_eq!(left(b.try_take(9, 6_999)), Some(0));
         assert_eq!(b.consumed(), 2 + 1 + 1 + 9);
     }
 
@@ -681,9 +755,9 @@ mod tests {
         let b = LocalBucket::new(0);
         b.deposit(2, 5_000, 0).unwrap();
         b.deposit(10, 7_000, 1_000).unwrap();
-        assert_eq!(b.try_take(3, 2_000), Take::Taken(9));
+        assert_eq!(left(b.try_take(3, 2_000)), Some(9));
         // The two old tokens were spent first: nothing is stale at 5 s.
-        assert_eq!(b.try_take(1, 5_000), Take::Taken(8));
+        assert_eq!(left(b.try_take(1, 5_000)), Some(8));
         assert_eq!(b.drop_stale(5_000), 0);
     }
 
@@ -705,7 +779,7 @@ mod tests {
         assert_eq!(b.deposit(3, 9_000, 6_000), Ok(5));
         assert_eq!(b.live_tokens(6_000), 3);
         assert_eq!(b.lost.load(Ordering::Relaxed), 5);
-        assert_eq!(b.try_take(3, 6_000), Take::Taken(0));
+        assert_eq!(left(b.try_take(3, 6_000)), Some(0));
     }
 
     #[test]
@@ -714,13 +788,13 @@ mod tests {
         b.deposit(5, 5_000, 0).unwrap();
         b.deposit(10, 7_000, 2_000).unwrap();
         // 3 of the first lease are left, 10 of the second.
-        assert_eq!(b.try_take(2, 3_000), Take::Taken(13));
+        assert_eq!(left(b.try_take(2, 3_000)), Some(13));
         // At 6 s the first lease's 3 are past their deadline; no hit saw them stale before a
         // third lease lands: they are lost, not carried to the second lease's deadline.
         assert_eq!(b.deposit(10, 9_000, 6_000), Ok(3));
         assert_eq!(b.live_tokens(6_500), 20);
         assert_eq!(b.try_take(21, 6_500), Take::Empty);
-        assert_eq!(b.try_take(20, 6_500), Take::Taken(0));
+        assert_eq!(left(b.try_take(20, 6_500)), Some(0));
     }
 
     #[test]
@@ -738,7 +812,7 @@ mod tests {
         assert_eq!(m.live_tokens(5_000), 10);
         assert_eq!(m.denied_until(), 9);
         assert_eq!(m.consumed(), 0);
-        assert_eq!(m.try_take(15, 4_000), Take::Taken(0));
+        assert_eq!(left(m.try_take(15, 4_000)), Some(0));
         assert_eq!(b.deposit(1, 8_000, 4_000), Err(1));
     }
 
@@ -784,11 +858,11 @@ mod tests {
     fn a_take_given_back_is_spendable_again() {
         let b = LocalBucket::new(0);
         b.deposit(3, 5_000, 0).unwrap();
-        assert_eq!(b.try_take(2, 10), Take::Taken(1));
+        assert_eq!(left(b.try_take(2, 10)), Some(1));
         assert!(b.give_back(2, 20));
         assert_eq!(b.live_tokens(20), 3);
         assert_eq!(b.consumed(), 0);
-        assert_eq!(b.try_take(3, 30), Take::Taken(0));
+        assert_eq!(left(b.try_take(3, 30)), Some(0));
         assert_eq!(b.consumed(), 3);
     }
 
@@ -798,7 +872,7 @@ mod tests {
         // Nothing deposited: no deadline to give back under.
         assert!(!b.give_back(1, 0));
         b.deposit(3, 5_000, 0).unwrap();
-        assert_eq!(b.try_take(1, 10), Take::Taken(2));
+        assert_eq!(left(b.try_take(1, 10)), Some(2));
         // Past the deadline: lost.
         assert!(!b.give_back(1, 5_000));
         assert_eq!(b.kill(), 2);
@@ -813,7 +887,7 @@ mod tests {
         b.deposit(10, 7_000, 1_000).unwrap();
         // The two older tokens are spent, then given back after their deadline passed:
         // they count as the older generation, and die.
-        assert_eq!(b.try_take(2, 2_000), Take::Taken(10));
+        assert_eq!(left(b.try_take(2, 2_000)), Some(10));
         assert!(b.give_back(2, 5_100));
         assert_eq!(b.live_tokens(5_100), 10);
         assert_eq!(b.try_take(1, 5_100), Take::Stale);
@@ -826,7 +900,7 @@ mod tests {
         b.deposit(0, 5_000, 0).unwrap();
         assert_eq!(b.give_back_granted(1, 5_000, 10), (true, 0));
         assert_eq!(b.live_tokens(10), 1);
-        assert_eq!(b.try_take(1, 20), Take::Taken(0));
+        assert_eq!(left(b.try_take(1, 20)), Some(0));
         // A grant of an older lease goes to the older generation, and dies with it.
         b.deposit(3, 5_000, 100).unwrap();
         b.deposit(4, 7_000, 200).unwrap();
@@ -842,7 +916,7 @@ mod tests {
         c.deposit(3, 7_000, 1_000).unwrap();
         assert_eq!(c.give_back_granted(2, 7_000, 5_000), (true, 2));
         assert_eq!(c.live_tokens(5_000), 5);
-        assert_eq!(c.try_take(5, 5_000), Take::Taken(0));
+        assert_eq!(left(c.try_take(5, 5_000)), Some(0));
     }
 
     #[test]

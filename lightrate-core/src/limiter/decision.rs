@@ -94,20 +94,29 @@ pub struct Decision {
     pub(crate) source: DecisionSource,
     pub(crate) tokens_left: u64,
     pub(crate) remaining: u64,
-    /// Nanoseconds (a `Duration` would make the value larger than a hit should copy).
-    pub(crate) retry_after_nanos: u64,
+    /// A refusal's wait, in nanoseconds (a `Duration` would make the value larger than a hit
+    /// should copy). Of an allowed local take (which waits for nothing): until when, in ms,
+    /// the tokens it took were spendable, the deadline of their generation, which a give-back
+    /// must not outlive. 0 otherwise.
+    pub(crate) wait: u64,
     pub(crate) rule: Option<RuleSummary>,
     pub(crate) unavailable: Option<ErrorKind>,
 }
 
 impl Decision {
-    pub(crate) fn local(left: u64, source_remaining: u64, rule: RuleSummary) -> Self {
+    /// A local take that left `left` tokens, of tokens spendable until `taken_until_ms`.
+    pub(crate) fn local(
+        left: u64,
+        source_remaining: u64,
+        rule: RuleSummary,
+        taken_until_ms: u64,
+    ) -> Self {
         Decision {
             allowed: true,
             source: DecisionSource::LocalBucket,
             tokens_left: left,
             remaining: left.saturating_add(source_remaining),
-            retry_after_nanos: 0,
+            wait: taken_until_ms,
             rule: Some(rule),
             unavailable: None,
         }
@@ -124,7 +133,7 @@ impl Decision {
             source,
             tokens_left: 0,
             remaining: source_remaining,
-            retry_after_nanos: duration_to_nanos(retry_after),
+            wait: duration_to_nanos(retry_after),
             rule: Some(rule),
             unavailable: None,
         }
@@ -136,7 +145,7 @@ impl Decision {
             source: DecisionSource::Unavailable,
             tokens_left: 0,
             remaining: 0,
-            retry_after_nanos: if allowed {
+            wait: if allowed {
                 0
             } else {
                 duration_to_nanos(retry_after)
@@ -170,7 +179,20 @@ impl Decision {
     /// How long until a request can be allowed again (zero when allowed). For
     /// [`DecisionSource::Unavailable`], how long until the source is tried again.
     pub fn retry_after(&self) -> Duration {
-        Duration::from_nanos(self.retry_after_nanos)
+        if self.allowed {
+            return Duration::ZERO;
+        }
+        Duration::from_nanos(self.wait)
+    }
+
+    /// Of an allowed local take, until when (ms) the tokens it took were spendable; 0
+    /// otherwise.
+    pub(crate) fn taken_until_ms(&self) -> u64 {
+        if self.allowed && self.source == DecisionSource::LocalBucket {
+            self.wait
+        } else {
+            0
+        }
     }
 
     /// `retry_after` in whole seconds for a `Retry-After` header: rounded up, at least 1.

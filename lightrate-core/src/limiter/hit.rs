@@ -15,8 +15,13 @@ use super::memo;
 /// What a bucket said to a hit.
 #[derive(Clone, Copy, Debug)]
 enum Tap {
-    /// Served: this many left, and what the source said it had left.
-    Served { left: u32, remaining: u64 },
+    /// Served: this many left, what the source said it had left, and until when the tokens
+    /// taken were spendable.
+    Served {
+        left: u32,
+        remaining: u64,
+        until_ms: u64,
+    },
     /// Fewer tokens than the cost (the denial cache may answer).
     Empty,
     /// The source must be asked (tokens past their deadline).
@@ -76,8 +81,13 @@ impl Inner {
         let known = memo::hit(limiter, generation, now_ms, target, user, |rule, bucket| {
             if let Some(bucket) = bucket {
                 match self.tap(bucket, user, target, rule.slot, cost, now_ms) {
-                    Tap::Served { left, remaining } => {
-                        *decided = Some(Decision::local(u64::from(left), remaining, *rule));
+                    Tap::Served {
+                        left,
+                        remaining,
+                        until_ms,
+                    } => {
+                        let left = u64::from(left);
+                        *decided = Some(Decision::local(left, remaining, *rule, until_ms));
                         return true;
                     }
                     Tap::Ask => return true,
@@ -130,8 +140,12 @@ impl Inner {
             return;
         };
         match self.tap(held, user, target, rule.slot, cost, now_ms) {
-            Tap::Served { left, remaining } => {
-                *decided = Some(Decision::local(u64::from(left), remaining, *rule));
+            Tap::Served {
+                left,
+                remaining,
+                until_ms,
+            } => {
+                *decided = Some(Decision::local(u64::from(left), remaining, *rule, until_ms));
             }
             Tap::Ask => return,
             Tap::Empty => {
@@ -172,7 +186,7 @@ impl Inner {
         now_ms: u64,
     ) -> Tap {
         match bucket.try_take(cost, now_ms) {
-            Take::Taken(left) => {
+            Take::Taken(left, until_ms) => {
                 if self.settings.refill_ahead && bucket.crosses_low_water(left, cost) {
                     user.with_bytes(|user| {
                         target.with_target(|t| Lease::refill_ahead(self, user, slot, t));
@@ -182,6 +196,7 @@ impl Inner {
                     // A bucket holds at most 2^24 - 1 tokens.
                     left: u32::try_from(left).unwrap_or(u32::MAX),
                     remaining: bucket.source_remaining(),
+                    until_ms,
                 }
             }
             Take::Empty => Tap::Empty,

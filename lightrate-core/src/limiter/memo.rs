@@ -442,7 +442,7 @@ mod tests {
         assert!(fits(b"alice") && !fits(&[b'x'; USER_BYTES + 1]));
         memoize(3_000_001, b"alice", 3, bucket.clone());
         assert!(!found_again(&b), "memoizing forgets the last found");
-        assert_eq!(found(b"alice", 0), Some((3, Take::Taken(4))));
+        assert_eq!(found(b"alice", 0), Some((3, Take::Taken(4, 10_000))));
         assert_eq!(found(b"alicf", 0), None, "another user");
         assert_eq!(found(b"alice", 100), None, "the rule expired");
         memoize(3_000_001, b"bob", 4, bucket.clone());

@@ -78,10 +78,15 @@ impl Waiting {
     }
 
     /// Wakes the heads of `user`'s queues: tokens of theirs came back.
+    #[inline]
     pub(super) fn wake(&self, user: &str) {
-        if self.count.load(Ordering::Acquire) == 0 {
-            return;
+        if self.count.load(Ordering::Acquire) != 0 {
+            self.wake_queues(user);
         }
+    }
+
+    #[cold]
+    fn wake_queues(&self, user: &str) {
         for ((who, _), queue) in self.lock().iter() {
             if &**who == user {
                 queue.woken.notify_one();

@@ -435,7 +435,9 @@ impl Inner {
             std::cmp::Ordering::Less => {
                 let returned = reserved - used;
                 match taken {
-                    Taken::Local => self.give_back_local(user, target, rule.slot, returned),
+                    Taken::Local { until_ms } => {
+                        self.give_back_local(user, target, rule.slot, returned, until_ms)
+                    }
                     granted => self.give_back(user, rule.slot, returned, granted),
                 }
                 // Requests of this user waiting for their tokens ask again.
@@ -452,7 +454,14 @@ impl Inner {
     /// Gives back `tokens` a local take of (user, target) handed out: to the bucket this
     /// thread's memo holds for them, without a map look-up, when it has it (a reservation
     /// settled on the thread that made it); else as [`give_back`](Self::give_back) does.
-    fn give_back_local(&self, user: &str, target: &Target<'_>, slot: u32, tokens: u64) {
+    fn give_back_local(
+        &self,
+        user: &str,
+        target: &Target<'_>,
+        slot: u32,
+        tokens: u64,
+        until_ms: u64,
+    ) {
         let now_ms = self.clock.coarse_now().as_millis();
         let (limiter, generation) = self.routes.memo_key();
         let mut back = None;
@@ -464,16 +473,17 @@ impl Inner {
             user.as_bytes(),
             |rule, bucket| {
                 if let Some(bucket) = bucket.filter(|_| rule.slot == slot) {
-                    back = Some(bucket.give_back(tokens, now_ms));
+                    back = Some(bucket.give_back_taken(tokens, until_ms, now_ms));
                 }
                 true
             },
         );
         match back {
-            Some(true) => {}
+            Some((true, 0)) => {}
+            Some((true, stale)) => self.counters.expired(slot, stale),
             // Lost: every token deposited is taken, held or lost.
-            Some(false) => self.counters.expired(slot, tokens),
-            None => self.give_back(user, slot, tokens, Taken::Local),
+            Some((false, stale)) => self.counters.expired(slot, stale + tokens),
+            None => self.give_back(user, slot, tokens, Taken::Local { until_ms }),
         }
     }
 

@@ -153,7 +153,7 @@ impl Decisions {
         };
         if let Some(decision) = self.slot(index) {
             let nanos = crate::clock::duration_to_nanos(wait);
-            decision.retry_after_nanos = decision.retry_after_nanos.max(nanos);
+            decision.wait = decision.wait.max(nanos);
         }
     }
 
@@ -553,9 +553,10 @@ impl Held<'_> {
             return;
         }
         if let (Some(rule), Some((user, _, cost))) = (decision.rule(), self.limits.get(index)) {
-            self.limiter
-                .inner
-                .give_back(user, rule.slot, *cost, Taken::Local);
+            let taken = Taken::Local {
+                until_ms: decision.taken_until_ms(),
+            };
+            self.limiter.inner.give_back(user, rule.slot, *cost, taken);
         }
         *slot = None;
         *retake |= bit(index);
@@ -583,7 +584,12 @@ impl Inner {
         let guard = self.buckets.guard();
         let bucket = self.buckets.get(user.as_bytes(), slot, &guard);
         let (back, granted) = match taken {
-            Taken::Local => (bucket.is_some_and(|b| b.give_back(cost, now_ms)), false),
+            Taken::Local { until_ms } => {
+                let (back, stale) =
+                    bucket.map_or((false, 0), |b| b.give_back_taken(cost, until_ms, now_ms));
+                self.counters.expired(slot, stale);
+                (back, false)
+            }
             // Granted for one request, never held (the SDKs' way for the default rule).
             Taken::Granted { deadline_ms: 0 } => (false, true),
             Taken::Granted { deadline_ms } => {
@@ -613,8 +619,8 @@ impl Inner {
 /// Where the tokens of an allowed limit came from, to give them back.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Taken {
-    /// A local bucket.
-    Local,
+    /// A local bucket, of tokens spendable until `until_ms`.
+    Local { until_ms: u64 },
     /// The source, straight to the request, from a lease whose tokens are spendable until
     /// `deadline_ms` (0: not held in a bucket).
     Granted { deadline_ms: u64 },
@@ -625,7 +631,9 @@ impl Taken {
     /// source granted them; `None` when it took none (the outage policy allowed it).
     pub(crate) fn of(decision: &Decision, deadline_ms: u64) -> Option<Taken> {
         match decision.source() {
-            DecisionSource::LocalBucket => Some(Taken::Local),
+            DecisionSource::LocalBucket => Some(Taken::Local {
+                until_ms: decision.taken_until_ms(),
+            }),
             DecisionSource::TokenSource => Some(Taken::Granted { deadline_ms }),
             DecisionSource::Unavailable | DecisionSource::DenialCache => None,
         }

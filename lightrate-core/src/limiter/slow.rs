@@ -149,7 +149,7 @@ impl Inner {
                 return Some(Ok((
                     Decision {
                         source: DecisionSource::TokenSource,
-                        ..Decision::local(tokens_left, source_remaining, rule)
+                        ..Decision::local(tokens_left, source_remaining, rule, 0)
                     },
                     deadline_ms,
                 )))
@@ -195,8 +195,9 @@ impl Inner {
         let bucket = self.bucket(user, rule.slot, now, &guard);
         loop {
             match bucket.try_take(cost, now_ms) {
-                Take::Taken(left) => {
-                    return Some(Decision::local(left, bucket.source_remaining(), rule))
+                Take::Taken(left, until_ms) => {
+                    let remaining = bucket.source_remaining();
+                    return Some(Decision::local(left, remaining, rule, until_ms));
                 }
                 Take::Stale => self.counters.expired(rule.slot, bucket.drop_stale(now_ms)),
                 // A deposit is changing the bucket, for a few instructions.
@@ -279,7 +280,7 @@ impl Inner {
                 Ok(if granted >= cost {
                     Decision {
                         source: DecisionSource::TokenSource,
-                        ..Decision::local(0, remaining, rule)
+                        ..Decision::local(0, remaining, rule, 0)
                     }
                 } else {
                     let retry_after = wait_for(rule, cost, remaining, next_token(&answer, rule));

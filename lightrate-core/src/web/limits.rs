@@ -448,7 +448,7 @@ impl<V: RequestView> RequestPolicy<V> {
             source: DecisionSource::LocalBucket,
             tokens_left: 0,
             remaining: 0,
-            retry_after_nanos: crate::clock::duration_to_nanos(crate::IN_FLIGHT_RETRY_AFTER),
+            wait: crate::clock::duration_to_nanos(crate::IN_FLIGHT_RETRY_AFTER),
             rule: None,
             unavailable: None,
         };

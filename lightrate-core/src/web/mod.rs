@@ -127,7 +127,7 @@ pub mod fuzzing {
             is_default: false,
         };
         let decision = if allowed {
-            Decision::local(remaining, 0, rule)
+            Decision::local(remaining, 0, rule, 0)
         } else {
             Decision::denied(DecisionSource::TokenSource, retry_after, remaining, rule)
         };
