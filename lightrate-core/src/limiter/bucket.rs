@@ -223,22 +223,23 @@ impl LocalBucket {
                 current = self.state.load(Ordering::Acquire);
                 continue;
             }
-            let total = tokens_of(current).saturating_add(tokens);
-            let next = (current & !TOKEN_MASK) | total.min(TOKEN_MASK);
-            match self.state.compare_exchange_weak(
-                current,
-                next,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => {
-                    let over = total.saturating_sub(TOKEN_MASK);
-                    self.lost.fetch_add(over, Ordering::Relaxed);
-                    return true;
-                }
+            match self.try_add(current, tokens) {
+                Ok(()) => return true,
                 Err(actual) => current = actual,
             }
         }
+    }
+
+    /// Adds `tokens` to the bucket whose state is `current`, in one compare-and-swap (those
+    /// past [`MAX_TOKENS`] lost); `Err` with the state found when it had changed.
+    fn try_add(&self, current: u64, tokens: u64) -> Result<(), u64> {
+        let total = tokens_of(current).saturating_add(tokens);
+        let next = (current & !TOKEN_MASK) | total.min(TOKEN_MASK);
+        self.state
+            .compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire)?;
+        self.lost
+            .fetch_add(total.saturating_sub(TOKEN_MASK), Ordering::Relaxed);
+        Ok(())
     }
 
     /// Puts back `tokens` a take of this bucket handed out and a request did not spend (another
@@ -280,19 +281,8 @@ impl LocalBucket {
                 let stale = self.drop_stale(now_ms);
                 return (self.join_older_early(tokens, until_ms, now_ms), stale);
             }
-            let total = held.saturating_add(tokens);
-            let next = (current & !TOKEN_MASK) | total.min(TOKEN_MASK);
-            match self.state.compare_exchange_weak(
-                current,
-                next,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => {
-                    self.lost
-                        .fetch_add(total.saturating_sub(TOKEN_MASK), Ordering::Relaxed);
-                    return (true, 0);
-                }
+            match self.try_add(current, tokens) {
+                Ok(()) => return (true, 0),
                 Err(actual) => current = actual,
             }
         }
