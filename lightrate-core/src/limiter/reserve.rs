@@ -26,7 +26,7 @@ use super::handle::Limiter;
 use super::inner::Inner;
 use super::lease::{next_token, wait_for};
 use super::memo;
-use super::several::{Decisions, Limit, OwnedLimit, Taken, INLINE_LIMITS};
+use super::several::{Decisions, Limit, OwnedLimit, Step, Taken, INLINE_LIMITS};
 use crate::clock::duration_to_nanos;
 use crate::{Error, Target};
 
@@ -378,15 +378,32 @@ impl Limiter {
     /// ```
     #[inline]
     pub fn reserve_local<'a>(&'a self, limits: &'a [Limit<'a>]) -> Option<LocalReservation<'a>> {
-        let decisions = self.check_all_local(limits)?;
-        let open = decisions.is_allowed();
-        Some(LocalReservation {
+        // Decided in place (returned by value, the decisions were copied once more).
+        let mut reservation = LocalReservation {
             limiter: self,
             limits,
-            decisions,
+            decisions: Decisions::undecided(limits.len()),
             on_drop: OnDrop::default(),
-            open,
-        })
+            open: false,
+        };
+        if let [one] = limits {
+            // One limit: its hit, without the list's machinery.
+            let decisions = &mut reservation.decisions;
+            let (user, target, cost) = (one.user(), one.target(), one.cost());
+            if let Step::Ask = self.inner.check_at(0, user, target, cost, false, decisions) {
+                return None;
+            }
+        } else if self.check_all_locally(limits, false, &mut reservation.decisions) != 0 {
+            // The source must be asked: what the others took goes back.
+            self.give_back_all(
+                limits.iter().map(|l| (l.user(), l.cost())),
+                &reservation.decisions,
+                &[],
+            );
+            return None;
+        }
+        reservation.open = reservation.decisions.is_allowed();
+        Some(reservation)
     }
 
     /// Reserves a request's limits at an estimate of their cost (each [`Limit`]'s cost), all

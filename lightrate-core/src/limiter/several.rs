@@ -230,7 +230,7 @@ fn bit(index: usize) -> u64 {
 
 /// What one limit's local phase came to.
 #[derive(Clone, Copy)]
-enum Step {
+pub(super) enum Step {
     /// Its tokens taken.
     Taken,
     /// Refused (a local bucket, the denial cache).
@@ -256,7 +256,7 @@ impl Inner {
     /// its place in `decisions`: the one step of the local phase and of every retake after the
     /// source answered.
     #[inline]
-    fn check_at(
+    pub(super) fn check_at(
         self: &Arc<Self>,
         index: usize,
         user: &str,
@@ -491,7 +491,7 @@ impl Limiter {
     /// Gives back the tokens of every limit that allowed a request another limit refused:
     /// to the local bucket they were taken from, or, granted by the source, to the local
     /// bucket of their (user, rule).
-    fn give_back_all<'l>(
+    pub(super) fn give_back_all<'l>(
         &self,
         limits: impl Iterator<Item = (&'l str, u64)>,
         decisions: &Decisions,

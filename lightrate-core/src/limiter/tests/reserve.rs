@@ -302,3 +302,29 @@ async fn a_refused_reservation_waits_for_what_the_bucket_lacks_while_its_tokens_
     assert!(admitted.is_allowed(), "{admitted:?}");
     let _ = admitted.settle(&[460]);
 }
+
+#[tokio::test]
+async fn a_local_reservation_of_one_limit_asks_takes_or_refuses_as_its_hit_does() {
+    let s = setup_with(rules(), true, |b| b);
+    let limits = [tokens("alice", 400)];
+    // Nothing leased yet: the source must be asked, and nothing is taken.
+    assert!(s.limiter.reserve_local(&limits).is_none());
+    let first = reserve(&s, &limits).await;
+    assert!(first.is_allowed());
+    let _ = first.settle(&[400]);
+    // Leased: decided in the process, and settled below its estimate.
+    if let Some(local) = s.limiter.reserve_local(&limits) {
+        assert!(local.is_allowed());
+        assert_eq!(local.settle(&[100])[0].returned, 300);
+    }
+    // Spent: 400 + 100 of 1 000; 400 more fit, then the next is refused (or must ask).
+    let _ = reserve(&s, &limits).await.settle(&[400]);
+    match s.limiter.reserve_local(&limits) {
+        Some(refused) => {
+            assert!(!refused.is_allowed());
+            assert!(refused.decisions().retry_after() > Duration::ZERO);
+        }
+        None => assert!(!reserve(&s, &limits).await.is_allowed()),
+    }
+    assert!(s.source.granted() <= 1_000);
+}
