@@ -47,9 +47,15 @@ impl Waiting {
         self.queues.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Whether anyone waits at all (one load).
+    #[inline]
+    pub(super) fn any(&self) -> bool {
+        self.count.load(Ordering::Acquire) != 0
+    }
+
     /// Whether anyone waits on `key`.
     pub(super) fn busy(&self, key: &QueueKey) -> bool {
-        self.count.load(Ordering::Acquire) != 0 && self.lock().contains_key(key)
+        self.lock().contains_key(key)
     }
 
     /// The rule the queue of `key` waits on, and its limit's place, if known.
@@ -80,7 +86,7 @@ impl Waiting {
     /// Wakes the heads of `user`'s queues: tokens of theirs came back.
     #[inline]
     pub(super) fn wake(&self, user: &str) {
-        if self.count.load(Ordering::Acquire) != 0 {
+        if self.any() {
             self.wake_queues(user);
         }
     }

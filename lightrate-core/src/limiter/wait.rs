@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use super::decision::{Decision, DecisionSource, RuleSummary};
 use super::handle::Limiter;
-use super::queues::lock;
+use super::queues::{lock, QueueKey};
 use super::reserve::Reservation;
 use super::several::{Decisions, Limit};
 use crate::clock::duration_to_nanos;
@@ -61,7 +61,10 @@ impl Limiter {
         let Some(first) = limits.first() else {
             return self.reserve(limits).await;
         };
-        let key = (Box::from(first.user()), format!("{:?}", first.target()));
+        // Written out only when a queue is looked for: a request that nobody waits before and
+        // that is admitted at once (the common case) allocates nothing for it.
+        let queue_key =
+            || -> QueueKey { (Box::from(first.user()), format!("{:?}", first.target())) };
         let clock = &self.inner.clock;
         let deadline = clock
             .now()
@@ -69,7 +72,8 @@ impl Limiter {
             .saturating_add(duration_to_nanos(max_wait));
         // Ahead of no one: tried at once. Behind others: it takes its turn, first come first
         // served, even if tokens exist now (they are the head's).
-        let (mut refused, rule) = if self.inner.waiting.busy(&key) {
+        let busy = self.inner.waiting.any() && self.inner.waiting.busy(&queue_key());
+        let (mut refused, rule) = if busy {
             (None, None)
         } else {
             let tried = self.reserve(limits).await?;
@@ -82,6 +86,7 @@ impl Limiter {
             };
             (Some(tried), refusal.rule().map(|rule| (rule, index)))
         };
+        let key = queue_key();
         // What it needs of the limit its queue waits on (the head's refusal says which).
         let known = rule.or_else(|| self.inner.waiting.rule_of(&key));
         let cost = known
