@@ -168,13 +168,7 @@ impl<V: RequestView> RequestPolicy<V> {
                         decisions,
                         deadlines,
                     } = granted;
-                    // A rate limit's refusal may wait; the source's failure (the outage policy
-                    // refusing) may not: asked again, it would only fail again.
-                    let waits = identified.terms.wait > Duration::ZERO
-                        && !shadow
-                        && decisions
-                            .refusing()
-                            .all(|(_, d)| d.unavailable_kind().is_none());
+                    let waits = identified.terms.wait > Duration::ZERO && !shadow;
                     if !decisions.is_allowed() && waits {
                         policy.wait_for_tokens(identified, grpc).await
                     } else {
