@@ -17,7 +17,9 @@
 //!
 //! `... 100000 all [limits]` decides every request against two limits (or `limits`, at most
 //! 4) with `Limiter::check_all_local`: the same user, each limit on a target and rule of its
-//! own (`/bench/items`, `/bench/day`, `/bench/l2`, `/bench/l3`), every limit a local hit.
+//! own (`/bench/items`, `/bench/day`, `/bench/l2`, `/bench/l3`), every limit a local hit,
+//! into one `Decisions` reused (`Limiter::check_all_local_in`, the hot path's form); `... all 2
+//! by-value` returns each list by value (`Limiter::check_all_local`).
 #![allow(missing_docs, clippy::unwrap_used, clippy::print_stdout)]
 use lightrate_core::http::Method;
 use lightrate_core::*;
@@ -93,10 +95,17 @@ fn main() {
                 .is_allowed());
         }
         let mut allowed = 0u64;
-        for _ in 0..n {
-            if let Some(d) = limiter.check_all_local(black_box(&limits)) {
-                if d.is_allowed() {
-                    allowed += 1;
+        if std::env::args().nth(4).as_deref() == Some("by-value") {
+            for _ in 0..n {
+                if let Some(d) = limiter.check_all_local(black_box(&limits)) {
+                    allowed += u64::from(d.is_allowed());
+                }
+            }
+        } else {
+            let mut decisions = Decisions::default();
+            for _ in 0..n {
+                if limiter.check_all_local_in(black_box(&limits), &mut decisions) {
+                    allowed += u64::from(decisions.is_allowed());
                 }
             }
         }

@@ -14,7 +14,7 @@ use super::memo;
 
 /// What a bucket said to a hit.
 #[derive(Clone, Copy, Debug)]
-enum Tap {
+pub(super) enum Tap {
     /// Served: this many left, what the source said it had left, and until when the tokens
     /// taken were spendable.
     Served {
@@ -176,7 +176,7 @@ impl Inner {
     /// One take: what the bucket says, small enough to come back in registers (the hit's
     /// `Decision` is built once, by the caller).
     #[inline(always)]
-    fn tap(
+    pub(super) fn tap(
         self: &Arc<Self>,
         bucket: &LocalBucket,
         user: &(impl UserProbe + ?Sized),

@@ -53,6 +53,24 @@ impl TargetKey {
     }
 }
 
+impl TargetKey {
+    /// Whether `target` is this key: [`matches`](Self::matches) for a request's list of
+    /// limits (`memo::hit_list`), out of line, so that the one-limit hit keeps the only inlined
+    /// copy of the comparison (a second caller had the compiler call it out of line there too:
+    /// 8 instructions a hit, BENCHMARKS.md).
+    #[inline(never)]
+    pub(crate) fn is_listed(&self, target: &Target<'_>) -> bool {
+        match (self, target) {
+            (TargetKey::Operation(a), Target::Operation(b)) => same_bytes(a.as_bytes(), b.as_bytes()),
+            (TargetKey::Path { method, path }, Target::Path { method: m, path: p }) => {
+                same_bytes(path.as_bytes(), p.as_bytes()) && method == m
+            }
+            (TargetKey::Default, Target::Default) => true,
+            _ => false,
+        }
+    }
+}
+
 /// What a local hit is asked about: a [`Target`], or a method and path the caller has not
 /// made one ([`PathProbe`], the web adapters' default path). The memos compare it with their
 /// keys as it is; the target is built only off the memos' path, where it is needed.

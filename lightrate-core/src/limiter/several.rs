@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use super::decision::{Decision, DecisionSource};
 use super::handle::Limiter;
+use super::hit::Tap;
 use super::inner::Inner;
 use super::memo;
 use crate::{Error, Target};
@@ -110,7 +111,7 @@ impl<'a> Limit<'a> {
 /// assert_eq!(refused.refusing().count(), 1);
 /// # Ok(()) }
 /// ```
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Decisions {
     len: usize,
     inline: [Option<Decision>; INLINE_LIMITS],
@@ -129,6 +130,18 @@ impl Decisions {
             } else {
                 Vec::new()
             },
+        }
+    }
+
+    /// Empties the decisions for `len` limits, none decided: what
+    /// [`Limiter::check_all_local_in`] does first.
+    #[inline]
+    fn reset(&mut self, len: usize) {
+        self.len = len;
+        self.inline = [None; INLINE_LIMITS];
+        self.more.clear();
+        if len > INLINE_LIMITS {
+            self.more.resize(len - INLINE_LIMITS, None);
         }
     }
 
@@ -277,6 +290,46 @@ impl Inner {
     }
 }
 
+impl Inner {
+    /// The local hits of a request's limits whose targets and buckets this thread memoized,
+    /// from the first, each written to its place in `decisions`, with one look at the memos
+    /// (`memo::hit_list`). Returns how many were taken: the limit at that index (not
+    /// memoized, or its bucket could not serve it) and those after go the per-limit way.
+    #[inline]
+    fn take_memoized(self: &Arc<Self>, limits: &[Limit<'_>], decisions: &mut Decisions) -> usize {
+        let now_ms = self.clock.coarse_now().as_millis();
+        let (limiter, generation) = self.routes.memo_key();
+        memo::hit_list(limiter, generation, now_ms, limits, |index, limit, rule, bucket| {
+            let user = limit.user.as_bytes();
+            let (target, cost) = (&limit.target, limit.cost);
+            match self.tap(bucket, user, target, rule.slot, cost, now_ms) {
+                Tap::Served {
+                    left,
+                    remaining,
+                    until_ms,
+                } => {
+                    let left = u64::from(left);
+                    *decisions.slot(index) = Some(Decision::local(left, remaining, *rule, until_ms));
+                    true
+                }
+                Tap::Empty | Tap::Ask => false,
+            }
+        })
+    }
+}
+
+impl memo::Listed for Limit<'_> {
+    #[inline]
+    fn target(&self) -> &Target<'_> {
+        &self.target
+    }
+
+    #[inline]
+    fn user(&self) -> &[u8] {
+        self.user.as_bytes()
+    }
+}
+
 /// A limit as the slow phase owns it.
 pub(crate) type OwnedLimit = (Box<str>, Target<'static>, u64);
 
@@ -320,6 +373,38 @@ impl Limiter {
         None
     }
 
+    /// [`check_all_local`](Self::check_all_local) into `decisions` (emptied first, and reused:
+    /// their room for more than [`INLINE_LIMITS`] limits is kept): `true` when decided, `false`
+    /// when the source must be asked (and nothing is taken).
+    ///
+    /// The hot path's form: a server that keeps one `Decisions` per worker (or per request)
+    /// copies none, where [`check_all_local`](Self::check_all_local) returns the list by
+    /// value (BENCHMARKS.md: the copies are a fifth of a two-limit hit).
+    ///
+    /// ```
+    /// use lightrate_core::{Decisions, EmbeddedSource, Limit, Limiter, RefillRate, RuleSet, Target};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lightrate_core::Error> {
+    /// let rules = RuleSet::builder().default_rule(RefillRate::per_second(10), 10).build()?;
+    /// let limiter = Limiter::new(EmbeddedSource::new(rules));
+    /// let limits = [Limit::new("alice", Target::operation("search"))];
+    /// let mut decisions = Decisions::default();
+    /// // Nothing is leased yet: the source must be asked.
+    /// assert!(!limiter.check_all_local_in(&limits, &mut decisions));
+    /// assert!(limiter.check_all(&limits).await?.is_allowed());
+    /// # Ok(()) }
+    /// ```
+    #[inline]
+    pub fn check_all_local_in(&self, limits: &[Limit<'_>], decisions: &mut Decisions) -> bool {
+        decisions.reset(limits.len());
+        if self.check_all_locally(limits, false, decisions) == 0 {
+            return true;
+        }
+        self.give_back_all(limits.iter().map(Limit::parts), decisions, &[]);
+        false
+    }
+
     /// The local phase of [`check_all`](Self::check_all): each limit's local hit or denial
     /// written to `decisions` (undecided, one per limit), and every token taken given back
     /// when one refused. A denial counts as shadow mode's when `shadow`. Returns the limits
@@ -336,7 +421,11 @@ impl Limiter {
         decisions: &mut Decisions,
     ) -> u64 {
         let (mut ask, mut refused) = (0u64, false);
-        for (index, limit) in limits.iter().enumerate() {
+        let taken = self.inner.take_memoized(limits, decisions);
+        if taken == limits.len() {
+            return 0;
+        }
+        for (index, limit) in limits.iter().enumerate().skip(taken) {
             let (user, target, cost) = (limit.user, &limit.target, limit.cost);
             let step = self
                 .inner
