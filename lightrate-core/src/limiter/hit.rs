@@ -28,6 +28,25 @@ pub(super) enum Tap {
     Ask,
 }
 
+/// Where a local hit hands the bucket it took from, when a memo held it: nowhere (`()`, the
+/// hit), or a reservation's `Option<Arc<LocalBucket>>`.
+pub(super) trait Keep {
+    /// Keeps `bucket`.
+    fn keep(&mut self, bucket: &Arc<LocalBucket>);
+}
+
+impl Keep for () {
+    #[inline(always)]
+    fn keep(&mut self, _: &Arc<LocalBucket>) {}
+}
+
+impl Keep for Option<Arc<LocalBucket>> {
+    #[inline]
+    fn keep(&mut self, bucket: &Arc<LocalBucket>) {
+        *self = Some(Arc::clone(bucket));
+    }
+}
+
 /// What a local hit is asked: the user, the target, the cost, the time (the coarse clock's
 /// milliseconds), and whether a denial counts as shadow mode's.
 struct Hit<'a, P: ?Sized> {
@@ -73,6 +92,21 @@ impl Inner {
         shadow: bool,
         decided: &mut Option<Decision>,
     ) {
+        self.check_local_keeping(user, target, cost, shadow, decided, &mut ());
+    }
+
+    /// [`check_local`](Self::check_local), handing the bucket of a local take to `kept` when a
+    /// memo held it (a reservation gives its unused tokens back to it without a look-up).
+    #[inline]
+    pub(super) fn check_local_keeping(
+        self: &Arc<Self>,
+        user: &(impl UserProbe + ?Sized),
+        target: &impl Probe,
+        cost: u64,
+        shadow: bool,
+        decided: &mut Option<Decision>,
+        kept: &mut impl Keep,
+    ) {
         let cost = cost.max(1);
         let now_ms = self.clock.coarse_now().as_millis();
         let (limiter, generation) = self.routes.memo_key();
@@ -88,6 +122,7 @@ impl Inner {
                     } => {
                         let left = u64::from(left);
                         *decided = Some(Decision::local(left, remaining, *rule, until_ms));
+                        kept.keep(bucket);
                         return true;
                     }
                     Tap::Ask => return true,

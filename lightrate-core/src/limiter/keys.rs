@@ -55,13 +55,15 @@ impl TargetKey {
 
 impl TargetKey {
     /// Whether `target` is this key: [`matches`](Self::matches) for a request's list of
-    /// limits (`memo::hit_list`), out of line, so that the one-limit hit keeps the only inlined
+    /// limits (`memo::hit_list`) and a reservation's limit ([`OutOfLine`]), out of line, so that the one-limit hit keeps the only inlined
     /// copy of the comparison (a second caller had the compiler call it out of line there too:
     /// 8 instructions a hit, BENCHMARKS.md).
     #[inline(never)]
     pub(crate) fn is_listed(&self, target: &Target<'_>) -> bool {
         match (self, target) {
-            (TargetKey::Operation(a), Target::Operation(b)) => same_bytes(a.as_bytes(), b.as_bytes()),
+            (TargetKey::Operation(a), Target::Operation(b)) => {
+                same_bytes(a.as_bytes(), b.as_bytes())
+            }
             (TargetKey::Path { method, path }, Target::Path { method: m, path: p }) => {
                 same_bytes(path.as_bytes(), p.as_bytes()) && method == m
             }
@@ -91,6 +93,24 @@ impl Probe for Target<'_> {
     #[inline]
     fn with_target<R>(&self, f: impl FnOnce(&Target<'_>) -> R) -> R {
         f(self)
+    }
+}
+
+/// A target compared out of line ([`TargetKey::is_listed`]): what the paths besides the
+/// one-limit hit probe the memos with (a reservation's), so that the hit keeps the only
+/// inlined copy of the comparison.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct OutOfLine<'t, 'a>(pub(crate) &'t Target<'a>);
+
+impl Probe for OutOfLine<'_, '_> {
+    #[inline]
+    fn matches(&self, key: &TargetKey) -> bool {
+        key.is_listed(self.0)
+    }
+
+    #[inline]
+    fn with_target<R>(&self, f: impl FnOnce(&Target<'_>) -> R) -> R {
+        f(self.0)
     }
 }
 

@@ -30,8 +30,8 @@ use std::sync::Arc;
 use super::bucket::LocalBucket;
 use super::decision::RuleSummary;
 use super::keys::{Probe, TargetKey, UserProbe};
-use crate::Target;
 use crate::ip::IpText;
+use crate::Target;
 
 /// Memo slots shared by the one-limit hits and the first limit of a request's list (taken in
 /// turn); the lanes after the first have one more slot each, their own, past these. A lane's
@@ -214,7 +214,7 @@ pub(super) fn hit(
     now_ms: u64,
     target: &impl Probe,
     user: &(impl UserProbe + ?Sized),
-    take: impl FnOnce(&RuleSummary, Option<&LocalBucket>) -> bool,
+    take: impl FnOnce(&RuleSummary, Option<&Arc<LocalBucket>>) -> bool,
 ) -> bool {
     MEMOS
         .try_with(|memos| {
@@ -253,7 +253,7 @@ pub(super) fn hit(
                     is_bucket,
                 ),
             };
-            take(rule, bucket.map(|memo| &*memo.bucket))
+            take(rule, bucket.map(|memo| &memo.bucket))
         })
         .unwrap_or(false)
 }

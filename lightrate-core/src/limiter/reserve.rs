@@ -19,14 +19,17 @@
 //! released ([`OnDrop::Release`]).
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
+use super::bucket::LocalBucket;
 use super::decision::{Decision, DecisionSource, RuleSummary};
 use super::handle::Limiter;
 use super::inner::Inner;
+use super::keys::OutOfLine;
 use super::lease::{next_token, wait_for};
 use super::memo;
-use super::several::{Decisions, Limit, OwnedLimit, Step, Taken, INLINE_LIMITS};
+use super::several::{Decisions, Limit, OwnedLimit, Taken, INLINE_LIMITS};
 use crate::clock::duration_to_nanos;
 use crate::{Error, Target};
 
@@ -68,7 +71,11 @@ impl Settlement {
         Settlement {
             len,
             inline: [Settled::default(); INLINE_LIMITS],
-            more: vec![Settled::default(); len.saturating_sub(INLINE_LIMITS)],
+            more: if len > INLINE_LIMITS {
+                vec![Settled::default(); len - INLINE_LIMITS]
+            } else {
+                Vec::new()
+            },
         }
     }
 
@@ -285,20 +292,49 @@ impl Drop for Reservation {
 pub struct LocalReservation<'a> {
     limiter: &'a Limiter,
     limits: &'a [Limit<'a>],
-    decisions: Decisions,
+    held: LocalHeld,
     on_drop: OnDrop,
     open: bool,
 }
 
+/// What a [`LocalReservation`] took.
+// Boxed, the decisions of several limits would be allocated for every reservation of them.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+enum LocalHeld {
+    /// One limit: its decision, and the bucket it took from when this thread's memo held it
+    /// (settled, its unused tokens go back there without a look-up).
+    One(Option<Decision>, Option<Arc<LocalBucket>>),
+    /// Several.
+    Many(Decisions),
+}
+
 impl LocalReservation<'_> {
-    /// The decision of every limit.
-    pub fn decisions(&self) -> &Decisions {
-        &self.decisions
+    /// The decision of the limit at `index`: `None` when it was not decided (another limit
+    /// refused first) or there is no such limit.
+    pub fn decision(&self, index: usize) -> Option<Decision> {
+        match &self.held {
+            LocalHeld::One(decision, _) => decision.filter(|_| index == 0),
+            LocalHeld::Many(decisions) => decisions.get(index).copied(),
+        }
     }
 
     /// Whether every limit admitted the request (only then does it hold tokens).
+    #[inline]
     pub fn is_allowed(&self) -> bool {
-        self.decisions.is_allowed()
+        match &self.held {
+            LocalHeld::One(decision, _) => decision.is_some_and(|d| d.is_allowed()),
+            LocalHeld::Many(decisions) => decisions.is_allowed(),
+        }
+    }
+
+    /// How long until the request can be allowed: the longest wait among the limits that
+    /// refused it (zero when allowed).
+    pub fn retry_after(&self) -> Duration {
+        match &self.held {
+            LocalHeld::One(decision, _) => decision.map_or(Duration::ZERO, |d| d.retry_after()),
+            LocalHeld::Many(decisions) => decisions.retry_after(),
+        }
     }
 
     /// Sets what happens if this reservation is dropped without being settled.
@@ -308,7 +344,7 @@ impl LocalReservation<'_> {
     }
 
     /// Settles every limit at what the request used, as [`Reservation::settle`] does.
-    #[inline]
+    #[inline(always)]
     pub fn settle(mut self, used: &[u64]) -> Settlement {
         let mut settled = Settlement::of(self.limits.len());
         if self.open {
@@ -326,14 +362,35 @@ impl LocalReservation<'_> {
         let _ = self.on_drop(OnDrop::Release);
     }
 
+    #[inline]
     fn settle_limit(&self, index: usize, used: u64) -> Settled {
         let Some(limit) = self.limits.get(index) else {
             return Settled::default();
         };
-        let taken = (self.decisions.get(index), 0);
-        self.limiter
-            .inner
-            .settle_one(limit.user(), limit.target(), limit.cost(), taken, used)
+        let (user, target, cost) = (limit.user(), limit.target(), limit.cost());
+        let inner = &self.limiter.inner;
+        match &self.held {
+            LocalHeld::One(Some(decision), Some(bucket))
+                if used < cost && decision.is_allowed() =>
+            {
+                // Back to the bucket it was taken from, held since.
+                let (Some(rule), until_ms) = (decision.rule(), decision.taken_until_ms()) else {
+                    return Settled::default();
+                };
+                let returned = cost - used;
+                inner.give_back_to(bucket, rule.slot, returned, until_ms, user);
+                Settled {
+                    returned,
+                    ..Settled::default()
+                }
+            }
+            LocalHeld::One(decision, _) => {
+                inner.settle_one(user, target, cost, (decision.as_ref(), 0), used)
+            }
+            LocalHeld::Many(decisions) => {
+                inner.settle_one(user, target, cost, (decisions.get(index), 0), used)
+            }
+        }
     }
 }
 
@@ -378,31 +435,43 @@ impl Limiter {
     /// ```
     #[inline]
     pub fn reserve_local<'a>(&'a self, limits: &'a [Limit<'a>]) -> Option<LocalReservation<'a>> {
-        // Decided in place (returned by value, the decisions were copied once more).
+        // Each kind built where it is returned: a reservation is as large as the decisions
+        // of four limits, and built then moved, it was copied whole (a fifth of a reserve and
+        // settle, BENCHMARKS.md).
+        if let [one] = limits {
+            // One limit: its hit, without the list's machinery, keeping the bucket it took
+            // from.
+            let (mut decision, mut bucket) = (None, None);
+            let (user, cost) = (one.user().as_bytes(), one.cost());
+            let target = &OutOfLine(one.target());
+            let inner = &self.inner;
+            inner.check_local_keeping(user, target, cost, false, &mut decision, &mut bucket);
+            let open = decision?.is_allowed();
+            return Some(LocalReservation {
+                limiter: self,
+                limits,
+                held: LocalHeld::One(decision, bucket),
+                on_drop: OnDrop::default(),
+                open,
+            });
+        }
         let mut reservation = LocalReservation {
             limiter: self,
             limits,
-            decisions: Decisions::undecided(limits.len()),
+            held: LocalHeld::Many(Decisions::undecided(limits.len())),
             on_drop: OnDrop::default(),
             open: false,
         };
-        if let [one] = limits {
-            // One limit: its hit, without the list's machinery.
-            let decisions = &mut reservation.decisions;
-            let (user, target, cost) = (one.user(), one.target(), one.cost());
-            if let Step::Ask = self.inner.check_at(0, user, target, cost, false, decisions) {
-                return None;
-            }
-        } else if self.check_all_locally(limits, false, &mut reservation.decisions) != 0 {
+        let LocalHeld::Many(decisions) = &mut reservation.held else {
+            return None;
+        };
+        if self.check_all_locally(limits, false, decisions) != 0 {
             // The source must be asked: what the others took goes back.
-            self.give_back_all(
-                limits.iter().map(|l| (l.user(), l.cost())),
-                &reservation.decisions,
-                &[],
-            );
+            let parts = limits.iter().map(|l| (l.user(), l.cost()));
+            self.give_back_all(parts, decisions, &[]);
             return None;
         }
-        reservation.open = reservation.decisions.is_allowed();
+        reservation.open = decisions.is_allowed();
         Some(reservation)
     }
 
@@ -496,11 +565,41 @@ impl Inner {
             },
         );
         match back {
-            Some((true, 0)) => {}
-            Some((true, stale)) => self.counters.expired(slot, stale),
-            // Lost: every token deposited is taken, held or lost.
-            Some((false, stale)) => self.counters.expired(slot, stale + tokens),
+            Some(back) => self.gave_back(slot, tokens, back),
             None => self.give_back(user, slot, tokens, Taken::Local { until_ms }),
+        }
+    }
+
+    /// Gives back `tokens` a local take of `user` handed out to the `bucket` (of rule `slot`)
+    /// it took them from, and wakes the user's waiters.
+    #[inline]
+    fn give_back_to(
+        &self,
+        bucket: &LocalBucket,
+        slot: u32,
+        tokens: u64,
+        until_ms: u64,
+        user: &str,
+    ) {
+        let now_ms = self.clock.coarse_now().as_millis();
+        self.gave_back(
+            slot,
+            tokens,
+            bucket.give_back_taken(tokens, until_ms, now_ms),
+        );
+        // Requests of this user waiting for their tokens ask again.
+        self.waiting.wake(user);
+    }
+
+    /// Counts what a give-back of `tokens` to a bucket came to: `(back, stale)`, whether they
+    /// went back and how many of the bucket's tokens had died meanwhile.
+    #[inline]
+    fn gave_back(&self, slot: u32, tokens: u64, (back, stale): (bool, u64)) {
+        match (back, stale) {
+            (true, 0) => {}
+            (true, stale) => self.counters.expired(slot, stale),
+            // Lost: every token deposited is taken, held or lost.
+            (false, stale) => self.counters.expired(slot, stale + tokens),
         }
     }
 

@@ -299,22 +299,29 @@ impl Inner {
     fn take_memoized(self: &Arc<Self>, limits: &[Limit<'_>], decisions: &mut Decisions) -> usize {
         let now_ms = self.clock.coarse_now().as_millis();
         let (limiter, generation) = self.routes.memo_key();
-        memo::hit_list(limiter, generation, now_ms, limits, |index, limit, rule, bucket| {
-            let user = limit.user.as_bytes();
-            let (target, cost) = (&limit.target, limit.cost);
-            match self.tap(bucket, user, target, rule.slot, cost, now_ms) {
-                Tap::Served {
-                    left,
-                    remaining,
-                    until_ms,
-                } => {
-                    let left = u64::from(left);
-                    *decisions.slot(index) = Some(Decision::local(left, remaining, *rule, until_ms));
-                    true
+        memo::hit_list(
+            limiter,
+            generation,
+            now_ms,
+            limits,
+            |index, limit, rule, bucket| {
+                let user = limit.user.as_bytes();
+                let (target, cost) = (&limit.target, limit.cost);
+                match self.tap(bucket, user, target, rule.slot, cost, now_ms) {
+                    Tap::Served {
+                        left,
+                        remaining,
+                        until_ms,
+                    } => {
+                        let left = u64::from(left);
+                        *decisions.slot(index) =
+                            Some(Decision::local(left, remaining, *rule, until_ms));
+                        true
+                    }
+                    Tap::Empty | Tap::Ask => false,
                 }
-                Tap::Empty | Tap::Ask => false,
-            }
-        })
+            },
+        )
     }
 }
 
