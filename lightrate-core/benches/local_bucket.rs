@@ -164,6 +164,16 @@ fn two_limits(c: &mut Criterion) {
     group.bench_function("lightrate_check_all_local", |b| {
         b.iter(|| decide_all(&two, &runtime, black_box(&limits)))
     });
+    // Into one `Decisions`, reused: the hot path's form.
+    let mut decisions = Decisions::default();
+    group.bench_function("lightrate_check_all_local_in", |b| {
+        b.iter(|| {
+            if !two.check_all_local_in(black_box(&limits), &mut decisions) {
+                decisions = runtime.block_on(two.check_all(&limits)).unwrap();
+            }
+            decisions.is_allowed()
+        })
+    });
 
     let quota = Quota::per_second(NonZeroU32::MAX);
     let (first, second) = (
