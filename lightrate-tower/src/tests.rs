@@ -889,3 +889,22 @@ async fn a_dropped_request_is_charged_its_reservation_unless_told_to_release_it(
         }
     }
 }
+
+#[tokio::test]
+async fn a_waiting_route_whose_source_is_down_answers_the_outage_policy_after_one_call() {
+    let source = Recording::demo();
+    source.fail_with(Some(Error::new(ErrorKind::Timeout, "slow")));
+    let layer = LightRateLayer::new(source.limiter(OnUnavailable::Deny)).identify(user_header());
+    let jobs = [RouteLimit::operation("jobs").wait_up_to(Duration::from_secs(2))];
+    let app = Router::new()
+        .route(
+            "/jobs",
+            post(|| async { "queued" }).layer(layer.limits_for(Method::POST, "/jobs", jobs)),
+        )
+        .layer(layer);
+    let (status, _, body) = send(&app, Method::POST, "/jobs", Some("wes")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(expect::error(&body), "rate_limiter_unavailable");
+    // No wait helps a source that failed: it was not asked again.
+    assert_eq!(source.calls().len(), 1, "{:?}", source.calls());
+}

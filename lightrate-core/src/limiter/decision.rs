@@ -205,6 +205,11 @@ impl Decision {
         self.rule
     }
 
+    /// Whether it is a refusal by a rule (its tokens ran out), not by the outage policy.
+    pub(crate) fn is_rate_limit_refusal(&self) -> bool {
+        !self.allowed && self.rule.is_some() && self.unavailable.is_none()
+    }
+
     /// When the source could not answer: what kind of failure it was.
     pub fn unavailable_kind(&self) -> Option<ErrorKind> {
         self.unavailable

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use super::decision::{Decision, DecisionSource};
+use super::decision::{Decision, DecisionSource, RuleSummary};
 use super::handle::Limiter;
 use super::hit::Tap;
 use super::inner::Inner;
@@ -212,6 +212,12 @@ impl Decisions {
             .filter_map(|(index, d)| d.filter(|d| !d.is_allowed()).map(|d| (index, d)))
     }
 
+    /// Whether a limit refused the request as a rate limit (its rule's tokens ran out), not
+    /// by the outage policy: only then can waiting help.
+    pub(crate) fn rate_limited(&self) -> bool {
+        self.refusing().any(|(_, d)| d.is_rate_limit_refusal())
+    }
+
     /// How long until the request can be allowed: the longest wait among the limits that
     /// refused it (zero when allowed).
     pub fn retry_after(&self) -> Duration {
@@ -334,6 +340,16 @@ impl memo::Listed for Limit<'_> {
     #[inline]
     fn user(&self) -> &[u8] {
         self.user.as_bytes()
+    }
+}
+
+/// The refusal of a limit whose bucket others emptied at every round of a request's asking:
+/// its rule's, for a tenth of a second; an outage's when no answer named the rule.
+fn contended(rule: Option<RuleSummary>) -> Decision {
+    let wait = Duration::from_millis(100);
+    match rule {
+        Some(rule) => Decision::denied(DecisionSource::LocalBucket, wait, 0, rule),
+        None => Decision::unavailable(false, crate::ErrorKind::Unavailable, wait),
     }
 }
 
@@ -476,6 +492,9 @@ impl Limiter {
                 }
             }
             let (mut ask, mut asked, mut failed, mut refused) = (ask, 0u64, None, false);
+            // The rule each limit's source answer named: a limit whose bucket is emptied at
+            // every round is refused as that rule's (a rate limit, which may be waited for).
+            let mut rules: Vec<Option<RuleSummary>> = vec![None; limits.len()];
             for _ in 0..ROUNDS {
                 asked |= ask;
                 let mut pending: Vec<(usize, Pin<Box<dyn Future<Output = _> + Send>>)> = limits
@@ -498,6 +517,8 @@ impl Limiter {
                     pending.retain_mut(|(index, check)| match check.as_mut().poll(cx) {
                         Poll::Pending => true,
                         Poll::Ready(Ok((decision, deadline_ms))) => {
+                            let decision: Decision = decision;
+                            rules[*index] = decision.rule().or(rules[*index]);
                             *held.decisions.slot(*index) = Some(decision);
                             held.deadlines[*index] = deadline_ms;
                             // A local take (tokens came meanwhile) waits for no one either.
@@ -544,14 +565,11 @@ impl Limiter {
             let inner = &limiter.inner;
             if ask != 0 && failed.is_none() && !refused {
                 // Emptied again at every round (a bucket others drain as fast as it fills):
-                // refused, never admitted without a token.
+                // refused, never admitted without a token, as its rule's (a rate limit, not
+                // an outage: a request that may wait for its tokens waits).
                 for index in 0..limits.len() {
                     if ask & bit(index) != 0 {
-                        *decisions.slot(index) = Some(Decision::unavailable(
-                            false,
-                            crate::ErrorKind::Unavailable,
-                            Duration::from_millis(100),
-                        ));
+                        *decisions.slot(index) = Some(contended(rules[index]));
                     }
                 }
             }
@@ -742,4 +760,36 @@ impl Taken {
 pub(crate) struct GrantedDecisions {
     pub(crate) decisions: Decisions,
     pub(crate) deadlines: Vec<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::RefillRate;
+
+    #[test]
+    fn a_bucket_emptied_at_every_round_is_refused_as_its_rules_not_as_an_outage() {
+        let rule = RuleSummary {
+            slot: 3,
+            burst_rate: 10,
+            refill_rate: RefillRate::per_second(10),
+            is_default: false,
+        };
+        // A rate limit: a request that may wait for its tokens waits.
+        let refused = contended(Some(rule));
+        assert!(refused.is_rate_limit_refusal());
+        assert_eq!(refused.rule(), Some(rule));
+        assert_eq!(refused.retry_after(), Duration::from_millis(100));
+        // No answer named the rule: the outage policy's kind of refusal, which no wait helps.
+        let unknown = contended(None);
+        assert!(!unknown.is_allowed() && !unknown.is_rate_limit_refusal());
+        let mut decisions = Decisions::undecided(2);
+        decisions.set(
+            0,
+            Decision::unavailable(false, crate::ErrorKind::Timeout, Duration::ZERO),
+        );
+        assert!(!decisions.rate_limited());
+        decisions.set(1, refused);
+        assert!(decisions.rate_limited());
+    }
 }

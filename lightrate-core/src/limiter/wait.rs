@@ -179,7 +179,7 @@ fn deciding_refusal(reservation: &Reservation) -> Option<(usize, Decision)> {
     reservation
         .decisions()
         .refusing()
-        .filter(|(_, d)| d.rule().is_some() && d.unavailable_kind().is_none())
+        .filter(|(_, d)| d.is_rate_limit_refusal())
         .max_by_key(|(_, d)| d.retry_after())
         .map(|(index, d)| (index, *d))
 }

@@ -169,7 +169,9 @@ impl<V: RequestView> RequestPolicy<V> {
                         deadlines,
                     } = granted;
                     let waits = identified.terms.wait > Duration::ZERO && !shadow;
-                    if !decisions.is_allowed() && waits {
+                    // Refused by the outage policy, it does not wait: no wait brings the
+                    // source back, and asking again would be a second call for one request.
+                    if !decisions.is_allowed() && waits && decisions.rate_limited() {
                         policy.wait_for_tokens(identified, grpc).await
                     } else {
                         policy
