@@ -567,9 +567,9 @@ impl Limiter {
                 // Emptied again at every round (a bucket others drain as fast as it fills):
                 // refused, never admitted without a token, as its rule's (a rate limit, not
                 // an outage: a request that may wait for its tokens waits).
-                for index in 0..limits.len() {
+                for (index, rule) in rules.iter().enumerate() {
                     if ask & bit(index) != 0 {
-                        *decisions.slot(index) = Some(contended(rules[index]));
+                        *decisions.slot(index) = Some(contended(*rule));
                     }
                 }
             }
