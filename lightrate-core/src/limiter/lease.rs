@@ -278,7 +278,7 @@ impl Lease {
         }
         // The rest is spendable for the horizon from the moment the call started (the source
         // granted it after that), less a margin for the coarse clock of the hot path.
-        let deadline_ms = (started + inner.settings.sizing.horizon)
+        let deadline_ms = (started + token_life(inner.settings.sizing.horizon, rule))
             .as_millis()
             .saturating_sub(2);
         let bucket = self.file_tokens(user, rule, pool, deadline_ms, now, &buckets);
@@ -432,5 +432,23 @@ pub(super) fn next_token(answer: &ConsumeTokensResponse, rule: RuleSummary) -> D
             .refill_rate
             .time_per_token()
             .unwrap_or(Duration::from_secs(u64::from(u32::MAX))),
+    }
+}
+
+/// The longest a leased token of a rule may live, however slowly it refills.
+pub(crate) const MAX_TOKEN_LIFE: Duration = Duration::from_secs(3600);
+
+/// How long a token of `rule` leased at some moment may be spent after it: the token
+/// `horizon`; for a rule that refills less than one token within the horizon, the time it takes
+/// to refill one (at most [`MAX_TOKEN_LIFE`]; a rule that never refills, that long).
+///
+/// Any number of processes then admit at most `burst + refill·T + max(refill·H, 1)` in any
+/// window T: for such a rule, one token more than `burst + refill·T` at most, where a horizon of
+/// a few seconds would have stranded a daily quota's tokens in processes that another limit
+/// (a per-second one) held back, lost every few seconds for the rest of the day.
+pub(crate) fn token_life(horizon: Duration, rule: RuleSummary) -> Duration {
+    match rule.refill_rate.time_for(1) {
+        Some(one) => one.clamp(horizon, MAX_TOKEN_LIFE.max(horizon)),
+        None => MAX_TOKEN_LIFE.max(horizon),
     }
 }

@@ -338,6 +338,82 @@ async fn denial_cache_denies_without_calls_until_a_token_can_exist() {
 }
 
 #[tokio::test]
+async fn a_daily_quotas_tokens_live_until_one_would_have_refilled() {
+    // 1 000 a day: one token refills in 86.4 s, far past the 5 s horizon. Leased tokens of
+    // the day's quota that a process cannot spend at once (another limit holds it back) stay
+    // spendable that long, instead of being lost for the rest of the day every 5 s.
+    let rules = RuleSet::builder()
+        .default_rule(RefillRate::per_second(1), 5)
+        .operation("day", "^day$", RefillRate::per_day(1_000), 1_000)
+        .build()
+        .unwrap();
+    let s = setup_with(rules, true, |b| {
+        b.min_lease_size(10).rule_ttl(Duration::from_secs(600))
+    });
+    let day = Target::operation("day");
+    for _ in 0..3 {
+        assert!(check(&s, "u", &day).await.is_allowed());
+    }
+    let held = s.limiter.bucket_statuses()[0].tokens;
+    assert!(held > 0, "a lease left tokens in the bucket");
+    let rule = check(&s, "u", &day).await.rule().unwrap();
+    let life = super::lease::token_life(DEFAULT_TOKEN_HORIZON, rule);
+    assert_eq!(life, RefillRate::per_day(1_000).time_for(1).unwrap());
+    // A minute later (past the horizon), still spent locally: no call.
+    s.clock.advance(Duration::from_secs(60));
+    let calls = s.source.call_count();
+    assert_eq!(
+        check(&s, "u", &day).await.source(),
+        DecisionSource::LocalBucket
+    );
+    assert_eq!(s.source.call_count(), calls);
+    // Past one token's refill time, they are gone, as any leased token past its life.
+    s.clock.advance(Duration::from_secs(30));
+    assert!(s.limiter.check_local("u", &day, 1).is_none());
+    assert_eq!(
+        check(&s, "u", &day).await.source(),
+        DecisionSource::TokenSource
+    );
+    // Every token held but the two spent since (the rule's look, the minute's).
+    assert_eq!(s.limiter.stats().expired_tokens, held - 2);
+}
+
+#[test]
+fn a_tokens_life_is_the_horizon_or_one_tokens_refill_for_slow_rules() {
+    use super::lease::{token_life, MAX_TOKEN_LIFE};
+    let rule = |refill_rate| RuleSummary {
+        slot: 0,
+        burst_rate: 100,
+        refill_rate,
+        is_default: false,
+    };
+    let h = Duration::from_secs(5);
+    // The rules people write that refill a token within the horizon: the horizon.
+    assert_eq!(token_life(h, rule(RefillRate::per_second(10))), h);
+    assert_eq!(token_life(h, rule(RefillRate::per_minute(100))), h);
+    assert_eq!(token_life(h, rule(RefillRate::per_hour(1_000))), h);
+    // Slower: one token's refill, so that the fleet admits at most one token more than
+    // `burst + refill·T`.
+    assert_eq!(
+        token_life(h, rule(RefillRate::per_hour(100))),
+        Duration::from_secs(36)
+    );
+    assert_eq!(
+        token_life(h, rule(RefillRate::per_day(1_000))),
+        Duration::from_millis(86_400)
+    );
+    // At most an hour; a rule that never refills, an hour (its bound is its burst).
+    assert_eq!(token_life(h, rule(RefillRate::per_day(12))), MAX_TOKEN_LIFE);
+    assert_eq!(
+        token_life(h, rule(RefillRate::per_second(0))),
+        MAX_TOKEN_LIFE
+    );
+    // A horizon set longer than that is kept.
+    let long = Duration::from_secs(7_200);
+    assert_eq!(token_life(long, rule(RefillRate::per_day(12))), long);
+}
+
+#[tokio::test]
 async fn a_leased_token_expires_at_the_horizon() {
     let s = setup_with(ample(), true, |b| b.token_horizon(Duration::from_secs(2)));
     let target = get("/busy");
@@ -894,7 +970,8 @@ fn run_invariants(steps: Vec<Step>, refill_ahead: bool) -> Result<(), TestCaseEr
                         "a local token with no grant behind it"
                     );
                     let age = now.saturating_duration_since(last_grant.unwrap());
-                    prop_assert!(age < horizon, "{age:?}");
+                    let life = super::lease::token_life(horizon, d.rule().unwrap());
+                    prop_assert!(age < life, "{age:?}");
                 }
                 (DecisionSource::DenialCache, _) => {
                     // Never while the source could grant a token.
