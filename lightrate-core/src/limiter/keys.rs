@@ -55,21 +55,13 @@ impl TargetKey {
 
 impl TargetKey {
     /// Whether `target` is this key: [`matches`](Self::matches) for a request's list of
-    /// limits (`memo::hit_list`) and a reservation's limit ([`OutOfLine`]), out of line, so that the one-limit hit keeps the only inlined
-    /// copy of the comparison (a second caller had the compiler call it out of line there too:
-    /// 8 instructions a hit, BENCHMARKS.md).
+    /// limits (`memo::hit_list`) and a reservation's limit ([`OutOfLine`]), behind one
+    /// out-of-line call, so that the one-limit hit keeps its comparison inlined (with these
+    /// paths inlining it too, the compiler called it out of line in the hit: 8 instructions a
+    /// hit, BENCHMARKS.md).
     #[inline(never)]
     pub(crate) fn is_listed(&self, target: &Target<'_>) -> bool {
-        match (self, target) {
-            (TargetKey::Operation(a), Target::Operation(b)) => {
-                same_bytes(a.as_bytes(), b.as_bytes())
-            }
-            (TargetKey::Path { method, path }, Target::Path { method: m, path: p }) => {
-                same_bytes(path.as_bytes(), p.as_bytes()) && method == m
-            }
-            (TargetKey::Default, Target::Default) => true,
-            _ => false,
-        }
+        self.matches(target)
     }
 }
 
