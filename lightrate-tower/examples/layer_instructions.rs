@@ -7,7 +7,7 @@
 //! valgrind --tool=callgrind target/release/examples/layer_instructions 2000 lightrate
 //! valgrind --tool=callgrind target/release/examples/layer_instructions 12000 lightrate
 //! # (difference of the two totals) / 10000 = instructions per request
-//! # modes: none, identity, lightrate, lean, governor
+//! # modes: none, identity, lightrate, lean, two (lean, with a second limit), governor
 //! ```
 //!
 //! A mode ending in `-state` (`lean-state`) calls `.with_state(())` on the router after the
@@ -21,8 +21,8 @@
 use axum::{body::Body, extract::ConnectInfo, routing::get, Router};
 use http::Request;
 use lightrate_core::{Limiter, MAX_LEASE_SIZE};
-use lightrate_testing::Unlimited;
-use lightrate_tower::LightRateLayer;
+use lightrate_testing::{Unlimited, UnlimitedPerTarget};
+use lightrate_tower::{LightRateLayer, RouteLimit};
 use std::net::SocketAddr;
 use tower::ServiceExt;
 fn request() -> Request<Body> {
@@ -58,6 +58,17 @@ fn main() {
                     .build(),
             )
             .insert_decision(false),
+        ),
+        // Two limits: the request's own (GET /hello) and an operation's, of the same client.
+        "two" => app.layer(
+            LightRateLayer::new(
+                Limiter::builder(UnlimitedPerTarget)
+                    .lease_size(MAX_LEASE_SIZE)
+                    .min_lease_size(MAX_LEASE_SIZE)
+                    .build(),
+            )
+            .insert_decision(false)
+            .also(RouteLimit::operation("hello_per_day")),
         ),
         "governor" => app.layer(tower_governor::GovernorLayer::new(
             tower_governor::governor::GovernorConfigBuilder::default()

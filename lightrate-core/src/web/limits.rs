@@ -14,10 +14,11 @@ use super::rejection::Rejection;
 use super::route_limit::{LimitTarget, RouteLimit, SettleFn};
 use super::shadow::Mode;
 use super::view::RequestView;
+use crate::ip::IpText;
 use crate::limiter::{GrantedDecisions, Taken};
 use crate::{
     Acquired, Decision, DecisionSource, Decisions, Error, InFlight, InFlightSlot, Limit, OnDrop,
-    Reservation, Target,
+    Reservation, Target, INLINE_LIMITS,
 };
 
 /// A limit of one request, owned: its identifier, target and cost.
@@ -80,11 +81,10 @@ impl<V: RequestView> RequestPolicy<V> {
         };
         let shadow = self.options.mode == Mode::Shadow;
         let mut decisions = Decisions::undecided(identified.owned.len());
-        let ask = {
-            let borrowed = borrow(&identified.owned);
+        let ask = with_borrowed(&identified.owned, |limits| {
             self.limiter
-                .check_all_locally(&borrowed, shadow, &mut decisions)
-        };
+                .check_all_locally(limits, shadow, &mut decisions)
+        });
         let grpc = V::is_grpc(req);
         if ask != 0 {
             return self.check_limits(req, identified, (decisions, ask), shadow, grpc);
@@ -240,27 +240,49 @@ impl<V: RequestView> RequestPolicy<V> {
         cost: u64,
     ) -> Result<Option<Identified>, Plan> {
         let mut owned = Vec::with_capacity(limits.len());
-        let mut caps = Vec::new();
+        let mut caps: Caps = Vec::new();
         let mut terms = Terms::default();
+        // The middleware's own identifier, found once for every limit that uses it: copied
+        // from the first that did (its place in `owned`, or in `caps`).
+        let mut own_at: Option<(bool, usize)> = None;
         for limit in limits {
             let own = limit.identify.is_none();
-            let identify = limit.identify.as_ref().unwrap_or(&self.options.identify);
-            let found: Option<Cow<'_, str>> = match self.identifier(req, identify, own) {
-                Ok(found) => found,
-                Err(rejection) => return self.refuse_unidentified(rejection, req).map(|()| None),
+            let found = match own_at.filter(|_| own) {
+                Some((false, at)) => owned.get(at).map(|(user, ..): &Owned| user.clone()),
+                Some((true, at)) => caps
+                    .get(at)
+                    .map(|(_, user): &(InFlight, Box<str>)| user.clone()),
+                None => None,
             };
-            let Some(user) = found else {
-                return Ok(None);
+            let user: Box<str> = match found {
+                Some(user) => user,
+                None => {
+                    let identify = limit.identify.as_ref().unwrap_or(&self.options.identify);
+                    let user: Box<str> = match self.identifier(req, identify, own) {
+                        Ok(Some(Cow::Borrowed(found))) => Box::from(found),
+                        Ok(Some(Cow::Owned(found))) => found.into_boxed_str(),
+                        Ok(None) => return Ok(None),
+                        Err(rejection) => {
+                            return self.refuse_unidentified(rejection, req).map(|()| None)
+                        }
+                    };
+                    if own {
+                        let in_caps = matches!(limit.target, LimitTarget::InFlight(_));
+                        let at = if in_caps { caps.len() } else { owned.len() };
+                        own_at = Some((in_caps, at));
+                    }
+                    user
+                }
             };
             let (limit_target, limit_cost) = match &limit.target {
                 LimitTarget::InFlight(cap) => {
-                    caps.push((cap.clone(), Box::from(&*user)));
+                    caps.push((cap.clone(), user));
                     continue;
                 }
                 LimitTarget::Request => (target.clone().into_owned(), cost),
-                LimitTarget::Operation(op) => (op.target().into_owned(), op.cost()),
+                LimitTarget::Operation(op) => (op.static_target(), op.cost()),
                 LimitTarget::Plan(choose) => match choose(req, &user) {
-                    Some(op) => (op.target().into_owned(), op.cost()),
+                    Some(op) => (op.static_target(), op.cost()),
                     None => (target.clone().into_owned(), cost),
                 },
             };
@@ -283,7 +305,7 @@ impl<V: RequestView> RequestPolicy<V> {
                 }
             }
             terms.wait = terms.wait.max(limit.wait);
-            owned.push((Box::from(&*user), limit_target, limit_cost));
+            owned.push((user, limit_target, limit_cost));
         }
         Ok(Some(Identified { owned, caps, terms }))
     }
@@ -309,8 +331,15 @@ impl<V: RequestView> RequestPolicy<V> {
             Kind::PeerIp => None,
         };
         if let Some(raw) = raw {
-            let user = validate_identifier(&raw).map_err(Rejection::InvalidIdentifier)?;
-            return Ok(Some(Cow::Owned(user.to_owned())));
+            return match raw {
+                // A header's bytes: borrowed as they are, validated.
+                Cow::Borrowed(raw) => validate_identifier(raw)
+                    .map(|user| Some(Cow::Borrowed(user)))
+                    .map_err(Rejection::InvalidIdentifier),
+                Cow::Owned(raw) => validate_identifier(&raw)
+                    .map(|user| Some(Cow::Owned(user.to_owned())))
+                    .map_err(Rejection::InvalidIdentifier),
+            };
         }
         let by_ip = matches!(identify.kind(), Kind::PeerIp)
             || (own && self.options.missing == MissingIdentifier::PeerIp);
@@ -321,7 +350,8 @@ impl<V: RequestView> RequestPolicy<V> {
             } else {
                 client_ip(peer, V::forwarded_for(req), self.options.trusted_proxies)
             };
-            return Ok(ip.map(|ip| Cow::Owned(ip.to_string())));
+            // Written without the formatting machinery (a quarter of a two-limit request).
+            return Ok(ip.map(|ip| Cow::Owned(IpText::new(ip).as_str().to_owned())));
         }
         if own && self.options.missing != MissingIdentifier::Reject {
             return Ok(None);
@@ -496,10 +526,26 @@ impl<V: RequestView> RequestPolicy<V> {
 
 /// A request's owned limits, borrowed as the limiter takes them.
 fn borrow(owned: &[Owned]) -> Vec<Limit<'_>> {
-    owned
-        .iter()
-        .map(|(user, target, cost)| Limit::new(user, target.clone()).with_cost(*cost))
-        .collect()
+    owned.iter().map(borrowed).collect()
+}
+
+/// A request's owned limit, borrowed (its target too: cloned, an owned one was copied).
+fn borrowed((user, target, cost): &Owned) -> Limit<'_> {
+    Limit::new(user, target.as_borrowed()).with_cost(*cost)
+}
+
+/// Calls `f` with a request's limits borrowed: on the stack for up to [`INLINE_LIMITS`],
+/// so that a request decided locally allocates no list for them.
+fn with_borrowed<R>(owned: &[Owned], f: impl FnOnce(&[Limit<'_>]) -> R) -> R {
+    if owned.len() > INLINE_LIMITS {
+        return f(&borrow(owned));
+    }
+    let limits: [Limit<'_>; INLINE_LIMITS] = std::array::from_fn(|index| {
+        owned
+            .get(index)
+            .map_or_else(|| Limit::new("", Target::Default), borrowed)
+    });
+    f(&limits[..owned.len()])
 }
 
 /// A request's in-flight slots taken in this process: `None` when a cap is shared (its

@@ -53,6 +53,12 @@ impl Operation {
     pub fn target(&self) -> Target<'_> {
         Target::operation(&*self.name)
     }
+
+    /// The target it sends, for as long as needed: a name given as a `&'static str` is
+    /// borrowed, not copied (a request's limits hold theirs).
+    pub(crate) fn static_target(&self) -> Target<'static> {
+        Target::Operation(self.name.clone())
+    }
 }
 
 impl From<Operation> for Declared {
