@@ -118,7 +118,7 @@ impl<V: RequestView> RequestPolicy<V> {
                 }
             }
         };
-        match self.verdict_all((decisions, &[]), &owned, slots, &terms, grpc) {
+        match self.verdict_all((&decisions, &[]), &owned, slots, &terms, grpc) {
             Verdict::Allowed(allowed) => Plan::Call(allowed.mark_request::<V>(req)),
             Verdict::Refused(answer) => {
                 V::with_extensions(req, |e| self.family.refused::<V>(e));
@@ -196,7 +196,7 @@ impl<V: RequestView> RequestPolicy<V> {
         grpc: bool,
     ) -> Verdict {
         let Identified { owned, caps, terms } = identified;
-        let taken = (decisions, deadlines);
+        let taken = (&decisions, deadlines);
         if caps.is_empty() || !taken.0.is_allowed() {
             return self.verdict_all(taken, owned, Slots::Held(Vec::new()), terms, grpc);
         }
@@ -208,7 +208,7 @@ impl<V: RequestView> RequestPolicy<V> {
                     self.verdict_all(taken, owned, Slots::Held(Vec::new()), terms, grpc)
                 }
                 _ => {
-                    self.give_back_decisions(&taken.0, taken.1, owned);
+                    self.give_back_decisions(taken.0, taken.1, owned);
                     Verdict::Refused(self.respond(&Rejection::from_error(&error), grpc))
                 }
             },
@@ -369,7 +369,7 @@ impl<V: RequestView> RequestPolicy<V> {
     /// What the decisions of a request's limits mean for it.
     fn verdict_all(
         &self,
-        (decisions, deadlines): (Decisions, &[u64]),
+        (decisions, deadlines): (&Decisions, &[u64]),
         owned: &[Owned],
         slots: Slots,
         terms: &Terms,
@@ -377,17 +377,17 @@ impl<V: RequestView> RequestPolicy<V> {
     ) -> Verdict {
         let enforce = self.options.mode != Mode::Shadow;
         if !decisions.is_allowed() && enforce {
-            return Verdict::Refused(self.refuse_all(&decisions, grpc));
+            return Verdict::Refused(self.refuse_all(decisions, grpc));
         }
         if !decisions.is_allowed() {
-            self.let_through(&self.rejection_of(&decisions));
+            self.let_through(&self.rejection_of(decisions));
         }
         let slots = match slots {
             Slots::Held(slots) => slots,
             Slots::Full(name) => {
-                let rejection = self.rejection_in_flight(&decisions, &name);
+                let rejection = self.rejection_in_flight(decisions, &name);
                 if enforce {
-                    self.give_back_decisions(&decisions, deadlines, owned);
+                    self.give_back_decisions(decisions, deadlines, owned);
                     return Verdict::Refused(self.respond(&rejection, grpc));
                 }
                 self.let_through(&rejection);
@@ -395,7 +395,7 @@ impl<V: RequestView> RequestPolicy<V> {
             }
         };
         let charges = if self.family.records() && decisions.is_allowed() {
-            self.charges(&decisions, deadlines, owned)
+            self.charges(decisions, deadlines, owned)
         } else {
             Vec::new()
         };
@@ -419,7 +419,7 @@ impl<V: RequestView> RequestPolicy<V> {
             })
         });
         let headers = match self.options.headers {
-            super::RateLimitHeaders::Always => Some(Box::new(self.fields_of(&decisions))),
+            super::RateLimitHeaders::Always => Some(Box::new(self.fields_of(decisions))),
             _ => None,
         };
         Verdict::Allowed(Allowed {
@@ -427,7 +427,10 @@ impl<V: RequestView> RequestPolicy<V> {
             keep: self.options.insert_decision,
             headers,
             family: self.family.clone(),
-            decisions: self.options.insert_decision.then(|| Box::new(decisions)),
+            decisions: self
+                .options
+                .insert_decision
+                .then(|| Box::new(decisions.clone())),
             charges,
             slots,
             settle,
