@@ -104,7 +104,7 @@ pub use self::several::{Decisions, Limit, INLINE_LIMITS};
 pub use self::stats::Stats;
 
 pub(crate) use self::keys::{same_bytes, IpProbe, PathProbe, Probe};
-pub(crate) use self::several::{GrantedDecisions, Taken};
+pub(crate) use self::several::{GrantedDecisions, OwnedLimit, Taken};
 
 #[cfg(test)]
 mod tests;

@@ -2,6 +2,7 @@
 //! or a route): all or nothing, in one decision, then its in-flight slots.
 
 use std::borrow::Cow;
+use std::cell::OnceCell;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,8 +22,10 @@ use crate::{
     Reservation, Target, INLINE_LIMITS,
 };
 
-/// A limit of one request, owned: its identifier, target and cost.
-type Owned = (Box<str>, Target<'static>, u64);
+/// A limit of one request: its identifier, target and cost, borrowed from the request and the
+/// declarations while it is decided in the process (`'static`, owned, once the source must be
+/// asked or the request waits).
+type Owned<'r> = (Cow<'r, str>, Target<'r>, u64);
 
 /// The in-flight caps of one request, with their identifiers.
 type Caps = Vec<(InFlight, Box<str>)>;
@@ -44,10 +47,22 @@ struct Terms {
 }
 
 /// A request's limits, identified: owned, its in-flight caps, and their terms.
-struct Identified {
-    owned: Vec<Owned>,
+struct Identified<'r> {
+    owned: Vec<Owned<'r>>,
     caps: Caps,
     terms: Terms,
+}
+
+impl Identified<'_> {
+    /// Owned, for a future that outlives the request (the source asked, a wait).
+    fn into_owned(self) -> Identified<'static> {
+        let Identified { owned, caps, terms } = self;
+        let owned = owned
+            .into_iter()
+            .map(|(user, target, cost)| (Cow::Owned(user.into_owned()), target.into_owned(), cost))
+            .collect();
+        Identified { owned, caps, terms }
+    }
 }
 
 /// What taking a request's in-flight slots came to.
@@ -70,7 +85,9 @@ impl<V: RequestView> RequestPolicy<V> {
         target: &Target<'_>,
         cost: u64,
     ) -> Plan {
-        let identified = match self.identify_limits(req, limits, target, cost) {
+        // The client's address as text, written once if a limit is identified by it.
+        let address = OnceCell::new();
+        let identified = match self.identify_limits(req, limits, target, cost, &address) {
             Ok(Some(identified)) => identified,
             // Not limited: shadow mode let an unusable identifier through, or no address.
             Ok(None) => {
@@ -87,12 +104,14 @@ impl<V: RequestView> RequestPolicy<V> {
         });
         let grpc = V::is_grpc(req);
         if ask != 0 {
+            let identified = identified.into_owned();
             return self.check_limits(req, identified, (decisions, ask), shadow, grpc);
         }
         if !decisions.is_allowed() && identified.terms.wait > Duration::ZERO && !shadow {
             // Refused now, it may wait for its tokens (given back by the local phase).
             let policy = Arc::clone(self);
             let foreign = V::with_extensions(req, |e| self.family.before_source::<V>(e));
+            let identified = identified.into_owned();
             return Plan::Check(Box::pin(async move {
                 let verdict = policy.wait_for_tokens(identified, grpc).await;
                 refused_after_source(&verdict, foreign);
@@ -109,7 +128,7 @@ impl<V: RequestView> RequestPolicy<V> {
                 None => {
                     let policy = Arc::clone(self);
                     let foreign = V::with_extensions(req, |e| self.family.before_source::<V>(e));
-                    let identified = Identified { owned, caps, terms };
+                    let identified = Identified { owned, caps, terms }.into_owned();
                     return Plan::Check(Box::pin(async move {
                         let verdict = policy.with_slots(decisions, &[], &identified, grpc).await;
                         refused_after_source(&verdict, foreign);
@@ -118,7 +137,10 @@ impl<V: RequestView> RequestPolicy<V> {
                 }
             }
         };
-        match self.verdict_all((&decisions, &[]), &owned, slots, &terms, grpc) {
+        let verdict = self.verdict_all((&decisions, &[]), &owned, slots, &terms, grpc);
+        // What the limits borrowed of the request, released before it is marked.
+        drop(owned);
+        match verdict {
             Verdict::Allowed(allowed) => Plan::Call(allowed.mark_request::<V>(req)),
             Verdict::Refused(answer) => {
                 V::with_extensions(req, |e| self.family.refused::<V>(e));
@@ -130,7 +152,7 @@ impl<V: RequestView> RequestPolicy<V> {
     /// The verdict of a request its limits refused, that may wait for its tokens: it waits
     /// (first come, first served) up to its longest wait, or is refused at once when they
     /// cannot come within it.
-    async fn wait_for_tokens(&self, identified: Identified, grpc: bool) -> Verdict {
+    async fn wait_for_tokens(&self, identified: Identified<'static>, grpc: bool) -> Verdict {
         let acquired = {
             let borrowed = borrow(&identified.owned);
             self.limiter.acquire(&borrowed, identified.terms.wait).await
@@ -151,15 +173,18 @@ impl<V: RequestView> RequestPolicy<V> {
     fn check_limits(
         self: &Arc<Self>,
         req: &V::Request,
-        identified: Identified,
+        identified: Identified<'static>,
         (decisions, ask): (Decisions, u64),
         shadow: bool,
         grpc: bool,
     ) -> Plan {
         let foreign = V::with_extensions(req, |e| self.family.before_source::<V>(e));
-        let check =
-            self.limiter
-                .check_all_with_source(identified.owned.clone(), decisions, ask, shadow);
+        let check = self.limiter.check_all_with_source(
+            owned_limits(&identified.owned),
+            decisions,
+            ask,
+            shadow,
+        );
         let policy = Arc::clone(self);
         Plan::Check(Box::pin(async move {
             let verdict = match check.await {
@@ -192,7 +217,7 @@ impl<V: RequestView> RequestPolicy<V> {
         &self,
         decisions: Decisions,
         deadlines: &[u64],
-        identified: &Identified,
+        identified: &Identified<'_>,
         grpc: bool,
     ) -> Verdict {
         let Identified { owned, caps, terms } = identified;
@@ -217,7 +242,7 @@ impl<V: RequestView> RequestPolicy<V> {
 
     /// Gives back what the allowed limits of a request took, when something after them
     /// refused it.
-    fn give_back_decisions(&self, decisions: &Decisions, deadlines: &[u64], owned: &[Owned]) {
+    fn give_back_decisions(&self, decisions: &Decisions, deadlines: &[u64], owned: &[Owned<'_>]) {
         for (index, (decision, (user, _, cost))) in decisions.iter().zip(owned).enumerate() {
             let Some(decision) = decision.filter(|d| d.is_allowed()) else {
                 continue;
@@ -232,13 +257,14 @@ impl<V: RequestView> RequestPolicy<V> {
     /// Every limit's identifier (validated), target and cost, and their terms; `Ok(None)`
     /// when the request is not limited; `Err` with the answer when an identifier is missing
     /// or unusable, or a cost unreadable.
-    fn identify_limits(
-        &self,
-        req: &V::Request,
-        limits: &[RouteLimit<V>],
-        target: &Target<'_>,
+    fn identify_limits<'r>(
+        &'r self,
+        req: &'r V::Request,
+        limits: &'r [RouteLimit<V>],
+        target: &'r Target<'_>,
         cost: u64,
-    ) -> Result<Option<Identified>, Plan> {
+        address: &'r OnceCell<IpText>,
+    ) -> Result<Option<Identified<'r>>, Plan> {
         let mut owned = Vec::with_capacity(limits.len());
         let mut caps: Caps = Vec::new();
         let mut terms = Terms::default();
@@ -248,19 +274,18 @@ impl<V: RequestView> RequestPolicy<V> {
         for limit in limits {
             let own = limit.identify.is_none();
             let found = match own_at.filter(|_| own) {
-                Some((false, at)) => owned.get(at).map(|(user, ..): &Owned| user.clone()),
+                Some((false, at)) => owned.get(at).map(|(user, ..): &Owned<'r>| user.clone()),
                 Some((true, at)) => caps
                     .get(at)
-                    .map(|(_, user): &(InFlight, Box<str>)| user.clone()),
+                    .map(|(_, user): &(InFlight, Box<str>)| Cow::Owned(String::from(&**user))),
                 None => None,
             };
-            let user: Box<str> = match found {
+            let user: Cow<'r, str> = match found {
                 Some(user) => user,
                 None => {
                     let identify = limit.identify.as_ref().unwrap_or(&self.options.identify);
-                    let user: Box<str> = match self.identifier(req, identify, own) {
-                        Ok(Some(Cow::Borrowed(found))) => Box::from(found),
-                        Ok(Some(Cow::Owned(found))) => found.into_boxed_str(),
+                    let user = match self.identifier(req, address, identify, own) {
+                        Ok(Some(found)) => found,
                         Ok(None) => return Ok(None),
                         Err(rejection) => {
                             return self.refuse_unidentified(rejection, req).map(|()| None)
@@ -276,14 +301,14 @@ impl<V: RequestView> RequestPolicy<V> {
             };
             let (limit_target, limit_cost) = match &limit.target {
                 LimitTarget::InFlight(cap) => {
-                    caps.push((cap.clone(), user));
+                    caps.push((cap.clone(), Box::from(&*user)));
                     continue;
                 }
-                LimitTarget::Request => (target.clone().into_owned(), cost),
+                LimitTarget::Request => (target.as_borrowed(), cost),
                 LimitTarget::Operation(op) => (op.static_target(), op.cost()),
                 LimitTarget::Plan(choose) => match choose(req, &user) {
                     Some(op) => (op.static_target(), op.cost()),
-                    None => (target.clone().into_owned(), cost),
+                    None => (target.as_borrowed(), cost),
                 },
             };
             let limit_cost = match &limit.cost_from {
@@ -316,6 +341,7 @@ impl<V: RequestView> RequestPolicy<V> {
     fn identifier<'r>(
         &self,
         req: &'r V::Request,
+        address: &'r OnceCell<IpText>,
         identify: &Identify<V>,
         own: bool,
     ) -> Result<Option<Cow<'r, str>>, Rejection> {
@@ -350,8 +376,9 @@ impl<V: RequestView> RequestPolicy<V> {
             } else {
                 client_ip(peer, V::forwarded_for(req), self.options.trusted_proxies)
             };
-            // Written without the formatting machinery (a quarter of a two-limit request).
-            return Ok(ip.map(|ip| Cow::Owned(IpText::new(ip).as_str().to_owned())));
+            // Written without the formatting machinery (a quarter of a two-limit request),
+            // once, into the caller's `address`: every limit borrows it.
+            return Ok(ip.map(|ip| Cow::Borrowed(address.get_or_init(|| IpText::new(ip)).as_str())));
         }
         if own && self.options.missing != MissingIdentifier::Reject {
             return Ok(None);
@@ -370,7 +397,7 @@ impl<V: RequestView> RequestPolicy<V> {
     fn verdict_all(
         &self,
         (decisions, deadlines): (&Decisions, &[u64]),
-        owned: &[Owned],
+        owned: &[Owned<'_>],
         slots: Slots,
         terms: &Terms,
         grpc: bool,
@@ -404,7 +431,7 @@ impl<V: RequestView> RequestPolicy<V> {
             Box::new(Settle {
                 reservation: Reservation::new(
                     self.limiter.clone(),
-                    owned.to_vec(),
+                    owned_limits(owned),
                     decisions.clone(),
                     deadlines.to_vec(),
                 )
@@ -438,7 +465,12 @@ impl<V: RequestView> RequestPolicy<V> {
     }
 
     /// What each allowed limit took, for a family stacked under this one to give back.
-    fn charges(&self, decisions: &Decisions, deadlines: &[u64], owned: &[Owned]) -> Vec<Charge> {
+    fn charges(
+        &self,
+        decisions: &Decisions,
+        deadlines: &[u64],
+        owned: &[Owned<'_>],
+    ) -> Vec<Charge> {
         decisions
             .iter()
             .zip(owned)
@@ -528,18 +560,26 @@ impl<V: RequestView> RequestPolicy<V> {
 }
 
 /// A request's owned limits, borrowed as the limiter takes them.
-fn borrow(owned: &[Owned]) -> Vec<Limit<'_>> {
+fn borrow<'o>(owned: &'o [Owned<'_>]) -> Vec<Limit<'o>> {
     owned.iter().map(borrowed).collect()
 }
 
+/// A request's limits as the engine owns them (to ask the source, to settle).
+fn owned_limits(owned: &[Owned<'_>]) -> Vec<crate::limiter::OwnedLimit> {
+    owned
+        .iter()
+        .map(|(user, target, cost)| (Box::from(&**user), target.clone().into_owned(), *cost))
+        .collect()
+}
+
 /// A request's owned limit, borrowed (its target too: cloned, an owned one was copied).
-fn borrowed((user, target, cost): &Owned) -> Limit<'_> {
+fn borrowed<'o>((user, target, cost): &'o Owned<'_>) -> Limit<'o> {
     Limit::new(user, target.as_borrowed()).with_cost(*cost)
 }
 
 /// Calls `f` with a request's limits borrowed: on the stack for up to [`INLINE_LIMITS`],
 /// so that a request decided locally allocates no list for them.
-fn with_borrowed<R>(owned: &[Owned], f: impl FnOnce(&[Limit<'_>]) -> R) -> R {
+fn with_borrowed<R>(owned: &[Owned<'_>], f: impl FnOnce(&[Limit<'_>]) -> R) -> R {
     if owned.len() > INLINE_LIMITS {
         return f(&borrow(owned));
     }
