@@ -551,11 +551,9 @@ impl LocalBucket {
                 Ordering::AcqRel,
                 Ordering::Acquire,
             ) {
-                Ok(_) => {
-                    let lost = tokens_of(current);
-                    self.lost.fetch_add(lost, Ordering::Relaxed);
-                    return Some(lost);
-                }
+                // What it held stays in its (dead) state, as `kill` and `moved` leave it: counted
+                // lost by the caller, not in `lost` too (`consumed` would count it twice).
+                Ok(_) => return Some(tokens_of(current)),
                 Err(actual) => current = actual,
             }
         }
@@ -837,11 +835,19 @@ mod tests {
             b.kill_if_idle(Timestamp::from_nanos(6_000_000_000), 1_000),
             None
         );
+        let consumed = b.consumed();
         assert_eq!(
             b.kill_if_idle(Timestamp::from_nanos(7_000_000_000), 1_000),
             Some(1)
         );
         assert!(b.is_dead());
+        // The token it held was lost, not consumed, and not counted twice.
+        assert_eq!(b.consumed(), consumed);
+        let (deposited, lost) = (
+            b.deposited.load(Ordering::Relaxed),
+            b.lost.load(Ordering::Relaxed),
+        );
+        assert_eq!(deposited, b.consumed() + b.tokens() + lost);
     }
 
     #[test]
