@@ -908,3 +908,60 @@ async fn a_waiting_route_whose_source_is_down_answers_the_outage_policy_after_on
     // No wait helps a source that failed: it was not asked again.
     assert_eq!(source.calls().len(), 1, "{:?}", source.calls());
 }
+
+#[tokio::test]
+async fn limits_sharing_the_middlewares_identifier_each_charge_the_same_client() {
+    // A cap first (the others copy its identifier), then two rate limits of their own rules:
+    // by a header, then by the client's address (written once, borrowed by every limit).
+    for by_peer in [false, true] {
+        let source = Recording::demo();
+        let limiter = source.limiter(OnUnavailable::Allow);
+        let cap = lightrate_core::InFlight::new(3).named("c");
+        let identify = if by_peer {
+            Identify::peer_ip()
+        } else {
+            user_header()
+        };
+        let layer = LightRateLayer::new(limiter.clone())
+            .identify(identify)
+            .also(RouteLimit::in_flight(cap.clone()))
+            .also(RouteLimit::operation("search_per_second"))
+            .also(RouteLimit::operation("search_per_day"));
+        let app = Router::new()
+            .route("/hello", get(|| async { "hi" }))
+            .layer(layer);
+        let request = || {
+            let mut r = Request::get("/hello")
+                .header("x-user-id", "ann")
+                .body(Body::empty())
+                .unwrap();
+            r.extensions_mut()
+                .insert(axum::extract::ConnectInfo(SocketAddr::from((
+                    [198, 51, 100, 7],
+                    4321,
+                ))));
+            r
+        };
+        let who = if by_peer { "198.51.100.7" } else { "ann" };
+        let mut allowed = 0;
+        for _ in 0..8 {
+            let response = app.clone().oneshot(request()).await.unwrap();
+            allowed += usize::from(response.status() == StatusCode::OK);
+        }
+        // search_per_second's burst (5) binds, for this one client, on every limit.
+        assert_eq!(allowed, 5, "by_peer {by_peer}");
+        assert_eq!(cap.in_flight(who), Some(0), "by_peer {by_peer}");
+        let mut users: Vec<String> = limiter
+            .bucket_statuses()
+            .into_iter()
+            .map(|status| status.user_identifier)
+            .collect();
+        users.dedup();
+        assert_eq!(users, [who], "by_peer {by_peer}");
+        assert_eq!(
+            limiter.bucket_statuses().len(),
+            3,
+            "/hello's rule and both operations"
+        );
+    }
+}
