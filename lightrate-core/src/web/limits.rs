@@ -268,20 +268,13 @@ impl<V: RequestView> RequestPolicy<V> {
         let mut owned = Vec::with_capacity(limits.len());
         let mut caps: Caps = Vec::new();
         let mut terms = Terms::default();
-        // The middleware's own identifier, found once for every limit that uses it: copied
-        // from the first that did (its place in `owned`, or in `caps`).
-        let mut own_at: Option<(bool, usize)> = None;
+        // The middleware's own identifier, found once for every limit that uses it (a header's
+        // value or the client's address, borrowed: sharing it copies nothing).
+        let mut own_user: Option<Cow<'r, str>> = None;
         for limit in limits {
             let own = limit.identify.is_none();
-            let found = match own_at.filter(|_| own) {
-                Some((false, at)) => owned.get(at).map(|(user, ..): &Owned<'r>| user.clone()),
-                Some((true, at)) => caps
-                    .get(at)
-                    .map(|(_, user): &(InFlight, Box<str>)| Cow::Owned(String::from(&**user))),
-                None => None,
-            };
-            let user: Cow<'r, str> = match found {
-                Some(user) => user,
+            let user: Cow<'r, str> = match own_user.as_ref().filter(|_| own) {
+                Some(user) => user.clone(),
                 None => {
                     let identify = limit.identify.as_ref().unwrap_or(&self.options.identify);
                     let user = match self.identifier(req, address, identify, own) {
@@ -291,10 +284,8 @@ impl<V: RequestView> RequestPolicy<V> {
                             return self.refuse_unidentified(rejection, req).map(|()| None)
                         }
                     };
-                    if own {
-                        let in_caps = matches!(limit.target, LimitTarget::InFlight(_));
-                        let at = if in_caps { caps.len() } else { owned.len() };
-                        own_at = Some((in_caps, at));
+                    if own && limits.len() > 1 {
+                        own_user = Some(user.clone());
                     }
                     user
                 }
