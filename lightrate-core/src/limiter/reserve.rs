@@ -594,7 +594,7 @@ impl Inner {
     /// Counts what a give-back of `tokens` to a bucket came to: `(back, stale)`, whether they
     /// went back and how many of the bucket's tokens had died meanwhile.
     #[inline]
-    fn gave_back(&self, slot: u32, tokens: u64, (back, stale): (bool, u64)) {
+    pub(super) fn gave_back(&self, slot: u32, tokens: u64, (back, stale): (bool, u64)) {
         match (back, stale) {
             (true, 0) => {}
             (true, stale) => self.counters.expired(slot, stale),

@@ -631,7 +631,7 @@ impl Limit<'_> {
         (self.user, self.cost)
     }
 
-    pub(super) fn to_owned_parts(&self) -> OwnedLimit {
+    pub(crate) fn to_owned_parts(&self) -> OwnedLimit {
         (
             self.user.into(),
             self.target.clone().into_owned(),
@@ -666,10 +666,10 @@ impl Held<'_> {
         if decision.source() != DecisionSource::LocalBucket {
             return;
         }
-        if let (Some(rule), Some((user, _, cost))) = (decision.rule(), self.limits.get(index)) {
-            let taken = Taken::Local {
-                until_ms: decision.taken_until_ms(),
-            };
+        let limit = self.limits.get(index);
+        if let (Some(rule), Some(taken), Some((user, _, cost))) =
+            (decision.rule(), Taken::of(&decision, 0), limit)
+        {
             self.limiter.inner.give_back(user, rule.slot, *cost, taken);
         }
         *slot = None;
@@ -697,35 +697,27 @@ impl Inner {
         let now_ms = self.clock.now().as_millis();
         let guard = self.buckets.guard();
         let bucket = self.buckets.get(user.as_bytes(), slot, &guard);
-        let (back, granted) = match taken {
+        match taken {
             Taken::Local { until_ms } => {
-                let (back, stale) =
+                let result =
                     bucket.map_or((false, 0), |b| b.give_back_taken(cost, until_ms, now_ms));
-                self.counters.expired(slot, stale);
-                (back, false)
+                self.gave_back(slot, cost, result);
             }
-            // Granted for one request, never held (the SDKs' way for the default rule).
-            Taken::Granted { deadline_ms: 0 } => (false, true),
+            // Granted for one request, never held (the SDKs' way for the default rule):
+            // nothing to count.
+            Taken::Granted { deadline_ms: 0 } => {}
             Taken::Granted { deadline_ms } => {
                 let (back, stale) = bucket.map_or((false, 0), |b| {
                     b.give_back_granted(cost, deadline_ms, now_ms)
                 });
                 self.counters.expired(slot, stale);
-                (back, true)
-            }
-        };
-        match (back, granted, taken) {
-            (true, true, _) => self.counters.returned(slot, cost),
-            // A local take lost: every token deposited is taken, held or lost.
-            (false, false, _) => self.counters.expired(slot, cost),
-            // A grant of a lease that could not go back (its generation is gone: two leases
-            // landed since): returned and lost, so that `Stats` shows it.
-            (false, true, Taken::Granted { deadline_ms }) if deadline_ms != 0 => {
                 self.counters.returned(slot, cost);
-                self.counters.expired(slot, cost);
+                if !back {
+                    // A grant of a lease that could not go back (its generation is gone:
+                    // two leases landed since): returned and lost, so that `Stats` shows it.
+                    self.counters.expired(slot, cost);
+                }
             }
-            // Undone (a local take back), or granted and never held: nothing to count.
-            _ => {}
         }
     }
 }

@@ -557,10 +557,7 @@ fn borrow<'o>(owned: &'o [Owned<'_>]) -> Vec<Limit<'o>> {
 
 /// A request's limits as the engine owns them (to ask the source, to settle).
 fn owned_limits(owned: &[Owned<'_>]) -> Vec<crate::limiter::OwnedLimit> {
-    owned
-        .iter()
-        .map(|(user, target, cost)| (Box::from(&**user), target.clone().into_owned(), *cost))
-        .collect()
+    owned.iter().map(|o| borrowed(o).to_owned_parts()).collect()
 }
 
 /// A request's owned limit, borrowed (its target too: cloned, an owned one was copied).
