@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::decision::RuleSummary;
+use crate::sync::lock;
 
 /// Whose queue: the user and the target (written out) of a request's first limit.
 pub(super) type QueueKey = (Box<str>, String);
@@ -44,7 +45,7 @@ pub(super) struct Place<'a> {
 
 impl Waiting {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<QueueKey, Arc<Queue>>> {
-        self.queues.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.queues)
     }
 
     /// Whether anyone waits at all (one load).
@@ -117,9 +118,4 @@ impl Drop for Place<'_> {
             self.waiting.count.store(queues.len(), Ordering::Release);
         }
     }
-}
-
-/// Locks `mutex` (a poisoned one as it is: it guards plain values).
-pub(super) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -15,10 +15,11 @@ use std::time::Duration;
 
 use super::decision::{Decision, DecisionSource, RuleSummary};
 use super::handle::Limiter;
-use super::queues::{lock, QueueKey};
+use super::queues::QueueKey;
 use super::reserve::Reservation;
 use super::several::{Decisions, Limit};
 use crate::clock::duration_to_nanos;
+use crate::sync::lock;
 use crate::Error;
 
 impl Limiter {
