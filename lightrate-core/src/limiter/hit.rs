@@ -2,6 +2,7 @@
 //! the maps, one compare-and-swap, or the denial cache; nothing else. What it cannot decide
 //! goes to the slow path (`slow.rs`).
 
+use std::num::NonZeroU64;
 use std::sync::Arc;
 
 use super::bucket::{LocalBucket, Take};
@@ -22,7 +23,8 @@ pub(super) enum Tap {
         remaining: u64,
         until_ms: u64,
     },
-    /// Fewer tokens than the cost (the denial cache may answer).
+    /// Fewer tokens than the cost (the denial cache may answer), or the bucket died (the map
+    /// has the user's bucket).
     Empty,
     /// The source must be asked (tokens past their deadline).
     Ask,
@@ -78,6 +80,13 @@ impl<'a, P: ?Sized> Hit<'a, P> {
     }
 }
 
+/// A request's cost as the hit takes it: at least one token (a cost of 0 is 1). Clamped
+/// where the cost is known, so that a constant cost costs nothing.
+#[inline(always)]
+pub(super) fn at_least_one(cost: u64) -> NonZeroU64 {
+    NonZeroU64::new(cost).unwrap_or(NonZeroU64::MIN)
+}
+
 impl Inner {
     /// The local hit: the target's rule and the (user, rule) bucket (this thread's memos, else
     /// the maps), one compare-and-swap; or the denial cache. Writes what is decided to
@@ -95,7 +104,7 @@ impl Inner {
         // A function of its own rather than every caller passing `&mut ()`: without it, the
         // hit through the map (10 000 users in turn) was laid out again and took 21
         // instructions more (BENCHMARKS.md).
-        self.check_local_keeping(user, target, cost, shadow, decided, &mut ());
+        self.check_local_keeping(user, target, at_least_one(cost), shadow, decided, &mut ());
     }
 
     /// [`check_local`](Self::check_local), handing the bucket of a local take to `kept` when a
@@ -105,12 +114,12 @@ impl Inner {
         self: &Arc<Self>,
         user: &(impl UserProbe + ?Sized),
         target: &impl Probe,
-        cost: u64,
+        cost: NonZeroU64,
         shadow: bool,
         decided: &mut Option<Decision>,
         kept: &mut impl Keep,
     ) {
-        let cost = cost.max(1);
+        let cost = cost.get();
         let now_ms = self.clock.coarse_now().as_millis();
         let (limiter, generation) = self.routes.memo_key();
         // A bucket to memoize once the memos are free.
@@ -238,6 +247,9 @@ impl Inner {
                 }
             }
             Take::Empty => Tap::Empty,
+            // A memoized bucket that died (replaced in the map, or swept): the map has the
+            // user's bucket, as for an empty one.
+            Take::Expired if bucket.is_dead() => Tap::Empty,
             Take::Expired | Take::Stale | Take::Busy => Tap::Ask,
         }
     }

@@ -10,6 +10,9 @@ use papaya::Equivalent;
 use crate::Target;
 
 /// A target, owned: the key of the target → rule cache, and what a lease sends.
+// A tag byte of its own: niche-encoded in the method, the kind took 8 instructions to decode
+// on every hit's comparison.
+#[repr(u8)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum TargetKey {
     Operation(Box<str>),

@@ -25,6 +25,7 @@ use std::time::Duration;
 use super::bucket::LocalBucket;
 use super::decision::{Decision, DecisionSource, RuleSummary};
 use super::handle::Limiter;
+use super::hit::at_least_one;
 use super::inner::Inner;
 use super::keys::OutOfLine;
 use super::lease::{next_token, wait_for};
@@ -67,6 +68,7 @@ pub struct Settlement {
 }
 
 impl Settlement {
+    #[inline]
     fn of(len: usize) -> Self {
         Settlement {
             len,
@@ -395,11 +397,21 @@ impl LocalReservation<'_> {
 }
 
 impl Drop for LocalReservation<'_> {
+    #[inline]
     fn drop(&mut self) {
+        // Settled (the usual end), nothing is left to do: checked where it is dropped.
         if self.open && self.on_drop == OnDrop::Release {
-            for index in 0..self.limits.len() {
-                self.settle_limit(index, 0);
-            }
+            self.release_all();
+        }
+    }
+}
+
+impl LocalReservation<'_> {
+    /// Settles every limit at 0, dropped unsettled with [`OnDrop::Release`].
+    #[cold]
+    fn release_all(&mut self) {
+        for index in 0..self.limits.len() {
+            self.settle_limit(index, 0);
         }
     }
 }
@@ -442,7 +454,7 @@ impl Limiter {
             // One limit: its hit, without the list's machinery, keeping the bucket it took
             // from.
             let (mut decision, mut bucket) = (None, None);
-            let (user, cost) = (one.user().as_bytes(), one.cost());
+            let (user, cost) = (one.user().as_bytes(), at_least_one(one.cost()));
             let target = &OutOfLine(one.target());
             let inner = &self.inner;
             inner.check_local_keeping(user, target, cost, false, &mut decision, &mut bucket);

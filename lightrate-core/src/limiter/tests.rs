@@ -208,6 +208,18 @@ async fn a_hot_bucket_moves_to_the_memo_with_every_token_and_dies_there_as_anywh
     let calls = s.source.call_count();
     assert!(check(&s, "alice", &hot).await.is_allowed());
     assert_eq!(s.source.call_count(), calls + 1);
+    // The memo still holds the dead bucket: once a lease fills the new one (the first call
+    // learned the rule again), the next hits find it in the map and spend it without a call.
+    assert!(check(&s, "alice", &hot).await.is_allowed());
+    let calls = s.source.call_count();
+    for _ in 0..5 {
+        let decision = s.limiter.check_local("alice", &hot, 1);
+        assert_eq!(
+            decision.map(|d| (d.is_allowed(), d.source())),
+            Some((true, DecisionSource::LocalBucket))
+        );
+    }
+    assert_eq!(s.source.call_count(), calls);
     let stats = s.limiter.stats();
     assert_eq!(stats.leased_tokens, s.source.granted());
 }
