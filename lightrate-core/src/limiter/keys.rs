@@ -57,14 +57,24 @@ impl TargetKey {
 }
 
 impl TargetKey {
-    /// Whether `target` is this key: [`matches`](Self::matches) for a request's list of
-    /// limits (`memo::hit_list`) and a reservation's limit ([`OutOfLine`]), behind one
-    /// out-of-line call, so that the one-limit hit keeps its comparison inlined (with these
-    /// paths inlining it too, the compiler called it out of line in the hit: 8 instructions a
-    /// hit, BENCHMARKS.md).
-    #[inline(never)]
-    pub(crate) fn is_listed(&self, target: &Target<'_>) -> bool {
-        self.matches(target)
+    /// Whether `target` is this key: [`matches`](Self::matches) written out again for the
+    /// paths besides the one-limit hit (a request's list of limits, `memo::hit_list`, and a
+    /// reservation's limit, [`InList`]), inlined there. A copy of its own: with those paths
+    /// inlining `matches` too, the compiler called it out of line in the hit (8 instructions
+    /// a hit), and behind one out-of-line call for them they paid 20 more a limit
+    /// (BENCHMARKS.md).
+    #[inline(always)]
+    pub(crate) fn is_in_list(&self, target: &Target<'_>) -> bool {
+        match (self, target) {
+            (TargetKey::Operation(a), Target::Operation(b)) => {
+                same_bytes(a.as_bytes(), b.as_bytes())
+            }
+            (TargetKey::Path { method, path }, Target::Path { method: m, path: p }) => {
+                same_bytes(path.as_bytes(), p.as_bytes()) && method == m
+            }
+            (TargetKey::Default, Target::Default) => true,
+            _ => false,
+        }
     }
 }
 
@@ -91,16 +101,16 @@ impl Probe for Target<'_> {
     }
 }
 
-/// A target compared out of line ([`TargetKey::is_listed`]): what the paths besides the
-/// one-limit hit probe the memos with (a reservation's), so that the hit keeps the only
-/// inlined copy of the comparison.
+/// A target compared by the list's copy of the comparison ([`TargetKey::is_in_list`]): what
+/// a reservation's one limit probes the memos with, so that the one-limit hit's copy of
+/// `matches` keeps a single caller.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct OutOfLine<'t, 'a>(pub(crate) &'t Target<'a>);
+pub(crate) struct InList<'t, 'a>(pub(crate) &'t Target<'a>);
 
-impl Probe for OutOfLine<'_, '_> {
+impl Probe for InList<'_, '_> {
     #[inline]
     fn matches(&self, key: &TargetKey) -> bool {
-        key.is_listed(self.0)
+        key.is_in_list(self.0)
     }
 
     #[inline]

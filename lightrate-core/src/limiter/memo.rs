@@ -119,17 +119,32 @@ impl BucketMemo {
 struct Memos {
     targets: [Option<TargetMemo>; TARGETS],
     next_target: usize,
-    /// The slot that answered last: a hit looks there first, and searches the others (out of
-    /// line) only when it is another target. Searched inline, the loop made the compiler load
-    /// and keep every part of the request's target before the first compare.
-    last_target: Cell<usize>,
     buckets: [Option<BucketMemo>; BUCKETS],
     next_bucket: usize,
-    last_bucket: Cell<usize>,
-    /// What each lane keeps while another looks: its `last_target` and `last_bucket`.
-    lanes: [(Cell<usize>, Cell<usize>); LANES],
+    /// The target slot and the bucket slot that answered last, for the memos' own place
+    /// (first) and each lane's after it: a hit looks there first, and searches the others
+    /// (out of line) only when it is another target or bucket. Searched inline, the loop
+    /// made the compiler load and keep every part of the request's target before the first
+    /// compare. A lane entered swaps its places with the first; a request's list reads the
+    /// place of each limit's lane where it is, at its index (one array: 6 instructions a
+    /// limit less than the first apart from the lanes).
+    places: [(Cell<usize>, Cell<usize>); LANES + 1],
     /// The lane entered, 1-based; 0 for none (the first place's, the memos' own).
     lane: Cell<usize>,
+}
+
+impl Memos {
+    /// The target slot that answered last, where a hit looks first.
+    #[inline(always)]
+    fn last_target(&self) -> &Cell<usize> {
+        &self.places[0].0
+    }
+
+    /// The bucket slot that answered last, where a hit looks first.
+    #[inline(always)]
+    fn last_bucket(&self) -> &Cell<usize> {
+        &self.places[0].1
+    }
 }
 
 impl Memos {
@@ -150,11 +165,9 @@ thread_local! {
         RefCell::new(Memos {
             targets: [const { None }; TARGETS],
             next_target: 0,
-            last_target: Cell::new(0),
             buckets: [const { None }; BUCKETS],
             next_bucket: 0,
-            last_bucket: Cell::new(0),
-            lanes: [const { (Cell::new(0), Cell::new(0)) }; LANES],
+            places: [const { (Cell::new(0), Cell::new(0)) }; LANES + 1],
             lane: Cell::new(0),
         })
     };
@@ -192,9 +205,9 @@ impl Lane {
         };
         let _ = MEMOS.try_with(|memos| {
             if let Ok(memos) = memos.try_borrow() {
-                let (target, bucket) = &memos.lanes[at];
-                memos.last_target.swap(target);
-                memos.last_bucket.swap(bucket);
+                let (target, bucket) = &memos.places[at + 1];
+                memos.last_target().swap(target);
+                memos.last_bucket().swap(bucket);
                 memos.lane.set(entered);
             }
         });
@@ -239,11 +252,11 @@ pub(super) fn hit(
             };
             // The searches' closures are made in their arms: made once for both the last slot
             // and the search, they were written to the stack on every hit (8 instructions).
-            let memo = match &memos.targets[memos.last_target.get() % TARGETS] {
+            let memo = match &memos.targets[memos.last_target().get() % TARGETS] {
                 Some(m) if m.is(limiter, generation, target) => m,
                 _ => match search(
                     memos.searched(&memos.targets, SHARED_TARGETS),
-                    &memos.last_target,
+                    memos.last_target(),
                     |m: &TargetMemo| m.is(limiter, generation, target),
                 ) {
                     Some(m) => m,
@@ -257,11 +270,11 @@ pub(super) fn hit(
             // A dead bucket is not filtered out here: its take says so (`Take::Expired` of a
             // dead bucket), off the hit's path, where reading its state twice cost 4
             // instructions a hit.
-            let bucket = match &memos.buckets[memos.last_bucket.get() % BUCKETS] {
+            let bucket = match &memos.buckets[memos.last_bucket().get() % BUCKETS] {
                 Some(m) if m.is(limiter, rule.slot, user) => Some(m),
                 _ => search(
                     memos.searched(&memos.buckets, SHARED_BUCKETS),
-                    &memos.last_bucket,
+                    memos.last_bucket(),
                     |m: &BucketMemo| m.is(limiter, rule.slot, user),
                 ),
             };
@@ -303,20 +316,14 @@ pub(super) fn hit_list<L: Listed>(
             };
             for (index, limit) in limits.iter().enumerate() {
                 let (target, user) = (limit.target(), limit.user());
-                let (last_target, last_bucket) = match index.min(LANES).checked_sub(1) {
-                    None => (&memos.last_target, &memos.last_bucket),
-                    Some(lane) => {
-                        let (target, bucket) = &memos.lanes[lane];
-                        (target, bucket)
-                    }
-                };
+                let (last_target, last_bucket) = &memos.places[index.min(LANES)];
                 let Some(memo) = &memos.targets[last_target.get() % TARGETS] else {
                     return index;
                 };
                 if !(memo.limiter == limiter
                     && memo.generation == generation
                     && now_ms < memo.expires_ms
-                    && memo.key.is_listed(target))
+                    && memo.key.is_in_list(target))
                 {
                     return index;
                 }
@@ -631,7 +638,7 @@ mod tests {
         }
         let last = |index: usize| {
             let _lane = Lane::enter(index);
-            MEMOS.with(|m| m.borrow().last_target.get())
+            MEMOS.with(|m| m.borrow().last_target().get())
         };
         assert_ne!(
             last(0),

@@ -27,7 +27,7 @@ use super::decision::{Decision, DecisionSource, RuleSummary};
 use super::handle::Limiter;
 use super::hit::at_least_one;
 use super::inner::Inner;
-use super::keys::OutOfLine;
+use super::keys::InList;
 use super::lease::{next_token, wait_for};
 use super::memo;
 use super::several::{Decisions, Limit, OwnedLimit, Taken, INLINE_LIMITS};
@@ -455,7 +455,7 @@ impl Limiter {
             // from.
             let (mut decision, mut bucket) = (None, None);
             let (user, cost) = (one.user().as_bytes(), at_least_one(one.cost()));
-            let target = &OutOfLine(one.target());
+            let target = &InList(one.target());
             let inner = &self.inner;
             inner.check_local_keeping(user, target, cost, false, &mut decision, &mut bucket);
             let open = decision?.is_allowed();
