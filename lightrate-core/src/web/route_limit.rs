@@ -71,6 +71,13 @@ pub(super) enum LimitTarget<V: RequestView> {
     InFlight(InFlight),
 }
 
+impl<V: RequestView> LimitTarget<V> {
+    /// Whether the request's own target may be this limit's (a plan falls back to it).
+    pub(super) fn may_be_the_request(&self) -> bool {
+        matches!(self, LimitTarget::Request | LimitTarget::Plan(_))
+    }
+}
+
 impl<V: RequestView> Clone for RouteLimit<V> {
     fn clone(&self) -> Self {
         RouteLimit {
