@@ -23,6 +23,7 @@ use super::shadow::Mode;
 use super::view::RequestView;
 use crate::ip::IpText;
 use crate::limiter::{IpProbe, PathProbe, Probe, Taken};
+use crate::INLINE_LIMITS;
 use crate::{Decision, Decisions, Target};
 
 /// What an allowed request's response gets once the inner service has answered: the IETF
@@ -111,24 +112,34 @@ impl Settle {
             readers,
         } = *self;
         let failed = response.is_none_or(|head| head.status() >= 500) && !charge_server_errors;
-        let settled: Vec<u64> = (0..reservation.decisions().len())
-            .map(|index| {
-                let reserved = reservation.reserved(index);
-                if by_response & (1 << index.min(63)) == 0 {
-                    return reserved;
-                }
-                let Some(head) = response.filter(|_| !failed) else {
-                    return 0;
-                };
-                let read = readers
-                    .iter()
-                    .find(|(at, _)| *at == index)
-                    .and_then(|(_, read)| read(head));
-                read.or(head.used().map(|Used(used)| used))
-                    .unwrap_or(reserved)
-            })
-            .collect();
-        let _ = reservation.settle(&settled);
+        let used = |index: usize| {
+            let reserved = reservation.reserved(index);
+            if by_response & (1 << index.min(63)) == 0 {
+                return reserved;
+            }
+            let Some(head) = response.filter(|_| !failed) else {
+                return 0;
+            };
+            let read = readers
+                .iter()
+                .find(|(at, _)| *at == index)
+                .and_then(|(_, read)| read(head));
+            read.or(head.used().map(|Used(used)| used))
+                .unwrap_or(reserved)
+        };
+        // What each limit used: on the stack for a short list (a vector was an allocation a
+        // settled request).
+        let len = reservation.decisions().len();
+        if len <= INLINE_LIMITS {
+            let mut settled = [0; INLINE_LIMITS];
+            for (index, at) in settled.iter_mut().enumerate().take(len) {
+                *at = used(index);
+            }
+            let _ = reservation.settle(&settled[..len]);
+        } else {
+            let settled: Vec<u64> = (0..len).map(used).collect();
+            let _ = reservation.settle(&settled);
+        }
     }
 }
 
