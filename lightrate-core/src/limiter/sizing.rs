@@ -166,7 +166,10 @@ impl Sizing {
             .saturating_add(speculative)
             .min(self.cap)
             .max(view.first_cost.min(view.waiting.max(1)));
-        let refill_below = if speculative > 0 {
+        // Armed only when the lease asks for more than its waiting requests: one the cap cut
+        // down to them leaves nothing to spend before the next (found by the property
+        // `leases_keep_their_bounds`: 34 waiting, a cap of 2, the floor's one token cut off).
+        let refill_below = if ask > view.waiting {
             let travel = whole((pace * (view.slow_latency * 2).as_secs_f64()).ceil());
             (travel + 1).min(ask / 2)
         } else {
