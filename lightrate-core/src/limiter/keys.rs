@@ -41,8 +41,15 @@ impl TargetKey {
         }
     }
 
+    /// Whether `target` is this key: the one-limit hit's comparison.
     #[inline]
     pub(crate) fn matches(&self, target: &Target<'_>) -> bool {
+        self.is(target)
+    }
+
+    /// The comparison itself, inlined into each of its two callers.
+    #[inline(always)]
+    fn is(&self, target: &Target<'_>) -> bool {
         match (self, target) {
             (TargetKey::Operation(a), Target::Operation(b)) => {
                 same_bytes(a.as_bytes(), b.as_bytes())
@@ -57,24 +64,15 @@ impl TargetKey {
 }
 
 impl TargetKey {
-    /// Whether `target` is this key: [`matches`](Self::matches) written out again for the
-    /// paths besides the one-limit hit (a request's list of limits, `memo::hit_list`, and a
-    /// reservation's limit, [`InList`]), inlined there. A copy of its own: with those paths
+    /// Whether `target` is this key, for the paths besides the one-limit hit (a request's
+    /// list of limits, `memo::hit_list`, and a reservation's limit, [`InList`]): the
+    /// comparison inlined there, without calling [`matches`](Self::matches). With those paths
     /// inlining `matches` too, the compiler called it out of line in the hit (8 instructions
     /// a hit), and behind one out-of-line call for them they paid 20 more a limit
     /// (BENCHMARKS.md).
     #[inline(always)]
     pub(crate) fn is_in_list(&self, target: &Target<'_>) -> bool {
-        match (self, target) {
-            (TargetKey::Operation(a), Target::Operation(b)) => {
-                same_bytes(a.as_bytes(), b.as_bytes())
-            }
-            (TargetKey::Path { method, path }, Target::Path { method: m, path: p }) => {
-                same_bytes(path.as_bytes(), p.as_bytes()) && method == m
-            }
-            (TargetKey::Default, Target::Default) => true,
-            _ => false,
-        }
+        self.is(target)
     }
 }
 
