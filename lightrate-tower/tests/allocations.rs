@@ -83,3 +83,29 @@ fn a_local_hit_allocates_nothing_but_the_decision_it_hands_the_handler() {
     let _ = with_operations.operation("/emails", "send_email");
     assert_eq!(per_request(with_operations), 0);
 }
+
+#[test]
+fn declared_limits_allocate_their_list_and_a_settled_one_its_reservation() {
+    use http::Method;
+    use lightrate_tower::RouteLimit;
+    let declared = |limits: Vec<RouteLimit>| {
+        let layer = layer().insert_decision(false);
+        layer.limits_for(Method::GET, "/hello", limits)
+    };
+    // Two operations decided locally: the request's list of its limits, and nothing else (the
+    // request's own target, which neither is charged to, is not copied).
+    let two = vec![
+        RouteLimit::operation("per_second"),
+        RouteLimit::operation("per_day"),
+    ];
+    assert_eq!(per_request(declared(two)), 1);
+    // A limit on the request's own target keeps it past the borrow of the request: one more.
+    let with_request = vec![RouteLimit::request(), RouteLimit::operation("per_day")];
+    assert_eq!(per_request(declared(with_request)), 2);
+    // Reserved and settled: the list; the reservation's limits (a vector, the identifier; the
+    // operation's name is not copied), the reservation's box, and the box of what is done
+    // after the response. (A cost of 1: a lease of 1 000 serves 1 000 requests without a
+    // source call, whose allocations would count.)
+    let settled = vec![RouteLimit::operation("tokens").settled()];
+    assert_eq!(per_request(declared(settled)), 5);
+}

@@ -25,7 +25,44 @@ use crate::{
 /// A limit of one request: its identifier, target and cost, borrowed from the request and the
 /// declarations while it is decided in the process (`'static`, owned, once the source must be
 /// asked or the request waits).
-type Owned<'r> = (Cow<'r, str>, Target<'r>, u64);
+type Owned<'r> = (Cow<'r, str>, HeldTarget<'r>, u64);
+
+/// A limit's target as a request holds it: an operation's, which lives as long as the
+/// middleware's declarations (`'static`: owned or kept, it is never copied), or the request's
+/// own, borrowed from the request (copied when the request must outlive the borrow).
+enum HeldTarget<'r> {
+    /// An operation's, or one already copied.
+    Kept(Target<'static>),
+    /// The request's own.
+    Request(Target<'r>),
+}
+
+impl<'r> HeldTarget<'r> {
+    /// The target.
+    fn get(&self) -> &Target<'r> {
+        match self {
+            HeldTarget::Kept(target) => target,
+            HeldTarget::Request(target) => target,
+        }
+    }
+
+    /// The target for as long as needed: an operation's is cloned (its name borrowed, not
+    /// copied, when it was given as a `&'static str`), the request's copied.
+    fn to_static(&self) -> Target<'static> {
+        match self {
+            HeldTarget::Kept(target) => target.clone(),
+            HeldTarget::Request(target) => target.clone().into_owned(),
+        }
+    }
+
+    /// Itself, for as long as needed ([`to_static`](Self::to_static)).
+    fn into_static(self) -> HeldTarget<'static> {
+        match self {
+            HeldTarget::Kept(target) => HeldTarget::Kept(target),
+            HeldTarget::Request(target) => HeldTarget::Kept(target.into_owned()),
+        }
+    }
+}
 
 /// The in-flight caps of one request, with their identifiers.
 type Caps = Vec<(InFlight, Box<str>)>;
@@ -59,7 +96,7 @@ impl Identified<'_> {
         let Identified { owned, caps, terms } = self;
         let owned = owned
             .into_iter()
-            .map(|(user, target, cost)| (Cow::Owned(user.into_owned()), target.into_owned(), cost))
+            .map(|(user, target, cost)| (Cow::Owned(user.into_owned()), target.into_static(), cost))
             .collect();
         Identified { owned, caps, terms }
     }
@@ -295,11 +332,11 @@ impl<V: RequestView> RequestPolicy<V> {
                     caps.push((cap.clone(), Box::from(&*user)));
                     continue;
                 }
-                LimitTarget::Request => (target.as_borrowed(), cost),
-                LimitTarget::Operation(op) => (op.static_target(), op.cost()),
+                LimitTarget::Request => (HeldTarget::Request(target.as_borrowed()), cost),
+                LimitTarget::Operation(op) => (HeldTarget::Kept(op.static_target()), op.cost()),
                 LimitTarget::Plan(choose) => match choose(req, &user) {
-                    Some(op) => (op.static_target(), op.cost()),
-                    None => (target.as_borrowed(), cost),
+                    Some(op) => (HeldTarget::Kept(op.static_target()), op.cost()),
+                    None => (HeldTarget::Request(target.as_borrowed()), cost),
                 },
             };
             let limit_cost = match &limit.cost_from {
@@ -557,12 +594,15 @@ fn borrow<'o>(owned: &'o [Owned<'_>]) -> Vec<Limit<'o>> {
 
 /// A request's limits as the engine owns them (to ask the source, to settle).
 fn owned_limits(owned: &[Owned<'_>]) -> Vec<crate::limiter::OwnedLimit> {
-    owned.iter().map(|o| borrowed(o).to_owned_parts()).collect()
+    owned
+        .iter()
+        .map(|(user, target, cost)| (Box::from(&**user), target.to_static(), *cost))
+        .collect()
 }
 
 /// A request's owned limit, borrowed (its target too: cloned, an owned one was copied).
 fn borrowed<'o>((user, target, cost): &'o Owned<'_>) -> Limit<'o> {
-    Limit::new(user, target.as_borrowed()).with_cost(*cost)
+    Limit::new(user, target.get().as_borrowed()).with_cost(*cost)
 }
 
 /// Calls `f` with a request's limits borrowed: on the stack for up to [`INLINE_LIMITS`],
