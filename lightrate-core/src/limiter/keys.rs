@@ -47,7 +47,8 @@ impl TargetKey {
         self.is(target)
     }
 
-    /// The comparison itself, inlined into each of its two callers.
+    /// The comparison itself, inlined into the hit's [`matches`](Self::matches) and into
+    /// [`InList`]'s.
     #[inline(always)]
     fn is(&self, target: &Target<'_>) -> bool {
         match (self, target) {
@@ -60,19 +61,6 @@ impl TargetKey {
             (TargetKey::Default, Target::Default) => true,
             _ => false,
         }
-    }
-}
-
-impl TargetKey {
-    /// Whether `target` is this key, for the paths besides the one-limit hit (a request's
-    /// list of limits, `memo::hit_list`, and a reservation's limit, [`InList`]): the
-    /// comparison inlined there, without calling [`matches`](Self::matches). With those paths
-    /// inlining `matches` too, the compiler called it out of line in the hit (8 instructions
-    /// a hit), and behind one out-of-line call for them they paid 20 more a limit
-    /// (BENCHMARKS.md).
-    #[inline(always)]
-    pub(crate) fn is_in_list(&self, target: &Target<'_>) -> bool {
-        self.is(target)
     }
 }
 
@@ -99,16 +87,18 @@ impl Probe for Target<'_> {
     }
 }
 
-/// A target compared by the list's copy of the comparison ([`TargetKey::is_in_list`]): what
-/// a reservation's one limit probes the memos with, so that the one-limit hit's copy of
-/// `matches` keeps a single caller.
+/// A target compared with the comparison inlined where it is probed, without calling
+/// [`TargetKey::matches`]: what a request's list of limits (`memo::hit_list`) and a
+/// reservation's one limit probe the memos with. With those paths inlining `matches` too,
+/// the compiler called it out of line in the one-limit hit (8 instructions a hit), and
+/// behind one out-of-line call for them they paid 20 more a limit (BENCHMARKS.md).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct InList<'t, 'a>(pub(crate) &'t Target<'a>);
 
 impl Probe for InList<'_, '_> {
     #[inline]
     fn matches(&self, key: &TargetKey) -> bool {
-        key.is_in_list(self.0)
+        key.is(self.0)
     }
 
     #[inline]

@@ -29,7 +29,7 @@ use std::sync::Arc;
 
 use super::bucket::LocalBucket;
 use super::decision::RuleSummary;
-use super::keys::{Probe, TargetKey, UserProbe};
+use super::keys::{InList, Probe, TargetKey, UserProbe};
 use crate::ip::IpText;
 use crate::Target;
 
@@ -145,9 +145,7 @@ impl Memos {
     fn last_bucket(&self) -> &Cell<usize> {
         &self.places[0].1
     }
-}
 
-impl Memos {
     /// The slots a search looks in: outside a lane, only the `shared` ones (the lanes' own are
     /// filled only in lanes).
     #[inline]
@@ -292,11 +290,12 @@ pub(super) trait Listed {
 }
 
 /// The local hits of a request's list of limits, with one look at this thread's memos: for
-/// each limit in turn, in its own lane, if its target and
-/// bucket are where its lane found them last (the target's rule fresh at `now_ms`, the bucket
-/// alive), calls `take` with its index, the limit, its rule and bucket. Stops at the first limit that is not
-/// there, or that `take` refuses (returns `false`), and returns its index: the limits before it
-/// were taken, it and those after are left to the per-limit path.
+/// each limit in turn, in its own lane, if its target and bucket are where its lane found
+/// them last (the target's rule fresh at `now_ms`; a dead bucket is handed out, as [`hit`]
+/// does, and its take says so), calls `take` with its index, the limit, its rule and bucket.
+/// Stops at the first limit that is not there, or that `take` refuses (returns `false`), and
+/// returns its index: the limits before it were taken, it and those after are left to the
+/// per-limit path.
 ///
 /// A request's limits come in the same order every time, each in its lane: one borrow, one
 /// clock and generation for the list, and no lane swapped in and out, where a limit at a time
@@ -320,19 +319,14 @@ pub(super) fn hit_list<L: Listed>(
                 let Some(memo) = &memos.targets[last_target.get() % TARGETS] else {
                     return index;
                 };
-                if !(memo.limiter == limiter
-                    && memo.generation == generation
-                    && now_ms < memo.expires_ms
-                    && memo.key.is_in_list(target))
-                {
+                if !(memo.is(limiter, generation, &InList(target)) && now_ms < memo.expires_ms) {
                     return index;
                 }
                 let rule = &memo.rule;
                 let Some(bucket) = &memos.buckets[last_bucket.get() % BUCKETS] else {
                     return index;
                 };
-                if !(bucket.slot == rule.slot && bucket.limiter == limiter && bucket.user.is(user))
-                {
+                if !bucket.is(limiter, rule.slot, user) {
                     return index;
                 }
                 if !take(index, limit, rule, &bucket.bucket) {

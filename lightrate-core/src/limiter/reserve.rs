@@ -364,6 +364,14 @@ impl LocalReservation<'_> {
         let _ = self.on_drop(OnDrop::Release);
     }
 
+    /// Settles every limit at 0, dropped unsettled with [`OnDrop::Release`].
+    #[cold]
+    fn release_all(&mut self) {
+        for index in 0..self.limits.len() {
+            self.settle_limit(index, 0);
+        }
+    }
+
     #[inline]
     fn settle_limit(&self, index: usize, used: u64) -> Settled {
         let Some(limit) = self.limits.get(index) else {
@@ -402,16 +410,6 @@ impl Drop for LocalReservation<'_> {
         // Settled (the usual end), nothing is left to do: checked where it is dropped.
         if self.open && self.on_drop == OnDrop::Release {
             self.release_all();
-        }
-    }
-}
-
-impl LocalReservation<'_> {
-    /// Settles every limit at 0, dropped unsettled with [`OnDrop::Release`].
-    #[cold]
-    fn release_all(&mut self) {
-        for index in 0..self.limits.len() {
-            self.settle_limit(index, 0);
         }
     }
 }
@@ -570,7 +568,9 @@ impl Inner {
             target,
             user.as_bytes(),
             |rule, bucket| {
-                if let Some(bucket) = bucket.filter(|_| rule.slot == slot) {
+                // The memos hand out a bucket that died (its take says so): a dead one is
+                // skipped here, for the map's live bucket, as before they handed them out.
+                if let Some(bucket) = bucket.filter(|b| rule.slot == slot && !b.is_dead()) {
                     back = Some(bucket.give_back_taken(tokens, until_ms, now_ms));
                 }
                 true

@@ -294,9 +294,7 @@ impl Inner {
             None => Step::Ask,
         }
     }
-}
 
-impl Inner {
     /// The local hits of a request's limits whose targets and buckets this thread memoized,
     /// from the first, each written to its place in `decisions`, with one look at the memos
     /// (`memo::hit_list`). Returns how many were taken: the limit at that index (not
@@ -517,6 +515,7 @@ impl Limiter {
                     pending.retain_mut(|(index, check)| match check.as_mut().poll(cx) {
                         Poll::Pending => true,
                         Poll::Ready(Ok((decision, deadline_ms))) => {
+                            // Typed here: the futures' output is inferred from their use.
                             let decision: Decision = decision;
                             rules[*index] = decision.rule().or(rules[*index]);
                             *held.decisions.slot(*index) = Some(decision);

@@ -703,9 +703,7 @@ fn charged(method: &Method) -> &Method {
 
 /// The request's own target, kept past the borrow of the request for its declared `limits`
 /// only when one may be charged to it (made owned, it is an allocation a request); else the
-/// default target, which none of them reads. Out of line: inlined, it changed how the
-/// one-limit path was compiled (+88 instructions a request, BENCHMARKS.md).
-#[inline(never)]
+/// default target, which none of them reads.
 fn kept_target<V: RequestView>(limits: &[RouteLimit<V>], target: &Target<'_>) -> Target<'static> {
     if limits.iter().any(|l| l.target.may_be_the_request()) {
         target.clone().into_owned()
